@@ -1,0 +1,56 @@
+"""`pangu` console script: a table from subcommand to importable functions.
+
+Each entry names a module that defines `add_arguments(parser)` and
+`run(args) -> int | None`. The CLI has no logic of its own; the modules
+are imported lazily so `pangu --help` stays fast.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# subcommand -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "info": ("paddle_pangu.commands.info", "versions, devices and where the tokenizer files were found"),
+    "tokenize": ("paddle_pangu.commands.tokenize", "tokenize text with the PanGu tokenizer (jieba + SentencePiece)"),
+    "demo": ("paddle_pangu.commands.demo", "end-to-end demo: tokenize real text, run a PanGu model, generate"),
+    "prepare-data": ("paddle_pangu.data.cli", "clean, filter, dedup, tokenize and pack a corpus into .bin/.idx"),
+    "train": ("paddle_pangu.training.cli", "pretrain with fleet hybrid parallelism (dp/mp/pp/sharding/recompute)"),
+    "generate": ("paddle_pangu.commands.generate", "generate text from a model directory with a KV cache"),
+    "convert": ("paddle_pangu.convert.cli", "convert MindSpore / Megatron / HF checkpoints to a model directory"),
+    "reshard": ("paddle_pangu.convert.reshard_cli", "split or merge checkpoints between mp/pp layouts"),
+}
+
+
+def _load(name: str):
+    module_name, _ = COMMANDS[name]
+    return importlib.import_module(module_name)
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pangu", description="PanGu-alpha on PaddlePaddle")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if only == name:
+            _load(name).add_arguments(p)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command is not None and command not in COMMANDS:
+        build_parser().parse_args(argv)  # argparse prints the valid choices and exits 2
+    parser = build_parser(only=command)
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    result = _load(args.command).run(args)
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

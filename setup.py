@@ -1,0 +1,43 @@
+"""paddle_pangu: PanGu-alpha on PaddlePaddle.
+
+Pins follow ../shared/docs/PLATFORM.md (measured on the project machines):
+paddlenlp 3.0.0b4 needs aistudio-sdk 0.2.6, pyarrow<20, datasets<3.3 and
+numpy<=1.26.4; visualdl 2.5.3 needs protobuf 3.20.3.
+"""
+from setuptools import find_packages, setup
+
+INSTALL_REQUIRES = [
+    "paddlepaddle==3.3.1",
+    "paddlenlp==3.0.0b4",
+    "aistudio-sdk==0.2.6",
+    "pyarrow<20",
+    "datasets<3.3",
+    "numpy<=1.26.4",
+    "visualdl==2.5.3",
+    "protobuf==3.20.3",
+    "sentencepiece>=0.1.99",
+    "jieba>=0.42.1",
+    "pcl-pangu==1.2.6.2",
+    "snownlp==0.12.3",
+    "datasketch>=1.6",
+    "opencc-python-reimplemented>=0.1.7",
+    "safetensors>=0.4",
+    "pyyaml>=6",
+    "tqdm>=4.60",
+]
+
+EXTRAS = {
+    "test": ["pytest>=7", "pytest-timeout>=2"],
+    "torch": ["torch==2.13.0"],
+}
+
+setup(
+    name="paddle_pangu",
+    version="0.1.0",
+    description="PanGu-alpha (arXiv 2104.12369) on PaddlePaddle: model, tokenizer, data, hybrid-parallel training",
+    packages=find_packages(include=["paddle_pangu", "paddle_pangu.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require=EXTRAS,
+    entry_points={"console_scripts": ["pangu = paddle_pangu.cli:main"]},
+)
