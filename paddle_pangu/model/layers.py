@@ -1,0 +1,177 @@
+"""PanGu-alpha building blocks: the model math, written once.
+
+Every PanGu-specific choice cites ../shared/docs/PANGU_REFERENCE.md ("REF").
+Splittable layers come from `paddle_pangu.parallel.layers`, so the same code
+runs plain (one process) or tensor-parallel under fleet.
+
+Shapes: B batch, S new tokens, T = past + S keys, H hidden, nh heads
+(local to this tensor-parallel rank), hd head dim, F ffn width.
+"""
+from __future__ import annotations
+
+import math
+
+import paddle
+import paddle.nn as nn
+import paddle.nn.functional as F
+
+from ..config import PanGuConfig
+from ..parallel import layers as pl
+
+MASK_VALUE = -10000.0  # REF "attention": additive mask -10000
+
+
+def normal_attr(std: float) -> paddle.ParamAttr:
+    return paddle.ParamAttr(initializer=nn.initializer.Normal(mean=0.0, std=std))
+
+
+def output_std(config: PanGuConfig) -> float:
+    """REF "init": attention-out and FFN-out use N(0, 0.02 / sqrt(2L))."""
+    return config.initializer_range / math.sqrt(2.0 * config.num_layers)
+
+
+def activation(name: str):
+    """REF "activation": gelu_tanh (released checkpoints), gelu (HF port), fast_gelu (newer MindSpore)."""
+    if name == "gelu_tanh":
+        return lambda x: F.gelu(x, approximate=True)
+    if name == "gelu":
+        return lambda x: F.gelu(x, approximate=False)
+    if name == "fast_gelu":
+        return lambda x: x * F.sigmoid(1.702 * x)
+    raise ValueError(f"unknown hidden_act {name!r}")
+
+
+class FP32LayerNorm(nn.LayerNorm):
+    """LayerNorm computed in fp32 whatever the activation dtype (REF "layernorm")."""
+
+    def forward(self, x):
+        dtype = x.dtype
+        w = self.weight.astype("float32") if self.weight is not None else None
+        b = self.bias.astype("float32") if self.bias is not None else None
+        out = F.layer_norm(x.astype("float32"), self._normalized_shape, w, b, self._epsilon)
+        return out.astype(dtype)
+
+
+class PanGuEmbeddings(nn.Layer):
+    """word + learned absolute position embedding, then dropout (REF "embeddings")."""
+
+    def __init__(self, config: PanGuConfig):
+        super().__init__()
+        std = config.initializer_range
+        self.word_embeddings = pl.vocab_embedding(config.vocab_size, config.hidden_size, weight_attr=normal_attr(std))
+        self.position_embeddings = nn.Embedding(
+            config.max_position_embeddings, config.hidden_size, weight_attr=normal_attr(std)
+        )
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, position_ids):
+        # input_ids, position_ids: [B, S] -> [B, S, H]
+        return self.dropout(self.word_embeddings(input_ids) + self.position_embeddings(position_ids))
+
+
+class PanGuAttention(nn.Layer):
+    """Multi-head attention with separate Q/K/V dense layers (REF "attention").
+
+    `query_states` lets the query layer feed a different query source than
+    the key/value source (REF "query layer").
+    """
+
+    def __init__(self, config: PanGuConfig):
+        super().__init__()
+        h, std = config.hidden_size, config.initializer_range
+        mp = pl.mp_world_size()
+        self.num_heads = config.num_attention_heads // mp  # local heads on this tensor-parallel rank
+        self.head_dim = config.head_dim
+        # REF: three dense layers, never fused in checkpoints; all with bias
+        self.q_proj = pl.column_linear(h, h, weight_attr=normal_attr(std))
+        self.k_proj = pl.column_linear(h, h, weight_attr=normal_attr(std))
+        self.v_proj = pl.column_linear(h, h, weight_attr=normal_attr(std))
+        self.out_proj = pl.row_linear(h, h, weight_attr=normal_attr(output_std(config)))
+        self.attn_dropout = nn.Dropout(config.attention_probs_dropout_prob)
+
+    def _split_heads(self, x):
+        # [B, S, nh*hd] -> [B, nh, S, hd]
+        b, s = x.shape[0], x.shape[1]
+        return x.reshape([b, s, self.num_heads, self.head_dim]).transpose([0, 2, 1, 3])
+
+    def forward(self, hidden, attention_mask, query_states=None, past_key_value=None, use_cache=False):
+        """hidden: [B, S, H] (keys/values); query_states: [B, S, H] or None (= hidden);
+        attention_mask: additive [B or 1, 1, S, T]; past_key_value: (k, v) each [B, nh, P, hd]."""
+        q = self._split_heads(self.q_proj(hidden if query_states is None else query_states))
+        k = self._split_heads(self.k_proj(hidden))
+        v = self._split_heads(self.v_proj(hidden))
+        if past_key_value is not None:
+            k = paddle.concat([past_key_value[0], k], axis=2)  # [B, nh, T, hd]
+            v = paddle.concat([past_key_value[1], v], axis=2)
+        present = (k, v) if use_cache else None
+
+        # REF: score = QK^T / sqrt(head_dim); softmax in fp32
+        scores = paddle.matmul(q, k, transpose_y=True).astype("float32") / math.sqrt(self.head_dim)  # [B, nh, S, T]
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        probs = F.softmax(scores, axis=-1).astype(q.dtype)
+        probs = self.attn_dropout(probs)
+        ctx = paddle.matmul(probs, v)  # [B, nh, S, hd]
+        b, s = ctx.shape[0], ctx.shape[2]
+        ctx = ctx.transpose([0, 2, 1, 3]).reshape([b, s, self.num_heads * self.head_dim])
+        return self.out_proj(ctx), present
+
+
+class PanGuMLP(nn.Layer):
+    """REF "FFN": mapping H->F (bias), activation, projection F->H (bias)."""
+
+    def __init__(self, config: PanGuConfig):
+        super().__init__()
+        h, f = config.hidden_size, config.ffn_hidden_size
+        self.fc_in = pl.column_linear(h, f, weight_attr=normal_attr(config.initializer_range))
+        self.fc_out = pl.row_linear(f, h, weight_attr=normal_attr(output_std(config)))
+        self.act = activation(config.hidden_act)
+
+    def forward(self, x):
+        return self.fc_out(self.act(self.fc_in(x)))  # [B, S, H]
+
+
+class PanGuBlock(nn.Layer):
+    """Pre-LN transformer block (REF "block"): x += Attn(LN1(x)); x += FFN(LN2(x))."""
+
+    def __init__(self, config: PanGuConfig):
+        super().__init__()
+        eps = config.layer_norm_eps
+        self.input_layernorm = FP32LayerNorm(config.hidden_size, epsilon=eps)
+        self.attention = PanGuAttention(config)
+        self.post_attention_layernorm = FP32LayerNorm(config.hidden_size, epsilon=eps)
+        self.mlp = PanGuMLP(config)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def _attend(self, hidden, attention_mask, query_states, past_key_value, use_cache):
+        attn_out, present = self.attention(
+            self.input_layernorm(hidden), attention_mask, query_states, past_key_value, use_cache
+        )
+        hidden = hidden + self.dropout(attn_out)
+        hidden = hidden + self.dropout(self.mlp(self.post_attention_layernorm(hidden)))
+        return hidden, present
+
+    def forward(self, hidden, attention_mask, past_key_value=None, use_cache=False):
+        """hidden [B, S, H] -> ([B, S, H], present (k, v) or None)."""
+        return self._attend(hidden, attention_mask, None, past_key_value, use_cache)
+
+
+class PanGuQueryLayer(PanGuBlock):
+    """The top query layer (REF "query layer").
+
+    Same structure as a block, but the attention query is
+    `Q(top_query_embedding[position_ids])` (no layernorm, no dropout on the
+    table lookup) while keys/values come from LN1(h). The residual adds to
+    the layer input h, which is already the final-layernormed hidden state
+    (REF "final layernorm": LN_final before the query layer, none after).
+    """
+
+    def __init__(self, config: PanGuConfig):
+        super().__init__(config)
+        self.top_query_embedding = nn.Embedding(
+            config.max_position_embeddings, config.hidden_size, weight_attr=normal_attr(config.initializer_range)
+        )
+
+    def forward(self, hidden, position_ids, attention_mask, past_key_value=None, use_cache=False):
+        query = self.top_query_embedding(position_ids)  # [B, S, H]
+        return self._attend(hidden, attention_mask, query, past_key_value, use_cache)

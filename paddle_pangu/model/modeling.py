@@ -1,0 +1,189 @@
+"""PanGuModel / PanGuForCausalLM: PaddleNLP PretrainedModel subclasses.
+
+REF = ../shared/docs/PANGU_REFERENCE.md. Layer math lives in `layers.py`;
+this file wires the stack, builds masks and position ids, and owns the KV
+cache plumbing, the tied head and the pretraining loss.
+"""
+from __future__ import annotations
+
+import paddle
+import paddle.nn as nn
+from paddlenlp.transformers.model_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
+from paddlenlp.transformers.model_utils import PretrainedModel
+
+from ..config import PanGuConfig
+from ..parallel import layers as pl
+from .layers import MASK_VALUE, FP32LayerNorm, PanGuBlock, PanGuEmbeddings, PanGuQueryLayer
+
+
+def build_position_ids_and_mask(input_ids, eod_token_id: int, eod_reset: bool):
+    """Position ids [B, S] and a boolean attention mask [B, 1, S, S] (True = may attend).
+
+    With `eod_reset` (REF "document boundaries") the token after each
+    `eod_token_id` starts a new document: its position id is 0 and it cannot
+    attend to anything before it. The separator itself belongs to the
+    document it ends.
+    """
+    b, s = input_ids.shape
+    arange = paddle.arange(s, dtype="int64").unsqueeze(0).expand([b, s])  # [B, S]
+    causal = paddle.tril(paddle.ones([s, s], dtype="bool")).unsqueeze(0).unsqueeze(0)  # [1, 1, S, S]
+    if not eod_reset:
+        return arange, causal.expand([b, 1, s, s])
+    is_eod = (input_ids == eod_token_id).astype("int64")
+    doc_id = paddle.cumsum(is_eod, axis=1) - is_eod  # [B, S], eod stays in its document
+    begins = paddle.concat([paddle.ones([b, 1], "int64"), is_eod[:, :-1]], axis=1)  # token after eod begins a doc
+    start = paddle.cummax(arange * begins, axis=1)[0]  # [B, S] index of the current document's first token
+    position_ids = arange - start
+    same_doc = doc_id.unsqueeze(2) == doc_id.unsqueeze(1)  # [B, S, S]
+    return position_ids, paddle.logical_and(causal, same_doc.unsqueeze(1))
+
+
+def to_additive_mask(mask):
+    """bool/0-1 mask (True = attend) -> additive fp32 mask (0 or -10000, REF)."""
+    if mask.dtype != paddle.bool:
+        mask = mask.astype("bool")
+    return (1.0 - mask.astype("float32")) * MASK_VALUE
+
+
+def cache_mask(batch: int, new: int, past: int, padding_mask=None):
+    """Causal mask [B, 1, S, T] for S new tokens after `past` cached ones, optionally with a
+    [B, T] padding mask (1 = real token) for left-padded batches."""
+    total = past + new
+    rows = paddle.arange(new, dtype="int64").unsqueeze(1) + past  # absolute index of each query
+    cols = paddle.arange(total, dtype="int64").unsqueeze(0)
+    mask = (cols <= rows).unsqueeze(0).unsqueeze(0)  # [1, 1, S, T]
+    if padding_mask is not None:
+        keep = padding_mask.astype("bool").reshape([batch, 1, 1, total])
+        mask = paddle.logical_and(mask, keep)
+    return mask
+
+
+class PanGuPretrainedModel(PretrainedModel):
+    """Common base: config class, name prefix and (no-op) weight init.
+
+    Weights are initialised where they are created (normal ParamAttr per
+    REF "init"), so `_init_weights` has nothing left to do.
+    """
+
+    config_class = PanGuConfig
+    base_model_prefix = "pangu"
+    _keys_to_ignore_on_load_unexpected = [r"lm_head\.weight"]
+
+    def _init_weights(self, layer):
+        return None
+
+
+class PanGuModel(PanGuPretrainedModel):
+    """Embeddings, L-1 blocks, final layernorm, query layer (REF "architecture")."""
+
+    def __init__(self, config: PanGuConfig):
+        super().__init__(config)
+        self.embeddings = PanGuEmbeddings(config)
+        self.layers = nn.LayerList([PanGuBlock(config) for _ in range(config.num_blocks)])
+        # REF "final layernorm": applied BEFORE the query layer, none after it
+        self.final_layernorm = FP32LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps)
+        self.query_layer = PanGuQueryLayer(config)
+        self.recompute_interval = 0
+
+    def set_recompute(self, interval: int) -> None:
+        """Recompute every `interval`-th block in training (0 = off) with fleet's recompute."""
+        if interval < 0:
+            raise ValueError(f"recompute interval must be >= 0, got {interval}")
+        self.recompute_interval = int(interval)
+
+    def get_input_embeddings(self):
+        return self.embeddings.word_embeddings
+
+    def _inputs(self, input_ids, position_ids, attention_mask, past_len: int):
+        """Resolve position ids [B, S] and the additive mask [B|1, 1, S, T]."""
+        b, s = input_ids.shape
+        if past_len == 0 and position_ids is None and attention_mask is None:
+            position_ids, mask = build_position_ids_and_mask(input_ids, self.config.eod_token_id, self.config.eod_reset)
+            return position_ids, to_additive_mask(mask)
+        if position_ids is None:
+            position_ids = paddle.arange(past_len, past_len + s, dtype="int64").unsqueeze(0).expand([b, s])
+        if attention_mask is None or attention_mask.ndim == 2:
+            attention_mask = cache_mask(b, s, past_len, attention_mask)
+        return position_ids, to_additive_mask(attention_mask)
+
+    def _run_block(self, i, block, hidden, mask, past, use_cache):
+        if self.training and self.recompute_interval and i % self.recompute_interval == 0 and not use_cache:
+            from paddle.distributed.fleet.utils import recompute
+
+            return recompute(lambda h, m: block(h, m)[0], hidden, mask, use_reentrant=False), None
+        return block(hidden, mask, past, use_cache)
+
+    def forward(self, input_ids, position_ids=None, attention_mask=None, past_key_values=None, use_cache=False,
+                return_dict=False):
+        """input_ids [B, S] -> last hidden state [B, S, H] (output of the query layer).
+
+        attention_mask: None (causal; with eod_reset, document-block causal), a
+        [B, T] padding mask (1 = token), or a [B, 1, S, T] bool/0-1 mask.
+        past_key_values: one (k, v) per block plus one for the query layer.
+        """
+        past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        position_ids, mask = self._inputs(input_ids, position_ids, attention_mask, past_len)
+        hidden = self.embeddings(input_ids, position_ids)  # [B, S, H]
+        presents = []
+        for i, block in enumerate(self.layers):
+            past = None if past_key_values is None else past_key_values[i]
+            hidden, present = self._run_block(i, block, hidden, mask, past, use_cache)
+            presents.append(present)
+        hidden = self.final_layernorm(hidden)
+        past = None if past_key_values is None else past_key_values[-1]
+        hidden, present = self.query_layer(hidden, position_ids, mask, past, use_cache)
+        presents.append(present)
+        cache = tuple(presents) if use_cache else None
+        if not return_dict:
+            return (hidden, cache) if use_cache else hidden
+        return BaseModelOutputWithPast(last_hidden_state=hidden, past_key_values=cache)
+
+
+class PanGuPretrainingCriterion(nn.Layer):
+    """Mean next-token cross entropy over tokens with loss_mask == 1 and label != pad (REF "Tokenizer": pad 6 masked)."""
+
+    def __init__(self, config: PanGuConfig):
+        super().__init__()
+        self.pad_token_id = config.pad_token_id
+
+    def forward(self, logits, labels, loss_mask=None):
+        # logits [B, S, V(_local)], labels [B, S] -> scalar fp32
+        token_loss = pl.lm_cross_entropy(logits, labels, parallel_output=True)
+        mask = (labels != self.pad_token_id).astype("float32")
+        if loss_mask is not None:
+            mask = mask * loss_mask.astype("float32")
+        return (token_loss * mask).sum() / mask.sum().clip(min=1.0)
+
+
+class PanGuForCausalLM(PanGuPretrainedModel):
+    """PanGu-alpha with the tied LM head (REF "output head")."""
+
+    _tied_weights_keys = ["pangu.embeddings.word_embeddings.weight"]
+
+    def __init__(self, config: PanGuConfig):
+        super().__init__(config)
+        self.pangu = PanGuModel(config)
+        self.criterion = PanGuPretrainingCriterion(config)
+
+    def get_input_embeddings(self):
+        return self.pangu.embeddings.word_embeddings
+
+    def get_output_embeddings(self):
+        return None  # tied: the head is the word embedding
+
+    def forward(self, input_ids, position_ids=None, attention_mask=None, labels=None, loss_mask=None,
+                past_key_values=None, use_cache=False, return_dict=False):
+        """Returns (loss, logits[, cache]) with labels, else (logits[, cache]); or a CausalLMOutputWithPast.
+
+        logits are [B, S, V]; when tensor-parallel and labels are given they
+        stay vocab-sharded [B, S, V/mp] (the loss is the vocab-parallel one).
+        """
+        out = self.pangu(input_ids, position_ids, attention_mask, past_key_values, use_cache)
+        hidden, cache = out if use_cache else (out, None)
+        weight = self.pangu.embeddings.word_embeddings.weight
+        logits = pl.tied_lm_logits(hidden, weight, parallel_output=labels is not None)
+        loss = self.criterion(logits, labels, loss_mask) if labels is not None else None
+        if return_dict:
+            return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)
+        result = (logits,) + ((cache,) if use_cache else ())
+        return ((loss,) + result) if loss is not None else (result[0] if len(result) == 1 else result)

@@ -1,0 +1,1 @@
+"""Parallel building blocks: layer factory, topology and device set-up, CPU gloo backend."""
