@@ -27,7 +27,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest>=7", "pytest-timeout>=2"],
+    "test": ["pytest>=7", "pytest-timeout>=2", "torch==2.13.0", "scikit-learn>=1.3"],
     "torch": ["torch==2.13.0"],
 }
 
