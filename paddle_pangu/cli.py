@@ -14,10 +14,10 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("paddle_pangu.commands.info", "versions, devices and where the tokenizer files were found"),
     "tokenize": ("paddle_pangu.commands.tokenize", "tokenize text with the PanGu tokenizer (jieba + SentencePiece)"),
-    "demo": ("paddle_pangu.commands.demo", "end-to-end demo: tokenize real text, run a PanGu model, generate"),
     "prepare-data": ("paddle_pangu.data.cli", "clean, filter, dedup, tokenize and pack a corpus into .bin/.idx"),
     "train": ("paddle_pangu.training.cli", "pretrain with fleet hybrid parallelism (dp/mp/pp/sharding/recompute)"),
     "generate": ("paddle_pangu.commands.generate", "generate text from a model directory with a KV cache"),
+    "export": ("paddle_pangu.commands.export", "export prefill/decode graphs for the Paddle Inference predictor"),
     "convert": ("paddle_pangu.convert.cli", "convert MindSpore / Megatron / HF checkpoints to a model directory"),
     "reshard": ("paddle_pangu.convert.reshard_cli", "split or merge checkpoints between mp/pp layouts"),
 }

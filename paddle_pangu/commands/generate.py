@@ -43,16 +43,44 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
 
 
+def _is_export_dir(path: str) -> bool:
+    from ..inference.export import META_FILE
+
+    return os.path.exists(os.path.join(path, META_FILE))
+
+
 def run(args) -> int:
     from ..inference import SamplingConfig, generate_text
 
+    if _is_export_dir(args.model):  # `pangu export` output: run the real Paddle Inference predictor
+        return _run_exported(args)
     model, tok = load_model_and_tokenizer(args.model, args.tokenizer, args.seed)
-    cfg = SamplingConfig(
-        max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, frequency_penalty=args.frequency_penalty,
-        presence_penalty=args.presence_penalty, eos_token_id=model.config.eos_token_id,
-        pad_token_id=model.config.pad_token_id, seed=args.seed,
-    )
+    cfg = _sampling(args, model.config)
     for prompt, text in zip(args.prompt, generate_text(model, tok, args.prompt, cfg)):
         print(f"{prompt}{text}")
     return 0
+
+
+def _run_exported(args) -> int:
+    from ..inference.export import InferenceStepper
+    from ..inference.generation import decode_loop
+    from ..tokenizer import PanGuTokenizer
+
+    stepper = InferenceStepper(args.model)
+    tok_dir = args.tokenizer or (args.model if os.path.exists(os.path.join(args.model, "vocab.model")) else None)
+    tok = PanGuTokenizer.from_pretrained(tok_dir) if tok_dir else PanGuTokenizer.from_default()
+    prompts = [tok.encode_ids(p) for p in args.prompt]
+    for prompt, ids in zip(args.prompt, decode_loop(stepper, stepper.config, prompts, _sampling(args, stepper.config))):
+        print(f"{prompt}{tok.decode_ids(ids)}")
+    return 0
+
+
+def _sampling(args, config):
+    from ..inference import SamplingConfig
+
+    return SamplingConfig(
+        max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, frequency_penalty=args.frequency_penalty,
+        presence_penalty=args.presence_penalty, eos_token_id=config.eos_token_id,
+        pad_token_id=config.pad_token_id, seed=args.seed,
+    )

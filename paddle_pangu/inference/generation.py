@@ -93,30 +93,40 @@ def _choose(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) -
     return np.array([rng.choice(len(p), p=p) for p in probs])
 
 
-@paddle.no_grad()
-def generate(model, prompts: list[list[int]], cfg: SamplingConfig | None = None) -> list[list[int]]:
-    """Generate continuations for token-id prompts; returns the new ids per prompt (without eos)."""
-    cfg = cfg or SamplingConfig()
-    model.eval()
+class DygraphStepper:
+    """One decoding step of a dygraph PanGuForCausalLM: (ids, positions, mask, cache) -> (last logits, cache)."""
+
+    def __init__(self, model):
+        self.model = model
+        self.config = model.config
+        model.eval()
+
+    @paddle.no_grad()
+    def __call__(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, cache):
+        logits, cache = self.model(
+            paddle.to_tensor(ids), position_ids=paddle.to_tensor(positions),
+            attention_mask=paddle.to_tensor(mask), past_key_values=cache, use_cache=True,
+        )
+        return logits[:, -1, :].astype("float32").numpy(), cache  # [B, V]
+
+
+def decode_loop(step, config, prompts: list[list[int]], cfg: SamplingConfig) -> list[list[int]]:
+    """The sampling loop shared by dygraph and Paddle Inference backends; returns new ids per prompt."""
     rng = np.random.default_rng(cfg.seed)
     ids, mask, positions = left_pad(prompts, cfg.pad_token_id)
-    limit = model.config.max_position_embeddings
+    limit = config.max_position_embeddings
     if ids.shape[1] + cfg.max_new_tokens > limit:
         raise ValueError(
             f"prompt length {ids.shape[1]} + max_new_tokens {cfg.max_new_tokens} exceeds the model's "
             f"max_position_embeddings {limit}"
         )
-    batch, vocab = ids.shape[0], model.config.vocab_size
-    counts = np.zeros([batch, vocab], dtype="float32")
+    batch = ids.shape[0]
+    counts = np.zeros([batch, config.vocab_size], dtype="float32")
     done = np.zeros([batch], dtype=bool)
     out: list[list[int]] = [[] for _ in range(batch)]
     step_ids, step_pos, cache = ids, positions, None
     for _ in range(cfg.max_new_tokens):
-        logits, cache = model(
-            paddle.to_tensor(step_ids), position_ids=paddle.to_tensor(step_pos),
-            attention_mask=paddle.to_tensor(mask), past_key_values=cache, use_cache=True,
-        )
-        last = logits[:, -1, :].astype("float32").numpy()  # [B, V]
+        last, cache = step(step_ids, step_pos, mask, cache)
         nxt = _choose(_filter_logits(last, counts, cfg), cfg, rng)
         for row in np.nonzero(~done)[0]:
             token = int(nxt[row])
@@ -127,12 +137,16 @@ def generate(model, prompts: list[list[int]], cfg: SamplingConfig | None = None)
                 counts[row, token] += 1
         if done.all():
             break
-        nxt = np.where(done, cfg.pad_token_id, nxt)
-        step_ids = nxt[:, None].astype("int64")
+        step_ids = np.where(done, cfg.pad_token_id, nxt)[:, None].astype("int64")
         step_pos = positions[:, -1:] + 1
         positions = np.concatenate([positions, step_pos], axis=1)
         mask = np.concatenate([mask, np.ones([batch, 1], dtype="int64")], axis=1)
     return out
+
+
+def generate(model, prompts: list[list[int]], cfg: SamplingConfig | None = None) -> list[list[int]]:
+    """Generate continuations for token-id prompts with a KV cache; returns the new ids (without eos)."""
+    return decode_loop(DygraphStepper(model), model.config, prompts, cfg or SamplingConfig())
 
 
 def generate_text(model, tokenizer, prompts: list[str], cfg: SamplingConfig | None = None) -> list[str]:

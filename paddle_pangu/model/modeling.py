@@ -45,15 +45,15 @@ def to_additive_mask(mask):
     return (1.0 - mask.astype("float32")) * MASK_VALUE
 
 
-def cache_mask(batch: int, new: int, past: int, padding_mask=None):
-    """Causal mask [B, 1, S, T] for S new tokens after `past` cached ones, optionally with a
-    [B, T] padding mask (1 = real token) for left-padded batches."""
-    total = past + new
+def cache_mask(new: int, past, padding_mask=None):
+    """Causal mask [B|1, 1, S, T] for S new tokens after `past` cached ones (int or 0-d tensor, so the
+    exported decode graph stays shape-dynamic), optionally with a [B, T] padding mask (1 = real token)
+    for left-padded batches."""
     rows = paddle.arange(new, dtype="int64").unsqueeze(1) + past  # absolute index of each query
-    cols = paddle.arange(total, dtype="int64").unsqueeze(0)
+    cols = paddle.arange(past + new, dtype="int64").unsqueeze(0)
     mask = (cols <= rows).unsqueeze(0).unsqueeze(0)  # [1, 1, S, T]
     if padding_mask is not None:
-        keep = padding_mask.astype("bool").reshape([batch, 1, 1, total])
+        keep = padding_mask.astype("bool").unsqueeze(1).unsqueeze(1)  # [B, 1, 1, T]
         mask = paddle.logical_and(mask, keep)
     return mask
 
@@ -94,16 +94,17 @@ class PanGuModel(PanGuPretrainedModel):
     def get_input_embeddings(self):
         return self.embeddings.word_embeddings
 
-    def _inputs(self, input_ids, position_ids, attention_mask, past_len: int):
-        """Resolve position ids [B, S] and the additive mask [B|1, 1, S, T]."""
+    def _inputs(self, input_ids, position_ids, attention_mask, past_len):
+        """Resolve position ids [B, S] and the additive mask [B|1, 1, S, T]; past_len is None without a cache."""
         b, s = input_ids.shape
-        if past_len == 0 and position_ids is None and attention_mask is None:
+        if past_len is None and position_ids is None and attention_mask is None:
             position_ids, mask = build_position_ids_and_mask(input_ids, self.config.eod_token_id, self.config.eod_reset)
             return position_ids, to_additive_mask(mask)
+        past_len = 0 if past_len is None else past_len
         if position_ids is None:
-            position_ids = paddle.arange(past_len, past_len + s, dtype="int64").unsqueeze(0).expand([b, s])
+            position_ids = (paddle.arange(s, dtype="int64") + past_len).unsqueeze(0).expand([b, s])
         if attention_mask is None or attention_mask.ndim == 2:
-            attention_mask = cache_mask(b, s, past_len, attention_mask)
+            attention_mask = cache_mask(s, past_len, attention_mask)
         return position_ids, to_additive_mask(attention_mask)
 
     def _run_block(self, i, block, hidden, mask, past, use_cache):
@@ -121,7 +122,8 @@ class PanGuModel(PanGuPretrainedModel):
         [B, T] padding mask (1 = token), or a [B, 1, S, T] bool/0-1 mask.
         past_key_values: one (k, v) per block plus one for the query layer.
         """
-        past_len = 0 if past_key_values is None else past_key_values[0][0].shape[2]
+        # cached length as a tensor (not .shape[2]) so the exported decode graph keeps it dynamic
+        past_len = None if past_key_values is None else paddle.shape(past_key_values[0][0])[2]
         position_ids, mask = self._inputs(input_ids, position_ids, attention_mask, past_len)
         hidden = self.embeddings(input_ids, position_ids)  # [B, S, H]
         presents = []

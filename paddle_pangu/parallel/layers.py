@@ -12,8 +12,9 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 
+@paddle.jit.not_to_static
 def _hcg():
-    """The fleet hybrid communicate group, or None outside a fleet job."""
+    """The fleet hybrid communicate group, or None outside a fleet job (plain Python, never traced)."""
     try:
         from paddle.distributed import fleet
 

@@ -1,0 +1,130 @@
+"""Export to Paddle Inference and generate with the real predictor.
+
+Like the MindSpore model zoo's serving export (REF "Generation": two
+graphs), we save two static graphs that share one weight file layout:
+
+- `prefill`: the whole (left-padded) prompt -> last-token logits + the KV cache
+- `decode`:  one token + the KV cache        -> last-token logits + the grown cache
+
+The cache travels as one tensor kv [L, 2, B, nh, T, hd] (L = blocks + query
+layer) so both graphs have fixed signatures with dynamic B and T.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import paddle
+
+from .generation import SamplingConfig, decode_loop
+
+GRAPHS = ("prefill", "decode")
+META_FILE = "pangu_inference.json"
+
+
+def _stack(cache):
+    return paddle.stack([paddle.stack([k, v], 0) for k, v in cache], 0)  # [L, 2, B, nh, T, hd]
+
+
+class _Prefill(paddle.nn.Layer):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, position_ids, attention_mask):
+        logits, cache = self.model(input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=True)
+        return logits[:, -1, :].astype("float32"), _stack(cache)
+
+
+class _Decode(paddle.nn.Layer):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+        self.num_layers = model.config.num_layers
+
+    def forward(self, input_ids, position_ids, attention_mask, kv):
+        cache = [(kv[i, 0], kv[i, 1]) for i in range(self.num_layers)]
+        logits, new = self.model(
+            input_ids, position_ids=position_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True
+        )
+        return logits[:, -1, :].astype("float32"), _stack(new)
+
+
+def _specs(config, with_cache: bool):
+    ids = [
+        paddle.static.InputSpec([None, None], "int64", "input_ids"),
+        paddle.static.InputSpec([None, None], "int64", "position_ids"),
+        paddle.static.InputSpec([None, None], "int64", "attention_mask"),  # [B, T], 1 = token, 0 = left padding
+    ]
+    if with_cache:
+        shape = [config.num_layers, 2, None, config.num_attention_heads, None, config.head_dim]
+        ids.append(paddle.static.InputSpec(shape, "float32", "kv"))
+    return ids
+
+
+def export_model(model, output_dir: str, tokenizer_dir: str | None = None) -> dict:
+    """Write prefill/decode graphs (`.json` + `.pdiparams`), the model config and tokenizer files to output_dir."""
+    model.eval()
+    os.makedirs(output_dir, exist_ok=True)
+    for name, wrapper, with_cache in (("prefill", _Prefill, False), ("decode", _Decode, True)):
+        layer = wrapper(model)
+        layer.forward = paddle.jit.to_static(layer.forward, input_spec=_specs(model.config, with_cache), full_graph=True)
+        paddle.jit.save(layer, os.path.join(output_dir, name))
+    model.config.save_pretrained(output_dir)
+    if tokenizer_dir:
+        for fname in ("vocab.model", "vocab.vocab", "tokenizer_config.json", "special_tokens_map.json"):
+            src = os.path.join(tokenizer_dir, fname)
+            if os.path.exists(src) and not os.path.exists(os.path.join(output_dir, fname)):
+                shutil.copy(src, output_dir)
+    meta = {"graphs": list(GRAPHS), "kv_layout": "[layers, 2, batch, heads, tokens, head_dim]", "dtype": "float32"}
+    with open(os.path.join(output_dir, META_FILE), "w") as f:
+        json.dump(meta, f, indent=2)
+    return meta
+
+
+class InferenceStepper:
+    """Decoding step over two Paddle Inference predictors (prefill on the first call, decode after)."""
+
+    def __init__(self, export_dir: str, device: str = "cpu", threads: int = 0):
+        missing = [g for g in GRAPHS for ext in (".json", ".pdiparams") if not os.path.exists(os.path.join(export_dir, g + ext))]
+        if missing:
+            raise FileNotFoundError(
+                f"{export_dir}: not a `pangu export` directory, missing graph files for {sorted(set(missing))} "
+                f"(expected prefill.json/.pdiparams and decode.json/.pdiparams)"
+            )
+        from ..config import PanGuConfig
+
+        self.config = PanGuConfig.from_pretrained(export_dir)
+        self.predictors = {g: self._create(export_dir, g, device, threads) for g in GRAPHS}
+
+    @staticmethod
+    def _create(export_dir, name, device, threads):
+        cfg = paddle.inference.Config(os.path.join(export_dir, name + ".json"), os.path.join(export_dir, name + ".pdiparams"))
+        if device == "gpu":
+            cfg.enable_use_gpu(256, 0)
+        else:
+            cfg.disable_gpu()
+            if threads:
+                cfg.set_cpu_math_library_num_threads(threads)
+        cfg.disable_glog_info()
+        return paddle.inference.create_predictor(cfg)
+
+    def __call__(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, cache):
+        pred = self.predictors["prefill" if cache is None else "decode"]
+        feeds = {"input_ids": ids, "position_ids": positions, "attention_mask": mask}
+        if cache is not None:
+            feeds["kv"] = cache
+        for name in pred.get_input_names():
+            pred.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(feeds[name]))
+        pred.run()
+        logits, kv = (pred.get_output_handle(n).copy_to_cpu() for n in pred.get_output_names())
+        return logits, kv
+
+
+def generate_with_predictor(export_dir: str, prompts: list[list[int]], cfg: SamplingConfig | None = None,
+                            device: str = "cpu") -> list[list[int]]:
+    """Generation through Paddle Inference: same sampling loop as the dygraph `generate`."""
+    stepper = InferenceStepper(export_dir, device)
+    return decode_loop(stepper, stepper.config, prompts, cfg or SamplingConfig())
