@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("paddle_pangu.data.cli", "clean, filter, dedup, tokenize and pack a corpus into .bin/.idx"),
     "train": ("paddle_pangu.training.cli", "pretrain with fleet hybrid parallelism (dp/mp/pp/sharding/recompute)"),
     "generate": ("paddle_pangu.commands.generate", "generate text from a model directory with a KV cache"),
+    "evaluate": ("paddle_pangu.evaluation.cli", "perplexity and zero/one/few-shot classification (paper protocol)"),
     "export": ("paddle_pangu.commands.export", "export prefill/decode graphs for the Paddle Inference predictor"),
     "convert": ("paddle_pangu.convert.cli", "convert MindSpore / Megatron / HF checkpoints to a model directory"),
     "reshard": ("paddle_pangu.convert.reshard_cli", "split or merge checkpoints between mp/pp layouts"),
