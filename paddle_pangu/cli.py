@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "tokenize": ("paddle_pangu.commands.tokenize", "tokenize text with the PanGu tokenizer (jieba + SentencePiece)"),
     "prepare-data": ("paddle_pangu.data.cli", "clean, filter, dedup, tokenize and pack a corpus into .bin/.idx"),
     "train": ("paddle_pangu.training.cli", "pretrain with fleet hybrid parallelism (dp/mp/pp/sharding/recompute)"),
+    "finetune": ("paddle_pangu.finetune.cli", "supervised fine-tuning with the PaddleNLP Trainer"),
     "generate": ("paddle_pangu.commands.generate", "generate text from a model directory with a KV cache"),
     "evaluate": ("paddle_pangu.evaluation.cli", "perplexity and zero/one/few-shot classification (paper protocol)"),
     "plan": ("paddle_pangu.planner.cli", "size dp/mp/pp/sharding/recompute layouts for a cluster"),
