@@ -24,10 +24,11 @@ INSTALL_REQUIRES = [
     "safetensors>=0.4",
     "pyyaml>=6",
     "tqdm>=4.60",
+    "scikit-learn>=1.3",
 ]
 
 EXTRAS = {
-    "test": ["pytest>=7", "pytest-timeout>=2", "torch==2.13.0", "scikit-learn>=1.3"],
+    "test": ["pytest>=7", "pytest-timeout>=2", "torch==2.13.0"],
     "torch": ["torch==2.13.0"],
 }
 

@@ -1,0 +1,453 @@
+"""`pangu prepare-data`: read -> clean -> quality -> dedup -> tokenize, with stats and a manifest.
+
+Two streaming passes over the data:
+
+  pass 1 (per document, parallel): read, clean and MinHash in worker
+          processes (bounded number of chunks in flight, so memory stays flat),
+          quality-score in the main process, add the signatures to the LSH
+          index, and write the survivors to a work file;
+  global: the dedup decision (clusters from the LSH index);
+  pass 2: stream the work file again, skip the near-duplicates, tokenize with
+          a pool of tokenizer processes and append to `<name>.bin/.idx`
+          (separator token 9 after every document, REF "Packing").
+
+Everything is written under `<output>.partial-<pid>` and renamed to
+`<output>` only after `manifest.json` (counts, sha256 checksums) is written.
+Without the "tokenize" stage the output is `documents.jsonl` instead of a
+token dataset, so each stage can be run on its own and chained by hand.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime
+import json
+import logging
+import multiprocessing
+import shutil
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from .builtin import BUILTIN_PREFIX, builtin_size_bytes, read_builtin
+from .cleaning import Cleaner, CleaningConfig, clean_chunk
+from .dedup import DedupConfig, MinHashDeduplicator, minhash_from_values, minhash_signature
+from .indexed_dataset import IndexedDatasetBuilder, dtype_for_vocab
+from .manifest import commit_dir, partial_dir, sha256_file, write_manifest
+from .packing import DEFAULT_SPLIT, DEFAULT_SPLIT_NAMES, split_documents
+from .quality import PerplexityScorer, QualityConfig, QualityFilter, ScoreCache, TextClassifier, read_examples
+from .readers import ProgressTracker, ReaderConfig, input_size_bytes, read_documents
+from .stats import Document, PipelineStats, StageStats
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("clean", "quality", "dedup", "tokenize")
+CHUNK_DOCS = 128
+TOKENIZE_BATCH_CHARS = 2_000_000
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """Everything `prepare-data` needs; see `paddle_pangu.data.cli` for the flags.
+
+    Attributes:
+        inputs: files, directories or builtin:<name> specs.
+        output: dataset directory to create.
+        name: file stem of `<name>.bin/.idx`.
+        stages: subset of STAGES, in pipeline order ("quality" needs a scorer).
+        perplexity_model: model directory for the perplexity filter.
+        classifier: saved TextClassifier path (without suffix).
+        classifier_good / classifier_bad: example files to train one on the fly.
+        scores_from: an earlier scores.jsonl to reuse instead of rescoring.
+        vocab_file: tokenizer model (None: the installed pcl-pangu one).
+        separator_id: appended after every document (REF: 9 `<eot>`).
+        split / split_seed: document split ratios recorded in the manifest.
+        num_workers: worker processes (None: usable CPUs).
+        max_docs: stop reading after this many documents (quick runs).
+        keep_work: keep the intermediate work files in the output.
+    """
+
+    inputs: list[str]
+    output: str
+    name: str = "corpus"
+    reader: ReaderConfig = dataclasses.field(default_factory=ReaderConfig)
+    cleaning: CleaningConfig = dataclasses.field(default_factory=CleaningConfig)
+    quality: QualityConfig = dataclasses.field(default_factory=QualityConfig)
+    dedup: DedupConfig = dataclasses.field(default_factory=DedupConfig)
+    stages: tuple[str, ...] = ("clean", "dedup", "tokenize")
+    perplexity_model: str | None = None
+    classifier: str | None = None
+    classifier_good: str | None = None
+    classifier_bad: str | None = None
+    scores_from: str | None = None
+    vocab_file: str | None = None
+    separator_id: int = 9
+    split: tuple[float, ...] = DEFAULT_SPLIT
+    split_seed: int = 1234
+    num_workers: int | None = None
+    max_docs: int | None = None
+    overwrite: bool = False
+    keep_work: bool = False
+    progress: bool = True
+
+    def validate(self, has_model: bool = False) -> None:
+        """Raise ValueError naming the flag that is wrong (`has_model`: an in-memory LM is given)."""
+        if not self.inputs:
+            raise ValueError("prepare-data: no --input given")
+        unknown = [s for s in self.stages if s not in STAGES]
+        if unknown:
+            raise ValueError(f"prepare-data --stages: unknown {unknown}, expected a subset of {STAGES}")
+        scorer = has_model or self.perplexity_model or self.classifier or self.classifier_good or self.scores_from
+        if "quality" in self.stages and not scorer:
+            raise ValueError("prepare-data: the quality stage needs --perplexity-model, --classifier, "
+                             "--classifier-good/--classifier-bad or --scores-from")
+        if bool(self.classifier_good) != bool(self.classifier_bad):
+            raise ValueError("prepare-data: --classifier-good and --classifier-bad go together")
+        if not self.name or "/" in self.name:
+            raise ValueError(f"prepare-data --name {self.name!r}: expected a plain file stem")
+        self.reader.validate()
+        self.cleaning.validate()
+        self.dedup.validate()
+
+
+# ---- worker side --------------------------------------------------------------
+_worker_state: dict = {}
+
+
+def _init_worker(cleaner: Cleaner | None, dedup_cfg: DedupConfig | None) -> None:
+    _worker_state.update(cleaner=cleaner, dedup=dedup_cfg)
+
+
+def _work_chunk(docs: list[Document]):
+    """Clean a chunk and compute MinHash values of the survivors."""
+    cleaner, dedup_cfg = _worker_state["cleaner"], _worker_state["dedup"]
+    if cleaner is not None:
+        kept, stats = clean_chunk(cleaner, docs)
+    else:
+        kept, stats = docs, StageStats("clean")
+    sigs = [minhash_signature(d.text, dedup_cfg).hashvalues for d in kept] if dedup_cfg is not None else None
+    return kept, stats, sigs
+
+
+def _bounded_map(pool, fn, items: Iterable, window: int) -> Iterator:
+    """Ordered map with at most `window` tasks in flight (Pool.imap would read the whole input ahead)."""
+    pending: deque = deque()
+    for item in items:
+        pending.append(pool.apply_async(fn, (item,)))
+        if len(pending) >= window:
+            yield pending.popleft().get()
+    while pending:
+        yield pending.popleft().get()
+
+
+def start_method() -> str:
+    """"fork" (no re-import, jieba dictionary inherited) unless paddle is loaded: its threads make fork unsafe."""
+    if "paddle" in sys.modules or "fork" not in multiprocessing.get_all_start_methods():
+        return "spawn"
+    return "fork"
+
+
+def _chunks(items: Iterable, n: int) -> Iterator[list]:
+    buf: list = []
+    for it in items:
+        buf.append(it)
+        if len(buf) == n:
+            yield buf
+            buf = []
+    if buf:
+        yield buf
+
+
+# ---- pass 1 ---------------------------------------------------------------------
+def _documents(cfg: PipelineConfig, stats: PipelineStats, progress: ProgressTracker) -> Iterator[Document]:
+    read = stats.stage("read")
+    n = 0
+    for spec in cfg.inputs:
+        if str(spec).startswith(BUILTIN_PREFIX):
+            docs = read_builtin(str(spec), stats.issues, progress)
+        else:
+            docs = read_documents([spec], cfg.reader, stats.issues, progress)
+        for doc in docs:
+            if cfg.max_docs is not None and n >= cfg.max_docs:
+                return
+            doc.doc_id = n
+            n += 1
+            read.count_in(doc)
+            read.count_out(doc)
+            yield doc
+
+
+def _input_bytes(inputs: list[str]) -> int:
+    return sum(builtin_size_bytes(s) if str(s).startswith(BUILTIN_PREFIX) else input_size_bytes([s]) for s in inputs)
+
+
+def _progress_bar(cfg: PipelineConfig, total: int, desc: str, unit: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, disable=not cfg.progress, mininterval=1.0)
+
+
+def _build_quality_filter(cfg: PipelineConfig, out_dir: Path, scores_fh, model=None) -> QualityFilter | None:
+    if "quality" not in cfg.stages:
+        return None
+    ppl = None
+    if model is not None or cfg.perplexity_model:
+        ppl = PerplexityScorer(model if model is not None else cfg.perplexity_model,
+                               max_tokens=cfg.quality.max_tokens, batch_size=cfg.quality.batch_size)
+    clf = None
+    if cfg.classifier:
+        clf = TextClassifier.load(cfg.classifier)
+    elif cfg.classifier_good:
+        clf = TextClassifier().fit(read_examples(cfg.classifier_good), read_examples(cfg.classifier_bad))
+        clf.save(out_dir / "quality_classifier")
+    cache = ScoreCache(cfg.scores_from) if cfg.scores_from else None
+    return QualityFilter(cfg.quality, ppl, clf, cache, scores_out=scores_fh)
+
+
+def _pass_filter(cfg, stats, work_file: Path, dedup, qfilter, workers: int, doc_chars: dict) -> None:
+    """Pass 1: survivors of clean + quality written to `work_file`; signatures indexed."""
+    cleaner = Cleaner(cfg.cleaning) if "clean" in cfg.stages else None
+    dedup_cfg = cfg.dedup if dedup is not None else None
+    bar = _progress_bar(cfg, _input_bytes(cfg.inputs), "read+clean+filter", "B")
+    chunks = _chunks(_documents(cfg, stats, ProgressTracker(bar.update)), CHUNK_DOCS)
+    pool = None
+    if workers > 1:
+        pool = multiprocessing.get_context(start_method()).Pool(workers, _init_worker, (cleaner, dedup_cfg))
+        results = _bounded_map(pool, _work_chunk, chunks, 2 * workers)
+    else:
+        _init_worker(cleaner, dedup_cfg)
+        results = map(_work_chunk, chunks)
+    clean, quality = stats.stage("clean"), stats.stage("quality")
+    t0 = time.perf_counter()
+    try:
+        with open(work_file, "w", encoding="utf-8") as out:
+            for kept, chunk_stats, sigs in results:
+                clean.merge(chunk_stats)
+                sig_of = dict(zip((d.doc_id for d in kept), sigs)) if sigs is not None else {}
+                if qfilter is not None:
+                    kept = qfilter.filter(kept, quality)
+                for d in kept:
+                    doc_chars[d.doc_id] = len(d.text)
+                    if dedup is not None:
+                        dedup.add(d.doc_id, minhash_from_values(sig_of[d.doc_id], cfg.dedup))
+                    out.write(d.to_json() + "\n")
+                bar.set_postfix(kept=clean.docs_out, refresh=False)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+        bar.close()
+        stats.summary["pass 1 seconds (read+clean+quality+minhash)"] = round(time.perf_counter() - t0, 1)
+    if cleaner is None:
+        stats.stages.pop("clean", None)
+    if qfilter is None:
+        stats.stages.pop("quality", None)
+
+
+# ---- global dedup decision + pass 2 ------------------------------------------------
+def _survivors(work_file: Path, drop: set, clusters_of: set, cluster_docs: dict) -> Iterator[dict]:
+    """Stream the work file, recording refs of clustered documents, skipping dropped ones."""
+    with open(work_file, encoding="utf-8") as fh:
+        for line in fh:
+            rec = json.loads(line)
+            if rec["id"] in clusters_of:
+                cluster_docs[rec["id"]] = {"ref": rec["ref"], "preview": rec["text"][:40]}
+            if rec["id"] not in drop:
+                yield rec
+
+
+def _write_clusters(path: Path, clusters: list[list[int]], cluster_docs: dict) -> None:
+    with open(path, "w", encoding="utf-8") as fh:
+        for c in clusters:
+            rec = {"size": len(c), "kept": cluster_docs.get(c[0]), "removed": [cluster_docs.get(k) for k in c[1:]]}
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+
+
+def _text_batches(records: Iterable[dict], max_chars: int) -> Iterator[list[dict]]:
+    buf, chars = [], 0
+    for rec in records:
+        buf.append(rec)
+        chars += len(rec["text"])
+        if chars >= max_chars:
+            yield buf
+            buf, chars = [], 0
+    if buf:
+        yield buf
+
+
+def _encoder(codec, workers: int):
+    """A context manager yielding `encode(texts) -> iterator of id lists` (worker pool when workers > 1)."""
+    from ..tokenizer import ParallelEncoder
+
+    if workers <= 1:
+        return contextlib.nullcontext(lambda texts: (codec.encode_ids(t) for t in texts))
+    pool = ParallelEncoder(codec.vocab_file, num_workers=workers, chunk_size=16, start_method=start_method())
+
+    @contextlib.contextmanager
+    def managed():
+        with pool:  # terminates the workers if the run is interrupted
+            yield pool.imap
+
+    return managed()
+
+
+def _pass_tokenize(cfg, records: Iterator[dict], tmp: Path, stats: PipelineStats, total_chars: int, workers: int):
+    """Pass 2: tokenize survivors into `<tmp>/<name>.bin/.idx`; returns (lengths, codec)."""
+    from ..tokenizer import PanGuSentencePiece
+
+    st = stats.start("tokenize")
+    codec = PanGuSentencePiece(cfg.vocab_file)
+    bar = _progress_bar(cfg, total_chars, "tokenize", "char")
+    lengths: list[int] = []
+    try:
+        with _encoder(codec, workers) as encode, \
+                IndexedDatasetBuilder(tmp / cfg.name, dtype_for_vocab(codec.vocab_size)) as builder:
+            for batch in _text_batches(records, TOKENIZE_BATCH_CHARS):
+                for rec, ids in zip(batch, encode([r["text"] for r in batch])):
+                    st.docs_in += 1
+                    st.chars_in += len(rec["text"])
+                    bar.update(len(rec["text"]))
+                    if not ids:
+                        st.drop("empty_after_tokenize")
+                        continue
+                    builder.add_document(list(ids) + [cfg.separator_id])  # REF "Packing": 9 after each document
+                    lengths.append(len(ids) + 1)
+                    st.docs_out += 1
+                    st.chars_out += len(rec["text"])
+        st.extra["tokens"] = builder.num_tokens
+    finally:
+        bar.close()
+        stats.stop("tokenize")
+    return lengths, codec
+
+
+def _split_summary(cfg: PipelineConfig, lengths: list[int]) -> dict:
+    parts = split_documents(len(lengths), cfg.split, cfg.split_seed) if lengths else [[] for _ in cfg.split]
+    names = DEFAULT_SPLIT_NAMES if len(cfg.split) == 3 else [f"split{i}" for i in range(len(cfg.split))]
+    return {n: {"documents": len(p), "tokens": int(sum(lengths[i] for i in p))} for n, p in zip(names, parts)}
+
+
+def _write_reports(out: Path, stats: PipelineStats) -> None:
+    (out / "stats.json").write_text(stats.to_json(), encoding="utf-8")
+    (out / "stats.txt").write_text(stats.to_table() + "\n", encoding="utf-8")
+
+
+def _config_snapshot(cfg: PipelineConfig) -> dict:
+    snap = dataclasses.asdict(cfg)
+    snap.pop("progress", None)
+    return snap
+
+
+def _finish_dataset(cfg, tmp: Path, stats: PipelineStats, lengths: list[int], codec) -> None:
+    if not lengths:
+        logger.warning("prepare-data: no document survived the filters; the dataset is empty (see stats.txt)")
+    splits = _split_summary(cfg, lengths)
+    stats.summary.update(documents=len(lengths), tokens=int(sum(lengths)), splits=splits)
+    _write_reports(tmp, stats)
+    write_manifest(tmp, {
+        "prefix": cfg.name, "num_documents": len(lengths), "num_tokens": int(sum(lengths)),
+        "dtype": str(dtype_for_vocab(codec.vocab_size).__name__), "vocab_size": codec.vocab_size,
+        "vocab_file": str(codec.vocab_file), "vocab_sha256": sha256_file(codec.vocab_file),
+        "separator_id": cfg.separator_id, "split": list(cfg.split), "split_names": list(splits),
+        "split_seed": cfg.split_seed, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "config": _config_snapshot(cfg), "stats": stats.to_dict()["stages"], "splits": splits,
+        "files": [f"{cfg.name}.bin", f"{cfg.name}.idx"],
+    })
+
+
+def _finish_documents(cfg, tmp: Path, stats: PipelineStats, records: Iterator[dict]) -> None:
+    n = 0
+    with open(tmp / "documents.jsonl", "w", encoding="utf-8") as fh:
+        for rec in records:
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            n += 1
+    stats.summary.update(documents=n)
+    _write_reports(tmp, stats)
+    write_manifest(tmp, {"prefix": None, "num_documents": n, "kind": "documents", "config": _config_snapshot(cfg),
+                         "files": ["documents.jsonl"]})
+
+
+def _remove_stale_partials(final: Path) -> None:
+    """Delete `<final>.partial-<pid>` left by processes that no longer run (Linux /proc only)."""
+    if not Path("/proc/self").exists():
+        return
+    for p in final.parent.glob(f"{final.name}.partial-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _dedup_decision(dedup: MinHashDeduplicator, stats: PipelineStats, doc_chars: dict) -> tuple[set, list]:
+    """The global pass: clusters from the LSH index; every document but the first of a cluster is dropped."""
+    st = stats.start("dedup")
+    result = dedup.result()
+    previous = stats.stages.get("quality") or stats.stages.get("clean") or stats.stage("read")
+    st.docs_in, st.chars_in = previous.docs_out, previous.chars_out
+    st.docs_out = st.docs_in - len(result.drop)
+    st.chars_out = st.chars_in - sum(doc_chars[k] for k in result.drop)
+    st.drop("near_duplicate", len(result.drop))
+    st.extra.update(result.to_dict(), bands=dedup.bands_rows[0], rows=dedup.bands_rows[1])
+    stats.summary["dedup clusters / documents removed"] = f"{len(result.clusters)} / {len(result.drop)}"
+    stats.stop("dedup")
+    return result.drop, result.clusters
+
+
+def _kept_chars(stats: PipelineStats) -> int:
+    for name in ("dedup", "quality", "clean", "read"):
+        if name in stats.stages:
+            return stats.stages[name].chars_out
+    return 0
+
+
+def _run_stages(cfg: PipelineConfig, tmp: Path, stats: PipelineStats, workers: int, model) -> None:
+    scores_fh = open(tmp / "scores.jsonl", "w", encoding="utf-8") if "quality" in cfg.stages else None
+    dedup = MinHashDeduplicator(cfg.dedup) if "dedup" in cfg.stages else None
+    doc_chars: dict = {}
+    try:
+        qfilter = _build_quality_filter(cfg, tmp, scores_fh, model)
+        _pass_filter(cfg, stats, tmp / "work.jsonl", dedup, qfilter, workers, doc_chars)
+    finally:
+        if scores_fh is not None:
+            scores_fh.close()
+    drop, clusters = _dedup_decision(dedup, stats, doc_chars) if dedup is not None else (set(), [])
+    clusters_of = {k for c in clusters for k in c}
+    cluster_docs: dict = {}
+    records = _survivors(tmp / "work.jsonl", drop, clusters_of, cluster_docs)
+    if "tokenize" in cfg.stages:
+        lengths, codec = _pass_tokenize(cfg, records, tmp, stats, _kept_chars(stats), workers)
+        _write_clusters(tmp / "dedup_clusters.jsonl", clusters, cluster_docs)
+        _finish_dataset(cfg, tmp, stats, lengths, codec)
+    else:
+        _finish_documents(cfg, tmp, stats, records)
+        _write_clusters(tmp / "dedup_clusters.jsonl", clusters, cluster_docs)
+    if not cfg.keep_work:
+        (tmp / "work.jsonl").unlink()
+
+
+def run_pipeline(cfg: PipelineConfig, model=None) -> PipelineStats:
+    """Run the configured stages into `cfg.output`; returns the stats (also written there).
+
+    `model` optionally hands an in-memory causal LM to the perplexity filter.
+    """
+    from ..tokenizer.batch import default_num_workers
+
+    cfg.validate(has_model=model is not None)
+    final = Path(cfg.output)
+    if final.exists() and not cfg.overwrite:
+        raise FileExistsError(f"{final} exists; pass --overwrite to replace it")
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_partials(final)
+    workers = cfg.num_workers or default_num_workers()
+    tmp = partial_dir(final)
+    stats = PipelineStats()
+    for name in ("read",) + tuple(s for s in STAGES if s in cfg.stages):
+        stats.stage(name)  # report rows in pipeline order
+    try:
+        _run_stages(cfg, tmp, stats, workers, model)
+        commit_dir(tmp, final, cfg.overwrite)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return stats

@@ -1,0 +1,92 @@
+"""Cleaning rules of the paper: each rule drops/modifies and is counted by reason."""
+import pytest
+
+from paddle_pangu.data.builtin import read_builtin
+from paddle_pangu.data.cleaning import Cleaner, CleaningConfig, chinese_ratio, load_word_list
+from paddle_pangu.data.stats import Document, IssueLog, StageStats
+
+BODY = "我国经济在改革开放以来保持了长期稳定的增长，人民生活水平不断提高，社会事业全面进步。" * 4  # ~170 chars
+
+
+def _clean(text, **cfg):
+    stats = StageStats("clean")
+    out = Cleaner(CleaningConfig(**cfg)).clean(Document(text, "t", "t:1"), stats)
+    return out, stats
+
+
+def test_keeps_good_document_and_counts_in_out():
+    out, stats = _clean(BODY)
+    assert out is not None and out.text == BODY
+    assert (stats.docs_in, stats.docs_out, dict(stats.dropped)) == (1, 1, {})
+
+
+@pytest.mark.parametrize(
+    "text, reason",
+    [
+        ("短文本。", "too_short"),
+        ("只有一个标题没有句子", "title_only"),
+        ("", "empty"),
+        ("This article is mostly English text with a few 汉字 inside. " * 5, "low_chinese_ratio"),
+        (BODY + "博彩" * 4, "sensitive_words"),
+        (BODY + "优惠券，包邮，加微信，限时优惠。" + BODY, "advertisement"),
+    ],
+)
+def test_drop_reasons(text, reason):
+    out, stats = _clean(text)
+    assert out is None and dict(stats.dropped) == {reason: 1}
+
+
+def test_sensitive_threshold_is_strictly_more_than():
+    assert _clean(BODY + "博彩" * 3)[0] is not None  # REF: more than 3 hits
+    assert _clean(BODY + "博彩" * 3, sensitive_threshold=2)[0] is None
+
+
+def test_chinese_ratio_and_punctuation():
+    assert chinese_ratio("中文，中文。") == 1.0
+    assert chinese_ratio("中文，中文。", ignore_punctuation=False) == pytest.approx(4 / 6)
+    assert chinese_ratio("中文12") == 0.5
+
+
+def test_normalisation_t2s_fullwidth_special_symbols():
+    trad = "我國經濟在改革開放以來保持了長期穩定的增長，人民生活水準不斷提高，社會事業全面進步。" * 4
+    out, stats = _clean(trad)
+    assert out.text == "我国经济在改革开放以来保持了长期稳定的增长，人民生活水准不断提高，社会事业全面进步。" * 4
+    assert stats.modified["t2s_converted"] == 1
+    qianlong = "乾隆年间的故事。" + BODY  # simplified text with a character OpenCC would rewrite
+    assert _clean(qianlong)[0].text == qianlong
+    text = "汉字😀\u200b，１９９８年ＡＢ，一九九○年●" + BODY
+    out, stats = _clean(text)
+    assert out.text == "汉字，1998年AB，一九九○年" + BODY
+    assert {"fullwidth_normalised", "special_symbols_removed"} <= set(stats.modified)
+    out, _ = _clean(trad + text, t2s=False, fullwidth_to_ascii=False, remove_special_symbols=False)
+    assert out.text == trad + text
+
+
+def test_paragraph_rules_nav_ads_duplicates():
+    text = "\n".join(["首页 | 新闻 | 体育 | 财经", BODY, "扫码关注我们的微信公众号", BODY, "上一篇 下一篇"])
+    out, stats = _clean(text)
+    assert out.text == BODY
+    assert {"nav_lines_removed", "ad_lines_removed", "dup_paragraphs_removed"} <= set(stats.modified)
+    out, _ = _clean(text, nav_keywords=(), ad_keywords=(), dedup_paragraphs=False, nav_max_line_chars=0)
+    assert out.text.count(BODY) == 2
+
+
+def test_config_errors_and_word_list(tmp_path):
+    with pytest.raises(ValueError, match="min_chinese_ratio"):
+        Cleaner(CleaningConfig(min_chinese_ratio=60))
+    f = tmp_path / "words.txt"
+    f.write_text("# comment\n坏词\n\n另一个\n", encoding="utf-8")
+    assert load_word_list(f) == ("坏词", "另一个")
+    (tmp_path / "empty.txt").write_text("# nothing\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="empty"):
+        load_word_list(tmp_path / "empty.txt")
+
+
+def test_defaults_keep_most_peoples_daily_articles():
+    cleaner, stats = Cleaner(), StageStats("clean")
+    docs = list(read_builtin("builtin:peoples-daily", IssueLog()))[:800]
+    kept = [d for d in (cleaner.clean(d, stats) for d in docs) if d is not None]
+    long_docs = sum(len(d.text) >= 170 for d in docs)
+    assert len(kept) >= 0.95 * long_docs  # real news passes the 60% Chinese rule
+    assert stats.dropped["low_chinese_ratio"] < 0.02 * len(docs)
+    assert stats.docs_in == len(docs) and stats.docs_out == len(kept)

@@ -1,0 +1,102 @@
+"""Fuzzy dedup: planted near-duplicates in real People's Daily text are found; distinct articles are not."""
+import random
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from paddle_pangu.data.builtin import read_builtin
+from paddle_pangu.data.dedup import DedupConfig, MinHashDeduplicator, find_near_duplicates, shingle_hashes
+from paddle_pangu.data.stats import IssueLog
+
+
+@pytest.fixture(scope="module")
+def articles():
+    docs = [d.text for d in read_builtin("builtin:peoples-daily", IssueLog()) if 400 <= len(d.text) <= 3000]
+    assert len(docs) > 600
+    return docs
+
+
+def _sentences(text):
+    parts, cur = [], ""
+    for ch in text:
+        cur += ch
+        if ch in "。！？":
+            parts.append(cur)
+            cur = ""
+    return parts + ([cur] if cur else [])
+
+
+def _edit(text, rng, donor):
+    """A realistic near-duplicate: a few character edits, plus an inserted or deleted sentence."""
+    chars = list(text)
+    for _ in range(max(1, len(chars) // 100)):  # ~1% characters replaced
+        chars[rng.randrange(len(chars))] = rng.choice("的一是在不了有和人这中大为上个国我以要他时来用们")
+    sents = _sentences("".join(chars))
+    kind = rng.choice(["insert", "delete", "both"])
+    if kind in ("insert", "both"):
+        sents.insert(rng.randrange(len(sents) + 1), rng.choice(_sentences(donor)))
+    if kind in ("delete", "both") and len(sents) > 4:
+        sents.pop(rng.randrange(len(sents)))
+    return "".join(sents)
+
+
+def test_planted_near_duplicates_recall_and_false_positives(articles):
+    rng = random.Random(0)
+    pool = articles[:]
+    rng.shuffle(pool)
+    originals, distinct, donors = pool[:100], pool[100:500], pool[500:]
+    corpus, pairs = [], []
+    for i, text in enumerate(originals):
+        corpus.append(text)
+        corpus.append(_edit(text, rng, donors[i % len(donors)]))
+        pairs.append((len(corpus) - 2, len(corpus) - 1))
+    corpus.extend(distinct)
+    order = list(range(len(corpus)))
+    rng.shuffle(order)  # duplicates scattered through the corpus
+    shuffled = [corpus[i] for i in order]
+    where = {old: new for new, old in enumerate(order)}
+    result = find_near_duplicates(shuffled, DedupConfig())
+    cluster_of = {k: ci for ci, c in enumerate(result.clusters) for k in c}
+    found = sum(1 for a, b in pairs if where[a] in cluster_of and cluster_of.get(where[a]) == cluster_of.get(where[b]))
+    recall = found / len(pairs)
+    distinct_pos = [where[i] for i in range(2 * len(originals), len(corpus))]
+    false_pos = sum(1 for k in distinct_pos if k in cluster_of) / len(distinct_pos)
+    assert recall >= 0.9, f"recall {recall:.3f} of {len(pairs)} planted pairs"
+    assert false_pos <= 0.01, f"{false_pos:.3%} of distinct articles wrongly clustered"
+    # exactly one of each found pair is removed: the one that came first is kept
+    for a, b in pairs:
+        pa, pb = where[a], where[b]
+        if cluster_of.get(pa) is not None and cluster_of.get(pa) == cluster_of.get(pb):
+            assert (min(pa, pb) in result.drop) is False and max(pa, pb) in result.drop
+
+
+def test_exact_copies_and_unrelated_texts(articles):
+    a, b = articles[0], articles[1]
+    result = find_near_duplicates([a, b, a, b, articles[2]])
+    assert sorted(map(sorted, result.clusters)) == [[0, 2], [1, 3]]
+    assert result.drop == {2, 3}
+
+
+def test_shingle_hashes_ignore_whitespace_punctuation_and_are_stable_across_processes(articles):
+    text = articles[3]
+    assert np.array_equal(shingle_hashes(text, 5), shingle_hashes(text.replace("，", " , ").replace("。", "\n"), 5))
+    code = (
+        "import sys; from paddle_pangu.data.dedup import shingle_hashes;"
+        "print(int(shingle_hashes(sys.stdin.read(), 5).sum()))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], input=text, capture_output=True, text=True, check=True)
+    assert int(out.stdout) == int(shingle_hashes(text, 5).sum())
+
+
+def test_explicit_bands_rows_and_config_errors():
+    dedup = MinHashDeduplicator(DedupConfig(num_perm=64, bands=16, rows=4))
+    assert dedup.bands_rows == (16, 4)
+    with pytest.raises(ValueError, match="bands\\*rows"):
+        DedupConfig(num_perm=64, bands=10, rows=4).validate()
+    with pytest.raises(ValueError, match="threshold"):
+        DedupConfig(threshold=1.5).validate()
+    with pytest.raises(ValueError, match="added twice"):
+        dedup.add("k", dedup.signature("一二三四五六七八九十"))
+        dedup.add("k", dedup.signature("一二三四五六七八九十"))

@@ -1,0 +1,13 @@
+"""Thin wrapper: data-pipeline tokenization throughput vs the single-process reference.
+
+    python tools/bench_tokenize.py --mb 2 --workers 2
+"""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from paddle_pangu.data.benchmark import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
