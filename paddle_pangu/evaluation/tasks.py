@@ -7,11 +7,11 @@ the installed package. Any JSONL file with `text` and `label` fields works too.
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 
 from ..data.builtin import builtin_files
+from ..utils.jsonl import iter_jsonl
 
 
 @dataclass
@@ -64,17 +64,13 @@ def reviews_task(max_chars: int = 120) -> ClassificationTask:
 def jsonl_task(path: str, labels: list[str], template: str) -> ClassificationTask:
     """A task from a JSONL file of {"text": ..., "label": <index or label string>}."""
     examples = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                label = row["label"]
-                label = labels.index(label) if isinstance(label, str) else int(label)
-                examples.append((str(row["text"]), label))
-            except (ValueError, KeyError, json.JSONDecodeError) as exc:
-                raise ValueError(f"{path}:{lineno}: expected {{\"text\": str, \"label\": one of {labels} or index}}: {exc}") from exc
+    for lineno, row in iter_jsonl(path):
+        try:
+            label = row["label"]
+            label = labels.index(label) if isinstance(label, str) else int(label)
+            examples.append((str(row["text"]), label))
+        except (ValueError, KeyError) as exc:
+            raise ValueError(f"{path}:{lineno}: expected {{\"text\": str, \"label\": one of {labels} or index}}: {exc}") from exc
     return ClassificationTask(path, labels=labels, template=template, examples=examples)
 
 

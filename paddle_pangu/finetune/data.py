@@ -7,10 +7,11 @@ response and the separator only.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
+
+from ..utils.jsonl import iter_jsonl
 
 
 @dataclass
@@ -22,23 +23,16 @@ class SFTExample:
 
 def read_jsonl(path: str, prompt_field: str = "prompt", response_field: str = "response", text_field: str = "text"):
     """Yield (prompt, response) pairs; errors name the file, line and the fields expected."""
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            if response_field in row:
-                yield str(row.get(prompt_field, "")), str(row[response_field])
-            elif text_field in row:
-                yield "", str(row[text_field])
-            else:
-                raise ValueError(
-                    f"{path}:{lineno}: expected a {response_field!r} (with optional {prompt_field!r}) or a "
-                    f"{text_field!r} field, got {sorted(row)}"
-                )
+    for lineno, row in iter_jsonl(path):
+        if response_field in row:
+            yield str(row.get(prompt_field, "")), str(row[response_field])
+        elif text_field in row:
+            yield "", str(row[text_field])
+        else:
+            raise ValueError(
+                f"{path}:{lineno}: expected a {response_field!r} (with optional {prompt_field!r}) or a "
+                f"{text_field!r} field, got {sorted(row)}"
+            )
 
 
 def build_examples(pairs, tokenizer, max_length: int, eot_id: int = 9) -> list[SFTExample]:

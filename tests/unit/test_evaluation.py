@@ -83,3 +83,19 @@ def test_few_shot_accuracy_counts_correct_picks(tiny_model):
         cands = [tok.encode_ids(build_prompt(task, demos, text, c)) for c in (0, 1)]
         correct += int(np.argmin(candidate_losses(tiny_model, cands)) == gold)
     assert res["accuracy"] == correct / 6
+
+
+def test_jsonl_task_reads_labels_and_names_bad_lines(tmp_path):
+    from paddle_pangu.evaluation import jsonl_task
+
+    good = tmp_path / "t.jsonl"
+    good.write_text('{"text": "很好", "label": "好"}\n\n{"text": "很差", "label": 1}\n', encoding="utf-8")
+    task = jsonl_task(str(good), ["好", "坏"], "{text}。{label}")
+    assert task.examples == [("很好", 0), ("很差", 1)]
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "很好", "label": "好"}\n{"text": "x", "label": "中"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad.jsonl:2"):
+        jsonl_task(str(bad), ["好", "坏"], "{text}。{label}")
+    bad.write_text('[1, 2]\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"bad.jsonl:1: expected a JSON object"):
+        jsonl_task(str(bad), ["好", "坏"], "{text}。{label}")
