@@ -110,7 +110,8 @@ class PanGuAttention(nn.Layer):
         if attention_mask is not None:
             scores = scores + attention_mask
         probs = F.softmax(scores, axis=-1).astype(q.dtype)
-        probs = self.attn_dropout(probs)
+        with pl.local_rng():  # this rank's heads: a dropout stream per tensor-parallel rank
+            probs = self.attn_dropout(probs)
         ctx = paddle.matmul(probs, v)  # [B, nh, S, hd]
         b, s = ctx.shape[0], ctx.shape[2]
         ctx = ctx.transpose([0, 2, 1, 3]).reshape([b, s, self.num_heads * self.head_dim])

@@ -7,6 +7,8 @@ With degree > 1 they are fleet's `ColumnParallelLinear`, `RowParallelLinear`,
 """
 from __future__ import annotations
 
+import contextlib
+
 import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
@@ -33,6 +35,23 @@ def mp_world_size() -> int:
 def mp_rank() -> int:
     hcg = _hcg()
     return hcg.get_model_parallel_rank() if hcg is not None else 0
+
+
+def mp_group():
+    """The tensor-parallel process group, or None outside a fleet job."""
+    hcg = _hcg()
+    return hcg.get_model_parallel_group() if hcg is not None else None
+
+
+def local_rng():
+    """Context for dropout on tensor-parallel-local activations (e.g. the probabilities of this
+    rank's attention heads): fleet's `model_parallel_rng` stream, distinct per mp rank and seeded
+    by `parallel.topology.init_topology`. A no-op with mp == 1."""
+    if mp_world_size() == 1:
+        return contextlib.nullcontext()
+    from paddle.distributed.fleet.meta_parallel import get_rng_state_tracker
+
+    return get_rng_state_tracker().rng_state()
 
 
 def column_linear(in_features, out_features, weight_attr=None, has_bias=True, gather_output=False):
@@ -76,7 +95,8 @@ def tied_lm_logits(hidden, embedding_weight, parallel_output: bool):
         return paddle.matmul(hidden, embedding_weight, transpose_y=True)
     from paddle.distributed.fleet.layers.mpu import mp_ops
 
-    group = _hcg().get_model_parallel_group()
+    # PaddleNLP `parallel_matmul`: each rank multiplies by its vocab shard [V/mp, H]
+    group = mp_group()
     hidden = mp_ops._c_identity(hidden, group=group)  # identity fwd, all-reduce of grads bwd
     logits = paddle.matmul(hidden, embedding_weight, transpose_y=True)
     if parallel_output:

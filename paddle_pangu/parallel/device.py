@@ -1,0 +1,151 @@
+"""Device selection (cpu / gpu / Ascend npu) and the per-device runtime set-up.
+
+Selection order for `auto`: a custom `npu` device (paddle-custom-npu plugin),
+then CUDA, then CPU. An explicitly requested device that is missing is an
+error, never a silent fallback. The NPU path cannot run on the project's CPU
+machines (PLATFORM.md); it is written after PaddleNLP's NPU recipes and only
+its selection logic is unit-tested here.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+
+import paddle
+
+logger = logging.getLogger(__name__)
+
+DEVICE_CHOICES = ("auto", "cpu", "gpu", "npu")
+
+# Collective backend per device type. Custom devices use paddle's "xccl"
+# process group, which dispatches to the plugin's HCCL on Ascend.
+_BACKENDS = {"cpu": "gloo", "gpu": "nccl", "npu": "xccl"}
+
+# Environment the PaddleNLP Ascend LLM recipes export before training:
+# PaddleNLP llm/npu/llama/llama_npu_ppt_N1C8.sh and llama_npu_opt_ppt.sh
+# (FLAGS_* are Paddle / paddle-custom-npu flags, HCCL_* the Ascend collective
+# library, MULTI_STREAM_MEMORY_REUSE the CANN runtime).
+NPU_ENV_DEFAULTS = {
+    "FLAGS_npu_storage_format": "1",  # keep weights in NPU-private (NZ) layout
+    "FLAGS_use_stride_kernel": "0",  # strided views are slow / unsupported on NPU
+    "FLAGS_allocator_strategy": "naive_best_fit",
+    "HCCL_OP_BASE_FFTS_MODE_ENABLE": "TRUE",
+    "HCCL_INTRA_PCIE_ENABLE": "0",  # intra-node traffic over RoCE, not PCIe
+    "HCCL_INTRA_ROCE_ENABLE": "1",
+    "MULTI_STREAM_MEMORY_REUSE": "1",
+}
+
+
+class DeviceError(RuntimeError):
+    """The requested device is not available in this Paddle build / machine."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DeviceInfo:
+    """The device a run uses.
+
+    Attributes:
+        type: "cpu", "gpu" or "npu".
+        backend: collective backend for multi-process runs ("gloo", "nccl", "xccl").
+        count: visible devices of this type (1 for cpu).
+    """
+
+    type: str
+    backend: str
+    count: int
+
+    def paddle_device(self, local_rank: int = 0) -> str:
+        """String for `paddle.set_device` (e.g. "gpu:1", "npu:0", "cpu")."""
+        return "cpu" if self.type == "cpu" else f"{self.type}:{local_rank}"
+
+
+def _npu_count() -> int:
+    if "npu" not in paddle.device.get_all_custom_device_type():
+        return 0
+    # e.g. ["npu:0", ..., "npu:7"]; the plugin is loaded, so at least one device is usable
+    return max(1, sum(d.split(":")[0] == "npu" for d in paddle.device.get_available_custom_device()))
+
+
+def _gpu_count() -> int:
+    if not paddle.device.is_compiled_with_cuda():
+        return 0
+    return int(paddle.device.cuda.device_count())
+
+
+def select_device(requested: str = "auto") -> DeviceInfo:
+    """Resolve `requested` ("auto" | "cpu" | "gpu" | "npu") to an available device.
+
+    Raises DeviceError naming what is missing when an explicit request cannot
+    be met, and ValueError for an unknown name.
+    """
+    requested = (requested or "auto").lower()
+    if requested not in DEVICE_CHOICES:
+        raise ValueError(f"device={requested!r}: expected one of {DEVICE_CHOICES}")
+    if requested in ("auto", "npu"):
+        n = _npu_count()
+        if n > 0:
+            return DeviceInfo("npu", _BACKENDS["npu"], n)
+        if requested == "npu":
+            raise DeviceError(
+                "device='npu' requested but Paddle has no 'npu' custom device "
+                f"(custom device types: {paddle.device.get_all_custom_device_type()}); "
+                "install paddle-custom-npu from Paddle's package index and source the CANN set_env.sh"
+            )
+    if requested in ("auto", "gpu"):
+        n = _gpu_count()
+        if n > 0:
+            return DeviceInfo("gpu", _BACKENDS["gpu"], n)
+        if requested == "gpu":
+            raise DeviceError(
+                "device='gpu' requested but "
+                + ("this Paddle build has no CUDA" if not paddle.device.is_compiled_with_cuda() else "no GPU is visible")
+            )
+    return DeviceInfo("cpu", _BACKENDS["cpu"], 1)
+
+
+def npu_env_defaults(device: DeviceInfo | str, environ: dict | None = None) -> dict:
+    """Set the NPU recipe flags (NPU_ENV_DEFAULTS) in `environ` when device is npu.
+
+    Values the user already exported win. Returns the flags actually set;
+    does nothing (returns {}) on other devices. Flags read at import time by
+    the plugin must be in the environment before paddle initialises the
+    device, so call this first thing in the launched process.
+    """
+    dev_type = device if isinstance(device, str) else device.type
+    if dev_type != "npu":
+        return {}
+    environ = os.environ if environ is None else environ
+    applied = {}
+    for key, value in NPU_ENV_DEFAULTS.items():
+        if key not in environ:
+            environ[key] = value
+            applied[key] = value
+    if applied:
+        logger.info("NPU environment defaults applied: %s", applied)
+    return applied
+
+
+def _registered_kernels() -> set[str]:
+    try:
+        return set(paddle.base.core._get_all_register_op_kernels("all"))
+    except (AttributeError, RuntimeError, TypeError):
+        return set()
+
+
+def fused_attention_available(device: DeviceInfo | str) -> str | None:
+    """Which fused (flash) attention kernel the attention code may use.
+
+    Returns "npu" when the paddle-custom-npu `flash_attention_npu` custom op
+    is registered (PaddleNLP llama fusion_ops calls it through
+    `core.eager._run_custom_op`), "gpu" when `paddle.nn.functional.
+    flash_attention` exists on a CUDA build, else None: the plain
+    softmax(QK^T/sqrt(d)) path (CPU, and any device lacking the kernel).
+    """
+    dev_type = device if isinstance(device, str) else device.type
+    if dev_type == "npu":
+        return "npu" if "flash_attention_npu" in _registered_kernels() else None
+    if dev_type == "gpu":
+        has_fa = hasattr(paddle.nn.functional, "flash_attention")
+        return "gpu" if has_fa and paddle.device.is_compiled_with_cuda() else None
+    return None

@@ -1,0 +1,75 @@
+"""Device selection / fallback logic, NPU environment defaults, fused-attention detection.
+
+The machines have no GPU or Ascend NPU, so the device queries are
+monkeypatched to simulate them (selection logic only; PLATFORM.md).
+"""
+import paddle
+import pytest
+
+from paddle_pangu.parallel import device as dev
+
+
+@pytest.fixture
+def fake_devices(monkeypatch):
+    """Simulate a machine: fake_devices(npu=n, cuda=bool, gpus=n)."""
+
+    def install(npu=0, cuda=False, gpus=0):
+        monkeypatch.setattr(paddle.device, "get_all_custom_device_type", lambda: ["npu"] if npu else [])
+        monkeypatch.setattr(paddle.device, "get_available_custom_device", lambda: [f"npu:{i}" for i in range(npu)])
+        monkeypatch.setattr(paddle.device, "is_compiled_with_cuda", lambda: cuda)
+        monkeypatch.setattr(paddle.device.cuda, "device_count", lambda: gpus)
+
+    return install
+
+
+def test_real_machine_is_cpu():
+    info = dev.select_device("auto")
+    assert (info.type, info.backend) == ("cpu", "gloo") and info.paddle_device() == "cpu"
+
+
+def test_auto_prefers_npu_then_gpu_then_cpu(fake_devices):
+    fake_devices(npu=8, cuda=True, gpus=4)
+    assert dev.select_device("auto") == dev.DeviceInfo("npu", "xccl", 8)
+    fake_devices(npu=0, cuda=True, gpus=4)
+    assert dev.select_device("auto") == dev.DeviceInfo("gpu", "nccl", 4)
+    assert dev.select_device("auto").paddle_device(3) == "gpu:3"
+    fake_devices(npu=0, cuda=True, gpus=0)  # CUDA build, no visible GPU
+    assert dev.select_device().type == "cpu"
+
+
+def test_explicit_request_honoured_or_fails(fake_devices):
+    fake_devices(npu=2, cuda=True, gpus=1)
+    assert dev.select_device("gpu").type == "gpu"  # explicit beats the auto preference
+    assert dev.select_device("CPU").type == "cpu"
+    fake_devices(npu=0, cuda=False)
+    with pytest.raises(dev.DeviceError, match="device='npu' requested.*paddle-custom-npu"):
+        dev.select_device("npu")
+    with pytest.raises(dev.DeviceError, match="no CUDA"):
+        dev.select_device("gpu")
+    fake_devices(npu=0, cuda=True, gpus=0)
+    with pytest.raises(dev.DeviceError, match="no GPU is visible"):
+        dev.select_device("gpu")
+    with pytest.raises(ValueError, match="expected one of"):
+        dev.select_device("tpu")
+
+
+def test_npu_env_defaults_only_on_npu():
+    env = {"FLAGS_use_stride_kernel": "1"}  # user setting wins
+    assert dev.npu_env_defaults("cpu", env) == {} and env == {"FLAGS_use_stride_kernel": "1"}
+    applied = dev.npu_env_defaults(dev.DeviceInfo("npu", "xccl", 8), env)
+    assert "FLAGS_use_stride_kernel" not in applied and env["FLAGS_use_stride_kernel"] == "1"
+    assert env["FLAGS_npu_storage_format"] == "1" and env["FLAGS_allocator_strategy"] == "naive_best_fit"
+    assert set(applied) == set(dev.NPU_ENV_DEFAULTS) - {"FLAGS_use_stride_kernel"}
+    assert dev.npu_env_defaults("npu", env) == {}  # idempotent
+
+
+def test_fused_attention_detection(monkeypatch, fake_devices):
+    assert dev.fused_attention_available("cpu") is None
+    monkeypatch.setattr(dev, "_registered_kernels", lambda: {"matmul", "flash_attention_npu"})
+    assert dev.fused_attention_available("npu") == "npu"
+    monkeypatch.setattr(dev, "_registered_kernels", lambda: {"matmul"})
+    assert dev.fused_attention_available("npu") is None  # plugin without the kernel: plain path
+    fake_devices(cuda=True, gpus=1)
+    assert dev.fused_attention_available(dev.DeviceInfo("gpu", "nccl", 1)) == "gpu"
+    fake_devices(cuda=False)
+    assert dev.fused_attention_available("gpu") is None
