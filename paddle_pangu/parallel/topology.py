@@ -11,8 +11,9 @@ calls before building a model:
    otherwise `fleet.init(is_collective=True)` with the hybrid degrees and
    pipeline micro-batching, then installs the CPU gloo adapter
    (`cpu_backend`) when the groups are gloo - the only place it is imported.
-   On CPU, `gloo_groups` first gives every gloo group its own rendezvous
-   store (paddle 3.3.1 otherwise mixes up groups created together);
+   On CPU the adapter is installed once *before* fleet.init too, so every
+   gloo sub-group gets its own rendezvous store (`cpu_backend/groups.py`:
+   paddle 3.3.1 otherwise mixes up groups created together);
 4. seeds: the global seed (identical on all ranks: replicated parameters and
    dropout on replicated activations agree) and fleet's
    `model_parallel_rng` stream (distinct per mp rank: sharded weights are
@@ -138,10 +139,9 @@ def _init_fleet(parallel_config: ParallelConfig, device: DeviceInfo, force_cpu_b
     from paddle.distributed import fleet
 
     on_cpu = device.type == "cpu"
-    if on_cpu:  # both adapters must be in place before fleet.init creates the groups
-        from . import cpu_backend, gloo_groups  # the one import of the gloo adapter (LAYOUT.md)
+    if on_cpu:  # the adapter must be in place before fleet.init creates the groups
+        from . import cpu_backend  # the one import of the gloo adapter (LAYOUT.md)
 
-        gloo_groups.install()
         cpu_backend.install(force=force_cpu_backend)
     fleet.init(is_collective=True, strategy=build_strategy(parallel_config, device.type))
     hcg = fleet.get_hybrid_communicate_group()

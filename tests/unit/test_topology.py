@@ -74,21 +74,22 @@ def test_gloo_group_store_publishes_its_address():
     from paddle.base import core
     from paddle.distributed import collective
 
-    from paddle_pangu.parallel import gloo_groups
+    from paddle_pangu.parallel import cpu_backend
+    from paddle_pangu.parallel.cpu_backend import groups
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     job = core.TCPStore("127.0.0.1", port, True, 1, 60)
-    store = gloo_groups.group_store(job, rank=0, world_size=1, gid=12)
-    host, group_port = job.get("paddle_pangu/gloo_group_store/12").decode().rsplit(":", 1)
+    store = groups.group_store(job, rank=0, world_size=1, gid=12)
+    host, group_port = bytes(job.get(groups._KEY.format(gid=12))).decode().rsplit(":", 1)
     assert host == "127.0.0.1" and int(group_port) not in (0, port)
     store.set("k", "v")
-    assert store.get("k") == b"v"
+    assert bytes(store.get("k")) == b"v"
     original = collective._new_process_group_impl
     try:
-        assert gloo_groups.install() is True and gloo_groups.install() is False  # idempotent
+        cpu_backend.install()  # before fleet.init: patches group creation
         assert collective._new_process_group_impl is not original
     finally:
-        gloo_groups.uninstall()
+        cpu_backend.uninstall()
     assert collective._new_process_group_impl is original
