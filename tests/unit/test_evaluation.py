@@ -12,7 +12,9 @@ from paddle_pangu.evaluation.scoring import shared_prefix_len, token_losses
 
 def _nll(model, seq):
     logits = model(paddle.to_tensor([seq[:-1]]))
-    logp = paddle.nn.functional.log_softmax(logits, -1).numpy()[0]
+    z = logits.numpy()[0].astype("float64")  # numpy log-softmax: independent of the code under test
+    logp = z - z.max(-1, keepdims=True)
+    logp = logp - np.log(np.exp(logp).sum(-1, keepdims=True))
     return -np.array([logp[t, seq[t + 1]] for t in range(len(seq) - 1)])
 
 
