@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("paddle_pangu.commands.generate", "generate text from a model directory with a KV cache"),
     "evaluate": ("paddle_pangu.evaluation.cli", "perplexity and zero/one/few-shot classification (paper protocol)"),
     "plan": ("paddle_pangu.planner.cli", "size dp/mp/pp/sharding/recompute layouts for a cluster"),
+    "bench": ("paddle_pangu.bench.cli", "benchmarks vs same-run baselines (tokenize, train, generate); JSON + table"),
     "export": ("paddle_pangu.commands.export", "export prefill/decode graphs for the Paddle Inference predictor"),
     "convert": ("paddle_pangu.convert.cli", "convert MindSpore / Megatron / HF checkpoints to a model directory"),
     "reshard": ("paddle_pangu.convert.reshard_cli", "split or merge checkpoints between mp/pp layouts"),
