@@ -1,0 +1,76 @@
+"""`pangu train`: pretrain from a run YAML, alone or under paddle.distributed.launch.
+
+    pangu train --config configs/pretrain/mini_cpu_mp2.yaml
+    python -m paddle.distributed.launch --nproc_per_node 2 tools/train.py --config ...
+    pangu train --config X.yaml --set train.max_steps=20 --set optim.lr=1e-3
+"""
+from __future__ import annotations
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--config", required=True, help="run YAML (configs/pretrain/*.yaml)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a YAML field, e.g. train.max_steps=20 (repeatable; value parsed as YAML)")
+    parser.add_argument("--device", choices=("auto", "cpu", "gpu", "npu"), default=None,
+                        help="overrides train.device")
+    parser.add_argument("--output-dir", default=None, help="overrides train.output_dir")
+    parser.add_argument("--max-steps", type=int, default=None, help="overrides train.max_steps")
+    parser.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
+                        help="checkpoint and exit once step N is done (the schedule still spans train.max_steps); "
+                             "rerun with checkpoint.resume=auto to continue")
+    parser.add_argument("--evaluate", metavar="MODEL_DIR", default=None,
+                        help="no training: print the validation perplexity of a consolidated model directory "
+                             "(e.g. <output_dir>/final_model) on this run's validation batches, in one process")
+    parser.add_argument("--check-only", action="store_true",
+                        help="validate the config against the launched world size and exit")
+
+
+def _load_config(args):
+    """The run config with the command-line overrides applied."""
+    from .run_config import load_run_config
+
+    overrides = list(args.overrides)
+    if args.device:
+        overrides.append(f"train.device={args.device}")
+    if args.output_dir:
+        overrides.append(f"train.output_dir={args.output_dir}")
+    if args.max_steps is not None:
+        overrides.append(f"train.max_steps={args.max_steps}")
+    return load_run_config(args.config, overrides)
+
+
+def run(args) -> int:
+    from paddle_pangu.parallel.device import DeviceError
+    from paddle_pangu.parallel.topology import launched_world_size
+
+    from .amp import AmpConfigError
+    from .run_config import RunConfigError
+
+    world = launched_world_size()
+    try:
+        cfg = _load_config(args)
+        cfg.validate(None if args.evaluate else world)  # the layout, before any process group exists
+    except RunConfigError as exc:
+        print(f"error: {exc}")
+        return 2
+    if args.check_only:
+        print(f"{args.config}: valid for world size {world}")
+        return 0
+    if args.evaluate:
+        from .evaluate import evaluate_model_dir
+
+        result = evaluate_model_dir(args.evaluate, cfg)
+        print(f"{args.evaluate}: validation loss {result['loss']:.4f} perplexity {result['ppl']:.2f} "
+              f"({result['tokens']} tokens)")
+        return 0
+    from .trainer import Trainer
+
+    try:
+        trainer = Trainer(cfg)  # data paths, device and AMP mode are checked before any process group
+    except (RunConfigError, AmpConfigError, DeviceError) as exc:
+        print(f"error: {exc}")
+        return 2
+    result = trainer.train(stop_after=args.stop_after_steps)
+    if result.get("eval"):
+        print(f"validation loss {result['eval']['loss']:.4f} perplexity {result['eval']['ppl']:.2f}")
+    return 0

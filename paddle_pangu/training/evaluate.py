@@ -1,0 +1,38 @@
+"""Validation perplexity of a consolidated model directory, in one process.
+
+Reads the same validation samples the trainer evaluates on (same run YAML,
+same seed and global batch), so the number printed here for
+`<output_dir>/final_model` should equal the trainer's last `eval` line: a
+check that the consolidated weights load into the single-process model.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import paddle
+from tqdm import tqdm
+
+from .batches import StepBatcher, run_datasets, split_tokens_labels
+from .run_config import RunConfig
+
+
+@paddle.no_grad()
+def evaluate_model_dir(model_dir: str, cfg: RunConfig) -> dict:
+    """{'loss', 'ppl', 'tokens'} of `model_dir` on the run's `eval_iters` validation batches."""
+    from paddle_pangu.model import PanGuForCausalLM
+
+    model_cfg, par = cfg.validate()
+    model = PanGuForCausalLM.from_pretrained(model_dir)
+    model.eval()
+    valid = run_datasets(cfg, model_cfg, par.global_batch_size, which=("valid",))["valid"]
+    batcher = StepBatcher(valid, par.global_batch_size, 0, 1,
+                          cfg.train.seed + 1)
+    losses = []
+    for i in tqdm(range(cfg.train.eval_iters), desc="perplexity", unit="batch"):
+        tokens, labels = split_tokens_labels(batcher.batch(i))  # [G, S] each
+        per_rank = [model(paddle.to_tensor(t), labels=paddle.to_tensor(l))[0]
+                    for t, l in zip(np.split(tokens, par.data_parallel_size), np.split(labels, par.data_parallel_size))]
+        losses.append(float(sum(float(x) for x in per_rank) / len(per_rank)))
+    mean = sum(losses) / len(losses)
+    return {"loss": mean, "ppl": math.exp(min(mean, 50.0)), "tokens": len(losses) * tokens.size}

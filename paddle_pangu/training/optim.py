@@ -1,0 +1,151 @@
+"""AdamW with PanGu's parameter groups, and the warmup + cosine schedule.
+
+REF "Training recipe": AdamW betas (0.9, 0.95), eps 1e-8, weight decay 0.1
+except layernorm and bias, grad-norm clip 1.0, linear warmup then cosine decay
+to a floor (2.6B: 1e-4 -> 1e-6).
+"""
+from __future__ import annotations
+
+import math
+
+import paddle
+from paddle.optimizer.lr import LRScheduler
+
+class WarmupCosineDecay(LRScheduler):
+    """Linear warmup from 0 to `max_lr` over `warmup_steps`, then decay to `min_lr`.
+
+    `decay_style` is `cosine` (REF), `linear` or `constant`; after
+    `decay_steps` the rate stays at `min_lr`. The scheduler is stepped once
+    per optimizer step, so `last_epoch` is the number of finished steps.
+    """
+
+    def __init__(self, max_lr, min_lr, warmup_steps, decay_steps, decay_style="cosine", last_epoch=-1):
+        if decay_style not in ("cosine", "linear", "constant"):
+            raise ValueError(f"decay_style={decay_style!r}: expected cosine | linear | constant")
+        self.max_lr = float(max_lr)
+        self.min_lr = float(min_lr)
+        self.warmup_steps = int(warmup_steps)
+        self.decay_steps = max(int(decay_steps), self.warmup_steps + 1)
+        self.decay_style = decay_style
+        super().__init__(learning_rate=float(max_lr), last_epoch=last_epoch)
+
+    def lr_at(self, step: int) -> float:
+        """Learning rate used for optimizer step `step` (0-based)."""
+        if self.warmup_steps > 0 and step < self.warmup_steps:
+            return self.max_lr * (step + 1) / self.warmup_steps
+        if self.decay_style == "constant":
+            return self.max_lr
+        progress = min(1.0, (step - self.warmup_steps) / (self.decay_steps - self.warmup_steps))
+        if self.decay_style == "linear":
+            coeff = 1.0 - progress
+        else:
+            coeff = 0.5 * (1.0 + math.cos(math.pi * progress))
+        return self.min_lr + coeff * (self.max_lr - self.min_lr)
+
+    def get_lr(self) -> float:
+        return self.lr_at(max(self.last_epoch, 0))
+
+
+def is_decayed(param) -> bool:
+    """True for weights that get weight decay: matrices and embedding tables (ndim >= 2).
+
+    REF: no decay on layernorm and bias. Both are exactly the 1-D parameters;
+    deciding by shape rather than by name keeps the rule identical for the
+    plain, tensor-parallel and pipeline models, whose structured names differ
+    (a pipeline stage names the final layernorm `run_function.N.weight`).
+    """
+    return len(param.shape) >= 2
+
+
+def decay_param_names(model: paddle.nn.Layer) -> set[str]:
+    """The `param.name`s (Paddle's unique names) of the parameters that decay."""
+    return {p.name for p in model.parameters() if is_decayed(p)}
+
+
+def build_scheduler(optim_cfg, max_steps: int) -> WarmupCosineDecay:
+    """Scheduler from a `run_config.OptimSection`."""
+    return WarmupCosineDecay(
+        max_lr=optim_cfg.lr,
+        min_lr=optim_cfg.min_lr,
+        warmup_steps=optim_cfg.warmup_steps,
+        decay_steps=optim_cfg.decay_steps or max_steps,
+        decay_style=optim_cfg.decay_style,
+    )
+
+
+def build_optimizer(model: paddle.nn.Layer, optim_cfg, scheduler, multi_precision: bool = False):
+    """AdamW over `model`'s trainable parameters, decay only on matrices/embeddings.
+
+    The global-norm clip is a plain `ClipGradByGlobalNorm`; fleet's
+    `distributed_optimizer` swaps it for the hybrid-parallel version.
+    """
+    decayed = decay_param_names(model)
+    clip = RecordingClipGrad(optim_cfg.grad_clip) if optim_cfg.grad_clip > 0 else None
+    return paddle.optimizer.AdamW(
+        learning_rate=scheduler,
+        parameters=[p for p in model.parameters() if not p.stop_gradient],
+        beta1=optim_cfg.beta1,
+        beta2=optim_cfg.beta2,
+        epsilon=optim_cfg.eps,
+        weight_decay=optim_cfg.weight_decay,
+        apply_decay_param_fun=lambda name: name in decayed,
+        grad_clip=clip,
+        multi_precision=multi_precision,
+    )
+
+
+class RecordingClipGrad(paddle.nn.ClipGradByGlobalNorm):
+    """`ClipGradByGlobalNorm` that remembers the pre-clip global norm (for logging).
+
+    Single process and pure data parallel use it directly. Under mp/pp/
+    sharding fleet wraps it in `HybridParallelClipGrad`, whose cross-group
+    norm `attach_norm_recorder` taps instead.
+    """
+
+    def __init__(self, clip_norm: float):
+        super().__init__(clip_norm)
+        self.last_norm: paddle.Tensor | None = None
+
+    @paddle.no_grad()
+    def _dygraph_clip(self, params_grads):
+        squares = [paddle.sum(paddle.square(g.astype("float32"))) for p, g in params_grads
+                   if g is not None and getattr(p, "need_clip", True)]
+        self.last_norm = paddle.sqrt(paddle.add_n(squares)) if squares else paddle.zeros([])
+        return super()._dygraph_clip(params_grads)
+
+
+def _innermost_with_clip(optimizer):
+    """Walk fleet's optimizer wrappers down to the one holding `_grad_clip`."""
+    seen = 0
+    while optimizer is not None and seen < 8:
+        if "_grad_clip" in vars(optimizer):
+            return optimizer
+        optimizer = vars(optimizer).get("_inner_opt") or vars(optimizer).get("_optim")
+        seen += 1
+    return None
+
+
+def attach_norm_recorder(optimizer):
+    """Return a zero-arg callable giving the last step's global grad norm (float or None).
+
+    Works for a plain optimizer (RecordingClipGrad) and for fleet's wrappers,
+    where `HybridParallelClipGrad._global_norm` all-reduces the squared norms
+    over the sharding / mp / pp groups in place; we read them right after.
+    """
+    holder = _innermost_with_clip(optimizer)
+    clip = getattr(holder, "_grad_clip", None) if holder is not None else None
+    if clip is None:
+        return lambda: None
+    if isinstance(clip, RecordingClipGrad):
+        return lambda: None if clip.last_norm is None else float(clip.last_norm)
+    if hasattr(clip, "_global_norm") and hasattr(clip, "_hcg"):
+        record: dict = {}
+        original = clip._global_norm
+
+        def recording(dist_sq, not_dist_sq):
+            original(dist_sq, not_dist_sq)
+            record["norm"] = paddle.sqrt(dist_sq + not_dist_sq)
+
+        clip._global_norm = recording
+        return lambda: float(record["norm"]) if "norm" in record else None
+    return lambda: None

@@ -1,0 +1,308 @@
+"""The pretraining loop: single process, dp, mp, pp, sharding, recompute, accumulation.
+
+One `Trainer` runs alone or under `python -m paddle.distributed.launch`:
+
+1. `RunConfig.validate(world_size)` checks the layout before any process
+   group exists (B2's `ParallelConfig.validate`).
+2. Device selection and, with more than one process, fleet hybrid topology.
+3. Model: `PanGuForCausalLM` (pp == 1) or `PanGuForCausalLMPipe` (pp > 1),
+   optionally started from a plain (unsharded) state dict.
+4. AdamW + warmup/cosine, AMP, then `fleet.distributed_model/optimizer`.
+5. Loop: per step, this rank's batch is a pure function of (seed, step, data
+   rank) (`batches.StepBatcher`); pp steps go through fleet's
+   `PipelineParallel.train_batch`, the rest through forward/backward over the
+   micro-batches. Console / tqdm / VisualDL logs, `metrics.jsonl`, periodic
+   checkpoints, evaluation (loss, perplexity), and a final consolidated
+   `save_pretrained` model directory.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+
+from . import checkpoint as ckpt
+from .amp import plan_amp
+from .batches import StepBatcher, run_datasets, split_tokens_labels
+from .logging import TrainLogger, logger, setup_console_logging
+from .optim import attach_norm_recorder, build_optimizer, build_scheduler
+from .run_config import RunConfig, check_data_paths, to_dict
+
+
+class Trainer:
+    """Pretrain PanGu-alpha as described by one RunConfig."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        from paddle_pangu.parallel.topology import launched_world_size
+
+        self.world_size = launched_world_size()
+        self.model_config, self.par = cfg.validate(self.world_size)  # before any collective
+        check_data_paths(cfg)
+        self.out_dir = cfg.train.output_dir
+        self.step = 0
+        self._setup_runtime()
+        self._build()
+
+    # ---- set-up ----------------------------------------------------------
+    def _setup_runtime(self) -> None:
+        """Device, process groups (world > 1), seeds; the layout was validated already."""
+        from paddle_pangu.parallel.device import select_device
+        from paddle_pangu.parallel.topology import init_topology
+
+        self.device = select_device(self.cfg.train.device)
+        self.amp = plan_amp(self.cfg.amp, self.device.type)
+        self.par = dataclasses.replace(self.par, seed=self.cfg.train.seed)  # train.seed is the one seed
+        self.topo = init_topology(self.par, self.device, model_config=self.model_config)
+        self.hcg = self.topo.hcg
+        np.random.seed(self.cfg.train.seed)
+        self.rank = self.topo.rank
+        setup_console_logging(self.rank)
+
+    @property
+    def pipelined(self) -> bool:
+        return self.par.pp_degree > 1
+
+    @property
+    def data_rank(self) -> int:
+        """This rank's index among the dp x sharding ranks that read different samples."""
+        return self.topo.data_rank
+
+    def _build(self) -> None:
+        cfg = self.cfg
+        model = self._build_model()
+        self.scheduler = build_scheduler(cfg.optim, cfg.train.max_steps)
+        optimizer = build_optimizer(model, cfg.optim, self.scheduler, multi_precision=self.amp.master_weights)
+        model, optimizer = self.amp.decorate(model, optimizer)
+        scaler = self.amp.make_scaler()
+        if self.world_size > 1:
+            model, optimizer, scaler = _distribute(model, optimizer, scaler)
+        self.model, self.optimizer, self.scaler = model, optimizer, scaler
+        self.grad_norm = attach_norm_recorder(optimizer)
+        self._build_data()
+
+    def _build_model(self):
+        from paddle_pangu.model.modeling_pp import build_model
+
+        model = build_model(self.model_config, self.par, self.topo)  # recompute set from the layout
+        if self.cfg.model.init_from:
+            _load_initial_weights(model, self.cfg.model.init_from, self.topo)
+        model.train()
+        return model
+
+    def _build_data(self) -> None:
+        cfg, par = self.cfg, self.par
+        per_rank = par.micro_batch_size * par.accumulate_steps
+        sets = run_datasets(cfg, self.model_config, par.global_batch_size)
+        seed = cfg.train.seed
+        self.train_batches = StepBatcher(sets["train"], per_rank, self.data_rank, par.data_parallel_size, seed)
+        valid = sets["valid"]
+        self.valid_batches = (StepBatcher(valid, per_rank, self.data_rank, par.data_parallel_size, seed + 1)
+                              if valid is not None and len(valid) else None)
+        self.tokens_per_step = par.global_batch_size * cfg.seq_len
+
+    # ---- steps -----------------------------------------------------------
+    def _to_tensors(self, batch: np.ndarray):
+        tokens, labels = split_tokens_labels(batch)  # [P, S] each
+        return paddle.to_tensor(tokens), paddle.to_tensor(labels)
+
+    def _plain_step(self, tokens, labels) -> float:
+        """Forward/backward over accumulate_steps micro-batches, then one optimizer step."""
+        mbs, acc = self.par.micro_batch_size, self.par.accumulate_steps
+        total = 0.0
+        for i in range(acc):
+            sl = slice(i * mbs, (i + 1) * mbs)
+            sync = self.model.no_sync() if hasattr(self.model, "no_sync") and i < acc - 1 else contextlib.nullcontext()
+            with sync:
+                with self.amp.autocast():
+                    loss = self.model(tokens[sl], labels=labels[sl])[0]  # scalar, mean over tokens
+                scaled = loss / acc
+                (self.scaler.scale(scaled) if self.scaler else scaled).backward()
+            total += float(loss)
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.clear_grad()
+        return total / acc
+
+    def _pipeline_step(self, tokens, labels) -> float:
+        with self.amp.autocast():
+            loss = self.model.train_batch([tokens, labels], self.optimizer, lr_scheduler=None, scaler=self.scaler)
+        return float(loss)
+
+    def _mean_over_data_ranks(self, value: float) -> float:
+        """Average a per-rank scalar over the dp x sharding ranks (mp/pp ranks already agree)."""
+        if self.hcg is None or self.par.data_parallel_size == 1:
+            return value
+        t = paddle.to_tensor([value], dtype="float64")
+        for group, size in ((self.hcg.get_data_parallel_group(), self.par.dp_degree),
+                            (self.hcg.get_sharding_parallel_group(), self.par.sharding_degree)):
+            if size > 1:
+                dist.all_reduce(t, group=group)
+        return float(t) / self.par.data_parallel_size
+
+    def train_step(self) -> dict:
+        """Run optimizer step `self.step` (0-based) and return its metrics."""
+        tokens, labels = self._to_tensors(self.train_batches.batch(self.step))
+        lr = self.scheduler.get_lr()
+        t0 = time.time()
+        loss = (self._pipeline_step if self.pipelined else self._plain_step)(tokens, labels)
+        self.scheduler.step()
+        loss = self._mean_over_data_ranks(loss)
+        self.step += 1
+        return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": self.grad_norm(), "time": time.time() - t0}
+
+    # ---- evaluation ------------------------------------------------------
+    @paddle.no_grad()
+    def evaluate(self) -> dict:
+        """Mean loss and perplexity on `eval_iters` fixed validation batches."""
+        if self.valid_batches is None:
+            return {}
+        self.model.eval()
+        losses = []
+        for i in range(self.cfg.train.eval_iters):
+            tokens, labels = self._to_tensors(self.valid_batches.batch(i))
+            with self.amp.autocast():
+                if self.pipelined:
+                    loss = self.model.eval_batch([tokens, labels], compute_loss=True)
+                else:
+                    loss = self.model(tokens, labels=labels)[0]
+            losses.append(float(loss))
+        self.model.train()
+        mean = self._mean_over_data_ranks(sum(losses) / len(losses))
+        return {"loss": mean, "ppl": math.exp(min(mean, 50.0))}
+
+    # ---- the loop --------------------------------------------------------
+    def maybe_resume(self) -> None:
+        step_dir = ckpt.find_resume_dir(self.out_dir, self.cfg.checkpoint.resume)
+        if step_dir is None:
+            return
+        state = ckpt.load_checkpoint(step_dir, self.model, self.optimizer, self.scheduler, self.scaler)
+        self.step = int(state["step"])
+        logger.info("resumed from %s at step %d", step_dir, self.step)
+
+    def save(self) -> str:
+        par = self.par
+        extra = {"consumed_samples": self.step * par.micro_batch_size * par.accumulate_steps * par.data_parallel_size}
+        return ckpt.save_checkpoint(self.out_dir, self.step, self.model, self.optimizer, self.scheduler, self.scaler,
+                                    extra=extra, run_config=to_dict(self.cfg), keep_last=self.cfg.checkpoint.keep_last)
+
+    def train(self, stop_after: int | None = None) -> dict:
+        """Train (resuming if a checkpoint is found) to `train.max_steps`, or checkpoint and stop after `stop_after`."""
+        cfg = self.cfg
+        self.maybe_resume()
+        log = TrainLogger(self.rank == 0, os.path.join(self.out_dir, "visualdl"), cfg.train.max_steps, self.step,
+                          cfg.logging.log_interval, self.tokens_per_step, cfg.logging.visualdl,
+                          cfg.logging.progress_bar)
+        log.info(f"training {self.model_config.num_parameters() / 1e6:.1f}M params, layout {self.par.to_dict()}, "
+                 f"device {self.device.type}, amp {self.amp.dtype if self.amp.enabled else 'off'}")
+        last = self.cfg.train.max_steps if stop_after is None else min(self.cfg.train.max_steps, stop_after)
+        result: dict = {}
+        while self.step < last:
+            metrics = self.train_step()
+            self._record(metrics, log)
+            if cfg.train.eval_interval and self.step % cfg.train.eval_interval == 0 and self.step < last:
+                self._record_eval(log)
+            if cfg.checkpoint.save_interval and self.step % cfg.checkpoint.save_interval == 0:
+                self.save()
+        if not cfg.checkpoint.save_interval or self.step % cfg.checkpoint.save_interval:
+            self.save()  # the end of a run (or an early stop) is always resumable
+        if self.step >= cfg.train.max_steps:
+            result["eval"] = self._record_eval(log)
+            if cfg.checkpoint.save_final_model:
+                result["model_dir"] = self.save_final_model()
+        log.close()
+        return result
+
+    def _record(self, metrics: dict, log: TrainLogger) -> None:
+        log.log_step(metrics["step"], metrics["loss"], metrics["lr"], metrics["grad_norm"], metrics["time"])
+        if self.rank == 0:
+            os.makedirs(self.out_dir, exist_ok=True)
+            with open(os.path.join(self.out_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+                f.write(json.dumps({"type": "train", **metrics}) + "\n")
+
+    def _record_eval(self, log: TrainLogger) -> dict:
+        result = self.evaluate()
+        if not result:
+            return result
+        log.info(f"eval step {self.step}: loss {result['loss']:.4f} perplexity {result['ppl']:.2f}")
+        log.scalars("eval", result, self.step)
+        if self.rank == 0:
+            with open(os.path.join(self.out_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
+                f.write(json.dumps({"type": "eval", "step": self.step, **result}) + "\n")
+        return result
+
+    # ---- export ----------------------------------------------------------
+    def save_final_model(self) -> str:
+        """Consolidate the (possibly sharded) weights into one `save_pretrained`-format directory.
+
+        Written directly (config.json + model_state.pdparams, the files
+        `PanGuForCausalLM.save_pretrained` writes) instead of through a model
+        instance: inside an mp job the layer factory would build a sharded model.
+        """
+        from paddle_pangu.model.modeling_pp import gather_plain_state_dict
+
+        state = gather_plain_state_dict(self.model, self.topo)  # {plain name: np.ndarray}, every rank
+        out = os.path.join(self.out_dir, "final_model")
+        if self.rank == 0:
+            os.makedirs(out, exist_ok=True)
+            self.model_config.save_pretrained(out)
+            weights = {k: paddle.to_tensor(np.asarray(v, dtype="float32")) for k, v in sorted(state.items())}
+            paddle.save(weights, os.path.join(out, "model_state.pdparams"))
+            _save_tokenizer(self.cfg, out)
+            logger.info("final model written to %s", out)
+        if self.world_size > 1:
+            dist.barrier()
+        return out
+
+
+# ---- helpers -----------------------------------------------------------------
+def _distribute(model, optimizer, scaler):
+    """fleet wrappers for the layout fleet.init was given (parallel/topology.py builds the strategy).
+
+    Model: DataParallel / TensorParallel / PipelineParallel / ShardingParallel.
+    Optimizer: HybridParallelOptimizer (dp/sharding gradient sync, the
+    cross-group grad clip) around DygraphShardingOptimizer (stage 1) or
+    DygraphShardingOptimizerV2 (stage 2, `split_param`) when sharding.
+    """
+    from paddle.distributed import fleet
+
+    model = fleet.distributed_model(model)
+    optimizer = fleet.distributed_optimizer(optimizer)
+    if scaler is not None:
+        scaler = fleet.distributed_scaler(scaler)
+    return model, optimizer, scaler
+
+
+def _load_initial_weights(model, path: str, topo) -> None:
+    """Start from a plain PanGuForCausalLM state dict (a model dir or a .pdparams file), split for mp/pp."""
+    from paddle_pangu.model.modeling_pp import load_plain_state_dict
+
+    if os.path.isdir(path):  # model_state.pdparams or (sharded) safetensors, e.g. from `pangu convert`
+        from paddle_pangu.convert.common import read_weight_files
+
+        state = {k: t.load() for k, t in read_weight_files(path).items()}
+    elif os.path.isfile(path):
+        state = {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in paddle.load(path).items()}
+    else:
+        raise FileNotFoundError(f"model.init_from={path!r}: no such model directory or .pdparams file")
+    load_plain_state_dict(model, state, topo)
+
+
+def _save_tokenizer(cfg: RunConfig, out: str) -> None:
+    """Copy the tokenizer files next to the model (synthetic runs have none to copy)."""
+    if cfg.data.synthetic is not None:
+        return
+    from paddle_pangu.tokenizer import PanGuTokenizer
+
+    tok = PanGuTokenizer.from_pretrained(cfg.data.tokenizer) if cfg.data.tokenizer else PanGuTokenizer.from_default()
+    tok.save_pretrained(out)
