@@ -72,6 +72,28 @@ class PanGuPretrainedModel(PretrainedModel):
     def _init_weights(self, layer):
         return None
 
+    @classmethod
+    def _get_tensor_parallel_mappings(cls, config, is_split=True):
+        """PaddleNLP's hook for `from_pretrained(..., tensor_parallel_degree=N)`: split / merge functions
+        per parameter, generated from the one declarative table (`weight_tables.tensor_parallel_rules`)."""
+        from functools import partial
+
+        from paddlenlp.transformers.conversion_utils import split_or_merge_func
+
+        from .weight_tables import tensor_parallel_rules
+
+        fn = split_or_merge_func(is_split, config.tensor_parallel_degree, config.tensor_parallel_rank,
+                                 config.num_attention_heads)
+        strip = f"{cls.base_model_prefix}." if cls.__name__ == "PanGuModel" else ""
+        mappings = {}
+        for name, axis in tensor_parallel_rules(config).items():
+            if axis is None:
+                continue
+            key = name[len(strip):] if strip and name.startswith(strip) else name
+            # PaddleNLP splits "column" tensors on the last axis and the others on axis 0
+            mappings[key] = partial(fn, is_column=axis == 1 or name.endswith(".bias"))
+        return mappings
+
 
 class PanGuModel(PanGuPretrainedModel):
     """Embeddings, L-1 blocks, final layernorm, query layer (REF "architecture")."""

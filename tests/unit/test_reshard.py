@@ -170,3 +170,30 @@ def test_plain_param_shapes_match_the_model():
     state = PanGuForCausalLM(config).state_dict()
     assert list(state) == plain_parameter_names(config)
     assert {k: tuple(v.shape) for k, v in state.items()} == plain_param_shapes(config)
+
+
+def test_paddlenlp_tensor_parallel_mappings_follow_the_table():
+    """The PaddleNLP from_pretrained hook is generated from the same table as split_state_dict."""
+    import paddle
+
+    from paddle_pangu.config import get_preset
+    from paddle_pangu.model import PanGuForCausalLM
+    from paddle_pangu.model.weight_tables import merge_state_dicts, split_state_dict
+
+    config = get_preset("tiny")
+    paddle.seed(0)
+    plain = {k: v.numpy() for k, v in PanGuForCausalLM(config).state_dict().items()}
+    shards = []
+    for rank in range(2):
+        config.tensor_parallel_degree, config.tensor_parallel_rank = 2, rank
+        maps = PanGuForCausalLM._get_tensor_parallel_mappings(config, is_split=True)
+        ours = split_state_dict(plain, 2, rank)
+        assert set(maps) == {k for k in plain if ours[k].shape != plain[k].shape}
+        for name, value in plain.items():
+            got = maps[name](value) if name in maps else value
+            np.testing.assert_array_equal(got, ours[name], err_msg=name)
+        shards.append(ours)
+    merge = PanGuForCausalLM._get_tensor_parallel_mappings(config, is_split=False)
+    merged = merge_state_dicts(shards)
+    for name, fn in merge.items():
+        np.testing.assert_array_equal(fn([s[name] for s in shards]), merged[name], err_msg=name)
