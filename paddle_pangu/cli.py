@@ -32,6 +32,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# commands that load models through PaddleNLP anyway (their INFO logging is silenced)
+LOADS_MODELS = {"train", "generate", "evaluate", "finetune", "export", "convert", "reshard", "bench"}
+
+
 def _load(name: str):
     module_name, _ = COMMANDS[name]
     return importlib.import_module(module_name)
@@ -57,8 +61,22 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    result = _load(args.command).run(args)
+    module = _load(args.command)
+    if args.command in LOADS_MODELS:
+        _quiet_paddlenlp()
+    result = module.run(args)
     return int(result or 0)
+
+
+def _quiet_paddlenlp() -> None:
+    """PaddleNLP logs every from_pretrained step at INFO; keep the console for our own progress lines.
+    Only for commands that import paddlenlp anyway (the others stay fast); PANGU_VERBOSE=1 keeps it."""
+    import os
+
+    if os.environ.get("PANGU_VERBOSE") != "1":
+        from paddlenlp.utils.log import logger
+
+        logger.set_level("WARNING")
 
 
 if __name__ == "__main__":
