@@ -58,6 +58,25 @@ def cache_mask(new: int, past, padding_mask=None):
     return mask
 
 
+def resolve_positions_and_mask(config, input_ids, position_ids=None, attention_mask=None, past_len=None):
+    """Position ids [B, S] and the additive mask [B|1, 1, S, T] the blocks consume.
+
+    No cache, no positions and no mask: built from input_ids (document reset per `config.eod_reset`).
+    Otherwise positions default to past_len.., and a missing or [B, T] padding mask becomes causal
+    (+ padding); a 4-D mask is used as given. past_len is None without a cache.
+    """
+    b, s = input_ids.shape
+    if past_len is None and position_ids is None and attention_mask is None:
+        position_ids, mask = build_position_ids_and_mask(input_ids, config.eod_token_id, config.eod_reset)
+        return position_ids, to_additive_mask(mask)
+    past_len = 0 if past_len is None else past_len
+    if position_ids is None:
+        position_ids = (paddle.arange(s, dtype="int64") + past_len).unsqueeze(0).expand([b, s])
+    if attention_mask is None or attention_mask.ndim == 2:
+        attention_mask = cache_mask(s, past_len, attention_mask)
+    return position_ids, to_additive_mask(attention_mask)
+
+
 class PanGuPretrainedModel(PretrainedModel):
     """Common base: config class, name prefix and (no-op) weight init.
 
@@ -116,19 +135,6 @@ class PanGuModel(PanGuPretrainedModel):
     def get_input_embeddings(self):
         return self.embeddings.word_embeddings
 
-    def _inputs(self, input_ids, position_ids, attention_mask, past_len):
-        """Resolve position ids [B, S] and the additive mask [B|1, 1, S, T]; past_len is None without a cache."""
-        b, s = input_ids.shape
-        if past_len is None and position_ids is None and attention_mask is None:
-            position_ids, mask = build_position_ids_and_mask(input_ids, self.config.eod_token_id, self.config.eod_reset)
-            return position_ids, to_additive_mask(mask)
-        past_len = 0 if past_len is None else past_len
-        if position_ids is None:
-            position_ids = (paddle.arange(s, dtype="int64") + past_len).unsqueeze(0).expand([b, s])
-        if attention_mask is None or attention_mask.ndim == 2:
-            attention_mask = cache_mask(s, past_len, attention_mask)
-        return position_ids, to_additive_mask(attention_mask)
-
     def _run_block(self, i, block, hidden, mask, past, use_cache):
         if self.training and self.recompute_interval and i % self.recompute_interval == 0 and not use_cache:
             from paddle.distributed.fleet.utils import recompute
@@ -146,7 +152,7 @@ class PanGuModel(PanGuPretrainedModel):
         """
         # cached length as a tensor (not .shape[2]) so the exported decode graph keeps it dynamic
         past_len = None if past_key_values is None else paddle.shape(past_key_values[0][0])[2]
-        position_ids, mask = self._inputs(input_ids, position_ids, attention_mask, past_len)
+        position_ids, mask = resolve_positions_and_mask(self.config, input_ids, position_ids, attention_mask, past_len)
         hidden = self.embeddings(input_ids, position_ids)  # [B, S, H]
         presents = []
         for i, block in enumerate(self.layers):

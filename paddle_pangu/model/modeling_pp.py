@@ -35,7 +35,7 @@ from ..config import PanGuConfig
 from ..config.parallel_config import pipeline_layer_counts
 from ..parallel import layers as pl
 from .layers import FP32LayerNorm, PanGuBlock, PanGuEmbeddings, PanGuQueryLayer, normal_attr
-from .modeling import PanGuPretrainedModel, PanGuPretrainingCriterion, build_position_ids_and_mask, cache_mask, to_additive_mask
+from .modeling import PanGuPretrainedModel, PanGuPretrainingCriterion, resolve_positions_and_mask
 
 SHARED_EMBEDDING_KEY = "pangu_shared_weight"
 
@@ -59,18 +59,6 @@ class PanGuEmbeddingPipe(PanGuEmbeddings):
     def embedding_weight(self):
         return self.word_embeddings.weight
 
-    def _ids_and_mask(self, input_ids, position_ids, attention_mask):
-        if position_ids is None and attention_mask is None:
-            position_ids, mask = build_position_ids_and_mask(
-                input_ids, self.config.eod_token_id, self.config.eod_reset)
-            return position_ids, to_additive_mask(mask)
-        b, s = input_ids.shape
-        if position_ids is None:
-            position_ids = paddle.arange(s, dtype="int64").unsqueeze(0).expand([b, s])
-        if attention_mask is None or attention_mask.ndim == 2:
-            attention_mask = cache_mask(b, s, 0, attention_mask)
-        return position_ids, to_additive_mask(attention_mask)
-
     def forward(self, args):
         """args: input_ids [B,S] or (input_ids[, position_ids[, attention_mask]])."""
         args = args if isinstance(args, (tuple, list)) else (args,)
@@ -78,7 +66,7 @@ class PanGuEmbeddingPipe(PanGuEmbeddings):
         position_ids = args[1] if len(args) > 1 else None
         attention_mask = args[2] if len(args) > 2 else None
         input_ids.stop_gradient = True
-        position_ids, mask = self._ids_and_mask(input_ids, position_ids, attention_mask)
+        position_ids, mask = resolve_positions_and_mask(self.config, input_ids, position_ids, attention_mask)
         hidden = super().forward(input_ids, position_ids)  # [B, S, H]
         position_ids.stop_gradient = True
         mask.stop_gradient = True
