@@ -19,6 +19,7 @@ from ..config import PanGuConfig
 from ..parallel import layers as pl
 
 MASK_VALUE = -10000.0  # REF "attention": additive mask -10000
+ATTENTION_IMPLS = ("plain", "sdpa", "npu")
 
 
 def normal_attr(std: float) -> paddle.ParamAttr:
@@ -88,11 +89,35 @@ class PanGuAttention(nn.Layer):
         self.v_proj = pl.column_linear(h, h, weight_attr=normal_attr(std))
         self.out_proj = pl.row_linear(h, h, weight_attr=normal_attr(output_std(config)))
         self.attn_dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.impl = "plain"  # set_attention_impl(): "sdpa" (GPU flash / mem-efficient) or "npu" (Ascend FA)
 
     def _split_heads(self, x):
         # [B, S, nh*hd] -> [B, nh, S, hd]
         b, s = x.shape[0], x.shape[1]
         return x.reshape([b, s, self.num_heads, self.head_dim]).transpose([0, 2, 1, 3])
+
+    def _plain(self, q, k, v, attention_mask):
+        """q [B, nh, S, hd], k/v [B, nh, T, hd] -> context [B, nh, S, hd]."""
+        # REF: score = QK^T / sqrt(head_dim); softmax in fp32
+        scores = paddle.matmul(q, k, transpose_y=True).astype("float32") / math.sqrt(self.head_dim)  # [B, nh, S, T]
+        if attention_mask is not None:
+            scores = scores + attention_mask
+        probs = F.softmax(scores, axis=-1).astype(q.dtype)
+        with pl.local_rng():  # this rank's heads: a dropout stream per tensor-parallel rank
+            probs = self.attn_dropout(probs)
+        return paddle.matmul(probs, v)
+
+    def _fused(self, q, k, v, attention_mask):
+        """Fused kernels take [B, S, nh, hd]; same math (the kernels accumulate the softmax in fp32)."""
+        q, k, v = (t.transpose([0, 2, 1, 3]) for t in (q, k, v))
+        p = self.attn_dropout.p if self.training else 0.0
+        with pl.local_rng():
+            if self.impl == "npu":
+                out = npu_flash_attention(q, k, v, attention_mask, p, self.training)
+            else:
+                mask = None if attention_mask is None else attention_mask.astype(q.dtype)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, training=self.training)
+        return out.transpose([0, 2, 1, 3])
 
     def forward(self, hidden, attention_mask, query_states=None, past_key_value=None, use_cache=False):
         """hidden: [B, S, H] (keys/values); query_states: [B, S, H] or None (= hidden);
@@ -105,17 +130,39 @@ class PanGuAttention(nn.Layer):
             v = paddle.concat([past_key_value[1], v], axis=2)
         present = (k, v) if use_cache else None
 
-        # REF: score = QK^T / sqrt(head_dim); softmax in fp32
-        scores = paddle.matmul(q, k, transpose_y=True).astype("float32") / math.sqrt(self.head_dim)  # [B, nh, S, T]
-        if attention_mask is not None:
-            scores = scores + attention_mask
-        probs = F.softmax(scores, axis=-1).astype(q.dtype)
-        with pl.local_rng():  # this rank's heads: a dropout stream per tensor-parallel rank
-            probs = self.attn_dropout(probs)
-        ctx = paddle.matmul(probs, v)  # [B, nh, S, hd]
+        if self.impl == "plain":
+            ctx = self._plain(q, k, v, attention_mask)
+        else:
+            ctx = self._fused(q, k, v, attention_mask)
         b, s = ctx.shape[0], ctx.shape[2]
         ctx = ctx.transpose([0, 2, 1, 3]).reshape([b, s, self.num_heads * self.head_dim])
         return self.out_proj(ctx), present
+
+
+def npu_flash_attention(q, k, v, additive_mask, dropout: float, training: bool):
+    """Ascend flash attention from the paddle-custom-npu plugin ([B, S, nh, hd]; mask True = masked),
+    called as PaddleNLP's NPU fusion ops call it."""
+    from paddle.base import core
+
+    masked = None if additive_mask is None else additive_mask < 0
+    return core.eager._run_custom_op(
+        "flash_attention_npu", q, k, v, None, masked, dropout, False, False, not training, False
+    )[0]
+
+
+def set_attention_impl(model: nn.Layer, impl: str) -> int:
+    """Choose the attention kernel of every PanGuAttention in `model` (plain, pipeline or parallel).
+
+    "plain" is the reference math; "sdpa" is paddle's scaled_dot_product_attention (flash / memory-
+    efficient kernels on GPU, a math fallback elsewhere); "npu" is the Ascend plugin's flash attention.
+    Use `paddle_pangu.parallel.device.fused_attention_available` to pick. Returns layers switched.
+    """
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"attention impl {impl!r}: expected one of {ATTENTION_IMPLS}")
+    layers = [m for m in model.sublayers(include_self=True) if isinstance(m, PanGuAttention)]
+    for layer in layers:
+        layer.impl = impl
+    return len(layers)
 
 
 class PanGuMLP(nn.Layer):

@@ -138,8 +138,9 @@ def fused_attention_available(device: DeviceInfo | str) -> str | None:
 
     Returns "npu" when the paddle-custom-npu `flash_attention_npu` custom op
     is registered (PaddleNLP llama fusion_ops calls it through
-    `core.eager._run_custom_op`), "gpu" when `paddle.nn.functional.
-    flash_attention` exists on a CUDA build, else None: the plain
+    `core.eager._run_custom_op`), "sdpa" when `paddle.nn.functional.
+    flash_attention` exists on a CUDA build (the model then calls
+    scaled_dot_product_attention), else None: the plain
     softmax(QK^T/sqrt(d)) path (CPU, and any device lacking the kernel).
     """
     dev_type = device if isinstance(device, str) else device.type
@@ -147,5 +148,5 @@ def fused_attention_available(device: DeviceInfo | str) -> str | None:
         return "npu" if "flash_attention_npu" in _registered_kernels() else None
     if dev_type == "gpu":
         has_fa = hasattr(paddle.nn.functional, "flash_attention")
-        return "gpu" if has_fa and paddle.device.is_compiled_with_cuda() else None
+        return "sdpa" if has_fa and paddle.device.is_compiled_with_cuda() else None
     return None

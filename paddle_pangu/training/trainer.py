@@ -91,7 +91,12 @@ class Trainer:
     def _build_model(self):
         from paddle_pangu.model.modeling_pp import build_model
 
+        from paddle_pangu.model.layers import set_attention_impl
+        from paddle_pangu.parallel.device import fused_attention_available
+
         model = build_model(self.model_config, self.par, self.topo)  # recompute set from the layout
+        # fused (flash) attention where the device has it (GPU sdpa / Ascend plugin), reference math elsewhere
+        set_attention_impl(model, fused_attention_available(self.topo.device) or "plain")
         if self.cfg.model.init_from:
             _load_initial_weights(model, self.cfg.model.init_from, self.topo)
         model.train()

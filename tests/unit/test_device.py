@@ -70,6 +70,6 @@ def test_fused_attention_detection(monkeypatch, fake_devices):
     monkeypatch.setattr(dev, "_registered_kernels", lambda: {"matmul"})
     assert dev.fused_attention_available("npu") is None  # plugin without the kernel: plain path
     fake_devices(cuda=True, gpus=1)
-    assert dev.fused_attention_available(dev.DeviceInfo("gpu", "nccl", 1)) == "gpu"
+    assert dev.fused_attention_available(dev.DeviceInfo("gpu", "nccl", 1)) == "sdpa"
     fake_devices(cuda=False)
     assert dev.fused_attention_available("gpu") is None

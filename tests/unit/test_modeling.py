@@ -166,3 +166,29 @@ def test_init_follows_reference_scales():
     assert abs(float(block.attention.q_proj.weight.std()) - 0.02) < 0.002
     assert abs(float(block.mlp.fc_out.weight.std()) - 0.02 / np.sqrt(8)) < 0.001
     assert abs(float(model.pangu.embeddings.word_embeddings.weight.std()) - 0.02) < 0.002
+
+
+def test_sdpa_attention_matches_reference_math(tiny_config):
+    """The fused-kernel path (paddle's scaled_dot_product_attention; math fallback on CPU) is the same function."""
+    from paddle_pangu.model.layers import set_attention_impl
+
+    paddle.seed(11)
+    model = PanGuForCausalLM(tiny_config)
+    ids = paddle.to_tensor([[101, 102, 9, 201, 202, 203, 204, 9, 301, 302]])
+    results = {}
+    for impl in ("plain", "sdpa"):
+        assert set_attention_impl(model, impl) == tiny_config.num_layers  # every block + the query layer
+        model.clear_gradients()
+        loss, logits = model(ids, labels=ids)
+        loss.backward()
+        grads = {n: p.grad.numpy().copy() for n, p in model.named_parameters()}
+        model.eval()
+        cached, _ = _decode_incrementally(model, paddle.to_tensor([[5, 6, 7, 8, 10, 11]]), prompt_len=3)
+        model.train()
+        results[impl] = (logits.numpy(), grads, cached.numpy())
+    np.testing.assert_allclose(results["sdpa"][0], results["plain"][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(results["sdpa"][2], results["plain"][2], rtol=1e-5, atol=1e-5)
+    for name, g in results["plain"][1].items():
+        np.testing.assert_allclose(results["sdpa"][1][name], g, rtol=1e-4, atol=1e-6, err_msg=name)
+    with pytest.raises(ValueError, match="attention impl"):
+        set_attention_impl(model, "flash")
