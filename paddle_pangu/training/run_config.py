@@ -106,6 +106,9 @@ class CheckpointSection:
     keep_last: int = 2
     resume: str = "auto"  # auto (latest in output_dir) | none | a checkpoint dir
     save_final_model: bool = True
+    # above this many parameters an mp/pp job writes final_model/ as per-rank files (PaddleNLP names,
+    # merged later by `pangu reshard`) instead of gathering the whole model onto rank 0
+    consolidate_max_params: int = 2_000_000_000
 
 
 @dataclass

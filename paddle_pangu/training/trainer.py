@@ -256,8 +256,11 @@ class Trainer:
         """
         from paddle_pangu.model.modeling_pp import gather_plain_state_dict
 
-        state = gather_plain_state_dict(self.model, self.topo)  # {plain name: np.ndarray}, every rank
         out = os.path.join(self.out_dir, "final_model")
+        split = self.par.mp_degree * self.par.pp_degree > 1
+        if split and self.model_config.num_parameters() > self.cfg.checkpoint.consolidate_max_params:
+            return self._save_final_per_rank(out)
+        state = gather_plain_state_dict(self.model, self.topo)  # {plain name: np.ndarray}, every rank
         if self.rank == 0:
             os.makedirs(out, exist_ok=True)
             self.model_config.save_pretrained(out)
@@ -265,6 +268,32 @@ class Trainer:
             paddle.save(weights, os.path.join(out, "model_state.pdparams"))
             _save_tokenizer(self.cfg, out)
             logger.info("final model written to %s", out)
+        if self.world_size > 1:
+            dist.barrier()
+        return out
+
+
+    def _save_final_per_rank(self, out: str) -> str:
+        """Each (mp rank, pp stage) writes its own plain-named shard once (data-parallel rank 0): no
+        process ever holds the whole model. `pangu reshard final_model -o DIR --mp 1 --pp 1` merges."""
+        from safetensors.numpy import save_file
+
+        from paddle_pangu.convert.reshard import LAYOUT_FILE, variant_name
+        from paddle_pangu.model.modeling_pp import local_plain_state_dict
+
+        mp, pp = self.par.mp_degree, self.par.pp_degree
+        os.makedirs(out, exist_ok=True)
+        if self.topo.dp_rank == 0 and self.topo.sharding_rank == 0:
+            local = {k: np.asarray(v.astype("float32").numpy()) for k, v in local_plain_state_dict(self.model).items()}
+            name = f"model.{variant_name(self.topo.mp_rank, self.topo.pp_rank, mp, pp)}.safetensors"
+            save_file(local, os.path.join(out, name), metadata={"format": "np"})
+        if self.rank == 0:
+            self.model_config.save_pretrained(out)
+            with open(os.path.join(out, LAYOUT_FILE), "w", encoding="utf-8") as f:
+                json.dump({"mp_degree": mp, "pp_degree": pp}, f)
+            _save_tokenizer(self.cfg, out)
+            logger.info("final model written per rank (mp%d pp%d) to %s; merge with `pangu reshard %s -o DIR "
+                        "--mp 1 --pp 1`", mp, pp, out, out)
         if self.world_size > 1:
             dist.barrier()
         return out
