@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 import warnings
 
 # Import-time noise from paddle / setuptools that says nothing about the user's run.
 for _message in ("No ccache found", "Setuptools is replacing distutils"):
     warnings.filterwarnings("ignore", message=_message)
+logging.getLogger("datasets").setLevel(logging.WARNING)  # "PyTorch version ... available" on paddlenlp import
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
