@@ -68,8 +68,6 @@ class PerplexityScorer:
     """
 
     def __init__(self, model, tokenizer=None, max_tokens: int = 256, batch_size: int = 8, pad_id: int = 6):
-        import paddle
-
         if isinstance(model, (str, os.PathLike)):
             model = load_causal_lm(model)
         self.model = model
@@ -86,24 +84,11 @@ class PerplexityScorer:
                 raise ValueError(f"perplexity model: vocab_size {vocab} < the PanGu tokenizer's "
                                  f"{tokenizer.vocab_size}; pass a matching tokenizer")
         self.tokenizer = tokenizer
-        self._paddle = paddle
 
     def _batch_nll(self, batch: list[list[int]]) -> list[float]:
-        paddle = self._paddle
-        width = max(len(ids) for ids in batch)
-        arr = np.full((len(batch), width), self.pad_id, dtype=np.int64)  # [B, T]
-        valid = np.zeros((len(batch), width - 1), dtype=np.float32)  # [B, T-1] 1 = real target
-        for i, ids in enumerate(batch):
-            arr[i, :len(ids)] = ids
-            valid[i, :len(ids) - 1] = 1.0
-        with paddle.no_grad():
-            out = self.model(paddle.to_tensor(arr[:, :-1]))
-            logits = out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out)  # [B, T-1, V]
-            nll = paddle.nn.functional.cross_entropy(
-                logits.astype("float32"), paddle.to_tensor(arr[:, 1:]).unsqueeze(-1), reduction="none"
-            ).squeeze(-1)  # [B, T-1]
-        nll = nll.numpy() * valid
-        return list(nll.sum(axis=1) / np.maximum(valid.sum(axis=1), 1.0))
+        from ..evaluation.scoring import token_losses  # the one per-token NLL primitive
+
+        return [float(losses.mean()) for losses in token_losses(self.model, batch, self.pad_id)]
 
     def score(self, texts: Sequence[str]) -> list[float]:
         """Perplexity per text (inf for texts with fewer than 2 tokens)."""

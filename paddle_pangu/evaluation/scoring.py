@@ -34,10 +34,16 @@ def _right_pad(seqs: Sequence[Sequence[int]], pad: int) -> np.ndarray:
 
 
 @paddle.no_grad()
-def token_losses(model, seqs: Sequence[Sequence[int]]) -> list[np.ndarray]:
-    """Per-token next-token loss of each sequence: list of arrays of length len(seq) - 1."""
-    ids = _right_pad(seqs, model.config.pad_token_id)
-    logits = model(paddle.to_tensor(ids[:, :-1]), position_ids=None, attention_mask=None)
+def token_losses(model, seqs: Sequence[Sequence[int]], pad_token_id: int | None = None) -> list[np.ndarray]:
+    """Per-token next-token loss of each sequence: list of arrays of length len(seq) - 1.
+
+    `model` is any causal LM whose forward(input_ids) returns logits [B, S, V] (bare, first in a
+    tuple, or as `.logits`). Sequences are right-padded, so the padding never reaches a real token.
+    """
+    pad = model.config.pad_token_id if pad_token_id is None else pad_token_id
+    ids = _right_pad(seqs, pad)
+    out = model(paddle.to_tensor(ids[:, :-1]))
+    logits = out[0] if isinstance(out, (tuple, list)) else getattr(out, "logits", out)  # [B, S-1, V]
     # cross_entropy, not log_softmax: paddle 3.3.1's CPU log_softmax kernel is ~300x slower at vocab 40000
     labels = paddle.to_tensor(ids[:, 1:, None])
     nll = F.cross_entropy(logits.astype("float32"), labels, reduction="none").numpy()[..., 0]  # [B, S-1]
