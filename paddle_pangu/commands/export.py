@@ -11,7 +11,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from ..inference.export import export_model
-    from .generate import load_model_and_tokenizer
+    from ..inference.loading import load_model_and_tokenizer
 
     model, tok = load_model_and_tokenizer(args.model)
     export_model(model, args.output)

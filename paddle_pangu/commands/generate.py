@@ -4,29 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-
-def load_model_and_tokenizer(model: str, tokenizer: str | None = None, seed: int = 0):
-    """A model directory (config.json + weights) or `preset:NAME` (random init) plus the PanGu tokenizer."""
-    import paddle
-
-    from ..config import get_preset
-    from ..model import PanGuForCausalLM
-    from ..tokenizer import PanGuTokenizer
-
-    if model.startswith("preset:"):
-        paddle.seed(seed)
-        net = PanGuForCausalLM(get_preset(model.split(":", 1)[1]))
-    elif os.path.isdir(model) and os.path.exists(os.path.join(model, "config.json")):
-        net = PanGuForCausalLM.from_pretrained(model)
-    else:
-        raise FileNotFoundError(
-            f"--model {model!r}: expected a model directory containing config.json "
-            f"(from `pangu train`, `pangu convert` or save_pretrained) or preset:NAME"
-        )
-    net.eval()
-    tok_dir = tokenizer or (model if os.path.isdir(model) and os.path.exists(os.path.join(model, "vocab.model")) else None)
-    tok = PanGuTokenizer.from_pretrained(tok_dir) if tok_dir else PanGuTokenizer.from_default()
-    return net, tok
+from ..inference.loading import load_model_and_tokenizer, load_tokenizer
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -50,7 +28,7 @@ def _is_export_dir(path: str) -> bool:
 
 
 def run(args) -> int:
-    from ..inference import SamplingConfig, generate_text
+    from ..inference import generate_text
 
     if _is_export_dir(args.model):  # `pangu export` output: run the real Paddle Inference predictor
         return _run_exported(args)
@@ -64,11 +42,9 @@ def run(args) -> int:
 def _run_exported(args) -> int:
     from ..inference.export import InferenceStepper
     from ..inference.generation import decode_loop
-    from ..tokenizer import PanGuTokenizer
 
     stepper = InferenceStepper(args.model)
-    tok_dir = args.tokenizer or (args.model if os.path.exists(os.path.join(args.model, "vocab.model")) else None)
-    tok = PanGuTokenizer.from_pretrained(tok_dir) if tok_dir else PanGuTokenizer.from_default()
+    tok = load_tokenizer(args.model, args.tokenizer)
     prompts = [tok.encode_ids(p) for p in args.prompt]
     for prompt, ids in zip(args.prompt, decode_loop(stepper, stepper.config, prompts, _sampling(args, stepper.config))):
         print(f"{prompt}{tok.decode_ids(ids)}")

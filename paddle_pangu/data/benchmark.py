@@ -63,14 +63,14 @@ def run_benchmark(max_mb: float = 2.0, workers: int | None = None) -> dict:
     """Both measurements on the same corpus; returns a dict (MB/s, ratio, identical)."""
     from ..tokenizer import PanGuSentencePiece
     from ..tokenizer.batch import default_num_workers
-    from ..tokenizer.benchmark import _reference_encode
+    from ..tokenizer.benchmark import reference_encode
 
     workers = workers or default_num_workers()
     texts = benchmark_corpus(max_mb)
     megabytes = sum(len(t.encode("utf-8")) for t in texts) / MB
     codec = PanGuSentencePiece()  # jieba dictionary loaded before timing
     t0 = time.perf_counter()
-    reference = _reference_encode(codec, texts)
+    reference = reference_encode(codec, texts)
     ref_s = time.perf_counter() - t0
     with tempfile.TemporaryDirectory() as tmp:
         pipe_s, docs = _pipeline_tokenize(texts, workers, Path(tmp))

@@ -29,7 +29,7 @@ def _task(args):
 
 
 def run(args) -> int:
-    from ..commands.generate import load_model_and_tokenizer
+    from ..inference.loading import load_model_and_tokenizer
     from .fewshot import evaluate_classification
 
     model, tok = load_model_and_tokenizer(args.model, seed=args.seed)

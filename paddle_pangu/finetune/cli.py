@@ -25,7 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ..commands.generate import load_model_and_tokenizer
+    from ..inference.loading import load_model_and_tokenizer
     from .data import build_examples, read_jsonl
     from .trainer import FinetuneArgs, finetune
 

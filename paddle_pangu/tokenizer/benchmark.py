@@ -49,9 +49,6 @@ def reference_encode(codec: PanGuSentencePiece, texts: Sequence[str]) -> list[li
     return out
 
 
-_reference_encode = reference_encode  # the name paddle_pangu/data/benchmark.py imports
-
-
 def tokenize_throughput(
     texts: Sequence[str | bytes],
     num_workers: int | None = None,
