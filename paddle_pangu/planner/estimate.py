@@ -51,9 +51,11 @@ def stage_parameters(config: PanGuConfig, par: ParallelConfig) -> int:
     block = 4 * h + (4 * h * h + 3 * h) // t + h + (2 * h * f + f) // t + h  # LNs and out biases replicated
     per_stage = config.num_layers // par.pp_degree
     word = v * h // t
+    if par.pp_degree == 1:  # one device column holds everything once
+        return per_stage * block + word + 2 * s * h + 2 * h  # + position and top-query tables, final LN
     first = per_stage * block + word + s * h  # word + position embedding
     last = per_stage * block + word + s * h + 2 * h  # tied head copy, top-query table, final LN
-    return first + last - per_stage * block - word if par.pp_degree == 1 else max(first, last)
+    return max(first, last)
 
 
 def activation_bytes(config: PanGuConfig, par: ParallelConfig) -> int:
@@ -74,15 +76,12 @@ def activation_bytes(config: PanGuConfig, par: ParallelConfig) -> int:
 
 def state_bytes(params: int, par: ParallelConfig, mixed: bool = True) -> int:
     """Weights + grads + optimizer state for `params` parameters on one device."""
-    weights = (2 + 4) if mixed else 4  # fp16 copy + fp32 master, or fp32 only
-    grads, adam = 4, 8
     sd = par.sharding_degree
     if mixed:
-        opt = (4 + adam) / sd  # master + Adam sharded from stage 1
-        weights = 2
+        weights, opt = 2, (4 + 8) / sd  # fp16 copy; fp32 master + Adam m, v sharded from stage 1
     else:
-        opt = adam / sd
-    grads = grads / sd if par.sharding_stage == 2 else grads
+        weights, opt = 4, 8 / sd  # fp32 weights; Adam m, v sharded
+    grads = 4 / sd if par.sharding_stage == 2 else 4  # fp32 main grads, sharded at stage 2
     return int(params * (weights + grads + opt))
 
 
