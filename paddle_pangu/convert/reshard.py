@@ -202,6 +202,17 @@ def _check_divisible(config: PanGuConfig, mp: int, pp: int) -> None:
     pipeline_layer_counts(config.num_layers, pp)  # raises ParallelConfigError with the fix
 
 
+def rank_file_name(mp_rank: int, pp_stage: int, mp: int, pp: int) -> str:
+    """The weight file of one (mp rank, pp stage) in an mp x pp layout, e.g. model.tp01_pp00.safetensors."""
+    return f"model.{variant_name(mp_rank, pp_stage, mp, pp)}.safetensors"
+
+
+def write_layout(dst: str, mp: int, pp: int) -> None:
+    """Record the degrees of the rank files in `dst` (read back by `detect_layout`)."""
+    with open(os.path.join(dst, LAYOUT_FILE), "w", encoding="utf-8") as f:
+        json.dump({"mp_degree": mp, "pp_degree": pp}, f)
+
+
 def reshard(src: str, dst: str, mp: int, pp: int, dtype: str | None = None,
             max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> list[str]:
     """Rewrite checkpoint `src` (any layout) as an mp x pp layout in `dst`; returns the written files."""
@@ -219,13 +230,12 @@ def reshard(src: str, dst: str, mp: int, pp: int, dtype: str | None = None,
     if mp == 1 and pp == 1:
         return save_model_dir(dst, config, ckpt.lazy_full(), dtype, max_shard_bytes)
     config.save_pretrained(dst)
-    with open(os.path.join(dst, LAYOUT_FILE), "w", encoding="utf-8") as f:
-        json.dump({"mp_degree": mp, "pp_degree": pp}, f)
+    write_layout(dst, mp, pp)
     written = []
     for stage in range(pp):
         for t in range(mp):
             tensors = rank_tensors(ckpt, mp, pp, t, stage)
-            fname = f"model.{variant_name(t, stage, mp, pp)}.safetensors"
+            fname = rank_file_name(t, stage, mp, pp)
             stream_safetensors(os.path.join(dst, fname), tensors, DTYPES[dtype], {"format": "np"})
             written.append(fname)
             logger.info("wrote %s (%d tensors)", fname, len(tensors))
@@ -248,5 +258,5 @@ def merge_to_plain(src: str) -> tuple[PanGuConfig, dict[str, np.ndarray]]:
     return ckpt.config, state
 
 
-__all__ = ["reshard", "merge_to_plain", "rank_state_dict", "rank_tensors", "stages_of", "stage_names", "detect_layout",
+__all__ = ["reshard", "merge_to_plain", "rank_file_name", "write_layout", "rank_state_dict", "rank_tensors", "stages_of", "stage_names", "detect_layout",
            "ShardedCheckpoint", "variant_name"]

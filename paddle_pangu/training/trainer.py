@@ -248,55 +248,57 @@ class Trainer:
 
     # ---- export ----------------------------------------------------------
     def save_final_model(self) -> str:
-        """Consolidate the (possibly sharded) weights into one `save_pretrained`-format directory.
+        """Write `final_model/`: config, tokenizer files and the weights under plain names.
 
-        Written directly (config.json + model_state.pdparams, the files
-        `PanGuForCausalLM.save_pretrained` writes) instead of through a model
-        instance: inside an mp job the layer factory would build a sharded model.
+        Up to `checkpoint.consolidate_max_params` the weights are gathered into one
+        `model_state.pdparams` (what `PanGuForCausalLM.save_pretrained` writes; written directly
+        because inside an mp job the layer factory would build a sharded model). Above it, an mp/pp
+        job writes one file per (mp rank, pp stage) so no process holds the whole model;
+        `pangu reshard final_model -o DIR --mp 1 --pp 1` merges them.
         """
-        from paddle_pangu.model.modeling_pp import gather_plain_state_dict
-
         out = os.path.join(self.out_dir, "final_model")
         split = self.par.mp_degree * self.par.pp_degree > 1
-        if split and self.model_config.num_parameters() > self.cfg.checkpoint.consolidate_max_params:
-            return self._save_final_per_rank(out)
-        state = gather_plain_state_dict(self.model, self.topo)  # {plain name: np.ndarray}, every rank
+        per_rank = split and self.model_config.num_parameters() > self.cfg.checkpoint.consolidate_max_params
         if self.rank == 0:
             os.makedirs(out, exist_ok=True)
             self.model_config.save_pretrained(out)
-            weights = {k: paddle.to_tensor(np.asarray(v, dtype="float32")) for k, v in sorted(state.items())}
-            paddle.save(weights, os.path.join(out, "model_state.pdparams"))
             _save_tokenizer(self.cfg, out)
-            logger.info("final model written to %s", out)
+        if self.world_size > 1:
+            dist.barrier()  # the directory exists before any rank writes into it
+        if per_rank:
+            self._write_rank_weights(out)
+        else:
+            self._write_consolidated_weights(out)
         if self.world_size > 1:
             dist.barrier()
+        if self.rank == 0:
+            logger.info("final model written to %s%s", out,
+                        f" per rank (mp{self.par.mp_degree} pp{self.par.pp_degree}); merge with `pangu reshard {out} "
+                        f"-o DIR --mp 1 --pp 1`" if per_rank else "")
         return out
 
+    def _write_consolidated_weights(self, out: str) -> None:
+        from paddle_pangu.model.modeling_pp import gather_plain_state_dict
 
-    def _save_final_per_rank(self, out: str) -> str:
-        """Each (mp rank, pp stage) writes its own plain-named shard once (data-parallel rank 0): no
-        process ever holds the whole model. `pangu reshard final_model -o DIR --mp 1 --pp 1` merges."""
+        state = gather_plain_state_dict(self.model, self.topo)  # {plain name: np.ndarray}, every rank
+        if self.rank == 0:
+            weights = {k: paddle.to_tensor(np.asarray(v, dtype="float32")) for k, v in sorted(state.items())}
+            paddle.save(weights, os.path.join(out, "model_state.pdparams"))
+
+    def _write_rank_weights(self, out: str) -> None:
+        """Each (mp rank, pp stage) writes its plain-named shard once (from data-parallel rank 0)."""
         from safetensors.numpy import save_file
 
-        from paddle_pangu.convert.reshard import LAYOUT_FILE, variant_name
+        from paddle_pangu.convert.reshard import rank_file_name, write_layout
         from paddle_pangu.model.modeling_pp import local_plain_state_dict
 
         mp, pp = self.par.mp_degree, self.par.pp_degree
-        os.makedirs(out, exist_ok=True)
         if self.topo.dp_rank == 0 and self.topo.sharding_rank == 0:
-            local = {k: np.asarray(v.astype("float32").numpy()) for k, v in local_plain_state_dict(self.model).items()}
-            name = f"model.{variant_name(self.topo.mp_rank, self.topo.pp_rank, mp, pp)}.safetensors"
-            save_file(local, os.path.join(out, name), metadata={"format": "np"})
+            local = {k: v.astype("float32").numpy() for k, v in local_plain_state_dict(self.model).items()}
+            save_file(local, os.path.join(out, rank_file_name(self.topo.mp_rank, self.topo.pp_rank, mp, pp)),
+                      metadata={"format": "np"})
         if self.rank == 0:
-            self.model_config.save_pretrained(out)
-            with open(os.path.join(out, LAYOUT_FILE), "w", encoding="utf-8") as f:
-                json.dump({"mp_degree": mp, "pp_degree": pp}, f)
-            _save_tokenizer(self.cfg, out)
-            logger.info("final model written per rank (mp%d pp%d) to %s; merge with `pangu reshard %s -o DIR "
-                        "--mp 1 --pp 1`", mp, pp, out, out)
-        if self.world_size > 1:
-            dist.barrier()
-        return out
+            write_layout(out, mp, pp)
 
 
 # ---- helpers -----------------------------------------------------------------
