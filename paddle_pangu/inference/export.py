@@ -53,15 +53,15 @@ class _Decode(paddle.nn.Layer):
 
 
 def _specs(config, with_cache: bool):
-    ids = [
+    specs = [
         paddle.static.InputSpec([None, None], "int64", "input_ids"),
         paddle.static.InputSpec([None, None], "int64", "position_ids"),
         paddle.static.InputSpec([None, None], "int64", "attention_mask"),  # [B, T], 1 = token, 0 = left padding
     ]
     if with_cache:
         shape = [config.num_layers, 2, None, config.num_attention_heads, None, config.head_dim]
-        ids.append(paddle.static.InputSpec(shape, "float32", "kv"))
-    return ids
+        specs.append(paddle.static.InputSpec(shape, "float32", "kv"))
+    return specs
 
 
 def export_model(model, output_dir: str, tokenizer_dir: str | None = None) -> dict:
