@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import warnings
 
@@ -63,18 +64,25 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 0
-    module = _load(args.command)
-    if args.command in LOADS_MODELS:
-        _quiet_paddlenlp()
-    result = module.run(args)
+    from paddle_pangu.errors import PanGuError
+
+    try:
+        module = _load(args.command)
+        if args.command in LOADS_MODELS:
+            _quiet_paddlenlp()
+        result = module.run(args)
+    except PanGuError as err:
+        if os.environ.get("PANGU_DEBUG") == "1":
+            raise
+        message = " ".join(str(err).split("\n")).strip() or type(err).__name__
+        print(f"pangu {args.command}: error: {message}", file=sys.stderr)
+        return 2
     return int(result or 0)
 
 
 def _quiet_paddlenlp() -> None:
     """PaddleNLP logs every from_pretrained step at INFO; keep the console for our own progress lines.
     Only for commands that import paddlenlp anyway (the others stay fast); PANGU_VERBOSE=1 keeps it."""
-    import os
-
     if os.environ.get("PANGU_VERBOSE") != "1":
         from paddlenlp.utils.log import logger
 

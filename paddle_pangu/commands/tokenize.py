@@ -19,6 +19,7 @@ from pathlib import Path
 
 from paddle_pangu.tokenizer.batch import batch_encode_ids
 from paddle_pangu.tokenizer.core import PanGuSentencePiece, TokenizerInputError, ensure_text
+from paddle_pangu.errors import UsageError as _UsageError
 
 PROGRESS_MIN_LINES = 20_000
 
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=None, help="worker processes for --per-line")
 
 
-class UsageError(ValueError):
+class UsageError(_UsageError):
     """Bad command-line input; printed without a traceback."""
 
 

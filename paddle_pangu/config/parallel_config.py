@@ -19,11 +19,12 @@ import copy
 import dataclasses
 import math
 import warnings
+from paddle_pangu.errors import ConfigError
 
 __all__ = ["ParallelConfig", "ParallelConfigError", "padded_vocab_size", "pad_vocab_for_mp", "pipeline_layer_counts"]
 
 
-class ParallelConfigError(ValueError):
+class ParallelConfigError(ConfigError):
     """A parallel layout that cannot run; the message names the field and the fix."""
 
 

@@ -22,6 +22,7 @@ import numpy as np
 from ..config import PanGuConfig, get_preset
 from ..config.presets import PRESETS
 from ..model.weight_tables import NameRule, plain_param_shapes
+from paddle_pangu.errors import PanGuError
 
 logger = logging.getLogger("paddle_pangu.convert")
 
@@ -32,7 +33,7 @@ DEFAULT_SHARD_BYTES = 2 * 1024**3
 DTYPES = {"float32": np.float32, "float16": np.float16}
 
 
-class ConversionError(ValueError):
+class ConversionError(PanGuError, ValueError):
     """A checkpoint that cannot be converted as asked; the message lists every problem."""
 
 

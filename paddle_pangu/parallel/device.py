@@ -13,6 +13,7 @@ import logging
 import os
 
 import paddle
+from paddle_pangu.errors import PanGuError
 
 logger = logging.getLogger(__name__)
 
@@ -37,7 +38,7 @@ NPU_ENV_DEFAULTS = {
 }
 
 
-class DeviceError(RuntimeError):
+class DeviceError(PanGuError, RuntimeError):
     """The requested device is not available in this Paddle build / machine."""
 
 

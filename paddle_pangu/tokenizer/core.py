@@ -19,6 +19,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from .vocab import find_vocab_file
+from paddle_pangu.errors import PanGuError
 
 # REF "Tokenizer": ids 0..9 of bpe_4w_pcl/vocab.model.
 SPECIAL_PIECES: dict[int, str] = {
@@ -45,7 +46,7 @@ _jieba_lock = threading.Lock()
 _jieba_ready = False
 
 
-class TokenizerInputError(ValueError):
+class TokenizerInputError(PanGuError, ValueError):
     """Input that cannot be tokenized (e.g. bytes that are not UTF-8); names the source and byte offset."""
 
 

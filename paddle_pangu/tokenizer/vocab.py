@@ -17,6 +17,7 @@ import importlib.metadata
 import importlib.util
 import os
 from pathlib import Path
+from paddle_pangu.errors import PanGuError
 
 VOCAB_MODEL_NAME = "vocab.model"
 VOCAB_TEXT_NAME = "vocab.vocab"
@@ -33,7 +34,7 @@ HOW_TO_FIX = (
 )
 
 
-class VocabNotFoundError(FileNotFoundError):
+class VocabNotFoundError(PanGuError, FileNotFoundError):
     """No PanGu `vocab.model` was found; the message lists every path tried and how to fix it."""
 
     def __init__(self, tried: list[str], reason: str = "no PanGu tokenizer vocabulary found"):

@@ -17,9 +17,10 @@ import warnings
 from dataclasses import dataclass
 
 import paddle
+from paddle_pangu.errors import ConfigError
 
 
-class AmpConfigError(ValueError):
+class AmpConfigError(ConfigError):
     """The requested AMP mode cannot run on the chosen device."""
 
 

@@ -24,9 +24,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from paddle_pangu.errors import ConfigError
 
 
-class RunConfigError(ValueError):
+class RunConfigError(ConfigError):
     """A run YAML is malformed; the message names the file and the field."""
 
 

@@ -64,6 +64,7 @@ from paddle.distributed.fleet.layers.mpu import mp_ops as fleet_mp_ops
 
 from . import collectives, groups, pipeline, sharding
 from .mp_ops import CpuMpOps, is_gloo_group
+from paddle_pangu.errors import PanGuError
 
 __all__ = ["install", "uninstall", "is_active", "backend_is_cpu_gloo", "CpuBackendError", "SUPPORTED_PADDLE_VERSIONS"]
 
@@ -76,7 +77,7 @@ _MISSING = object()
 _saved: list[tuple[object, str, object]] = []  # (owner, attribute, original or _MISSING)
 
 
-class CpuBackendError(RuntimeError):
+class CpuBackendError(PanGuError, RuntimeError):
     """The CPU gloo adapter cannot be installed in this environment."""
 
 
