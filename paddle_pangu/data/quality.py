@@ -86,7 +86,7 @@ class PerplexityScorer:
         self.tokenizer = tokenizer
 
     def _batch_nll(self, batch: list[list[int]]) -> list[float]:
-        from ..evaluation.scoring import token_losses  # the one per-token NLL primitive
+        from ..model.losses import token_losses  # the one per-token NLL primitive
 
         return [float(losses.mean()) for losses in token_losses(self.model, batch, self.pad_id)]
 

@@ -7,7 +7,8 @@ import pytest
 
 from paddle_pangu.evaluation import ClassificationTask, candidate_losses, perplexity, reviews_task
 from paddle_pangu.evaluation.fewshot import build_prompt, evaluate_classification
-from paddle_pangu.evaluation.scoring import shared_prefix_len, token_losses
+from paddle_pangu.evaluation.scoring import shared_prefix_len
+from paddle_pangu.model.losses import token_losses
 
 
 def _nll(model, seq):
