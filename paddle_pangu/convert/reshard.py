@@ -26,7 +26,6 @@ from its source shards when needed, so peak memory is about one full tensor
 from __future__ import annotations
 
 import bisect
-import json
 import logging
 import os
 import re
@@ -35,6 +34,7 @@ import numpy as np
 
 from ..config import PanGuConfig
 from ..config.parallel_config import padded_vocab_size, pipeline_layer_counts
+from ..io.weights import LAYOUT_FILE, rank_file_name, read_layout, variant_name, write_layout
 from ..model.weight_tables import (
     POSITION_EMBEDDING,
     WORD_EMBEDDING,
@@ -57,14 +57,7 @@ from .common import (
 )
 
 logger = logging.getLogger("paddle_pangu.convert")
-LAYOUT_FILE = "checkpoint_layout.json"
 _VARIANT = re.compile(r"^(model|model_state)\.(tp(\d+))?_?(pp(\d+))?\.(safetensors|pdparams)$")
-
-
-def variant_name(mp_rank: int, pp_stage: int, mp: int, pp: int) -> str:
-    """PaddleNLP's suffix for one rank: 'tp01', 'pp00', 'tp01_pp00' ('' for mp1 pp1)."""
-    parts = ([f"tp{mp_rank:02d}"] if mp > 1 else []) + ([f"pp{pp_stage:02d}"] if pp > 1 else [])
-    return "_".join(parts)
 
 
 def stages_of(name: str, config: PanGuConfig, pp: int) -> list[int]:
@@ -105,11 +98,9 @@ def detect_layout(path: str) -> tuple[int, int, dict]:
         return 1, 1, {}
     mp = max(max(k[0] for k in found) + 1, 2 if has_tp else 1)
     pp = max(max(k[1] for k in found) + 1, 2 if has_pp else 1)
-    layout_file = os.path.join(path, LAYOUT_FILE)
-    if os.path.exists(layout_file):
-        with open(layout_file, encoding="utf-8") as f:
-            layout = json.load(f)
-        mp, pp = int(layout["mp_degree"]), int(layout["pp_degree"])
+    recorded = read_layout(path)
+    if recorded is not None:
+        mp, pp = recorded
     missing = [variant_name(t, s, mp, pp) for t in range(mp) for s in range(pp) if (t, s) not in found]
     if missing:
         raise ConversionError(f"{path}: layout mp{mp} pp{pp} is incomplete, missing rank files {missing}")
@@ -200,17 +191,6 @@ def _check_divisible(config: PanGuConfig, mp: int, pp: int) -> None:
     if problems:
         raise ConversionError("cannot reshard: " + "; ".join(problems))
     pipeline_layer_counts(config.num_layers, pp)  # raises ParallelConfigError with the fix
-
-
-def rank_file_name(mp_rank: int, pp_stage: int, mp: int, pp: int) -> str:
-    """The weight file of one (mp rank, pp stage) in an mp x pp layout, e.g. model.tp01_pp00.safetensors."""
-    return f"model.{variant_name(mp_rank, pp_stage, mp, pp)}.safetensors"
-
-
-def write_layout(dst: str, mp: int, pp: int) -> None:
-    """Record the degrees of the rank files in `dst` (read back by `detect_layout`)."""
-    with open(os.path.join(dst, LAYOUT_FILE), "w", encoding="utf-8") as f:
-        json.dump({"mp_degree": mp, "pp_degree": pp}, f)
 
 
 def reshard(src: str, dst: str, mp: int, pp: int, dtype: str | None = None,

@@ -3,7 +3,7 @@
 One `Trainer` runs alone or under `python -m paddle.distributed.launch`:
 
 1. `RunConfig.validate(world_size)` checks the layout before any process
-   group exists (B2's `ParallelConfig.validate`).
+   group exists (`ParallelConfig.validate`).
 2. Device selection and, with more than one process, fleet hybrid topology.
 3. Model: `PanGuForCausalLM` (pp == 1) or `PanGuForCausalLMPipe` (pp > 1),
    optionally started from a plain (unsharded) state dict.
@@ -12,8 +12,8 @@ One `Trainer` runs alone or under `python -m paddle.distributed.launch`:
    rank) (`batches.StepBatcher`); pp steps go through fleet's
    `PipelineParallel.train_batch`, the rest through forward/backward over the
    micro-batches. Console / tqdm / VisualDL logs, `metrics.jsonl`, periodic
-   checkpoints, evaluation (loss, perplexity), and a final consolidated
-   `save_pretrained` model directory.
+   checkpoints, evaluation (loss, perplexity), and the final model directory
+   (`final_model.py`).
 """
 from __future__ import annotations
 
@@ -28,9 +28,11 @@ import numpy as np
 import paddle
 import paddle.distributed as dist
 
+from ..io.weights import load_plain_weights
 from . import checkpoint as ckpt
 from .amp import plan_amp
 from .batches import StepBatcher, run_datasets, split_tokens_labels
+from .final_model import save_final_model
 from .logging import TrainLogger, logger, setup_console_logging
 from .optim import attach_norm_recorder, build_optimizer, build_scheduler
 from .run_config import RunConfig, check_data_paths, to_dict
@@ -248,57 +250,8 @@ class Trainer:
 
     # ---- export ----------------------------------------------------------
     def save_final_model(self) -> str:
-        """Write `final_model/`: config, tokenizer files and the weights under plain names.
-
-        Up to `checkpoint.consolidate_max_params` the weights are gathered into one
-        `model_state.pdparams` (what `PanGuForCausalLM.save_pretrained` writes; written directly
-        because inside an mp job the layer factory would build a sharded model). Above it, an mp/pp
-        job writes one file per (mp rank, pp stage) so no process holds the whole model;
-        `pangu reshard final_model -o DIR --mp 1 --pp 1` merges them.
-        """
-        out = os.path.join(self.out_dir, "final_model")
-        split = self.par.mp_degree * self.par.pp_degree > 1
-        per_rank = split and self.model_config.num_parameters() > self.cfg.checkpoint.consolidate_max_params
-        if self.rank == 0:
-            os.makedirs(out, exist_ok=True)
-            self.model_config.save_pretrained(out)
-            _save_tokenizer(self.cfg, out)
-        if self.world_size > 1:
-            dist.barrier()  # the directory exists before any rank writes into it
-        if per_rank:
-            self._write_rank_weights(out)
-        else:
-            self._write_consolidated_weights(out)
-        if self.world_size > 1:
-            dist.barrier()
-        if self.rank == 0:
-            logger.info("final model written to %s%s", out,
-                        f" per rank (mp{self.par.mp_degree} pp{self.par.pp_degree}); merge with `pangu reshard {out} "
-                        f"-o DIR --mp 1 --pp 1`" if per_rank else "")
-        return out
-
-    def _write_consolidated_weights(self, out: str) -> None:
-        from paddle_pangu.model.modeling_pp import gather_plain_state_dict
-
-        state = gather_plain_state_dict(self.model, self.topo)  # {plain name: np.ndarray}, every rank
-        if self.rank == 0:
-            weights = {k: paddle.to_tensor(np.asarray(v, dtype="float32")) for k, v in sorted(state.items())}
-            paddle.save(weights, os.path.join(out, "model_state.pdparams"))
-
-    def _write_rank_weights(self, out: str) -> None:
-        """Each (mp rank, pp stage) writes its plain-named shard once (from data-parallel rank 0)."""
-        from safetensors.numpy import save_file
-
-        from paddle_pangu.convert.reshard import rank_file_name, write_layout
-        from paddle_pangu.model.modeling_pp import local_plain_state_dict
-
-        mp, pp = self.par.mp_degree, self.par.pp_degree
-        if self.topo.dp_rank == 0 and self.topo.sharding_rank == 0:
-            local = {k: v.astype("float32").numpy() for k, v in local_plain_state_dict(self.model).items()}
-            save_file(local, os.path.join(out, rank_file_name(self.topo.mp_rank, self.topo.pp_rank, mp, pp)),
-                      metadata={"format": "np"})
-        if self.rank == 0:
-            write_layout(out, mp, pp)
+        """Write `final_model/` (see `final_model.py`); returns its path."""
+        return save_final_model(self.model, self.model_config, self.par, self.topo, self.cfg)
 
 
 # ---- helpers -----------------------------------------------------------------
@@ -323,22 +276,7 @@ def _load_initial_weights(model, path: str, topo) -> None:
     """Start from a plain PanGuForCausalLM state dict (a model dir or a .pdparams file), split for mp/pp."""
     from paddle_pangu.model.modeling_pp import load_plain_state_dict
 
-    if os.path.isdir(path):  # model_state.pdparams or (sharded) safetensors, e.g. from `pangu convert`
-        from paddle_pangu.convert.common import read_weight_files
-
-        state = {k: t.load() for k, t in read_weight_files(path).items()}
-    elif os.path.isfile(path):
-        state = {k: (v.numpy() if hasattr(v, "numpy") else np.asarray(v)) for k, v in paddle.load(path).items()}
-    else:
+    if not os.path.exists(path):
         raise FileNotFoundError(f"model.init_from={path!r}: no such model directory or .pdparams file")
-    load_plain_state_dict(model, state, topo)
-
-
-def _save_tokenizer(cfg: RunConfig, out: str) -> None:
-    """Copy the tokenizer files next to the model (synthetic runs have none to copy)."""
-    if cfg.data.synthetic is not None:
-        return
-    from paddle_pangu.tokenizer import PanGuTokenizer
-
-    tok = PanGuTokenizer.from_pretrained(cfg.data.tokenizer) if cfg.data.tokenizer else PanGuTokenizer.from_default()
-    tok.save_pretrained(out)
+    # a model dir (model_state.pdparams or (sharded) safetensors, e.g. from `pangu convert`) or a .pdparams file
+    load_plain_state_dict(model, load_plain_weights(path), topo)

@@ -1,0 +1,286 @@
+"""The one place this project reads and writes model weight files.
+
+Training (the final model, `model.init_from`), conversion (`pangu convert`),
+resharding (`pangu reshard`) and loading all go through here, so the file
+formats are defined once:
+
+* a plain model directory: `model.safetensors`, or shards
+  `model-0000i-of-0000n.safetensors` + `model.safetensors.index.json`
+  (PaddleNLP's names), or `model_state.pdparams`;
+* an mp x pp layout: one `model.<variant>.safetensors` per (mp rank, pp stage)
+  with PaddleNLP's variant suffix (`tp01`, `pp00`, `tp01_pp00`) and a
+  `checkpoint_layout.json` recording the degrees.
+
+Tensors are handled lazily (`LazyTensor`: shape and dtype known, data read on
+demand) and written by streaming, one tensor in memory at a time. This module
+imports only numpy, safetensors and (lazily) paddle; nothing of the model.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Callable
+
+import numpy as np
+
+from ..errors import PanGuError
+
+logger = logging.getLogger("paddle_pangu.io")
+
+SAFE_WEIGHTS_NAME = "model.safetensors"  # paddlenlp.utils.env.SAFE_WEIGHTS_NAME
+SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
+PADDLE_WEIGHTS_NAME = "model_state.pdparams"
+LAYOUT_FILE = "checkpoint_layout.json"
+DEFAULT_SHARD_BYTES = 2 * 1024**3
+DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+class WeightFileError(PanGuError, ValueError):
+    """A weight file or directory that cannot be read or written as asked (names the file and the problem)."""
+
+
+@dataclasses.dataclass
+class LazyTensor:
+    """A tensor whose shape/dtype are known and whose data is read only when `load()` is called."""
+
+    shape: tuple
+    dtype: np.dtype
+    load: Callable[[], np.ndarray]
+    source: str = ""
+
+    @staticmethod
+    def of(array: np.ndarray, source: str = "") -> "LazyTensor":
+        return LazyTensor(tuple(array.shape), array.dtype, lambda: array, source)
+
+
+@dataclasses.dataclass
+class PlainTensor:
+    """A plain (Paddle-layout) parameter produced from one foreign tensor, transposed on load if needed."""
+
+    name: str
+    shape: tuple
+    foreign: LazyTensor
+    transpose: bool
+
+    def load(self, dtype) -> np.ndarray:
+        arr = self.foreign.load()
+        if self.transpose:
+            arr = arr.T
+        return np.ascontiguousarray(arr, dtype=dtype)
+
+
+# ----------------------------------------------------------------------------- rank files and layout
+
+
+def variant_name(mp_rank: int, pp_stage: int, mp: int, pp: int) -> str:
+    """PaddleNLP's suffix for one rank: 'tp01', 'pp00', 'tp01_pp00' ('' for mp1 pp1)."""
+    parts = ([f"tp{mp_rank:02d}"] if mp > 1 else []) + ([f"pp{pp_stage:02d}"] if pp > 1 else [])
+    return "_".join(parts)
+
+
+def rank_file_name(mp_rank: int, pp_stage: int, mp: int, pp: int) -> str:
+    """The weight file of one (mp rank, pp stage) in an mp x pp layout, e.g. model.tp01_pp00.safetensors."""
+    return f"model.{variant_name(mp_rank, pp_stage, mp, pp)}.safetensors"
+
+
+def write_layout(dst: str, mp: int, pp: int) -> None:
+    """Record the degrees of the rank files in `dst` (read back by `read_layout`)."""
+    with open(os.path.join(dst, LAYOUT_FILE), "w", encoding="utf-8") as f:
+        json.dump({"mp_degree": mp, "pp_degree": pp}, f)
+
+
+def read_layout(path: str) -> tuple[int, int] | None:
+    """(mp, pp) recorded in `path`'s layout file, or None when there is none."""
+    layout_file = os.path.join(path, LAYOUT_FILE)
+    if not os.path.exists(layout_file):
+        return None
+    with open(layout_file, encoding="utf-8") as f:
+        layout = json.load(f)
+    return int(layout["mp_degree"]), int(layout["pp_degree"])
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def _shard_plan(items: list[tuple[str, tuple]], itemsize: int, max_bytes: int) -> list[list[str]]:
+    shards, current, size = [], [], 0
+    for name, shape in items:
+        nbytes = int(np.prod(shape)) * itemsize
+        if current and size + nbytes > max_bytes:
+            shards.append(current)
+            current, size = [], 0
+        current.append(name)
+        size += nbytes
+    return shards + [current] if current else shards
+
+
+def write_safetensors(out_dir: str, tensors: dict, dtype: str, max_shard_bytes: int,
+                      metadata_format: str = "np") -> list[str]:
+    """`model.safetensors`, or `model-0000i-of-0000n.safetensors` + `model.safetensors.index.json`.
+
+    Each file is streamed: the header is written from the known shapes, then
+    tensor after tensor, so only one tensor is in memory at a time.
+    """
+    if dtype not in DTYPES:
+        raise WeightFileError(f"dtype {dtype!r}: expected one of {sorted(DTYPES)}")
+    np_dtype = DTYPES[dtype]
+    items = [(n, t.shape) for n, t in tensors.items()]
+    plan = _shard_plan(items, np.dtype(np_dtype).itemsize, max_shard_bytes)
+    files = [SAFE_WEIGHTS_NAME] if len(plan) == 1 else [
+        f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors" for i in range(len(plan))]
+    progress = _Progress(len(items), "writing")
+    weight_map, total = {}, 0
+    for names, fname in zip(plan, files):
+        total += stream_safetensors(os.path.join(out_dir, fname), {n: tensors[n] for n in names}, np_dtype,
+                                    {"format": metadata_format}, progress)
+        weight_map.update({n: fname for n in names})
+    if len(files) > 1:
+        with open(os.path.join(out_dir, SAFE_WEIGHTS_INDEX_NAME), "w", encoding="utf-8") as f:
+            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+    _remove_stale(out_dir, files + ([SAFE_WEIGHTS_INDEX_NAME] if len(files) > 1 else []))
+    return files
+
+
+_ST_NAMES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
+
+
+def stream_safetensors(path: str, tensors: dict, np_dtype, metadata: dict, progress=None) -> int:
+    """Write one safetensors file tensor by tensor (format: u64 header size, JSON header, raw data)."""
+    np_dtype = np.dtype(np_dtype)
+    header, offset = {"__metadata__": metadata}, 0
+    for name, t in tensors.items():
+        nbytes = int(np.prod(t.shape)) * np_dtype.itemsize
+        header[name] = {"dtype": _ST_NAMES[np_dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        offset += nbytes
+    blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    blob += b" " * (-len(blob) % 8)  # safetensors aligns the data start to 8 bytes
+    with open(path, "wb") as f:
+        f.write(len(blob).to_bytes(8, "little"))
+        f.write(blob)
+        for name, t in tensors.items():
+            arr = _load_as(t, np_dtype)
+            if tuple(arr.shape) != tuple(t.shape):
+                raise WeightFileError(f"{name}: loaded shape {arr.shape} differs from the declared {tuple(t.shape)}")
+            f.write(np.ascontiguousarray(arr).data)  # no extra copy
+            if progress is not None:
+                progress.step(name)
+    return offset
+
+
+def save_numpy_safetensors(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """One safetensors file of in-memory numpy arrays (metadata format 'np', as the streaming writer)."""
+    from safetensors.numpy import save_file
+
+    save_file(arrays, path, metadata={"format": "np"})
+
+
+def save_pdparams(path: str, arrays: dict[str, np.ndarray]) -> None:
+    """`model_state.pdparams` as `PanGuForCausalLM.save_pretrained` writes it: float32 tensors, sorted names."""
+    import paddle
+
+    weights = {k: paddle.to_tensor(np.asarray(v, dtype="float32")) for k, v in sorted(arrays.items())}
+    paddle.save(weights, path)
+
+
+def _load_as(t, np_dtype) -> np.ndarray:
+    if isinstance(t, PlainTensor):
+        return t.load(np_dtype)
+    return np.ascontiguousarray(t.load(), dtype=np_dtype)
+
+
+def _remove_stale(out_dir: str, keep: list[str]) -> None:
+    """Drop weight files of an earlier write into the same directory (they would shadow ours)."""
+    ours = (SAFE_WEIGHTS_NAME, SAFE_WEIGHTS_INDEX_NAME, PADDLE_WEIGHTS_NAME)
+    for fname in os.listdir(out_dir):
+        is_shard = fname.startswith("model-") and fname.endswith(".safetensors")
+        if (is_shard or fname in ours) and fname not in keep:
+            os.remove(os.path.join(out_dir, fname))
+
+
+class _Progress:
+    """A log line every few seconds with rate and ETA (tensor counts)."""
+
+    def __init__(self, total: int, what: str, every: float = 5.0):
+        self.total, self.what, self.every = total, what, every
+        self.done, self.start, self.last = 0, time.time(), time.time()
+
+    def step(self, name: str) -> None:
+        self.done += 1
+        now = time.time()
+        if now - self.last >= self.every or self.done == self.total:
+            rate = self.done / max(now - self.start, 1e-9)
+            eta = (self.total - self.done) / max(rate, 1e-9)
+            logger.info("%s %d/%d tensors (%.1f/s, ETA %.0fs) %s", self.what, self.done, self.total, rate, eta, name)
+            self.last = now
+
+
+# ----------------------------------------------------------------------------- reading
+
+
+def read_weight_files(path: str, variant: str | None = None) -> dict[str, LazyTensor]:
+    """Plain tensors of `path` (safetensors single/indexed, or pdparams), optionally for a variant like 'tp00'."""
+    def name(base):  # paddlenlp's _add_variant: the variant goes before the last extension
+        if not variant:
+            return base
+        parts = base.split(".")
+        return ".".join(parts[:-1] + [variant] + parts[-1:])
+
+    index = os.path.join(path, name(SAFE_WEIGHTS_INDEX_NAME))
+    if os.path.exists(index):
+        with open(index, encoding="utf-8") as f:
+            files = sorted(set(json.load(f)["weight_map"].values()))
+        return iter_safetensors([os.path.join(path, fn) for fn in files])
+    single = os.path.join(path, name(SAFE_WEIGHTS_NAME))
+    if os.path.exists(single):
+        return iter_safetensors([single])
+    pdparams = os.path.join(path, name(PADDLE_WEIGHTS_NAME))
+    if os.path.exists(pdparams):
+        return {k: LazyTensor.of(v, pdparams) for k, v in read_pdparams(pdparams).items()}
+    raise WeightFileError(f"{path}: no {name(SAFE_WEIGHTS_NAME)}, {name(SAFE_WEIGHTS_INDEX_NAME)} "
+                          f"or {name(PADDLE_WEIGHTS_NAME)} found")
+
+
+def read_pdparams(path: str) -> dict[str, np.ndarray]:
+    """A `.pdparams` state dict as numpy arrays."""
+    import paddle
+
+    state = paddle.load(path, return_numpy=True)
+    return {k: np.asarray(v) for k, v in state.items()}
+
+
+_ST_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32,
+              "U8": np.uint8, "BOOL": np.bool_}
+
+
+def iter_safetensors(files: list[str]) -> dict[str, LazyTensor]:
+    """Lazy tensors of safetensors files, read one at a time (header parsed without loading data)."""
+    from safetensors import safe_open
+
+    out = {}
+    for fn in files:
+        with open(fn, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        for key, meta in header.items():
+            if key == "__metadata__":
+                continue
+            if meta["dtype"] not in _ST_DTYPES:
+                raise WeightFileError(f"{fn}: tensor {key} has dtype {meta['dtype']}; expected one of {sorted(_ST_DTYPES)}")
+
+            def load(fn=fn, key=key):
+                with safe_open(fn, framework="np") as g:
+                    return g.get_tensor(key)
+
+            out[key] = LazyTensor(tuple(meta["shape"]), np.dtype(_ST_DTYPES[meta["dtype"]]), load, fn)
+    return out
+
+
+def load_plain_weights(path: str) -> dict[str, np.ndarray]:
+    """Every tensor of a model directory or a `.pdparams` file, loaded (for starting a run from weights)."""
+    if os.path.isdir(path):
+        return {k: t.load() for k, t in read_weight_files(path).items()}
+    if os.path.isfile(path):
+        return read_pdparams(path)
+    raise FileNotFoundError(f"{path}: no such model directory or .pdparams file")

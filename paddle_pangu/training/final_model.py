@@ -1,0 +1,84 @@
+"""The final model directory a run ends with (`<output_dir>/final_model/`).
+
+`save_final_model` writes config, tokenizer files and the weights under plain
+(`PanGuForCausalLM`) names, read back by `from_pretrained`, `pangu generate`,
+`pangu evaluate` and `pangu finetune`:
+
+* up to `checkpoint.consolidate_max_params` the weights are gathered into one
+  `model_state.pdparams` (what `PanGuForCausalLM.save_pretrained` writes;
+  written directly because inside an mp job the layer factory would build a
+  sharded model);
+* above it, an mp/pp job writes one file per (mp rank, pp stage) so no process
+  holds the whole model; `pangu reshard final_model -o DIR --mp 1 --pp 1`
+  merges them.
+
+The file formats are those of `paddle_pangu/io/weights.py`.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import paddle.distributed as dist
+
+from ..io.weights import PADDLE_WEIGHTS_NAME, rank_file_name, save_numpy_safetensors, save_pdparams, write_layout
+
+logger = logging.getLogger("paddle_pangu.training")
+
+
+def save_final_model(model, model_config, par, topo, cfg) -> str:
+    """Write `final_model/` under `cfg.train.output_dir` from every rank of the run; returns its path.
+
+    `model` is the (possibly fleet-wrapped) trained model, `par` the validated
+    ParallelConfig, `topo` this process's Topology, `cfg` the RunConfig.
+    """
+    out = os.path.join(cfg.train.output_dir, "final_model")
+    split = par.mp_degree * par.pp_degree > 1
+    per_rank = split and model_config.num_parameters() > cfg.checkpoint.consolidate_max_params
+    if topo.rank == 0:
+        os.makedirs(out, exist_ok=True)
+        model_config.save_pretrained(out)
+        _save_tokenizer(cfg, out)
+    if topo.world_size > 1:
+        dist.barrier()  # the directory exists before any rank writes into it
+    if per_rank:
+        _write_rank_weights(model, par, topo, out)
+    else:
+        _write_consolidated_weights(model, topo, out)
+    if topo.world_size > 1:
+        dist.barrier()
+    if topo.rank == 0:
+        logger.info("final model written to %s%s", out,
+                    f" per rank (mp{par.mp_degree} pp{par.pp_degree}); merge with `pangu reshard {out} "
+                    f"-o DIR --mp 1 --pp 1`" if per_rank else "")
+    return out
+
+
+def _write_consolidated_weights(model, topo, out: str) -> None:
+    from ..model.modeling_pp import gather_plain_state_dict
+
+    state = gather_plain_state_dict(model, topo)  # {plain name: np.ndarray}, every rank
+    if topo.rank == 0:
+        save_pdparams(os.path.join(out, PADDLE_WEIGHTS_NAME), state)
+
+
+def _write_rank_weights(model, par, topo, out: str) -> None:
+    """Each (mp rank, pp stage) writes its plain-named shard once (from data-parallel rank 0)."""
+    from ..model.modeling_pp import local_plain_state_dict
+
+    mp, pp = par.mp_degree, par.pp_degree
+    if topo.dp_rank == 0 and topo.sharding_rank == 0:
+        local = {k: v.astype("float32").numpy() for k, v in local_plain_state_dict(model).items()}
+        save_numpy_safetensors(os.path.join(out, rank_file_name(topo.mp_rank, topo.pp_rank, mp, pp)), local)
+    if topo.rank == 0:
+        write_layout(out, mp, pp)
+
+
+def _save_tokenizer(cfg, out: str) -> None:
+    """Copy the tokenizer files next to the model (synthetic runs have none to copy)."""
+    if cfg.data.synthetic is not None:
+        return
+    from ..tokenizer import PanGuTokenizer
+
+    tok = PanGuTokenizer.from_pretrained(cfg.data.tokenizer) if cfg.data.tokenizer else PanGuTokenizer.from_default()
+    tok.save_pretrained(out)
