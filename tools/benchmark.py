@@ -1,6 +1,6 @@
 """Thin wrapper: `python tools/benchmark.py [tokenize|train|generate] ...` == `pangu bench ...`.
 
-Set MKL_DEBUG_CPU_TYPE=5 on AMD CPUs before running (PLATFORM.md: paddle's MKL otherwise takes its slow path).
+The CPU math-library environment is set per CPU vendor by paddle_pangu/runtime.py (no env needed).
 """
 import sys
 

@@ -21,9 +21,8 @@ RUN_DIR="$(python -c "import yaml,sys; print(yaml.safe_load(open('$CONFIG'))['tr
 EXTRA=()
 if [[ -n "${STEPS:-}" ]]; then EXTRA+=(--set "train.max_steps=${STEPS}"); fi
 
-# PLATFORM.md: Paddle's bundled MKL takes its slow generic path on this AMD CPU unless told otherwise (2-5x).
-export MKL_DEBUG_CPU_TYPE=5
-export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1   # one thread per process: 2 processes on 2 cores
+# CPU math-library set-up (MKL_DEBUG_CPU_TYPE on AMD only, threads = cores / local processes) is
+# decided per machine by paddle_pangu/runtime.py at the start of every pangu / tools/*.py process.
 export FLAGS_call_stack_level=2
 
 start=$(date +%s)

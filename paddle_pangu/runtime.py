@@ -1,0 +1,165 @@
+"""CPU runtime set-up, decided per machine before Paddle is imported.
+
+Paddle's CPU wheel bundles Intel MKL (`paddle/libs/libmklml_intel.so`). MKL reads
+`MKL_DEBUG_CPU_TYPE` once, when it loads, so the choice has to be made before
+`import paddle`:
+
+- AMD: without `MKL_DEBUG_CPU_TYPE=5` the bundled MKL takes its generic code path;
+  with it fp32 GEMM ran ~5x faster (PLATFORM.md; 2.5-3x per CPU-second on this
+  project's EPYC in a loaded re-measure). Set only when the bundled MKL is present.
+- Intel: the same variable made Paddle's GEMM 9.4x slower (Emerald Rapids). It is
+  never set there, and an inherited value (old scripts exported it unconditionally)
+  is removed.
+- Threads: `import paddle` sets `OMP_NUM_THREADS=1` when it is unset (and warns when it
+  is above 1), so by default every GEMM ran on one thread. MKL prefers `MKL_NUM_THREADS`,
+  which is set to this process's share of the cores it may run on
+  (`os.sched_getaffinity`) divided by the processes `paddle.distributed.launch` starts on
+  this node (`PADDLE_LOCAL_SIZE`, else `PADDLE_TRAINERS_NUM`), at least 1. A thread count
+  the user set (`OMP_NUM_THREADS` or `MKL_NUM_THREADS`) is kept.
+
+`PANGU_NO_RUNTIME_TUNING=1` leaves the environment untouched. The decision is a pure
+function (`decide`) so it is unit-tested per vendor; `apply()` runs it once per process
+and logs one line to stderr (`PANGU_QUIET_RUNTIME=1` silences the line only).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from dataclasses import dataclass, field
+
+DISABLE_ENV = "PANGU_NO_RUNTIME_TUNING"
+QUIET_ENV = "PANGU_QUIET_RUNTIME"
+MKL_CPU_ENV = "MKL_DEBUG_CPU_TYPE"
+THREAD_ENVS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")  # either one set by the user: threads left alone
+
+
+@dataclass(frozen=True)
+class CpuInfo:
+    vendor: str  # "amd" | "intel" | "other"
+    model: str = ""
+    flags: frozenset = frozenset()
+    cores: int = 1  # cores this process may run on
+
+
+@dataclass
+class Decision:
+    set_env: dict = field(default_factory=dict)
+    unset_env: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+
+    def summary(self, cpu: CpuInfo) -> str:
+        feats = ",".join(f for f in ("avx2", "avx512f", "amx_bf16") if f in cpu.flags) or "-"
+        changes = [f"{k}={v}" for k, v in self.set_env.items()] + [f"unset {k}" for k in self.unset_env]
+        return (f"pangu runtime: {cpu.vendor} {cpu.model or '?'} [{feats}] {cpu.cores} cores; "
+                f"{'; '.join(changes) or 'no changes'}" + (f" ({'; '.join(self.notes)})" if self.notes else ""))
+
+
+def _vendor(vendor_id: str) -> str:
+    v = vendor_id.strip().lower()
+    if "amd" in v:
+        return "amd"
+    if "intel" in v:
+        return "intel"
+    return "other"
+
+
+def parse_cpuinfo(text: str, cores: int) -> CpuInfo:
+    """CpuInfo from the text of /proc/cpuinfo (first processor block)."""
+    fields = {}
+    for line in text.splitlines():
+        if not line.strip():
+            if fields:
+                break
+            continue
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return CpuInfo(vendor=_vendor(fields.get("vendor_id", "")), model=fields.get("model name", ""),
+                   flags=frozenset(fields.get("flags", "").split()), cores=max(1, cores))
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def detect_cpu() -> CpuInfo:
+    """Vendor, model and flags of this machine's CPU (Linux /proc/cpuinfo; 'other' elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            return parse_cpuinfo(f.read(), available_cores())
+    except OSError:
+        import platform
+
+        return CpuInfo(vendor=_vendor(platform.processor()), cores=available_cores())
+
+
+def paddle_bundles_mkl() -> bool:
+    """True when the installed Paddle ships its own MKL (found without importing Paddle)."""
+    spec = importlib.util.find_spec("paddle")
+    if spec is None or not spec.origin:
+        return False
+    libs = os.path.join(os.path.dirname(spec.origin), "libs")
+    try:
+        return any(name.startswith("libmklml") or name.startswith("libmkl_rt") for name in os.listdir(libs))
+    except OSError:
+        return False
+
+
+def local_processes(env) -> int:
+    """Processes sharing this node's cores: set by paddle.distributed.launch for each worker."""
+    for key in ("PADDLE_LOCAL_SIZE", "PADDLE_TRAINERS_NUM"):
+        try:
+            value = int(env.get(key, ""))
+        except ValueError:
+            continue
+        if value > 0:
+            return value
+    return 1
+
+
+def decide(cpu: CpuInfo, env, bundled_mkl: bool) -> Decision:
+    """What to set and unset in `env` (read only) for this CPU. Pure: the unit tests call it per vendor."""
+    d = Decision()
+    if env.get(DISABLE_ENV) == "1":
+        d.notes.append(f"{DISABLE_ENV}=1: environment left as is")
+        return d
+    if cpu.vendor == "amd" and bundled_mkl:
+        if env.get(MKL_CPU_ENV) is None:
+            d.set_env[MKL_CPU_ENV] = "5"  # bundled MKL's AVX2 path on AMD instead of the generic one
+    elif cpu.vendor == "intel" and env.get(MKL_CPU_ENV) is not None:
+        d.unset_env.append(MKL_CPU_ENV)  # forcing a CPU type on Intel made GEMM 9.4x slower
+        d.notes.append(f"{MKL_CPU_ENV} removed on Intel")
+    procs = local_processes(env)
+    if all(env.get(key) is None for key in THREAD_ENVS):
+        d.set_env["MKL_NUM_THREADS"] = str(max(1, cpu.cores // procs))
+    if procs > 1:
+        d.notes.append(f"{procs} local processes share {cpu.cores} cores")
+    return d
+
+
+_APPLIED: Decision | None = None
+
+
+def apply(log: bool = True) -> Decision:
+    """Decide once per process and apply to os.environ. Called at the top of `pangu` and tools/*.py.
+
+    If Paddle is already imported (an embedding program or a test), MKL has read its environment:
+    nothing is changed then, so the process keeps one consistent set-up.
+    """
+    global _APPLIED
+    if _APPLIED is not None:
+        return _APPLIED
+    cpu = detect_cpu()
+    if "paddle" in sys.modules:
+        _APPLIED = Decision(notes=["paddle already imported: environment left as is"])
+        return _APPLIED
+    _APPLIED = decide(cpu, os.environ, paddle_bundles_mkl())
+    for key in _APPLIED.unset_env:
+        os.environ.pop(key, None)
+    os.environ.update(_APPLIED.set_env)
+    if log and os.environ.get(QUIET_ENV) != "1":
+        print(_APPLIED.summary(cpu), file=sys.stderr)
+    return _APPLIED
