@@ -23,6 +23,10 @@ def add_arguments(parser) -> None:
                              "(e.g. <output_dir>/final_model) on this run's validation batches, in one process")
     parser.add_argument("--check-only", action="store_true",
                         help="validate the config against the launched world size and exit")
+    parser.add_argument("--nproc", type=int, default=None, metavar="N",
+                        help="start paddle.distributed.launch with N processes on this machine (quiet: the "
+                             "launcher's output goes to <output_dir>/launch_logs/, rank 0's lines to the console)")
+    parser.add_argument("--verbose", action="store_true", help="with --nproc: show the launcher's whole output")
 
 
 def _load_config(args):
@@ -47,8 +51,11 @@ def run(args) -> int:
     from .run_config import RunConfigError
 
     world = launched_world_size()
+    if args.nproc is not None and world == 1 and not args.evaluate:
+        return _launch(args)
     try:
         cfg = _load_config(args)
+        _check_launched(args, cfg, world)
         cfg.validate(None if args.evaluate else world)  # the layout, before any process group exists
     except RunConfigError as exc:
         print(f"error: {exc}")
@@ -74,3 +81,42 @@ def run(args) -> int:
     if result.get("eval"):
         print(f"validation loss {result['eval']['loss']:.4f} perplexity {result['eval']['ppl']:.2f}")
     return 0
+
+
+def _train_argv(args) -> list[str]:
+    """The `pangu train` arguments the launched workers get (everything but --nproc / --verbose)."""
+    argv = ["--config", args.config]
+    for item in args.overrides:
+        argv += ["--set", item]
+    for flag, value in (("--device", args.device), ("--output-dir", args.output_dir),
+                        ("--max-steps", args.max_steps), ("--stop-after-steps", args.stop_after_steps)):
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
+def _launch(args) -> int:
+    """`--nproc N`: validate against N processes here, then run the job under paddle.distributed.launch."""
+    import os
+
+    from paddle_pangu.errors import UsageError
+
+    from .launch import run_launched
+
+    if args.nproc < 1:
+        raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
+    cfg = _load_config(args)
+    cfg.validate(args.nproc)
+    log_dir = os.path.join(cfg.train.output_dir, "launch_logs")
+    return run_launched(_train_argv(args), args.nproc, log_dir, verbose=args.verbose)
+
+
+def _check_launched(args, cfg, world: int) -> None:
+    """A layout that needs N processes started as one process: say exactly which command runs it."""
+    from paddle_pangu.errors import UsageError
+
+    needed = cfg.parallel_config().world_size
+    if world == 1 and needed > 1 and not args.evaluate and not args.check_only:
+        raise UsageError(f"{args.config} needs {needed} processes (its parallel layout) but this is one process; run "
+                         f"`pangu train --config {args.config} --nproc {needed}` or `python -m "
+                         f"paddle.distributed.launch --nproc_per_node {needed} tools/train.py --config {args.config}`")

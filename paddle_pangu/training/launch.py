@@ -1,0 +1,71 @@
+"""`pangu train --nproc N`: start `paddle.distributed.launch` for the user, quietly.
+
+The launcher's own configuration dump (about 35 lines) and every rank's output
+go to `<log_dir>/launcher.log` and `<log_dir>/workerlog.<rank>`; the console
+shows rank 0's training lines as they are written (`[HH:MM:SS rank0] ...`) and,
+if the job fails, the tail of each log that says why. `--verbose` streams the
+launcher's output unfiltered instead.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+
+WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "entry", "train_worker.py")
+
+
+def launch_command(train_argv: list[str], nproc: int, log_dir: str) -> list[str]:
+    """The exact command line this module runs (also what the world-size error tells users to run)."""
+    return [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc),
+            "--log_dir", log_dir, WORKER, *train_argv]
+
+
+def _follow(path: str, stop: threading.Event, marker: str = "rank0]") -> None:
+    """Print the lines of `path` that contain `marker` as they are written, until `stop` is set."""
+    while not os.path.exists(path) and not stop.is_set():
+        time.sleep(0.2)
+    if not os.path.exists(path):
+        return
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        while True:
+            line = fh.readline()
+            if line:
+                if marker in line:
+                    print(line.rstrip("\n"), flush=True)
+                continue
+            if stop.is_set():
+                return
+            time.sleep(0.2)
+
+
+def _tail(path: str, n: int = 25) -> str:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as fh:
+            return "".join(fh.readlines()[-n:])
+    except OSError:
+        return ""
+
+
+def run_launched(train_argv: list[str], nproc: int, log_dir: str, verbose: bool = False) -> int:
+    """Run the job under paddle.distributed.launch; return its exit code."""
+    os.makedirs(log_dir, exist_ok=True)
+    cmd = launch_command(train_argv, nproc, log_dir)
+    print(f"launching {nproc} processes: logs in {log_dir}/ (workerlog.N, launcher.log)", flush=True)
+    if verbose:
+        return subprocess.call(cmd)
+    stop = threading.Event()
+    follower = threading.Thread(target=_follow, args=(os.path.join(log_dir, "workerlog.0"), stop), daemon=True)
+    follower.start()
+    with open(os.path.join(log_dir, "launcher.log"), "w") as log:
+        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+    stop.set()
+    follower.join(timeout=5)
+    if code != 0:
+        for name in ["launcher.log", *(f"workerlog.{r}" for r in range(nproc))]:
+            tail = _tail(os.path.join(log_dir, name))
+            if tail:
+                print(f"---- last lines of {os.path.join(log_dir, name)} ----\n{tail}", file=sys.stderr)
+    return code
