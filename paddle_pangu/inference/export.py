@@ -22,6 +22,8 @@ from .generation import SamplingConfig, decode_loop
 
 GRAPHS = ("prefill", "decode")
 META_FILE = "pangu_inference.json"
+DTYPES = ("float32", "float16", "bfloat16")
+DEVICES = ("cpu", "gpu", "npu")
 
 
 def _stack(cache):
@@ -52,7 +54,7 @@ class _Decode(paddle.nn.Layer):
         return logits[:, -1, :].astype("float32"), _stack(new)
 
 
-def _specs(config, with_cache: bool):
+def _specs(config, with_cache: bool, dtype: str = "float32"):
     specs = [
         paddle.static.InputSpec([None, None], "int64", "input_ids"),
         paddle.static.InputSpec([None, None], "int64", "position_ids"),
@@ -60,17 +62,27 @@ def _specs(config, with_cache: bool):
     ]
     if with_cache:
         shape = [config.num_layers, 2, None, config.num_attention_heads, None, config.head_dim]
-        specs.append(paddle.static.InputSpec(shape, "float32", "kv"))
+        specs.append(paddle.static.InputSpec(shape, dtype, "kv"))
     return specs
 
 
-def export_model(model, output_dir: str, tokenizer_dir: str | None = None) -> dict:
-    """Write prefill/decode graphs (`.json` + `.pdiparams`), the model config and tokenizer files to output_dir."""
+def export_model(model, output_dir: str, tokenizer_dir: str | None = None, dtype: str = "float32") -> dict:
+    """Write prefill/decode graphs (`.json` + `.pdiparams`), the model config and tokenizer files to output_dir.
+
+    dtype: the weights' and KV cache's dtype in the graphs (logits are always returned as float32). The
+    dygraph model is cast in place for a float16 / bfloat16 export."""
+    from ..errors import UsageError
+
+    if dtype not in DTYPES:
+        raise UsageError(f"--dtype {dtype!r}: expected one of {DTYPES}")
     model.eval()
+    if dtype != "float32":
+        model.to(dtype=dtype)
     os.makedirs(output_dir, exist_ok=True)
     for name, wrapper, with_cache in (("prefill", _Prefill, False), ("decode", _Decode, True)):
         layer = wrapper(model)
-        layer.forward = paddle.jit.to_static(layer.forward, input_spec=_specs(model.config, with_cache), full_graph=True)
+        layer.forward = paddle.jit.to_static(layer.forward, input_spec=_specs(model.config, with_cache, dtype),
+                                            full_graph=True)
         paddle.jit.save(layer, os.path.join(output_dir, name))
     model.config.save_pretrained(output_dir)
     if tokenizer_dir:
@@ -78,10 +90,46 @@ def export_model(model, output_dir: str, tokenizer_dir: str | None = None) -> di
             src = os.path.join(tokenizer_dir, fname)
             if os.path.exists(src) and not os.path.exists(os.path.join(output_dir, fname)):
                 shutil.copy(src, output_dir)
-    meta = {"graphs": list(GRAPHS), "kv_layout": "[layers, 2, batch, heads, tokens, head_dim]", "dtype": "float32"}
+    meta = {"graphs": list(GRAPHS), "kv_layout": "[layers, 2, batch, heads, tokens, head_dim]", "dtype": dtype}
     with open(os.path.join(output_dir, META_FILE), "w") as f:
         json.dump(meta, f, indent=2)
     return meta
+
+
+def predictor_config(model_file: str, params_file: str, device: str = "cpu", threads: int = 0):
+    """The paddle.inference.Config for one graph on `device`.
+
+    gpu: enable_use_gpu(100 MB initial pool, FLAGS_selected_gpus) as PaddleNLP's predictor does.
+    npu: the custom device ("npu", FLAGS_selected_npus) with IR optimisation on and, when the Ascend plugin
+    ships them (paddle_custom_device.npu.passes), its fused passes added to the pass builder, as PaddleNLP's
+    llm predictor does. cpu: threads (0 = paddle's default)."""
+    from ..errors import UsageError
+
+    if device not in DEVICES:
+        raise UsageError(f"--device {device!r}: expected one of {DEVICES}")
+    cfg = paddle.inference.Config(model_file, params_file)
+    if device == "gpu":
+        cfg.enable_use_gpu(100, int(os.environ.get("FLAGS_selected_gpus", 0)))
+    elif device == "npu":
+        cfg.enable_custom_device("npu", int(os.environ.get("FLAGS_selected_npus", 0)))
+        cfg.switch_ir_optim(True)
+        _add_npu_passes(cfg)
+    else:
+        cfg.disable_gpu()
+        if threads:
+            cfg.set_cpu_math_library_num_threads(threads)
+    cfg.disable_glog_info()
+    return cfg
+
+
+def _add_npu_passes(cfg) -> bool:
+    """Add the Ascend plugin's inference passes (PaddleNLP: passes.addPasses(pass_builder, model_type, quant_type))."""
+    try:
+        import paddle_custom_device.npu.passes as passes
+    except ImportError:  # plugin without the pass module (or no plugin): the predictor runs unfused
+        return False
+    passes.addPasses(cfg.pass_builder(), "pangu", "")
+    return True
 
 
 class InferenceStepper:
@@ -101,14 +149,8 @@ class InferenceStepper:
 
     @staticmethod
     def _create(export_dir, name, device, threads):
-        cfg = paddle.inference.Config(os.path.join(export_dir, name + ".json"), os.path.join(export_dir, name + ".pdiparams"))
-        if device == "gpu":
-            cfg.enable_use_gpu(256, 0)
-        else:
-            cfg.disable_gpu()
-            if threads:
-                cfg.set_cpu_math_library_num_threads(threads)
-        cfg.disable_glog_info()
+        cfg = predictor_config(os.path.join(export_dir, name + ".json"), os.path.join(export_dir, name + ".pdiparams"),
+                               device, threads)
         return paddle.inference.create_predictor(cfg)
 
     def __call__(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, cache):
@@ -121,6 +163,23 @@ class InferenceStepper:
         pred.run()
         logits, kv = (pred.get_output_handle(n).copy_to_cpu() for n in pred.get_output_names())
         return logits, kv
+
+    # cache helpers for the batch decoder: kv [L, 2, B, nh, T, hd] as numpy
+    @staticmethod
+    def select(kv, rows):
+        return kv[:, :, rows]
+
+    @staticmethod
+    def pad_left(kv, n):
+        return np.pad(kv, [(0, 0)] * 4 + [(n, 0), (0, 0)]) if n else kv
+
+    @staticmethod
+    def concat(a, b):
+        return np.concatenate([a, b], axis=2)
+
+    @staticmethod
+    def trim_left(kv, n):
+        return kv[:, :, :, :, n:] if n else kv
 
 
 def generate_with_predictor(export_dir: str, prompts: list[list[int]], cfg: SamplingConfig | None = None,

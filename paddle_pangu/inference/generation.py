@@ -2,31 +2,43 @@
 
 What users of the references had (REF "Generation"): greedy, top-k, top-p,
 temperature, the MindSpore frequency / presence penalties, batches of
-prompts with left padding, and stopping at `<eot>` (id 9).
+prompts with left padding, and stopping at `<eot>` (id 9). On top: the CTRL
+repetition penalty, several stop ids, stop strings (text level, see
+`streaming.TextStream`), a per-row RNG (a seeded row samples the same tokens
+whatever its batch companions) and an explicit over-long-prompt policy.
+The batch loop itself is `decoding.BatchDecoder`, shared with the server.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 import paddle
 
+from ..errors import UsageError
+
+TRUNCATE_POLICIES = ("error", "left")
+
 
 @dataclass
 class SamplingConfig:
-    """How the next token is chosen.
+    """How the next token is chosen (one config per row; the server builds one per request).
 
     Args:
         max_new_tokens: tokens to generate after the prompt.
         do_sample: sample (True) or take the argmax (False, greedy).
-        temperature: divide logits by this before sampling (> 0).
+        temperature: divide logits by this before sampling; 0 means greedy (as the OpenAI API defines it).
         top_k: keep the k most likely tokens (0 = off).
         top_p: keep the smallest set whose probability reaches p (1.0 = off).
-        frequency_penalty: subtract penalty * count(token in the generated text) (MindSpore).
-        presence_penalty: subtract penalty once for each token already generated (MindSpore).
+        frequency_penalty: subtract penalty * count(token in the generated text) (MindSpore / OpenAI).
+        presence_penalty: subtract penalty once for each token already generated (MindSpore / OpenAI).
+        repetition_penalty: CTRL / HF: logits of tokens in the prompt or the generated text are divided by
+            it when positive and multiplied when negative (1.0 = off).
         eos_token_id: stop at this id (REF: 9 `<eot>`).
+        stop_token_ids: further ids that end a row (not included in the output).
         pad_token_id: left padding id (REF: 6).
-        seed: seed of the sampling RNG (None = random).
+        seed: seed of this row's own RNG (None = random).
+        truncate: over-long prompts: "error" (a UsageError) or "left" (keep the last tokens that fit).
     """
 
     max_new_tokens: int = 32
@@ -36,25 +48,50 @@ class SamplingConfig:
     top_p: float = 1.0
     frequency_penalty: float = 0.0
     presence_penalty: float = 0.0
+    repetition_penalty: float = 1.0
     eos_token_id: int = 9
+    stop_token_ids: tuple = field(default_factory=tuple)
     pad_token_id: int = 6
     seed: int | None = None
+    truncate: str = "error"
 
     def __post_init__(self):
-        if self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        if self.temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {self.temperature}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        checks = [
+            ("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1"),
+            ("temperature", self.temperature >= 0, ">= 0 (0 = greedy)"),
+            ("top_p", 0.0 < self.top_p <= 1.0, "in (0, 1]"),
+            ("top_k", self.top_k >= 0, ">= 0 (0 = off)"),
+            ("repetition_penalty", self.repetition_penalty > 0, "> 0 (1 = off)"),
+            ("truncate", self.truncate in TRUNCATE_POLICIES, f"one of {TRUNCATE_POLICIES}"),
+        ]
+        for name, ok, expected in checks:
+            if not ok:
+                raise UsageError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+        self.stop_token_ids = tuple(int(t) for t in self.stop_token_ids)
+
+    @property
+    def greedy(self) -> bool:
+        return not self.do_sample or self.temperature == 0
+
+    @property
+    def stop_ids(self) -> frozenset:
+        return frozenset((self.eos_token_id, *self.stop_token_ids))
+
+    @classmethod
+    def build(cls, cfg: "SamplingConfig | None" = None, **overrides) -> "SamplingConfig":
+        """`cfg` (or the defaults) with keyword overrides; unknown names are a UsageError."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(overrides) - known)
+        if unknown:
+            raise UsageError(f"unknown sampling argument(s) {unknown}; expected some of {sorted(known)}")
+        base = {f.name: getattr(cfg, f.name) for f in fields(cls)} if cfg is not None else {}
+        return cls(**{**base, **overrides})
 
 
 def left_pad(prompts: list[list[int]], pad_token_id: int):
     """Prompts of different lengths -> ids [B, S], padding mask [B, S] (1 = token), position ids [B, S]."""
     if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("every prompt needs at least one token")
+        raise UsageError("every prompt needs at least one token")
     width = max(len(p) for p in prompts)
     ids = np.full([len(prompts), width], pad_token_id, dtype="int64")
     mask = np.zeros([len(prompts), width], dtype="int64")
@@ -65,36 +102,47 @@ def left_pad(prompts: list[list[int]], pad_token_id: int):
     return ids, mask, positions
 
 
-def _filter_logits(logits: np.ndarray, counts: np.ndarray, cfg: SamplingConfig) -> np.ndarray:
-    """logits [B, V] fp32 -> penalised, tempered, top-k/top-p filtered logits [B, V]."""
-    logits = logits - cfg.frequency_penalty * counts - cfg.presence_penalty * (counts > 0)
+def filter_logits(logits: np.ndarray, counts: np.ndarray, cfg: SamplingConfig, seen: np.ndarray | None = None):
+    """One row's logits [V] fp32 -> penalised, tempered, top-k/top-p filtered logits [V] (-inf = dropped).
+
+    counts [V]: how often each token was generated so far; seen [V] bool: in the prompt or generated."""
+    logits = logits.astype("float64") - cfg.frequency_penalty * counts - cfg.presence_penalty * (counts > 0)
+    if cfg.repetition_penalty != 1.0 and seen is not None:
+        hit = logits[seen]
+        logits[seen] = np.where(hit > 0, hit / cfg.repetition_penalty, hit * cfg.repetition_penalty)
+    if cfg.greedy:
+        return logits
     logits = logits / cfg.temperature
-    if cfg.top_k > 0 and cfg.top_k < logits.shape[-1]:
-        kth = np.partition(logits, -cfg.top_k, axis=-1)[:, -cfg.top_k][:, None]
+    if 0 < cfg.top_k < logits.shape[-1]:
+        kth = np.partition(logits, -cfg.top_k)[-cfg.top_k]
         logits = np.where(logits < kth, -np.inf, logits)
     if cfg.top_p < 1.0:
-        order = np.argsort(-logits, axis=-1)
-        sorted_logits = np.take_along_axis(logits, order, axis=-1)
-        probs = np.exp(sorted_logits - sorted_logits[:, :1])
-        probs /= probs.sum(-1, keepdims=True)
-        cum = np.cumsum(probs, axis=-1)
-        drop_sorted = cum - probs >= cfg.top_p  # keep the tokens needed to reach p, always the first
-        drop = np.zeros_like(drop_sorted)
-        np.put_along_axis(drop, order, drop_sorted, axis=-1)
-        logits = np.where(drop, -np.inf, logits)
+        order = np.argsort(-logits, kind="stable")
+        probs = _softmax(logits[order])
+        drop_sorted = np.cumsum(probs) - probs >= cfg.top_p  # keep the tokens needed to reach p, always the first
+        logits = logits.copy()
+        logits[order[drop_sorted]] = -np.inf
     return logits
 
 
-def _choose(logits: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) -> np.ndarray:
-    if not cfg.do_sample:
-        return logits.argmax(-1)
-    probs = np.exp(logits - logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    return np.array([rng.choice(len(p), p=p) for p in probs])
+def _softmax(x: np.ndarray) -> np.ndarray:
+    p = np.exp(x - x.max())
+    return p / p.sum()
+
+
+def choose_token(filtered: np.ndarray, cfg: SamplingConfig, rng: np.random.Generator) -> int:
+    """argmax when greedy, else one draw from softmax(filtered) with this row's own RNG (one uniform per draw)."""
+    if cfg.greedy:
+        return int(filtered.argmax())
+    cdf = np.cumsum(_softmax(filtered))
+    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(cdf) - 1))
 
 
 class DygraphStepper:
-    """One decoding step of a dygraph PanGuForCausalLM: (ids, positions, mask, cache) -> (last logits, cache)."""
+    """One decoding step of a dygraph PanGuForCausalLM: (ids, positions, mask, cache) -> (last logits, cache).
+
+    The cache is the model's own: one (k, v) per layer, each [B, heads, T, head_dim]; the
+    select / pad_left / concat / trim_left helpers let the batch decoder add and drop rows."""
 
     def __init__(self, model):
         self.model = model
@@ -109,48 +157,58 @@ class DygraphStepper:
         )
         return logits[:, -1, :].astype("float32").numpy(), cache  # [B, V]
 
+    @staticmethod
+    def select(cache, rows: list[int]):
+        index = paddle.to_tensor(np.asarray(rows, dtype="int64"))
+        return tuple((paddle.gather(k, index, axis=0), paddle.gather(v, index, axis=0)) for k, v in cache)
+
+    @staticmethod
+    def pad_left(cache, n: int):
+        if n == 0:
+            return cache
+        return tuple(tuple(paddle.concat([paddle.zeros([t.shape[0], t.shape[1], n, t.shape[3]], t.dtype), t], 2)
+                           for t in kv) for kv in cache)
+
+    @staticmethod
+    def concat(a, b):
+        return tuple((paddle.concat([ka, kb], 0), paddle.concat([va, vb], 0)) for (ka, va), (kb, vb) in zip(a, b))
+
+    @staticmethod
+    def trim_left(cache, n: int):
+        return tuple((k[:, :, n:], v[:, :, n:]) for k, v in cache) if n else cache
+
 
 def decode_loop(step, config, prompts: list[list[int]], cfg: SamplingConfig) -> list[list[int]]:
-    """The sampling loop shared by dygraph and Paddle Inference backends; returns new ids per prompt."""
-    rng = np.random.default_rng(cfg.seed)
-    ids, mask, positions = left_pad(prompts, cfg.pad_token_id)
-    limit = config.max_position_embeddings
-    if ids.shape[1] + cfg.max_new_tokens > limit:
-        raise ValueError(
-            f"prompt length {ids.shape[1]} + max_new_tokens {cfg.max_new_tokens} exceeds the model's "
-            f"max_position_embeddings {limit}"
-        )
-    batch = ids.shape[0]
-    counts = np.zeros([batch, config.vocab_size], dtype="float32")
-    done = np.zeros([batch], dtype=bool)
-    out: list[list[int]] = [[] for _ in range(batch)]
-    step_ids, step_pos, cache = ids, positions, None
-    for _ in range(cfg.max_new_tokens):
-        last, cache = step(step_ids, step_pos, mask, cache)
-        nxt = _choose(_filter_logits(last, counts, cfg), cfg, rng)
-        for row in np.nonzero(~done)[0]:
-            token = int(nxt[row])
-            if token == cfg.eos_token_id:
-                done[row] = True
-            else:
-                out[row].append(token)
-                counts[row, token] += 1
-        if done.all():
-            break
-        step_ids = np.where(done, cfg.pad_token_id, nxt)[:, None].astype("int64")
-        step_pos = positions[:, -1:] + 1
-        positions = np.concatenate([positions, step_pos], axis=1)
-        mask = np.concatenate([mask, np.ones([batch, 1], dtype="int64")], axis=1)
-    return out
+    """The loop shared by dygraph and Paddle Inference backends: every prompt with `cfg`; new ids per prompt."""
+    from .decoding import BatchDecoder, Row
+
+    rows = [Row(p, cfg) for p in prompts]
+    decoder = BatchDecoder(step, config)
+    decoder.add(rows)
+    while decoder.rows:
+        decoder.step()
+    return [r.tokens for r in rows]
 
 
-def generate(model, prompts: list[list[int]], cfg: SamplingConfig | None = None) -> list[list[int]]:
-    """Generate continuations for token-id prompts with a KV cache; returns the new ids (without eos)."""
-    return decode_loop(DygraphStepper(model), model.config, prompts, cfg or SamplingConfig())
+def generate(model, prompts: list[list[int]], cfg: SamplingConfig | None = None, **sampling) -> list[list[int]]:
+    """Continuations (new ids, stop ids excluded) of token-id prompts with a KV cache.
+
+    Sampling settings come from `cfg` and/or keywords: max_new_tokens, temperature, top_k, top_p, do_sample,
+    seed, stop_token_ids, frequency/presence/repetition_penalty, truncate (see SamplingConfig)."""
+    return decode_loop(DygraphStepper(model), model.config, prompts, SamplingConfig.build(cfg, **sampling))
 
 
-def generate_text(model, tokenizer, prompts: list[str], cfg: SamplingConfig | None = None) -> list[str]:
-    """Text in, text out: encode with the PanGu tokenizer, generate, decode the continuation."""
-    cfg = cfg or SamplingConfig()
-    token_prompts = [tokenizer.encode_ids(p) for p in prompts]
-    return [tokenizer.decode_ids(ids) for ids in generate(model, token_prompts, cfg)]
+def generate_text(model, tokenizer, prompts: list[str], cfg: SamplingConfig | None = None,
+                  stop: list[str] | tuple = (), **sampling) -> list[str]:
+    """Text in, text out; `stop` strings end a row and are cut from its text (as in the OpenAI API)."""
+    from .decoding import BatchDecoder, Row
+    from .streaming import TextStream
+
+    cfg = SamplingConfig.build(cfg, **sampling)
+    streams = [TextStream(tokenizer, stop) for _ in prompts]
+    rows = [Row(tokenizer.encode_ids(p), cfg, on_token=s.push_stops) for p, s in zip(prompts, streams)]
+    decoder = BatchDecoder(DygraphStepper(model), model.config)
+    decoder.add(rows)
+    while decoder.rows:
+        decoder.step()
+    return [s.text for s in streams]

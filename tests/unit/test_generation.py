@@ -1,9 +1,16 @@
-"""Generation: cached greedy == uncached greedy, left padding, sampling filters."""
+"""Generation: cached greedy == uncached greedy, left padding, batches that lose and gain rows, per-row
+seeded RNG, the sampling distribution (chi-square), penalties, stop ids / stop strings, prompt policy."""
 import numpy as np
 import paddle
 import pytest
+from scipy.stats import chisquare
 
-from paddle_pangu.inference.generation import SamplingConfig, _filter_logits, generate, left_pad
+from paddle_pangu.errors import UsageError
+from paddle_pangu.inference.decoding import BatchDecoder, Row
+from paddle_pangu.inference.generation import (
+    DygraphStepper, SamplingConfig, choose_token, filter_logits, generate, generate_text, left_pad,
+)
+from paddle_pangu.inference.streaming import TextStream
 
 
 def _naive_greedy(model, prompt, steps, eos):
@@ -23,6 +30,24 @@ def _naive_greedy(model, prompt, steps, eos):
 def model(tiny_model):
     tiny_model.config.eod_reset = False  # prompts here hold no separators; compare against plain causal
     return tiny_model
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from paddle_pangu.tokenizer import PanGuTokenizer
+
+    return PanGuTokenizer.from_default()
+
+
+def _decode_rows(model, rows, join_later=()):
+    """Run a BatchDecoder; rows in join_later are added after the first step (continuous batching)."""
+    decoder = BatchDecoder(DygraphStepper(model), model.config)
+    decoder.add(list(rows))
+    decoder.step()
+    decoder.add(list(join_later))
+    while decoder.rows:
+        decoder.step()
+    return [r.tokens for r in (*rows, *join_later)]
 
 
 def test_cached_greedy_equals_full_recompute(model):
@@ -47,45 +72,122 @@ def test_left_pad_positions():
     assert pos.tolist() == [[0, 1, 2], [0, 0, 0]]
 
 
-def test_stops_at_eos(model):
-    prompt = [101, 2002, 303]
-    first = generate(model, [prompt], SamplingConfig(max_new_tokens=1, eos_token_id=-1))[0][0]
-    assert generate(model, [prompt], SamplingConfig(max_new_tokens=5, eos_token_id=first))[0] == []
+def test_one_row_stops_mid_batch_while_the_others_continue(model):
+    prompts = [[1, 2, 3, 4, 5, 6, 7], [101, 2002, 303], [11, 12, 13, 14]]
+    free = generate(model, prompts, max_new_tokens=6, eos_token_id=-1)
+    first_new = [i for i in range(2, 6) if free[0][i] not in free[0][:i]]
+    assert first_new, free[0]  # the tiny random model repeats tokens; these prompts change token mid-way
+    stop_at = free[0][first_new[0]]
+    got = generate(model, prompts, max_new_tokens=6, eos_token_id=-1, stop_token_ids=[12345, stop_at])
+    assert got[0] == free[0][:first_new[0]]
+    for row in (1, 2):  # the others run to their full length unless they hit the same id
+        expected = free[row][:free[row].index(stop_at)] if stop_at in free[row] else free[row]
+        assert got[row] == expected
+    assert max(len(g) for g in got) == 6
 
 
-def test_top_k_one_sampling_is_greedy(model):
+def test_rows_joining_a_running_batch_equal_their_solo_greedy(model):
+    cfg = SamplingConfig(max_new_tokens=5, eos_token_id=-1)
+    solo = [generate(model, [p], cfg)[0] for p in ([101, 2002, 303], [77, 88, 99, 100, 1, 2, 3], [5])]
+    rows = [Row([101, 2002, 303], cfg)]
+    late = [Row([77, 88, 99, 100, 1, 2, 3], cfg), Row([5], cfg)]
+    assert _decode_rows(model, rows, late) == solo
+
+
+def test_seeded_row_is_independent_of_its_batch_companions(model):
+    def sampled(seed):
+        return SamplingConfig(max_new_tokens=8, eos_token_id=-1, do_sample=True, temperature=1.3, seed=seed)
+
+    target = [101, 2002, 303]
+    alone = _decode_rows(model, [Row(target, sampled(7))])[0]
+    with_companions = _decode_rows(model, [Row([5, 6, 7, 8, 9, 10], sampled(1)), Row(target, sampled(7)),
+                                           Row([3], sampled(None))])[1]
+    joined_later = _decode_rows(model, [Row([44, 55], sampled(2))], [Row(target, sampled(7))])[1]
+    assert alone == with_companions == joined_later
+    assert _decode_rows(model, [Row(target, sampled(8))])[0] != alone  # the seed matters
+
+
+def test_top_k_one_sampling_is_greedy_and_seeds_differ(model):
     prompt = [11, 12, 13, 14]
-    greedy = generate(model, [prompt], SamplingConfig(max_new_tokens=5, eos_token_id=-1))
-    sampled = generate(model, [prompt], SamplingConfig(max_new_tokens=5, eos_token_id=-1, do_sample=True, top_k=1,
-                                                        seed=3))
-    assert sampled == greedy
+    greedy = generate(model, [prompt], max_new_tokens=5, eos_token_id=-1)
+    assert generate(model, [prompt], max_new_tokens=5, eos_token_id=-1, do_sample=True, top_k=1, seed=3) == greedy
+    assert generate(model, [prompt], max_new_tokens=5, eos_token_id=-1, do_sample=True, temperature=0) == greedy
+    draws = {tuple(generate(model, [prompt], max_new_tokens=5, eos_token_id=-1, do_sample=True, temperature=2.0,
+                            seed=s)[0]) for s in range(4)}
+    assert len(draws) > 1
 
 
-def test_sampling_is_seeded(model):
-    cfg = SamplingConfig(max_new_tokens=6, eos_token_id=-1, do_sample=True, top_p=0.9, temperature=1.5, seed=11)
-    assert generate(model, [[11, 12]], cfg) == generate(model, [[11, 12]], cfg)
+@pytest.mark.parametrize("temperature,top_k,top_p", [(0.7, 5, 1.0), (1.5, 0, 0.8), (1.0, 4, 0.9)])
+def test_draws_follow_softmax_over_the_kept_tokens(temperature, top_k, top_p):
+    logits = np.array([2.0, 1.5, 1.2, 0.9, 0.5, 0.1, -0.3, -1.0], dtype="float32")
+    cfg = SamplingConfig(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p)
+    filtered = filter_logits(logits, np.zeros_like(logits), cfg)
+    # the expected distribution, computed independently: softmax(l / T), keep top-k, then the top-p nucleus
+    p = np.exp(logits / temperature - (logits / temperature).max())
+    p /= p.sum()
+    keep = np.arange(len(p)) < (top_k or len(p))  # logits are sorted descending
+    q = np.where(keep, p, 0) / p[keep].sum()
+    keep &= (np.cumsum(q) - q) < top_p
+    expected = np.where(keep, p, 0) / p[keep].sum()
+    assert np.isfinite(filtered).tolist() == keep.tolist()
+    rng = np.random.default_rng(0)
+    n = 20000
+    counts = np.bincount([choose_token(filtered, cfg, rng) for _ in range(n)], minlength=len(p))
+    assert counts[~keep].sum() == 0
+    assert chisquare(counts[keep], expected[keep] * n).pvalue > 1e-3
 
 
-def test_filters_top_p_top_k_and_penalties():
-    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]], dtype="float32"))
-    counts = np.zeros_like(logits)
-    kept = np.isfinite(_filter_logits(logits, counts, SamplingConfig(top_p=0.7)))
-    assert kept.tolist() == [[True, True, False, False]]
-    kept = np.isfinite(_filter_logits(logits, counts, SamplingConfig(top_k=3)))
-    assert kept.tolist() == [[True, True, True, False]]
-    counts[0, 0] = 2
-    pen = _filter_logits(logits, counts, SamplingConfig(frequency_penalty=1.0, presence_penalty=0.5))
-    np.testing.assert_allclose(pen[0, 0], logits[0, 0] - 2.5, rtol=1e-6)
-    np.testing.assert_allclose(pen[0, 1:], logits[0, 1:], rtol=1e-6)
+def test_penalties_exact_values():
+    logits = np.array([2.0, -1.0, 0.5, 3.0], dtype="float32")
+    counts = np.array([2, 1, 0, 0], dtype="float64")
+    seen = np.array([True, True, True, False])
+    out = filter_logits(logits, counts, SamplingConfig(frequency_penalty=0.5, presence_penalty=0.25,
+                                                       repetition_penalty=2.0), seen)
+    # frequency/presence first, then CTRL: positive / 2, negative * 2, unseen unchanged
+    np.testing.assert_allclose(out, [(2.0 - 1.0 - 0.25) / 2, (-1.0 - 0.5 - 0.25) * 2, 0.5 / 2, 3.0], rtol=1e-6)
 
 
-def test_bad_sampling_config():
-    with pytest.raises(ValueError, match="top_p"):
-        SamplingConfig(top_p=0.0)
-    with pytest.raises(ValueError, match="temperature"):
-        SamplingConfig(temperature=0)
+def test_repetition_penalty_changes_greedy_output(model):
+    prompt = [101, 2002, 303]
+    plain = generate(model, [prompt], max_new_tokens=12, eos_token_id=-1)[0]
+    penalised = generate(model, [prompt], max_new_tokens=12, eos_token_id=-1, repetition_penalty=100.0)[0]
+    assert len(set(penalised)) == len(penalised)  # a huge penalty forbids every repeat
+    assert len(set(plain)) < len(plain) or plain != penalised
 
 
-def test_too_long_prompt_is_rejected(model):
-    with pytest.raises(ValueError, match="max_position_embeddings"):
+def test_bad_sampling_config_names_the_field():
+    for kwargs, field in [({"top_p": 0.0}, "top_p"), ({"temperature": -1}, "temperature"),
+                          ({"truncate": "right"}, "truncate"), ({"max_new_tokens": 0}, "max_new_tokens")]:
+        with pytest.raises(UsageError, match=field):
+            SamplingConfig(**kwargs)
+    with pytest.raises(UsageError, match="unknown sampling"):
+        SamplingConfig.build(top_z=3)
+
+
+def test_too_long_prompt_is_an_error_or_truncated_left(model):
+    with pytest.raises(UsageError, match="max_position_embeddings"):
         generate(model, [[5] * 120], SamplingConfig(max_new_tokens=20))
+    prompt = list(range(100, 220))  # 120 tokens; 128 positions - 20 new leaves room for the last 108
+    got = generate(model, [prompt], max_new_tokens=20, eos_token_id=-1, truncate="left")[0]
+    assert got == generate(model, [prompt[-108:]], max_new_tokens=20, eos_token_id=-1)[0]
+
+
+def test_stop_strings_cut_the_text(model, tokenizer):
+    prompt = "今天天气很好"
+    full = generate_text(model, tokenizer, [prompt], max_new_tokens=10, eos_token_id=-1)[0]
+    assert len(full) >= 6
+    stop = full[3:5]
+    cut = generate_text(model, tokenizer, [prompt], max_new_tokens=10, eos_token_id=-1, stop=[stop])[0]
+    assert cut == full[:full.index(stop)]
+
+
+def test_text_stream_deltas_hold_back_stop_prefixes(tokenizer):
+    ids = tokenizer.encode_ids("北京是中国的首都")
+    text = tokenizer.decode_ids(ids)
+    stream = TextStream(tokenizer, stop=[text[-2:] + "X"])  # never matches, but its prefix trails the text
+    deltas = [stream.push(t) for t in ids]
+    assert "".join(deltas) == text[:-2]
+    assert stream.flush() == text[-2:] and not stream.stopped
+    stopping = TextStream(tokenizer, stop=[text[2:4]])
+    out = "".join(stopping.push(t) for t in ids if not stopping.stopped)
+    assert stopping.stopped and out == text[:2] == stopping.text
