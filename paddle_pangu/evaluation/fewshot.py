@@ -7,7 +7,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .scoring import candidate_losses
-from .tasks import ClassificationTask
+from .classification import ClassificationTask
 
 DEMO_SEPARATOR = "\n"
 

@@ -26,32 +26,76 @@ def shared_prefix_len(sequences: Sequence[Sequence[int]]) -> int:
     return n
 
 
-def candidate_losses(model, candidates: Sequence[Sequence[int]]) -> np.ndarray:
-    """Mean loss over each candidate's tokens after the prefix all candidates share (REF)."""
-    start = shared_prefix_len(candidates)
-    start = min(start, min(len(c) for c in candidates) - 1)
-    losses = token_losses(model, candidates)
+def score_start(candidates: Sequence[Sequence[int]]) -> int:
+    """First scored token: after the shared prefix, at least 1 (token 0 has no prediction), and every
+    candidate keeps at least one scored token."""
+    start = min(shared_prefix_len(candidates), min(len(c) for c in candidates) - 1)
+    return max(start, 1)
+
+
+def _mean_after(losses: np.ndarray, start: int) -> float:
     # the loss at index t scores token t + 1, so tokens from `start` on are losses[start - 1:]
-    return np.array([float(l[max(start - 1, 0):].mean()) for l in losses])
+    return float(losses[start - 1:].mean())
+
+
+def candidate_losses(model, candidates: Sequence[Sequence[int]]) -> np.ndarray:
+    """Mean loss over each candidate's tokens after the prefix all candidates share (REF), one forward pass."""
+    start = score_start(candidates)
+    return np.array([_mean_after(l, start) for l in token_losses(model, candidates)])
+
+
+def batched_candidate_losses(model, groups: Sequence[Sequence[Sequence[int]]], batch_size: int = 16) -> list[np.ndarray]:
+    """`candidate_losses` for many examples: whole examples are packed, right-padded, into forward passes of
+    at most `batch_size` sequences (an example with more candidates than that gets a pass of its own)."""
+    out: list[np.ndarray] = []
+    pending: list[Sequence[Sequence[int]]] = []
+
+    def flush():
+        flat = [seq for g in pending for seq in g]
+        losses = token_losses(model, flat)
+        row = 0
+        for g in pending:
+            start = score_start(g)
+            out.append(np.array([_mean_after(losses[row + i], start) for i in range(len(g))]))
+            row += len(g)
+        pending.clear()
+
+    for group in groups:
+        if pending and sum(map(len, pending)) + len(group) > batch_size:
+            flush()
+        pending.append(group)
+    if pending:
+        flush()
+    return out
 
 
 @paddle.no_grad()
-def perplexity(model, samples: Iterable[np.ndarray], batch_size: int = 8) -> dict:
-    """exp(mean NLL) over packed held-out samples of seq_len + 1 tokens (pad tokens excluded)."""
-    total_nll, total_tokens, batch = 0.0, 0, []
+def perplexity(model, samples: Iterable[np.ndarray], batch_size: int = 8, tokenizer=None) -> dict:
+    """exp(mean NLL) over packed held-out samples of seq_len + 1 tokens (pad tokens excluded).
+
+    Protocol: each sample is one window of `window` tokens scored once (stride = window, no overlap,
+    no context carried across windows). With a tokenizer, also character-level perplexity:
+    exp(total NLL / characters of the scored tokens), comparable across tokenizers.
+    """
+    total_nll, total_tokens, total_chars, windows, width, batch = 0.0, 0, 0, 0, 0, []
+    pad = model.config.pad_token_id
 
     def flush():
-        nonlocal total_nll, total_tokens
+        nonlocal total_nll, total_tokens, total_chars, windows
         arr = np.stack(batch).astype("int64")
         loss, _ = model(paddle.to_tensor(arr[:, :-1]), labels=paddle.to_tensor(arr[:, 1:]))
-        count = int((arr[:, 1:] != model.config.pad_token_id).sum())
+        count = int((arr[:, 1:] != pad).sum())
         total_nll += float(loss) * count
         total_tokens += count
+        windows += len(batch)
+        if tokenizer is not None:
+            total_chars += sum(len(tokenizer.decode_ids([int(t) for t in row[1:] if t != pad])) for row in arr)
         batch.clear()
 
     model.eval()
     for sample in samples:
         batch.append(np.asarray(sample))
+        width = len(batch[-1])
         if len(batch) == batch_size:
             flush()
     if batch:
@@ -59,4 +103,8 @@ def perplexity(model, samples: Iterable[np.ndarray], batch_size: int = 8) -> dic
     if total_tokens == 0:
         raise ValueError("perplexity: no held-out tokens to score")
     mean = total_nll / total_tokens
-    return {"loss": mean, "perplexity": math.exp(mean), "tokens": total_tokens}
+    out = {"loss": mean, "perplexity": math.exp(mean), "tokens": total_tokens,
+           "protocol": {"window": width, "stride": width, "windows": windows, "scored_tokens_per_window": width - 1}}
+    if tokenizer is not None and total_chars:
+        out.update(characters=total_chars, char_perplexity=math.exp(total_nll / total_chars))
+    return out
