@@ -25,18 +25,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("paddle_pangu.data.cli", "clean, filter, dedup, tokenize and pack a corpus into .bin/.idx"),
     "train": ("paddle_pangu.training.cli", "pretrain with fleet hybrid parallelism (dp/mp/pp/sharding/recompute)"),
     "finetune": ("paddle_pangu.finetune.cli", "supervised fine-tuning with the PaddleNLP Trainer"),
-    "generate": ("paddle_pangu.commands.generate", "generate text from a model directory with a KV cache"),
+    "generate": ("paddle_pangu.inference.cli.generate", "generate text (streamed) from a model or export directory"),
     "evaluate": ("paddle_pangu.evaluation.cli", "perplexity and zero/one/few-shot classification (paper protocol)"),
     "plan": ("paddle_pangu.planner.cli", "size dp/mp/pp/sharding/recompute layouts for a cluster"),
     "bench": ("paddle_pangu.bench.cli", "benchmarks vs same-run baselines (tokenize, train, generate); JSON + table"),
-    "export": ("paddle_pangu.commands.export", "export prefill/decode graphs for the Paddle Inference predictor"),
+    "export": ("paddle_pangu.inference.cli.export", "export prefill/decode graphs for the Paddle Inference predictor"),
+    "serve": ("paddle_pangu.inference.cli.serve", "OpenAI-compatible HTTP server with streaming, batching and a web page"),
     "convert": ("paddle_pangu.convert.cli", "convert MindSpore / Megatron / HF checkpoints to a model directory"),
     "reshard": ("paddle_pangu.convert.reshard_cli", "split or merge checkpoints between mp/pp layouts"),
 }
 
 
 # commands that load models through PaddleNLP anyway (their INFO logging is silenced)
-LOADS_MODELS = {"train", "generate", "evaluate", "finetune", "export", "convert", "reshard", "bench"}
+LOADS_MODELS = {"train", "generate", "evaluate", "finetune", "export", "convert", "reshard", "bench", "serve"}
 
 
 def _load(name: str):

@@ -1,0 +1,1 @@
+"""`pangu generate`, `pangu export` and `pangu serve` (one module each, the cli.py COMMANDS contract)."""

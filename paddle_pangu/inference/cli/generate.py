@@ -1,0 +1,79 @@
+"""`pangu generate`: text continuation from a model directory, a random preset or a `pangu export` directory
+(Paddle Inference predictor), streamed to the terminal for a single prompt."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from ..export import DEVICES
+
+
+def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--do-sample", action="store_true", help="sample (default greedy); --temperature 0 is greedy too")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--frequency-penalty", type=float, default=0.0)
+    p.add_argument("--presence-penalty", type=float, default=0.0)
+    p.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL / HF repetition penalty (1 = off)")
+    p.add_argument("--stop", action="append", default=[], help="stop string (repeat for several); cut from the output")
+    p.add_argument("--stop-id", type=int, action="append", default=[], help="extra stop token id (repeat)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--truncate", choices=("error", "left"), default="error",
+                   help="a prompt longer than the context minus --max-new-tokens: error (default) or keep its end")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True,
+                   help="model directory, `pangu export` directory, or preset:NAME for a randomly initialised model")
+    p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
+    p.add_argument("--tokenizer", default=None, help="directory or vocab.model (default: model dir, then pcl-pangu)")
+    p.add_argument("--device", choices=DEVICES, default="cpu")
+    p.add_argument("--no-stream", action="store_true", help="print a single prompt's text at the end, not as it grows")
+    add_sampling_arguments(p)
+
+
+def sampling_config(args, config):
+    from ..generation import SamplingConfig
+
+    return SamplingConfig(
+        max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
+        top_k=args.top_k, top_p=args.top_p, frequency_penalty=args.frequency_penalty,
+        presence_penalty=args.presence_penalty, repetition_penalty=args.repetition_penalty,
+        eos_token_id=config.eos_token_id, stop_token_ids=tuple(args.stop_id), pad_token_id=config.pad_token_id,
+        seed=args.seed, truncate=args.truncate,
+    )
+
+
+def run(args) -> int:
+    from ..backend import open_backend
+    from ..decoding import BatchDecoder, Row
+    from ..streaming import TextStream
+
+    stepper, config, tok = open_backend(args.model, args.device, args.tokenizer, seed=args.seed)
+    cfg = sampling_config(args, config)
+    live = len(args.prompt) == 1 and not args.no_stream
+    streams = [TextStream(tok, args.stop) for _ in args.prompt]
+
+    def echo(stream):
+        def on_token(token):
+            delta = stream.push(token)
+            print(delta, end="", flush=True)
+            return stream.stopped
+        return on_token
+
+    rows = [Row(tok.encode_ids(p), cfg, echo(s) if live else s.push_stops) for p, s in zip(args.prompt, streams)]
+    decoder = BatchDecoder(stepper, config)
+    decoder.add(rows)  # over-long prompts fail here, before anything is printed
+    if live:
+        print(args.prompt[0], end="", flush=True)
+    while decoder.rows:
+        decoder.step()
+    if live:
+        print(streams[0].flush(), flush=True)
+        return 0
+    for prompt, stream in zip(args.prompt, streams):
+        print(f"{prompt}{stream.text}")
+    sys.stdout.flush()
+    return 0
