@@ -16,9 +16,18 @@ Worker side (the script is started as a file, so import by path)::
 
 `launch` raises `DistributedRunError` with the tail of every rank's log
 (and the launcher's own output) when the run fails or times out, so a
-failing test shows why each process died. Ports: the launcher picks a free
-master port itself; a run that fails with "Address already in use"
-(another job took the port between the pick and the bind) is retried once.
+failing test shows why each process died. Exactly two failures are retried,
+once each, and every retry is reported as a `LaunchRetryWarning` (listed in
+pytest's warnings summary) and counted in `LaunchResult.retries`:
+
+* "Address already in use": another job took the master port between the
+  launcher's pick and its bind (nothing ran yet);
+* the known paddle 3.3.1 gloo teardown abort: a worker died by SIGABRT /
+  SIGSEGV *after every rank wrote its complete output* (workers leave with
+  `exit_worker`, so this should no longer happen at all). A crash before a
+  rank wrote its output is never retried: it fails the test, whatever the
+  signal, since it may be a real bug in the gloo adapter.
+
 Each worker gets OMP/MKL threads = 1 so that N processes fit on 2 cores.
 """
 from __future__ import annotations
@@ -31,6 +40,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 OUTPUT_DIR_ENV = "PANGU_TEST_OUTPUT_DIR"
@@ -40,6 +50,10 @@ _NOISE = ("Warning", "warnings.warn", "warning_message", "ccache")
 
 class DistributedRunError(AssertionError):
     """A multi-process run exited non-zero or timed out."""
+
+
+class LaunchRetryWarning(RuntimeWarning):
+    """A launch was retried (port clash, or a teardown abort after complete outputs)."""
 
 
 @dataclasses.dataclass
@@ -52,6 +66,7 @@ class LaunchResult:
     log_dir: str             # removed after a successful run unless keep_logs
     output_dir: str
     rank_outputs: list = dataclasses.field(default_factory=list)  # write_output() objects, None if absent
+    retries: int = 0         # how many times this run was relaunched (see the module docstring)
 
     def outputs(self) -> list:
         """The object each rank passed to `write_output`, in rank order."""
@@ -80,8 +95,20 @@ def exit_worker(code: int = 0) -> None:
 
 
 def _crashed(result: "LaunchResult") -> bool:
-    """A worker died by SIGABRT / SIGSEGV inside paddle's gloo runtime (not an assertion, not our timeout)."""
+    """A worker died by SIGABRT / SIGSEGV (not an assertion, not our timeout)."""
     return any(f"Exit code {sig}" in result.launcher_output for sig in (-6, -11))
+
+
+def teardown_abort(result: "LaunchResult") -> bool:
+    """The known gloo teardown crash: killed by a signal although every rank had written its output."""
+    return result.returncode != 0 and _crashed(result) and all(o is not None for o in result.rank_outputs)
+
+
+def report_retry(script, reason: str, log_dir: str) -> None:
+    """Say (stderr and a LaunchRetryWarning in pytest's summary) that a launch is being retried."""
+    message = f"[launch_utils] retrying {Path(script).name} once: {reason} (first attempt's logs: {log_dir})"
+    print(message, file=sys.stderr)
+    warnings.warn(message, LaunchRetryWarning, stacklevel=3)
 
 
 def _tail(text: str, lines: int = 40) -> str:
@@ -164,20 +191,20 @@ def launch(script, nproc: int = 2, args=(), timeout: float = 300, env: dict | No
         env: extra environment variables for the workers.
         keep_logs: keep the temporary log/output directories after success
             (they are always kept after a failure, for inspection).
-        retry_on_crash: relaunch once when a worker died by a signal inside the
-            gloo runtime (seen under heavy load on paddle 3.3.1). Only for
-            stateless scripts: a retry must not see the first attempt's files.
+        retry_on_crash: relaunch once after the known gloo teardown abort, i.e.
+            a worker killed by a signal after every rank wrote its output.
+            Only for stateless scripts: a retry must not see the first
+            attempt's files.
 
     Raises:
         DistributedRunError: non-zero exit or timeout, with every rank's log tail.
     """
     result = _run_once(script, nproc, args, timeout, env)
     port_clash = "Address already in use" in "".join(result.logs) + result.launcher_output
-    if result.returncode != 0 and (port_clash or (retry_on_crash and _crashed(result))):
-        print(f"[launch_utils] retrying {Path(script).name} once: "
-              f"{'port clash' if port_clash else 'a worker crashed in the gloo runtime'} ({result.log_dir})",
-              file=sys.stderr)
-        result = _run_once(script, nproc, args, timeout, env)
+    if result.returncode != 0 and (port_clash or (retry_on_crash and teardown_abort(result))):
+        report_retry(script, "master port clash" if port_clash else
+                     "gloo teardown abort after every rank wrote its output", result.log_dir)
+        result = dataclasses.replace(_run_once(script, nproc, args, timeout, env), retries=1)
     if result.returncode != 0:
         raise DistributedRunError(_failure_report(script, result))
     if not keep_logs:

@@ -58,7 +58,14 @@ def test_install_is_noop_when_fleet_groups_are_not_gloo():
     assert cpu_backend.install(FakeHcg()) is False and not cpu_backend.is_active()
 
 
-def test_version_check_names_versions_and_escape_hatch(monkeypatch):
+@pytest.fixture
+def cpu_placement(monkeypatch):
+    """install() is a no-op off CPU (tested above): give it a CPU placement on any build (GPU / NPU too)."""
+    if not paddle.get_device().startswith("cpu"):
+        monkeypatch.setattr(paddle, "get_device", lambda: "cpu")
+
+
+def test_version_check_names_versions_and_escape_hatch(monkeypatch, cpu_placement):
     monkeypatch.setattr(paddle, "__version__", "9.9.9")
     with pytest.raises(cpu_backend.CpuBackendError) as err:
         cpu_backend.install()
@@ -71,7 +78,7 @@ def test_version_check_names_versions_and_escape_hatch(monkeypatch):
         cpu_backend.uninstall()
 
 
-def test_install_uninstall_restores_paddle(monkeypatch):
+def test_install_uninstall_restores_paddle(monkeypatch, cpu_placement):
     from paddle.base import core
     from paddle.distributed.fleet.layers.mpu import mp_ops
 

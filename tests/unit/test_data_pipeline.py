@@ -68,11 +68,24 @@ def test_end_to_end_dataset(corpus, tmp_path):
     assert data["train"][0].shape == (33,) and len(data["valid"]) == 2
 
 
-@pytest.mark.timeout(240)
-def test_multiprocess_run_matches_single_process(corpus, tmp_path):
-    root, _ = corpus
-    run_pipeline(_cfg(root, tmp_path / "one", num_workers=1))
-    run_pipeline(_cfg(root, tmp_path / "two", num_workers=2))
+def test_multiprocess_run_matches_single_process(corpus, tmp_path, monkeypatch):
+    """Two workers write byte-identical output to one worker (8 articles and a near-duplicate of one of
+    them: small enough for a busy 2-core box). Chunks of 2 documents, for cleaning and for tokenizing,
+    so the two workers really interleave several chunks each and the merge order is tested."""
+    import paddle_pangu.tokenizer as tokenizer_pkg
+
+    encoder = tokenizer_pkg.ParallelEncoder
+    monkeypatch.setattr(pipeline, "CHUNK_DOCS", 2)
+    monkeypatch.setattr(tokenizer_pkg, "ParallelEncoder", lambda *a, **k: encoder(*a, **{**k, "chunk_size": 2}))
+    _, arts = corpus
+    small = tmp_path / "small"
+    small.mkdir()
+    docs = arts[:8] + [arts[5] + "这是后来插入的一句话。"]
+    (small / "news.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs),
+                                      encoding="utf-8")
+    one = run_pipeline(_cfg(small, tmp_path / "one", num_workers=1))
+    run_pipeline(_cfg(small, tmp_path / "two", num_workers=2))
+    assert one.stages["dedup"].dropped == {"near_duplicate": 1} and one.stages["tokenize"].docs_out == 8
     assert (tmp_path / "one" / "news.bin").read_bytes() == (tmp_path / "two" / "news.bin").read_bytes()
     assert (tmp_path / "one" / "news.idx").read_bytes() == (tmp_path / "two" / "news.idx").read_bytes()
 

@@ -22,9 +22,16 @@ def fake_devices(monkeypatch):
     return install
 
 
-def test_real_machine_is_cpu():
+def test_real_machine_picks_what_this_build_has():
+    """On this build, unpatched: the device paddle itself reports (a CPU host, or a GPU / NPU machine)."""
+    has_npu = "npu" in paddle.device.get_all_custom_device_type()
+    npus = max(1, sum(d.split(":")[0] == "npu" for d in paddle.device.get_available_custom_device()))
+    gpus = paddle.device.cuda.device_count() if paddle.device.is_compiled_with_cuda() else 0
+    expected = ("npu", "xccl", npus) if has_npu else ("gpu", "nccl", gpus) if gpus else ("cpu", "gloo", 1)
     info = dev.select_device("auto")
-    assert (info.type, info.backend) == ("cpu", "gloo") and info.paddle_device() == "cpu"
+    assert (info.type, info.backend, info.count) == expected
+    assert info.paddle_device() == ("cpu" if expected[0] == "cpu" else f"{expected[0]}:0")
+    assert dev.select_device("cpu") == dev.DeviceInfo("cpu", "gloo", 1)  # CPU is always there
 
 
 def test_auto_prefers_npu_then_gpu_then_cpu(fake_devices):

@@ -7,7 +7,7 @@ from paddle_pangu.config import get_preset
 from paddle_pangu.config.parallel_config import ParallelConfig, ParallelConfigError
 from paddle_pangu.model import PanGuForCausalLM
 from paddle_pangu.model.modeling_pp import build_model, desc_segments, gather_plain_state_dict, load_plain_state_dict
-from paddle_pangu.parallel import layers as pl
+from paddle_pangu.parallel.context import ParallelContext
 from paddle_pangu.parallel.topology import init_topology
 
 
@@ -21,7 +21,7 @@ def test_single_process_needs_no_fleet(cfg, monkeypatch):
     topo = init_topology(ParallelConfig(seed=7), "cpu", model_config=cfg)
     assert (topo.world_size, topo.hcg, topo.cpu_backend_active) == (1, None, False)
     assert topo.is_first_stage and topo.is_last_stage and topo.group("mp") is None
-    assert pl.mp_world_size() == 1
+    assert topo.context == ParallelContext()  # plain: the model built from it has no split layers
     a = paddle.rand([3])
     init_topology(ParallelConfig(seed=7), "cpu", model_config=cfg)
     np.testing.assert_array_equal(a.numpy(), paddle.rand([3]).numpy())  # global seed applied
@@ -68,19 +68,46 @@ def test_build_load_gather_single_process(cfg, monkeypatch):
         load_plain_state_dict(model, bad, topo)
 
 
-def test_gloo_group_store_publishes_its_address():
+def _job_store():
+    """A master TCPStore on a port no other process can take before it binds.
+
+    paddle's TCPStore cannot bind port 0 (it insists on the port it was given) and aborts the process
+    when the port is in use, so "bind 0, release, reuse" races with any process binding port 0 in
+    between. The kernel hands out port-0 binds from ip_local_port_range only, so a free port picked
+    outside that range (checked by binding it) can be lost only to a process naming it explicitly.
+    """
+    import random
     import socket
 
     from paddle.base import core
+
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low = int(f.read().split()[0])
+    except OSError:
+        low = 32768  # Linux default
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(max(1024, low - 12000), low)
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the store's listener does
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return core.TCPStore("127.0.0.1", port, True, 1, 60), port
+    raise AssertionError("no free port below the ephemeral range")
+
+
+def test_gloo_group_store_publishes_its_address(monkeypatch):
     from paddle.distributed import collective
 
     from paddle_pangu.parallel import cpu_backend
     from paddle_pangu.parallel.cpu_backend import groups
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    job = core.TCPStore("127.0.0.1", port, True, 1, 60)
+    if not paddle.get_device().startswith("cpu"):  # install() is a CPU-only no-op; any build may run this
+        monkeypatch.setattr(paddle, "get_device", lambda: "cpu")
+    job, port = _job_store()
     store = groups.group_store(job, rank=0, world_size=1, gid=12)
     host, group_port = bytes(job.get(groups._KEY.format(gid=12))).decode().rsplit(":", 1)
     assert host == "127.0.0.1" and int(group_port) not in (0, port)
