@@ -28,8 +28,9 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    "test": ["pytest>=7", "pytest-timeout>=2", "torch==2.13.0"],
-    "torch": ["torch==2.13.0"],
+    # transformers: the HF GPT-2 baseline of `pangu bench --compare` (4.53 fits the tokenizers paddlenlp pins)
+    "test": ["pytest>=7", "pytest-timeout>=2", "torch==2.13.0", "transformers==4.53.3"],
+    "torch": ["torch==2.13.0", "transformers==4.53.3"],
 }
 
 setup(

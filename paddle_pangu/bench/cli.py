@@ -1,51 +1,124 @@
-"""`pangu bench`: benchmarks as ratios against a baseline measured in the same run; JSON + a table."""
+"""`pangu bench`: speed measured as interleaved same-run ratios against baselines; a table, or JSON.
+
+    pangu bench train generate --compare --hidden 512 --layers 4 --heads 8 --seq 256 --batch 4
+    pangu bench all --compare --preset mini --json bench.json
+
+`--compare` adds the baselines (training: PaddleNLP GPTForCausalLM and, when torch is installed,
+PyTorch + HF GPT2LMHeadModel; decode: HF generate) and the exported-predictor decode; without it only
+PanGu's own figures are measured.
+"""
 from __future__ import annotations
 
 import argparse
 import json
 
-TARGETS = ("tokenize", "train", "generate")
+from ..errors import UsageError
+
+TARGETS = ("tokenize", "train", "generate", "scaling", "all")
+ALL = ("train", "generate")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("targets", nargs="*", default=list(TARGETS), choices=TARGETS, help="what to measure (default: all)")
-    p.add_argument("--preset", default="mini")
+    p.add_argument("targets", nargs="*", default=list(ALL), choices=TARGETS,
+                   help="what to measure (default: train generate; all = train generate)")
+    p.add_argument("--compare", action="store_true", help="measure the baselines too, interleaved with ours")
+    p.add_argument("--preset", default="mini", help="model size; --hidden/--layers/--heads/--ffn/--vocab override it")
+    for name in ("hidden", "layers", "heads", "ffn", "vocab"):
+        p.add_argument(f"--{name}", type=int, default=None)
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--seq", type=int, default=256)
-    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each system once per round)")
+    p.add_argument("--steps", type=int, default=1, help="train: steps per sample")
+    p.add_argument("--matmul-n", type=int, default=1024, help="fp32 GEMM size for the peak measurement")
+    p.add_argument("--prompt-len", type=int, default=32)
+    p.add_argument("--new-tokens", type=int, default=64)
+    p.add_argument("--decode-batches", default="1,8", help="generate: comma-separated batch sizes")
+    p.add_argument("--no-predictor", action="store_true", help="generate: skip the exported-predictor decode")
+    p.add_argument("--seqs", default="256,512,1024,2048", help="scaling: sequence lengths")
+    p.add_argument("--tokens", type=int, default=2048, help="scaling: tokens per step (batch = tokens / seq)")
     p.add_argument("--mb", type=float, default=2.0, help="tokenize: corpus size in MB")
     p.add_argument("--workers", type=int, default=None, help="tokenize: worker processes")
-    p.add_argument("--json", default=None, help="also write the JSON results to this file")
+    p.add_argument("--json", default=None, help="write the JSON results to this file ('-': print it instead of the table)")
+
+
+def _ints(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise UsageError(f"{flag} {text!r}: expected comma-separated integers") from None
+    if not values or min(values) < 1:
+        raise UsageError(f"{flag} {text!r}: expected integers >= 1")
+    return values
+
+
+def shape_from_args(args, seq: int | None = None, batch: int | None = None):
+    from ..config import get_preset
+    from .train_bench import Shape
+
+    try:
+        base = get_preset(args.preset)
+    except (KeyError, ValueError) as err:
+        raise UsageError(f"--preset {args.preset!r}: {err}") from None
+    hidden = args.hidden or base.hidden_size
+    shape = Shape(hidden=hidden, layers=args.layers or base.num_layers, heads=args.heads or base.num_attention_heads,
+                  ffn=args.ffn or (4 * hidden if args.hidden else base.ffn_hidden_size),
+                  vocab=args.vocab or base.vocab_size, seq=seq or args.seq, batch=batch or args.batch)
+    if shape.hidden % shape.heads:
+        raise UsageError(f"--hidden {shape.hidden} is not divisible by --heads {shape.heads}")
+    if min(shape.seq, shape.batch, args.rounds, args.steps) < 1:
+        raise UsageError("--seq, --batch, --rounds and --steps must be >= 1")
+    return shape
 
 
 def _tokenize(args) -> dict:
     from ..data.benchmark import run_benchmark
 
     r = run_benchmark(args.mb, args.workers)
-    return {"name": "tokenize", "config": f"{args.mb} MB", "ours_tokens_per_s": r.get("pipeline_mb_s"),
-            "baseline": "jieba+sentencepiece one doc at a time", "baseline_tokens_per_s": r.get("reference_mb_s"),
-            "ratio": r.get("speedup"), "unit": "MB/s", "detail": r}
+    return {"name": "tokenize", "config": f"{args.mb} MB", "detail": r,
+            "ratios": {"pipeline/reference": {"wall": {"median": r.get("speedup")}}}}
+
+
+def _scaling(args) -> dict:
+    from .train_bench import bench_train
+
+    points = []
+    for seq in _ints(args.seqs, "--seqs"):
+        if args.tokens % seq:
+            raise UsageError(f"--tokens {args.tokens} is not a multiple of sequence length {seq}")
+        r = bench_train(shape_from_args(args, seq, args.tokens // seq), args.rounds, args.steps, args.compare,
+                        args.matmul_n)
+        points.append({"seq": seq, **r})
+    return {"name": "scaling", "config": f"{args.tokens} tokens/step", "points": points}
+
+
+def _measure(args, target: str) -> dict:
+    if target == "tokenize":
+        return _tokenize(args)
+    if target == "train":
+        from .train_bench import bench_train
+
+        return bench_train(shape_from_args(args), args.rounds, args.steps, args.compare, args.matmul_n)
+    if target == "generate":
+        from .decode_bench import bench_generate
+
+        return bench_generate(shape_from_args(args), _ints(args.decode_batches, "--decode-batches"),
+                              args.prompt_len, args.new_tokens, args.rounds, args.compare,
+                              args.compare and not args.no_predictor)
+    return _scaling(args)
 
 
 def run(args) -> int:
-    from .model_bench import bench_generate, bench_train
+    from .report import table
 
-    results = []
-    for target in args.targets:
-        if target == "tokenize":
-            results.append(_tokenize(args))
-        elif target == "train":
-            results.append(bench_train(args.preset, args.batch, args.seq, args.steps))
-        else:
-            results.append(bench_generate(args.preset))
+    targets = []
+    for t in args.targets or ALL:
+        for name in (ALL if t == "all" else (t,)):
+            if name not in targets:
+                targets.append(name)
+    results = [_measure(args, t) for t in targets]
     text = json.dumps(results, indent=2, default=float)
-    print(text)
-    if args.json:
+    if args.json and args.json != "-":
         with open(args.json, "w") as f:
             f.write(text)
-    print(f"\n{'benchmark':<12}{'config':<22}{'ours':>12}{'baseline':>12}{'ratio':>8}  baseline")
-    for r in results:
-        unit = r.get("unit", "tok/s")
-        print(f"{r['name']:<12}{r['config']:<22}{r['ours_tokens_per_s'] or 0:>12.1f}{r['baseline_tokens_per_s'] or 0:>12.1f}"
-              f"{r['ratio'] or 0:>8.2f}  {r['baseline']} ({unit})")
+    print(text if args.json == "-" else table(results))
     return 0

@@ -1,16 +1,91 @@
-"""`pangu bench` produces a same-run ratio for each target (no timing assertions: speed lives in benchmarks)."""
+"""`pangu bench`: interleaving, load-refused ratios, and that each target runs end to end with its baselines.
+No timing assertions: speed lives in benchmarks, the tests check the bookkeeping."""
 import json
 
+import pytest
+
+from paddle_pangu.bench import harness
+from paddle_pangu.bench.train_bench import Shape
 from paddle_pangu.cli import main
 
 
-def test_bench_train_and_generate_report_ratios(tmp_path, capsys):
+def test_interleave_runs_systems_in_turn():
+    order = []
+
+    def fake_sampler(fn, calls):
+        fn()
+        return {"wall_s": 1.0, "cpu_s": 1.0, "load": 1.0}
+
+    systems = {name: (lambda n=name: order.append(n)) for name in ("ours", "base")}
+    runs = harness.interleave(systems, rounds=3, sampler=fake_sampler)
+    assert order == ["ours", "base"] * 3 and [len(v) for v in runs.values()] == [3, 3]
+
+
+def _s(wall, load, cpu=None):
+    return {"wall_s": wall, "cpu_s": wall if cpu is None else cpu, "load": load}
+
+
+def test_pair_ratio_is_per_round_and_refuses_pairs_under_different_load():
+    ours = [_s(1.0, 2.0), _s(2.0, 2.0), _s(1.0, 2.0)]
+    base = [_s(3.0, 2.5), _s(2.0, 9.0), _s(1.5, 1.5, cpu=3.0)]
+    r = harness.pair_ratio(ours, base)
+    assert r["pairs"] == 2 and r["refused"] == 1  # round 2: load 2.0 vs 9.0
+    assert r["wall"] == {"median": 2.25, "min": 1.5, "max": 3.0, "n": 2}
+    assert r["cpu"]["median"] == 3.0
+    refused = harness.pair_ratio([_s(1.0, 1.0)], [_s(1.0, 5.0)])
+    assert refused["wall"] is None and refused["pairs"] == 0
+    assert harness.loads_comparable(0.1, 2.0) and not harness.loads_comparable(0.1, 2.1)
+
+
+def test_summarize_medians_rates_and_sample_records_memory():
+    s = harness.summarize([_s(2.0, 1.0), _s(1.0, 3.0), _s(4.0, 2.0, cpu=8.0)], work=100)
+    assert s["wall_s"]["median"] == 2.0 and s["tokens_per_s"] == 50.0 and s["tokens_per_cpu_s"] == 50.0
+    assert s["load"] == [1.0, 3.0, 2.0]
+    one = harness.sample(lambda: bytearray(64 << 20), calls=1)  # 64 MB touched inside the sample
+    assert one["wall_s"] >= 0 and one["cpu_s"] >= 0 and one["load"] >= 0
+    assert one["step_extra_mb"] >= 60 and one["peak_rss_mb"] >= one["step_extra_mb"]
+
+
+def test_flops_formula_of_the_issue_shape():
+    # h512 L4 F2048 V40000 b4 s256: 6*N*tokens + attention = 209.6 GFLOP (PLATFORM.md's figure)
+    shape = Shape(hidden=512, layers=4, heads=8, ffn=2048, vocab=40000, seq=256, batch=4)
+    n = 4 * (4 * 512 ** 2 + 2 * 512 * 2048) + 40000 * 512
+    assert shape.flops_per_step() == 6 * n * 1024 + 12 * 4 * 256 * 512 * 1024
+    assert round(shape.flops_per_step() / 1e9, 1) == 209.6
+
+
+def test_bench_train_compare_reports_every_system(tmp_path, capsys):
     out = tmp_path / "bench.json"
-    assert main(["bench", "train", "generate", "--preset", "tiny", "--seq", "16", "--batch", "2", "--steps", "1",
-                 "--json", str(out)]) == 0
-    results = json.loads(out.read_text())
-    assert [r["name"] for r in results] == ["train_step", "generate"]
-    for r in results:
-        assert r["ours_tokens_per_s"] > 0 and r["baseline_tokens_per_s"] > 0
-        assert abs(r["ratio"] - r["ours_tokens_per_s"] / r["baseline_tokens_per_s"]) < 1e-6 * r["ratio"] + 1e-9
-    assert "ratio" in capsys.readouterr().out
+    assert main(["bench", "train", "--compare", "--preset", "tiny", "--seq", "8", "--batch", "1", "--rounds", "1",
+                 "--matmul-n", "64", "--json", str(out)]) == 0
+    (r,) = json.loads(out.read_text())
+    assert set(r["systems"]) == {"pangu", "paddlenlp_gpt", "hf_gpt2"}
+    for name, s in r["systems"].items():
+        assert len(s["load"]) == 1 and s["tokens_per_s"] == pytest.approx(8 / s["wall_s"]["median"])
+        assert s["gflops"] == pytest.approx(r["gflop_per_step"] / s["wall_s"]["median"])
+        assert s["peak_fraction"] == pytest.approx(s["gflops"] / r["matmul_peak"]["peak_gflops"])
+    ratio = r["ratios"]["pangu/paddlenlp_gpt"]
+    if ratio["wall"] is not None:
+        want = r["systems"]["paddlenlp_gpt"]["wall_s"]["median"] / r["systems"]["pangu"]["wall_s"]["median"]
+        assert ratio["wall"]["median"] == pytest.approx(want)
+    assert {"paddle", "torch"} <= set(r["matmul_peak"])
+    assert "pangu/hf_gpt2" in capsys.readouterr().out
+
+
+def test_bench_generate_compare_measures_dynamic_predictor_and_hf(tmp_path, capsys):
+    assert main(["bench", "generate", "--compare", "--preset", "tiny", "--rounds", "1", "--prompt-len", "4",
+                 "--new-tokens", "2", "--decode-batches", "2", "--json", "-"]) == 0
+    (r,) = json.loads(capsys.readouterr().out)
+    (b,) = r["batches"]
+    assert b["batch"] == 2 and set(b["systems"]) == {"pangu_dynamic", "pangu_predictor", "hf_generate"}
+    for s in b["systems"].values():
+        assert s["tokens_per_s"] == pytest.approx(4 / s["wall_s"]["median"]) and s["first_token_s"]["n"] == 1
+    assert set(b["ratios"]) == {"pangu_dynamic/pangu_predictor", "pangu_dynamic/hf_generate",
+                                "pangu_predictor/pangu_dynamic"}
+
+
+def test_bench_rejects_bad_sizes(capsys):
+    assert main(["bench", "train", "--preset", "tiny", "--heads", "5"]) == 2
+    assert "not divisible" in capsys.readouterr().err
+    assert main(["bench", "generate", "--preset", "tiny", "--decode-batches", "1,x"]) == 2
+    assert "comma-separated" in capsys.readouterr().err
