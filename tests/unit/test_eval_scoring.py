@@ -1,0 +1,74 @@
+"""Candidate scoring: batched == one example at a time == a direct masked-loss computation."""
+import numpy as np
+import paddle
+
+from paddle_pangu.evaluation.scoring import batched_candidate_losses, candidate_losses, score_start
+
+PAD = 6
+
+
+def _numpy_nll(model, seq):
+    """Per-token NLL of one unpadded sequence from the model's logits, log-softmax in float64 numpy."""
+    z = model(paddle.to_tensor([seq[:-1]])).numpy()[0].astype("float64")
+    z = z - z.max(-1, keepdims=True)
+    logp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return -logp[np.arange(len(seq) - 1), seq[1:]]
+
+
+def _masked_model_loss(model, seq, start):
+    """The model's own loss with every label before `start` set to the pad id (masked out of the mean)."""
+    labels = np.array(seq[1:], dtype="int64")
+    labels[: start - 1] = PAD
+    loss, _ = model(paddle.to_tensor([seq[:-1]]), labels=paddle.to_tensor([labels]))
+    return float(loss)
+
+
+class CountingModel(paddle.nn.Layer):
+    """The tiny model, counting forward passes and the batch sizes it was given."""
+
+    def __init__(self, inner):
+        super().__init__()
+        self.inner, self.config, self.batches = inner, inner.config, []
+
+    def forward(self, ids, **kw):
+        self.batches.append(int(ids.shape[0]))
+        return self.inner(ids, **kw)
+
+
+def _groups():
+    rng = np.random.default_rng(7)
+    groups = []
+    for n_cands, prefix_len in ((4, 9), (2, 3), (3, 12), (7, 5), (2, 20)):
+        prefix = list(rng.integers(10, 40000, prefix_len))
+        groups.append([prefix + list(rng.integers(10, 40000, rng.integers(1, 6))) for _ in range(n_cands)])
+    return groups
+
+
+def test_score_start_is_the_first_token_after_the_shared_prefix():
+    assert score_start([[5, 6, 7, 8], [5, 6, 9]]) == 2
+    assert score_start([[1, 2], [1, 2, 3]]) == 1  # every candidate keeps one scored token
+    assert score_start([[4, 5], [7, 8]]) == 1  # token 0 has no prediction
+
+
+def test_candidate_score_equals_direct_masked_loss(tiny_model):
+    for group in _groups()[:3]:
+        start = score_start(group)
+        got = candidate_losses(tiny_model, group)
+        want_np = [_numpy_nll(tiny_model, c)[start - 1:].mean() for c in group]
+        want_model = [_masked_model_loss(tiny_model, c, start) for c in group]
+        # fp32 logits (|z| ~ 10) through fp32 vs float64 log-softmax: agreement to a few fp32 ulps of the loss
+        np.testing.assert_allclose(got, want_np, rtol=1e-5)
+        np.testing.assert_allclose(got, want_model, rtol=1e-5)
+
+
+def test_batched_equals_one_at_a_time_and_packs_examples(tiny_model):
+    groups = _groups()
+    one_by_one = [candidate_losses(tiny_model, g) for g in groups]
+    spy = CountingModel(tiny_model)
+    batched = batched_candidate_losses(spy, groups, batch_size=8)
+    # whole examples per pass, at most 8 sequences: [4 + 2], [3] (3 + 7 > 8), [7] (7 + 2 > 8), [2]
+    assert spy.batches == [6, 3, 7, 2]
+    for a, b in zip(batched, one_by_one):
+        # right padding never reaches a real token (causal mask); only GEMM blocking order differs
+        np.testing.assert_allclose(a, b, rtol=1e-5)
+    assert [int(np.argmin(a)) for a in batched] == [int(np.argmin(b)) for b in one_by_one]
