@@ -1,5 +1,6 @@
-"""Planner: memory / time estimates and layout search for clusters we don't have."""
-from .estimate import Hardware, estimate
-from .search import plan
+"""Planner: memory / time estimates and layout search for clusters we don't have (docs/PLANNER.md)."""
+from .estimate import Hardware, estimate, memory_terms
+from .hardware import PRESETS as DEVICE_PRESETS, get_device_preset
+from .search import consider, plan
 
-__all__ = ["Hardware", "estimate", "plan"]
+__all__ = ["DEVICE_PRESETS", "Hardware", "consider", "estimate", "get_device_preset", "memory_terms", "plan"]
