@@ -25,11 +25,16 @@ INSTALL_REQUIRES = [
     "pyyaml>=6",
     "tqdm>=4.60",
     "scikit-learn>=1.3",
+    # pangu serve (OpenAI-compatible HTTP): the versions tested with the openai client below
+    "fastapi==0.165.0",
+    "uvicorn==0.54.0",
 ]
 
 EXTRAS = {
     # transformers: the HF GPT-2 baseline of `pangu bench --compare` (4.53 fits the tokenizers paddlenlp pins)
-    "test": ["pytest>=7", "pytest-timeout>=2", "torch==2.13.0", "transformers==4.53.3"],
+    # openai: the official client against `pangu serve`; selenium drives Debian's chromium (web page test)
+    "test": ["pytest>=7", "pytest-timeout>=2", "torch==2.13.0", "transformers==4.53.3", "openai==3.57.0",
+             "selenium==4.50.0"],
     "torch": ["torch==2.13.0", "transformers==4.53.3"],
 }
 

@@ -26,7 +26,7 @@ def create_app(engine: Engine, model_name: str, truncate: str = "error") -> Fast
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model_name, "running": len(engine.decoder.rows),
-                "queued": engine.pending.qsize()}
+                "queued": engine.pending.qsize(), "peak_batch": engine.peak_batch, "steps": engine.steps}
 
     @app.get("/v1/models")
     async def models():
@@ -69,6 +69,7 @@ def _add_error_handlers(app: FastAPI) -> None:
         message = f"{where}: {first.get('msg')}" if where else str(first.get("msg", "invalid request"))
         if first.get("type") == "json_invalid":
             message = f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})"
+            where = None
         return JSONResponse(P.error_body(message, where), status_code=400)
 
     @app.exception_handler(ServerBusy)

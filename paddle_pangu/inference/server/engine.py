@@ -43,6 +43,7 @@ class Engine:
         self.decoder = BatchDecoder(stepper, config)
         self.jobs: dict[int, Job] = {}
         self.steps = 0
+        self.peak_batch = 0  # most rows ever decoded in one step (shows batching happened)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pangu-decode", daemon=True)
 
@@ -108,6 +109,7 @@ class Engine:
                 continue
             try:
                 self.decoder.add(new)
+                self.peak_batch = max(self.peak_batch, len(self.decoder.rows))
                 self.decoder.step()
                 self.steps += 1
             except Exception as err:  # noqa: BLE001 - a bad step fails its rows, never the server
