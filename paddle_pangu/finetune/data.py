@@ -1,75 +1,135 @@
-"""Supervised fine-tuning data: JSONL prompt/response pairs -> masked LM examples.
+"""Fine-tuning rows: JSONL reading (every bad row reported), the chat template, segments.
 
-Each line is {"prompt": ..., "response": ...} (field names configurable) or
-{"text": ...} for plain continued pretraining. The example is
-prompt + response + <eot> (REF: documents end with 9); the loss covers the
-response and the separator only.
+A row is one of (field names configurable through `DataArguments`)::
+
+    {"prompt": "...", "response": "..."}      prompt optional; loss on the response
+    {"messages": [{"role": "system"|"user"|"assistant", "content": "..."}, ...]}
+    {"text": "..."}                            continued pretraining; loss on every token
+
+Each row becomes *segments*: (text, trainable) pairs, followed by `<eot>` (id 9, REF "documents end
+with 9"), which is trainable so the model learns to stop. `examples.py` tokenizes, truncates and
+packs them.
+
+Chat template (`render_chat`), turn by turn::
+
+    system     "{content}\\n"                    no loss
+    user       "用户：{content}\\n助手："          no loss
+    assistant  "{content}"                        loss; then "\\n" (loss) if more turns follow,
+                                                  else the final <eot> (loss)
+
+Turns are separated by "\\n", never by `<eot>`: with `eod_reset` the model restarts positions and
+blocks attention after every `<eot>`, which would cut a conversation off from its own history. The
+last message must be the assistant's. At generation time prompt with the same template ending in
+"助手：" and stop at `<eot>`.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 
-import numpy as np
+from ..errors import DataError
 
-from ..utils.jsonl import iter_jsonl
+CHAT_ROLES = ("system", "user", "assistant")
+USER_PREFIX, ASSISTANT_PREFIX = "用户：", "助手："
+MAX_LISTED_ERRORS = 20  # the message lists this many; the count covers all
 
 
 @dataclass
-class SFTExample:
-    input_ids: list[int]  # tokens[:-1]
-    labels: list[int]  # tokens[1:]
-    loss_mask: list[int]  # 1 where the label is a response token
+class Row:
+    """One usable JSONL row: its segments and where it came from (for messages)."""
+
+    segments: list[tuple[str, bool]]
+    where: str
+
+
+def render_chat(messages: list[dict]) -> list[tuple[str, bool]]:
+    """Chat messages -> segments under the template above (validated by `check_messages`)."""
+    segments: list[tuple[str, bool]] = []
+    for i, msg in enumerate(messages):
+        role, content = msg["role"], msg["content"]
+        if role == "system":
+            segments.append((content + "\n", False))
+        elif role == "user":
+            segments.append((f"{USER_PREFIX}{content}\n{ASSISTANT_PREFIX}", False))
+        else:
+            segments.append((content, True))
+            if i + 1 < len(messages):
+                segments.append(("\n", True))
+    return segments
+
+
+def check_messages(messages) -> str | None:
+    """Why a `messages` value is unusable, or None."""
+    if not isinstance(messages, list) or not messages:
+        return "messages must be a non-empty list of {role, content}"
+    for j, msg in enumerate(messages):
+        if not isinstance(msg, dict) or msg.get("role") not in CHAT_ROLES or not isinstance(msg.get("content"), str):
+            return f"message {j} must be {{\"role\": one of {list(CHAT_ROLES)}, \"content\": str}}, got {msg!r}"[:200]
+    if messages[-1]["role"] != "assistant":
+        return "the last message must be the assistant's (its reply is what the loss trains)"
+    return None
+
+
+def row_segments(row: dict, fields) -> tuple[list | None, str | None]:
+    """(segments, None) for a usable row, else (None, reason). `fields` is the DataArguments."""
+    if fields.messages_field in row:
+        problem = check_messages(row[fields.messages_field])
+        return (None, problem) if problem else (render_chat(row[fields.messages_field]), None)
+    if fields.response_field in row:
+        response, prompt = row[fields.response_field], row.get(fields.prompt_field, "")
+        if not isinstance(response, str) or not isinstance(prompt, str) or not response:
+            return None, f"{fields.prompt_field!r} and {fields.response_field!r} must be strings, the response non-empty"
+        return ([(prompt, False)] if prompt else []) + [(response, True)], None
+    if "text" in row:
+        if not isinstance(row["text"], str) or not row["text"]:
+            return None, "'text' must be a non-empty string"
+        return [(row["text"], True)], None
+    return None, (f"expected a {fields.response_field!r} (with optional {fields.prompt_field!r}), a "
+                  f"{fields.messages_field!r} or a 'text' field, got {sorted(row)}")
+
+
+def read_rows(path: str, fields) -> list[Row]:
+    """Every usable row of a JSONL file. Bad rows (invalid JSON, missing or mistyped fields) are all
+    collected and raised together as one DataError: the count, then `file:line: reason` for each."""
+    rows, errors = [], []
+    try:
+        fh = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read the fine-tuning file ({exc.strerror})") from exc
+    with fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                errors.append(f"{path}:{lineno}: not valid JSON ({exc.msg})")
+                continue
+            if not isinstance(row, dict):
+                errors.append(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                continue
+            segments, problem = row_segments(row, fields)
+            if problem:
+                errors.append(f"{path}:{lineno}: {problem}")
+            else:
+                rows.append(Row(segments, f"{path}:{lineno}"))
+    if errors:
+        listed = "; ".join(errors[:MAX_LISTED_ERRORS])
+        more = f"; ... and {len(errors) - MAX_LISTED_ERRORS} more" if len(errors) > MAX_LISTED_ERRORS else ""
+        raise DataError(f"{path}: {len(errors)} bad row(s) of {len(errors) + len(rows)}: {listed}{more}")
+    if not rows:
+        raise DataError(f"{path}: no rows (expected JSON lines with prompt/response, messages or text)")
+    return rows
 
 
 def read_jsonl(path: str, prompt_field: str = "prompt", response_field: str = "response", text_field: str = "text"):
-    """Yield (prompt, response) pairs; errors name the file, line and the fields expected."""
-    for lineno, row in iter_jsonl(path):
-        if response_field in row:
-            yield str(row.get(prompt_field, "")), str(row[response_field])
-        elif text_field in row:
-            yield "", str(row[text_field])
-        else:
-            raise ValueError(
-                f"{path}:{lineno}: expected a {response_field!r} (with optional {prompt_field!r}) or a "
-                f"{text_field!r} field, got {sorted(row)}"
-            )
+    """(prompt, response) pairs of a prompt/response or text file (bad rows: see `read_rows`)."""
+    from types import SimpleNamespace
 
-
-def build_examples(pairs, tokenizer, max_length: int, eot_id: int = 9) -> list[SFTExample]:
-    """Tokenize pairs; truncate from the left of the prompt so the response survives."""
-    examples = []
-    for prompt, response in pairs:
-        p = tokenizer.encode_ids(prompt) if prompt else []
-        r = tokenizer.encode_ids(response) + [eot_id]
-        r = r[: max_length + 1]
-        p = p[max(0, len(p) + len(r) - (max_length + 1)):]
-        tokens = p + r
-        if len(tokens) < 2:
-            continue
-        mask = [0] * len(p) + [1] * len(r)
-        examples.append(SFTExample(tokens[:-1], tokens[1:], mask[1:]))
-    return examples
-
-
-class SFTCollator:
-    """Right-pad a batch; padded labels are the pad id (masked by the criterion) with loss_mask 0."""
-
-    def __init__(self, pad_token_id: int = 6):
-        self.pad = pad_token_id
-
-    def __call__(self, batch: list[SFTExample]) -> dict:
-        import paddle
-
-        width = max(len(e.input_ids) for e in batch)
-
-        def pad(rows, value):
-            out = np.full([len(rows), width], value, dtype="int64")
-            for i, r in enumerate(rows):
-                out[i, : len(r)] = r
-            return paddle.to_tensor(out)
-
-        return {
-            "input_ids": pad([e.input_ids for e in batch], self.pad),
-            "labels": pad([e.labels for e in batch], self.pad),
-            "loss_mask": pad([e.loss_mask for e in batch], 0),
-        }
+    fields = SimpleNamespace(prompt_field=prompt_field, response_field=response_field, messages_field="messages")
+    pairs = []
+    for row in read_rows(path, fields):
+        prompt = "".join(t for t, trainable in row.segments if not trainable)
+        response = "".join(t for t, trainable in row.segments if trainable)
+        pairs.append((prompt, response))
+    return pairs

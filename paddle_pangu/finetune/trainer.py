@@ -1,63 +1,242 @@
-"""Fine-tuning through the real PaddleNLP `Trainer` (the one module that touches its API).
+"""Fine-tuning through the real PaddleNLP `Trainer` (the one module that builds it).
 
-PLATFORM.md: the Paddle team moved LLM work to `paddleformers` (argument names
-differ, e.g. tensor_model_parallel_size); keeping the Trainer in this module
-makes a later switch one place.
+Every `TrainingArguments` field reaches the Trainer unchanged (`arguments.py` parses them with
+PaddleNLP's own parser). What this module adds around it:
+
+* the model: a model directory (split for `tensor_parallel_degree` > 1 by PaddleNLP's
+  `_get_tensor_parallel_mappings` hook, fed by our weight table) or `preset:NAME`; pipeline
+  parallel builds `PanGuForCausalLMPipe`; `recompute` turns on block recompute; LoRA wraps it;
+* checks at start for what would otherwise fail mid-run (max_length above the model's positions,
+  packing without the document-reset mask, bf16/fp16 on CPU where paddle 3.3.1 neither autocasts
+  nor has a bf16 matmul kernel);
+* the data (`data.py`, `examples.py`, `builtin.py`) and its truncation counts in the log;
+* the final save: one plain model directory (tensor-parallel shards merged back).
+
+PLATFORM.md: the Paddle team moved LLM work to `paddleformers` (argument names differ, e.g.
+tensor_model_parallel_size); keeping the Trainer here makes a later switch one place.
 """
 from __future__ import annotations
 
+import logging
 import os
-from dataclasses import dataclass
+import random
+
+from ..errors import ConfigError
+
+logger = logging.getLogger("paddle_pangu.finetune")
 
 
-@dataclass
-class FinetuneArgs:
-    """What `pangu finetune` needs; everything else keeps the PaddleNLP defaults."""
+def check_precision(training_args) -> None:
+    """bf16 / fp16 are passed to the Trainer on GPU / NPU; on CPU they would silently train in fp32."""
+    import paddle
 
-    output_dir: str
-    epochs: float = 1.0
-    max_steps: int = -1
-    learning_rate: float = 5e-5
-    batch_size: int = 4
-    gradient_accumulation_steps: int = 1
-    warmup_ratio: float = 0.0
-    weight_decay: float = 0.1  # REF "Training recipe"
-    logging_steps: int = 10
-    eval_steps: int | None = None
-    seed: int = 42
-    report_to: str = "visualdl"
+    if (training_args.bf16 or training_args.fp16) and paddle.get_device().startswith("cpu"):
+        which = "bf16" if training_args.bf16 else "fp16"
+        raise ConfigError(
+            f"{which}=True with fp16_opt_level={training_args.fp16_opt_level!r} on CPU: paddle 3.3.1 does not "
+            f"autocast on CPU places and its CPU dygraph has no bfloat16 matmul kernel; run on GPU/NPU or drop {which}")
 
 
-def training_arguments(args: FinetuneArgs):
-    from paddlenlp.trainer import TrainingArguments
+def load_model(model_args, training_args):
+    """The model this process trains (not yet LoRA-wrapped), plus its tokenizer."""
+    import paddle
 
-    evaluate = args.eval_steps is not None
-    return TrainingArguments(
-        output_dir=args.output_dir, num_train_epochs=args.epochs, max_steps=args.max_steps,
-        learning_rate=args.learning_rate, per_device_train_batch_size=args.batch_size,
-        per_device_eval_batch_size=args.batch_size, gradient_accumulation_steps=args.gradient_accumulation_steps,
-        warmup_ratio=args.warmup_ratio, weight_decay=args.weight_decay, adam_beta1=0.9, adam_beta2=0.95,
-        adam_epsilon=1e-8, max_grad_norm=1.0, logging_steps=args.logging_steps,
-        evaluation_strategy="steps" if evaluate else "no", eval_steps=args.eval_steps, save_strategy="no",
-        seed=args.seed, report_to=[args.report_to] if args.report_to != "none" else [],
-        logging_dir=os.path.join(args.output_dir, "visualdl"), remove_unused_columns=False, disable_tqdm=False,
-    )
+    with paddle.utils.unique_name.guard():
+        return _load_model(model_args, training_args)
 
 
-def finetune(model, tokenizer, train_examples, eval_examples, args: FinetuneArgs):
-    """Train with PaddleNLP's Trainer, save model + tokenizer to args.output_dir; returns the Trainer's metrics."""
+def _load_model(model_args, training_args):
+    import paddle
+
+    from ..config import get_preset
+    from ..inference.loading import load_tokenizer
+    from ..model import PanGuForCausalLM
+
+    path = model_args.model_name_or_path
+    tp = dict(tensor_parallel_degree=training_args.tensor_parallel_degree,
+              tensor_parallel_rank=training_args.tensor_parallel_rank)
+    if training_args.pipeline_parallel_degree > 1:
+        model = _load_pipe(path, training_args)
+    elif path.startswith("preset:"):
+        paddle.seed(training_args.seed)
+        config = get_preset(path.split(":", 1)[1])
+        config.tensor_parallel_degree, config.tensor_parallel_rank = tp.values()
+        model = PanGuForCausalLM(config)
+    elif os.path.isfile(os.path.join(path, "config.json")):
+        model = PanGuForCausalLM.from_pretrained(path, **tp)
+    else:
+        raise ConfigError(f"model_name_or_path={path!r}: expected a model directory with config.json or preset:NAME")
+    if training_args.recompute and hasattr(model, "pangu"):
+        model.pangu.set_recompute(1)
+    source = path if not path.startswith("preset:") else ""
+    return model, load_tokenizer(source, model_args.tokenizer_name_or_path)
+
+
+def _load_pipe(path, training_args):
+    from ..model.modeling_pp import PanGuForCausalLMPipe
+
+    if path.startswith("preset:"):
+        raise ConfigError("pipeline_parallel_degree > 1 needs a model directory (save one with save_pretrained)")
+    return PanGuForCausalLMPipe.from_pretrained(path, tensor_parallel_degree=training_args.tensor_parallel_degree,
+                                                tensor_parallel_rank=training_args.tensor_parallel_rank)
+
+
+def resolve_max_length(data_args, config) -> int:
+    limit = config.max_position_embeddings
+    max_length = data_args.max_length or limit
+    if max_length > limit:
+        raise ConfigError(f"max_length={max_length} exceeds the model's max_position_embeddings={limit} "
+                          f"(position and top-query tables have {limit} rows); use max_length <= {limit}")
+    if data_args.packing and not config.eod_reset:
+        raise ConfigError("packing=True needs a model with eod_reset=True: the document-reset mask is what "
+                          "keeps packed examples from attending to each other")
+    return max_length
+
+
+def _rows(spec: str, data_args):
+    from .builtin import builtin_rows
+    from .data import read_rows
+
+    if spec.startswith("builtin:"):
+        return builtin_rows(spec, data_args.builtin_max_examples)
+    return read_rows(spec, data_args)
+
+
+def split_eval(rows, ratio: float, seed: int):
+    """(train, eval): a seeded shuffle, eval = ceil-ish ratio of rows (at least 1)."""
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    n_eval = max(1, round(len(rows) * ratio))
+    if n_eval >= len(rows):
+        raise ConfigError(f"eval_ratio={ratio} leaves no training rows out of {len(rows)}")
+    held = set(order[:n_eval])
+    return [r for i, r in enumerate(rows) if i not in held], [r for i, r in enumerate(rows) if i in held]
+
+
+def build_datasets(data_args, tokenizer, config, seed: int):
+    """(train examples, eval examples) ready for the collator; truncation counts are logged."""
+    from .examples import TruncationStats, build_examples, pack_examples
+
+    max_length = resolve_max_length(data_args, config)
+    train_rows = _rows(data_args.train_file, data_args)
+    eval_rows = _rows(data_args.eval_file, data_args) if data_args.eval_file else []
+    if not eval_rows and data_args.eval_ratio > 0:
+        train_rows, eval_rows = split_eval(train_rows, data_args.eval_ratio, seed)
+    out = []
+    for name, rows in (("train", train_rows), ("eval", eval_rows)):
+        stats = TruncationStats(data_args.truncation)
+        examples = build_examples(rows, tokenizer, max_length, config.eod_token_id, data_args.truncation,
+                                  data_args.response_only_loss, stats)
+        print(f"finetune {name} data: {stats.summary()}", flush=True)
+        if data_args.packing:
+            examples = pack_examples(examples, max_length, config.eod_token_id)
+        out.append(examples)
+    if not out[0]:
+        raise ConfigError(f"{data_args.train_file}: no training examples left after truncation={data_args.truncation}")
+    return out[0], out[1]
+
+
+def _trainer_class():
+    """PaddleNLP's Trainer with two single-process fixes (3.0.0b4):
+
+    * the train sampler is the `DistributedBatchSampler` a multi-process run uses (here with one
+      replica): its shuffle is seeded by the epoch, so one process sees the batches of a tensor- or
+      pipeline-parallel run, and a resumed run the batches of the uninterrupted one (the stock
+      single-process `BatchSampler` draws from the global RNG, which resume restores only after the
+      interrupted epoch's order was drawn);
+    * `save_total_limit` also rotates checkpoints (3.0.0b4 rotates only when local_rank == 0, and it
+      is -1 in a plain run).
+    """
+    from paddle.io import DistributedBatchSampler
     from paddlenlp.trainer import Trainer
 
-    from .data import SFTCollator
+    class PanGuSFTTrainer(Trainer):
+        def _get_train_sampler(self):
+            if self.args.world_size > 1 or self.train_dataset is None:
+                return super()._get_train_sampler()
+            return DistributedBatchSampler(self.train_dataset, batch_size=self.args.per_device_train_batch_size,
+                                           shuffle=True, num_replicas=1, rank=0,
+                                           drop_last=self.args.dataloader_drop_last)
 
-    trainer = Trainer(
-        model=model, args=training_arguments(args), train_dataset=train_examples,
-        eval_dataset=eval_examples or None, data_collator=SFTCollator(model.config.pad_token_id),
-    )
-    result = trainer.train()
+        def _save_checkpoint(self, model, metrics=None):
+            super()._save_checkpoint(model, metrics)
+            if self.args.local_rank < 0 and not self.args.use_hybrid_parallel:
+                self._rotate_checkpoints(use_mtime=False, output_dir=self.args.output_dir)
+
+    return PanGuSFTTrainer
+
+
+def _loss_recorder(history: list):
+    """A TrainerCallback keeping every logged {step, loss | eval_loss} (the Trainer clears log_history)."""
+    from paddlenlp.trainer import TrainerCallback
+
+    class LossRecorder(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            for key in ("loss", "eval_loss"):
+                if logs and key in logs:
+                    history.append({"step": state.global_step, key: float(logs[key])})
+
+    return LossRecorder()
+
+
+def build_trainer(model, tokenizer, training_args, train_examples, eval_examples, pad_to=None, history=None,
+                  callbacks=()):
+    from .examples import SFTCollator
+
+    training_args.remove_unused_columns = False
+    return _trainer_class()(
+        model=model, args=training_args, train_dataset=train_examples, eval_dataset=eval_examples or None,
+        tokenizer=tokenizer, data_collator=SFTCollator(model.config.pad_token_id, pad_to=pad_to),
+        callbacks=[_loss_recorder(history if history is not None else []), *callbacks])
+
+
+def save_final(trainer, model, tokenizer, training_args) -> None:
+    """output_dir becomes a plain model directory (tensor-parallel shards merged, safetensors);
+    LoRA runs save the adapters (merge them with `pangu merge-lora`)."""
+    merge = training_args.tensor_parallel_degree > 1
+    if hasattr(model, "lora_config") or training_args.pipeline_parallel_degree > 1:
+        trainer.save_model(merge_tensor_parallel=merge)
+        return
+    model.save_pretrained(training_args.output_dir, merge_tensor_parallel=merge,
+                          is_main_process=training_args.should_save, safe_serialization=True)
+    if training_args.should_save:
+        tokenizer.save_pretrained(training_args.output_dir)
+
+
+def run_finetune(model_args, data_args, training_args, callbacks=()) -> dict:
+    """Load, build data, train (resuming when asked), evaluate, save; returns metrics + loss history.
+    `callbacks`: extra PaddleNLP TrainerCallbacks.
+
+    Runs under a fresh unique-name scope: the Trainer's optimizer checkpoints are keyed by parameter
+    and accumulator names (`embedding_0.w_0_moment1_0`), so a resumed run must create them under the
+    same names as the run that saved them, whatever else the process built before."""
+    import paddle
+
+    with paddle.utils.unique_name.guard():
+        return _run_finetune(model_args, data_args, training_args, callbacks)
+
+
+def _run_finetune(model_args, data_args, training_args, callbacks) -> dict:
+    from .lora import apply_lora
+
+    check_precision(training_args)
+    model, tokenizer = load_model(model_args, training_args)
+    train, evals = build_datasets(data_args, tokenizer, model.config, training_args.seed)
+    if model_args.lora:
+        model = apply_lora(model, model_args, training_args)
+    pipelined = training_args.pipeline_parallel_degree > 1
+    pad_to = resolve_max_length(data_args, model.config) if pipelined else None
+    history: list = []
+    trainer = build_trainer(model, tokenizer, training_args, train, evals, pad_to, history, callbacks)
+    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = dict(result.metrics)
-    if eval_examples:
+    if evals:
         metrics.update(trainer.evaluate())
-    model.save_pretrained(args.output_dir, safe_serialization=True)
-    tokenizer.save_pretrained(args.output_dir)
+    save_final(trainer, model, tokenizer, training_args)
+    metrics["history"] = history
+    if training_args.should_save:
+        import json
+
+        with open(os.path.join(training_args.output_dir, "finetune_history.json"), "w", encoding="utf-8") as fh:
+            json.dump(history, fh)
     return metrics

@@ -1,0 +1,192 @@
+"""`pangu finetune` arguments: our model / data dataclasses plus every PaddleNLP `TrainingArguments` field.
+
+Style of PaddleNLP's `llm/run_finetune.py`: one JSON or YAML file holds the fields of all three
+dataclasses flat (`model_name_or_path`, `train_file`, `learning_rate`, `tensor_parallel_degree`, ...);
+command-line flags override the file (`--learning_rate 1e-4`, dashes also accepted: `--eval-steps`).
+Parsing goes through PaddleNLP's own `PdArgumentParser`, so each option means what it means in
+PaddleNLP and `pangu finetune --help` lists them all.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..errors import ConfigError
+
+TRUNCATION_POLICIES = ("left", "drop")
+
+# short spellings kept from the first `pangu finetune` (README, scripts)
+ALIASES = {
+    "model_name_or_path": ["--model"], "train_file": ["--train"], "eval_file": ["--eval"],
+    "output_dir": ["--output"], "learning_rate": ["--lr"], "num_train_epochs": ["--epochs"],
+    "per_device_train_batch_size": ["--batch-size"], "gradient_accumulation_steps": ["--grad-accum"],
+}
+
+
+@dataclass
+class ModelArguments:
+    """What to fine-tune and how (full or LoRA)."""
+
+    model_name_or_path: Optional[str] = field(default=None, metadata={"help": "model directory or preset:NAME"})
+    tokenizer_name_or_path: Optional[str] = field(default=None, metadata={"help": "default: the model's vocab.model"})
+    lora: bool = field(default=False, metadata={"help": "train LoRA adapters (PaddleNLP PEFT) instead of all weights"})
+    lora_rank: int = field(default=8, metadata={"help": "LoRA rank r"})
+    lora_alpha: int = field(default=16, metadata={"help": "LoRA scaling numerator (scale = alpha / r)"})
+    lora_dropout: float = field(default=0.0, metadata={"help": "dropout on the LoRA branch"})
+    lora_target_modules: str = field(
+        default="q_proj,k_proj,v_proj,out_proj,fc_in,fc_out",
+        metadata={"help": "comma-separated PanGu sublayer names that get adapters (attention Q/K/V/out, FFN in/out)"})
+    lora_path: Optional[str] = field(default=None, metadata={"help": "resume from saved LoRA adapter weights"})
+
+
+@dataclass
+class DataArguments:
+    """Fine-tuning data: files, template, length policy."""
+
+    train_file: Optional[str] = field(default=None, metadata={
+        "help": "JSONL (prompt/response, messages or text rows) or builtin:reviews|headlines|instructions"})
+    eval_file: Optional[str] = field(default=None, metadata={"help": "JSONL for eval loss (else eval_ratio of train)"})
+    eval_ratio: float = field(default=0.0, metadata={"help": "hold out this fraction of train for eval when no eval_file"})
+    max_length: Optional[int] = field(default=None, metadata={"help": "tokens per example; default/limit: model positions"})
+    truncation: str = field(default="left", metadata={
+        "help": "left: shorten the prompt from the left, then the response from the right (its <eot> kept); "
+                "drop: skip examples that do not fit", "choices": list(TRUNCATION_POLICIES)})
+    packing: bool = field(default=False, metadata={
+        "help": "pack several examples per sequence; attention stays inside each (document-reset mask)"})
+    response_only_loss: bool = field(default=True, metadata={"help": "loss on response tokens only (else every token)"})
+    prompt_field: str = field(default="prompt", metadata={"help": "JSONL field of the prompt"})
+    response_field: str = field(default="response", metadata={"help": "JSONL field of the response"})
+    messages_field: str = field(default="messages", metadata={"help": "JSONL field of chat messages (role/content)"})
+    builtin_max_examples: int = field(default=2000, metadata={"help": "examples taken from a builtin: dataset"})
+
+
+def _with_aliases(group):
+    """A stand-in for an argparse group: adds the dash spelling and short aliases of each flag, and
+    suppresses defaults, so the parsed namespace holds only what the user typed."""
+
+    class Adder:
+        def add_argument(self, name, **kwargs):
+            names = [name]
+            if "_" in name:
+                names.append(name.replace("_", "-"))
+            names += ALIASES.get(name[2:], [])
+            kwargs.pop("required", None)
+            kwargs["default"] = argparse.SUPPRESS
+            return group.add_argument(*names, **kwargs)
+
+    return Adder()
+
+
+def dataclass_types():
+    from paddlenlp.trainer import TrainingArguments
+
+    return (ModelArguments, DataArguments, TrainingArguments)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register `--config` and every field of the three dataclasses (for parsing and for --help)."""
+    from typing import get_type_hints
+
+    from paddlenlp.trainer import PdArgumentParser
+
+    parser.add_argument("config", nargs="?", default=None, help="JSON or YAML file of the fields below")
+    for dtype in dataclass_types():
+        group = _with_aliases(parser.add_argument_group(dtype.__name__))
+        hints = get_type_hints(dtype)
+        for f in dataclasses.fields(dtype):
+            if f.init:
+                f.type = hints[f.name]
+                PdArgumentParser._parse_dataclass_field(group, f)
+
+
+def read_config_file(path: str) -> dict:
+    """A flat dict of fields from a .json / .yaml / .yml file."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"{path}: config file not found")
+    with open(path, encoding="utf-8") as fh:
+        text = fh.read()
+    try:
+        if path.endswith((".yaml", ".yml")):
+            import yaml
+
+            data = yaml.safe_load(text) or {}
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError
+        raise ConfigError(f"{path}: not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of field: value, got {type(data).__name__}")
+    return data
+
+
+def _to_argv(values: dict) -> list[str]:
+    """PdArgumentParser.read_json's flattening (lists as several values, dicts as JSON); None = unset."""
+    argv: list[str] = []
+    for key, value in values.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            argv += [f"--{key}", *map(str, value)]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def parse_finetune_args(config: str | None = None, overrides: dict | None = None):
+    """(ModelArguments, DataArguments, TrainingArguments) from a config file plus overrides (which win).
+
+    Raises ConfigError naming the file and the unknown field(s) or the bad value.
+    """
+    from paddlenlp.trainer import PdArgumentParser
+
+    values = read_config_file(config) if config else {}
+    values.update(overrides or {})
+    if values.get("eval_steps") and "evaluation_strategy" not in values:
+        values["evaluation_strategy"] = "steps"  # eval_steps alone means "evaluate every eval_steps"
+    _install_cpu_backend()  # before TrainingArguments, whose __post_init__ runs fleet.init
+    parser = PdArgumentParser(dataclass_types())
+    known = {f.name for d in dataclass_types() for f in dataclasses.fields(d) if f.init}
+    unknown = sorted(set(values) - known)
+    where = config or "command line"
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; see `pangu finetune --help` for the fields")
+    try:
+        model_args, data_args, training_args = parser.parse_args_into_dataclasses(
+            args=_to_argv(values), look_for_args_file=False)
+    except SystemExit as exc:  # argparse already printed which value was wrong
+        raise ConfigError(f"{where}: a field has an invalid value (see the message above)") from exc
+    validate(model_args, data_args, training_args, where)
+    return model_args, data_args, training_args
+
+
+def _install_cpu_backend() -> None:
+    """Multi-process CPU runs: fleet's mp / pp / sharding paths need the gloo adapter before fleet.init."""
+    if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
+        from ..parallel import cpu_backend
+
+        cpu_backend.install()
+
+
+def validate(model_args, data_args, training_args, where: str) -> None:
+    """Reject at start what would otherwise fail in the middle of training."""
+    if not model_args.model_name_or_path:
+        raise ConfigError(f"{where}: model_name_or_path is required (a model directory or preset:NAME)")
+    if not data_args.train_file and training_args.do_train is not False:
+        raise ConfigError(f"{where}: train_file is required (JSONL or builtin:instructions)")
+    if data_args.truncation not in TRUNCATION_POLICIES:
+        raise ConfigError(f"{where}: truncation={data_args.truncation!r}: expected one of {TRUNCATION_POLICIES}")
+    if not 0.0 <= data_args.eval_ratio < 1.0:
+        raise ConfigError(f"{where}: eval_ratio={data_args.eval_ratio}: expected 0 <= eval_ratio < 1")
+    if data_args.max_length is not None and data_args.max_length < 2:
+        raise ConfigError(f"{where}: max_length={data_args.max_length}: need at least 2 tokens")
+    evaluating = str(getattr(training_args.evaluation_strategy, "value", training_args.evaluation_strategy)) != "no"
+    if evaluating and not (data_args.eval_file or data_args.eval_ratio > 0):
+        raise ConfigError(
+            f"{where}: evaluation_strategy={training_args.evaluation_strategy.value!r} / eval_steps="
+            f"{training_args.eval_steps} but there is no eval data: set eval_file or eval_ratio > 0")
