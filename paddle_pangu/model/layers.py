@@ -1,8 +1,9 @@
 """PanGu-alpha building blocks: the model math, written once.
 
-Every PanGu-specific choice cites ../shared/docs/PANGU_REFERENCE.md ("REF").
-Splittable layers come from `paddle_pangu.parallel.layers`, so the same code
-runs plain (one process) or tensor-parallel under fleet.
+Every PanGu-specific choice cites docs/REFERENCE.md ("REF").
+Splittable layers come from `paddle_pangu.parallel.layers`, built for the
+`ParallelContext` each layer receives (default: plain), so the same code runs
+plain (one process) or tensor-parallel under fleet.
 
 Shapes: B batch, S new tokens, T = past + S keys, H hidden, nh heads
 (local to this tensor-parallel rank), hd head dim, F ffn width.
@@ -16,7 +17,9 @@ import paddle.nn as nn
 import paddle.nn.functional as F
 
 from ..config import PanGuConfig
+from ..parallel import fleet_compat
 from ..parallel import layers as pl
+from ..parallel.context import PLAIN, ParallelContext
 
 MASK_VALUE = -10000.0  # REF "attention": additive mask -10000
 ATTENTION_IMPLS = ("plain", "sdpa", "npu")
@@ -56,10 +59,11 @@ class FP32LayerNorm(nn.LayerNorm):
 class PanGuEmbeddings(nn.Layer):
     """word + learned absolute position embedding, then dropout (REF "embeddings")."""
 
-    def __init__(self, config: PanGuConfig):
+    def __init__(self, config: PanGuConfig, parallel: ParallelContext = PLAIN):
         super().__init__()
         std = config.initializer_range
-        self.word_embeddings = pl.vocab_embedding(config.vocab_size, config.hidden_size, weight_attr=normal_attr(std))
+        self.word_embeddings = pl.vocab_embedding(parallel, config.vocab_size, config.hidden_size,
+                                                  weight_attr=normal_attr(std))
         self.position_embeddings = nn.Embedding(
             config.max_position_embeddings, config.hidden_size, weight_attr=normal_attr(std)
         )
@@ -77,17 +81,17 @@ class PanGuAttention(nn.Layer):
     the key/value source (REF "query layer").
     """
 
-    def __init__(self, config: PanGuConfig):
+    def __init__(self, config: PanGuConfig, parallel: ParallelContext = PLAIN):
         super().__init__()
         h, std = config.hidden_size, config.initializer_range
-        mp = pl.mp_world_size()
-        self.num_heads = config.num_attention_heads // mp  # local heads on this tensor-parallel rank
+        self.parallel = parallel
+        self.num_heads = config.num_attention_heads // parallel.mp_degree  # local heads on this mp rank
         self.head_dim = config.head_dim
         # REF: three dense layers, never fused in checkpoints; all with bias
-        self.q_proj = pl.column_linear(h, h, weight_attr=normal_attr(std))
-        self.k_proj = pl.column_linear(h, h, weight_attr=normal_attr(std))
-        self.v_proj = pl.column_linear(h, h, weight_attr=normal_attr(std))
-        self.out_proj = pl.row_linear(h, h, weight_attr=normal_attr(output_std(config)))
+        self.q_proj = pl.column_linear(parallel, h, h, weight_attr=normal_attr(std))
+        self.k_proj = pl.column_linear(parallel, h, h, weight_attr=normal_attr(std))
+        self.v_proj = pl.column_linear(parallel, h, h, weight_attr=normal_attr(std))
+        self.out_proj = pl.row_linear(parallel, h, h, weight_attr=normal_attr(output_std(config)))
         self.attn_dropout = nn.Dropout(config.attention_probs_dropout_prob)
         self.impl = "plain"  # set_attention_impl(): "sdpa" (GPU flash / mem-efficient) or "npu" (Ascend FA)
 
@@ -103,7 +107,7 @@ class PanGuAttention(nn.Layer):
         if attention_mask is not None:
             scores = scores + attention_mask
         probs = F.softmax(scores, axis=-1).astype(q.dtype)
-        with pl.local_rng():  # this rank's heads: a dropout stream per tensor-parallel rank
+        with pl.local_rng(self.parallel):  # this rank's heads: a dropout stream per tensor-parallel rank
             probs = self.attn_dropout(probs)
         return paddle.matmul(probs, v)
 
@@ -111,7 +115,7 @@ class PanGuAttention(nn.Layer):
         """Fused kernels take [B, S, nh, hd]; same math (the kernels accumulate the softmax in fp32)."""
         q, k, v = (t.transpose([0, 2, 1, 3]) for t in (q, k, v))
         p = self.attn_dropout.p if self.training else 0.0
-        with pl.local_rng():
+        with pl.local_rng(self.parallel):
             if self.impl == "npu":
                 out = npu_flash_attention(q, k, v, attention_mask, p, self.training)
             else:
@@ -142,10 +146,8 @@ class PanGuAttention(nn.Layer):
 def npu_flash_attention(q, k, v, additive_mask, dropout: float, training: bool):
     """Ascend flash attention from the paddle-custom-npu plugin ([B, S, nh, hd]; mask True = masked),
     called as PaddleNLP's NPU fusion ops call it."""
-    from paddle.base import core
-
     masked = None if additive_mask is None else additive_mask < 0
-    return core.eager._run_custom_op(
+    return fleet_compat.run_custom_op(
         "flash_attention_npu", q, k, v, None, masked, dropout, False, False, not training, False
     )[0]
 
@@ -168,11 +170,11 @@ def set_attention_impl(model: nn.Layer, impl: str) -> int:
 class PanGuMLP(nn.Layer):
     """REF "FFN": mapping H->F (bias), activation, projection F->H (bias)."""
 
-    def __init__(self, config: PanGuConfig):
+    def __init__(self, config: PanGuConfig, parallel: ParallelContext = PLAIN):
         super().__init__()
         h, f = config.hidden_size, config.ffn_hidden_size
-        self.fc_in = pl.column_linear(h, f, weight_attr=normal_attr(config.initializer_range))
-        self.fc_out = pl.row_linear(f, h, weight_attr=normal_attr(output_std(config)))
+        self.fc_in = pl.column_linear(parallel, h, f, weight_attr=normal_attr(config.initializer_range))
+        self.fc_out = pl.row_linear(parallel, f, h, weight_attr=normal_attr(output_std(config)))
         self.act = activation(config.hidden_act)
 
     def forward(self, x):
@@ -182,13 +184,13 @@ class PanGuMLP(nn.Layer):
 class PanGuBlock(nn.Layer):
     """Pre-LN transformer block (REF "block"): x += Attn(LN1(x)); x += FFN(LN2(x))."""
 
-    def __init__(self, config: PanGuConfig):
+    def __init__(self, config: PanGuConfig, parallel: ParallelContext = PLAIN):
         super().__init__()
         eps = config.layer_norm_eps
         self.input_layernorm = FP32LayerNorm(config.hidden_size, epsilon=eps)
-        self.attention = PanGuAttention(config)
+        self.attention = PanGuAttention(config, parallel)
         self.post_attention_layernorm = FP32LayerNorm(config.hidden_size, epsilon=eps)
-        self.mlp = PanGuMLP(config)
+        self.mlp = PanGuMLP(config, parallel)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
     def _attend(self, hidden, attention_mask, query_states, past_key_value, use_cache):
@@ -214,8 +216,8 @@ class PanGuQueryLayer(PanGuBlock):
     (REF "final layernorm": LN_final before the query layer, none after).
     """
 
-    def __init__(self, config: PanGuConfig):
-        super().__init__(config)
+    def __init__(self, config: PanGuConfig, parallel: ParallelContext = PLAIN):
+        super().__init__(config, parallel)
         self.top_query_embedding = nn.Embedding(
             config.max_position_embeddings, config.hidden_size, weight_attr=normal_attr(config.initializer_range)
         )

@@ -1,8 +1,12 @@
 """PanGuModel / PanGuForCausalLM: PaddleNLP PretrainedModel subclasses.
 
-REF = ../shared/docs/PANGU_REFERENCE.md. Layer math lives in `layers.py`;
-this file wires the stack, builds masks and position ids, and owns the KV
-cache plumbing, the tied head and the pretraining loss.
+REF = docs/REFERENCE.md. Layer math lives in `layers.py`; this file wires the
+stack, builds masks and position ids, and owns the KV cache plumbing, the tied
+head and the pretraining loss.
+
+Parallel layout: `PanGuForCausalLM(config, parallel=ctx)` builds for the
+`ParallelContext` it is given (`Topology.context`); without one it follows
+PaddleNLP's `config.tensor_parallel_degree` (default 1: plain layers).
 """
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ from paddlenlp.transformers.model_outputs import BaseModelOutputWithPast, Causal
 from paddlenlp.transformers.model_utils import PretrainedModel
 
 from ..config import PanGuConfig
+from ..parallel import context as parallel_context
 from ..parallel import layers as pl
+from ..parallel.context import PLAIN, ParallelContext
 from .layers import MASK_VALUE, FP32LayerNorm, PanGuBlock, PanGuEmbeddings, PanGuQueryLayer
 
 
@@ -117,13 +123,14 @@ class PanGuPretrainedModel(PretrainedModel):
 class PanGuModel(PanGuPretrainedModel):
     """Embeddings, L-1 blocks, final layernorm, query layer (REF "architecture")."""
 
-    def __init__(self, config: PanGuConfig):
+    def __init__(self, config: PanGuConfig, parallel: ParallelContext | None = None):
         super().__init__(config)
-        self.embeddings = PanGuEmbeddings(config)
-        self.layers = nn.LayerList([PanGuBlock(config) for _ in range(config.num_blocks)])
+        parallel = parallel_context.resolve(config, parallel)
+        self.embeddings = PanGuEmbeddings(config, parallel)
+        self.layers = nn.LayerList([PanGuBlock(config, parallel) for _ in range(config.num_blocks)])
         # REF "final layernorm": applied BEFORE the query layer, none after it
         self.final_layernorm = FP32LayerNorm(config.hidden_size, epsilon=config.layer_norm_eps)
-        self.query_layer = PanGuQueryLayer(config)
+        self.query_layer = PanGuQueryLayer(config, parallel)
         self.recompute_interval = 0
 
     def set_recompute(self, interval: int) -> None:
@@ -172,13 +179,14 @@ class PanGuModel(PanGuPretrainedModel):
 class PanGuPretrainingCriterion(nn.Layer):
     """Mean next-token cross entropy over tokens with loss_mask == 1 and label != pad (REF "Tokenizer": pad 6 masked)."""
 
-    def __init__(self, config: PanGuConfig):
+    def __init__(self, config: PanGuConfig, parallel: ParallelContext = PLAIN):
         super().__init__()
         self.pad_token_id = config.pad_token_id
+        self.parallel = parallel
 
     def forward(self, logits, labels, loss_mask=None):
         # logits [B, S, V(_local)], labels [B, S] -> scalar fp32
-        token_loss = pl.lm_cross_entropy(logits, labels, parallel_output=True)
+        token_loss = pl.lm_cross_entropy(self.parallel, logits, labels, parallel_output=True)
         mask = (labels != self.pad_token_id).astype("float32")
         if loss_mask is not None:
             mask = mask * loss_mask.astype("float32")
@@ -190,10 +198,11 @@ class PanGuForCausalLM(PanGuPretrainedModel):
 
     _tied_weights_keys = ["pangu.embeddings.word_embeddings.weight"]
 
-    def __init__(self, config: PanGuConfig):
+    def __init__(self, config: PanGuConfig, parallel: ParallelContext | None = None):
         super().__init__(config)
-        self.pangu = PanGuModel(config)
-        self.criterion = PanGuPretrainingCriterion(config)
+        self.parallel = parallel_context.resolve(config, parallel)
+        self.pangu = PanGuModel(config, self.parallel)
+        self.criterion = PanGuPretrainingCriterion(config, self.parallel)
 
     def get_input_embeddings(self):
         return self.pangu.embeddings.word_embeddings
@@ -211,7 +220,7 @@ class PanGuForCausalLM(PanGuPretrainedModel):
         out = self.pangu(input_ids, position_ids, attention_mask, past_key_values, use_cache)
         hidden, cache = out if use_cache else (out, None)
         weight = self.pangu.embeddings.word_embeddings.weight
-        logits = pl.tied_lm_logits(hidden, weight, parallel_output=labels is not None)
+        logits = pl.tied_lm_logits(self.parallel, hidden, weight, parallel_output=labels is not None)
         loss = self.criterion(logits, labels, loss_mask) if labels is not None else None
         if return_dict:
             return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)

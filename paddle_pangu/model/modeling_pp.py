@@ -1,7 +1,7 @@
 """PanGuForCausalLMPipe: the pipeline-parallel PanGu-alpha, a thin adapter over `layers.py`.
 
 The model is flattened into fleet `PipelineLayer` descriptors (REF =
-../shared/docs/PANGU_REFERENCE.md):
+docs/REFERENCE.md):
 
     [shared "pangu_shared_weight": embeddings]   prefix pangu.embeddings
     [block 0] ... [block L-2]                    prefix pangu.layers.{i}
@@ -27,13 +27,15 @@ from __future__ import annotations
 
 import paddle
 import paddle.nn as nn
-from paddle.distributed import fleet
 from paddle.distributed.fleet.meta_parallel import LayerDesc, PipelineLayer, SharedLayerDesc
 from paddlenlp.transformers.model_utils import PipelinePretrainedModel
 
 from ..config import PanGuConfig
 from ..config.parallel_config import pipeline_layer_counts
+from ..parallel import context as parallel_context
+from ..parallel import fleet_compat
 from ..parallel import layers as pl
+from ..parallel.context import PLAIN, ParallelContext
 from .layers import FP32LayerNorm, PanGuBlock, PanGuEmbeddings, PanGuQueryLayer, normal_attr
 from .modeling import PanGuPretrainedModel, PanGuPretrainingCriterion, resolve_positions_and_mask
 
@@ -51,8 +53,8 @@ def _unpack(args):
 class PanGuEmbeddingPipe(PanGuEmbeddings):
     """Stage-0 embeddings; also builds position ids and the (document-reset) causal mask."""
 
-    def __init__(self, config: PanGuConfig):
-        super().__init__(config)
+    def __init__(self, config: PanGuConfig, parallel: ParallelContext = PLAIN):
+        super().__init__(config, parallel)
         self.config = config
 
     @property
@@ -83,8 +85,8 @@ class PanGuBlockPipe(PanGuBlock):
     without a message during the backward pass (paddle 3.3.1).
     """
 
-    def __init__(self, config: PanGuConfig, recompute: bool = False):
-        super().__init__(config)
+    def __init__(self, config: PanGuConfig, parallel: ParallelContext = PLAIN, recompute: bool = False):
+        super().__init__(config, parallel)
         self.recompute = recompute
 
     def _block(self, hidden, mask):
@@ -124,10 +126,11 @@ class PanGuQueryLayerPipe(PanGuQueryLayer):
 class PanGuHeadPipe(nn.Layer):
     """Last-stage holder of the tied word embedding (REF "output head": logits = h @ W_word^T)."""
 
-    def __init__(self, config: PanGuConfig):
+    def __init__(self, config: PanGuConfig, parallel: ParallelContext = PLAIN):
         super().__init__()
+        self.parallel = parallel
         self.word_embeddings = pl.vocab_embedding(
-            config.vocab_size, config.hidden_size, weight_attr=normal_attr(config.initializer_range))
+            parallel, config.vocab_size, config.hidden_size, weight_attr=normal_attr(config.initializer_range))
 
     @property
     def embedding_weight(self):
@@ -136,7 +139,7 @@ class PanGuHeadPipe(nn.Layer):
 
 def tied_head_forward(shared_layer, hidden):
     """hidden [B,S,H] -> logits [B,S,V/mp] (vocab-parallel; the loss is vocab-parallel CE)."""
-    return pl.tied_lm_logits(hidden, shared_layer.embedding_weight, parallel_output=True)
+    return pl.tied_lm_logits(shared_layer.parallel, hidden, shared_layer.embedding_weight, parallel_output=True)
 
 
 class PanGuPipeCriterion(nn.Layer):
@@ -146,9 +149,9 @@ class PanGuPipeCriterion(nn.Layer):
     loss when every micro-batch has the same number of counted tokens.
     """
 
-    def __init__(self, config: PanGuConfig):
+    def __init__(self, config: PanGuConfig, parallel: ParallelContext = PLAIN):
         super().__init__()
-        self.criterion = PanGuPretrainingCriterion(config)
+        self.criterion = PanGuPretrainingCriterion(config, parallel)
 
     def forward(self, logits, labels):
         labels, loss_mask = labels if isinstance(labels, (tuple, list)) else (labels, None)
@@ -169,35 +172,41 @@ def desc_segments(num_layers: int, pp_degree: int) -> list[int]:
 class PanGuForCausalLMPipe(PipelinePretrainedModel, PipelineLayer):
     """PanGu-alpha as a fleet PipelineLayer with the plain model's parameter names.
 
-    Build after `init_topology()` (needs fleet's hybrid group). Train through
+    Build after `init_topology()` with its `Topology.context` (the hybrid group is
+    read from the context, not from fleet's globals), or through PaddleNLP's
+    `from_pretrained(..., tensor_parallel_degree=N)` inside its Trainer. Train through
     `fleet.distributed_model(model).train_batch([input_ids, (labels, loss_mask)], optimizer)`.
     """
 
     config_class = PanGuConfig
     _init_weights = PanGuPretrainedModel._init_weights
 
-    def __init__(self, config: PanGuConfig, recompute_interval: int = 0):
+    def __init__(self, config: PanGuConfig, recompute_interval: int = 0, parallel: ParallelContext | None = None):
         self.config = config
-        hcg = fleet.get_hybrid_communicate_group()
-        pp_degree = hcg.get_pipe_parallel_world_size()
+        # a pipeline always runs under fleet: the context of init_topology, or PaddleNLP's (fleet's hybrid group)
+        ctx = parallel_context.resolve(config, parallel) if parallel is not None else parallel_context.from_fleet(config)
+        if ctx.hcg is None:
+            from ..errors import ConfigError
+
+            raise ConfigError("PanGuForCausalLMPipe needs a fleet parallel context (init_topology with pp_degree > 1)")
         self.add_sequential_layer(
             SharedLayerDesc(SHARED_EMBEDDING_KEY, PanGuEmbeddingPipe, shared_weight_attr="embedding_weight",
-                            config=config), "pangu.embeddings")
+                            config=config, parallel=ctx), "pangu.embeddings")
         for i in range(config.num_blocks):  # same rule as PanGuModel.set_recompute: every interval-th block
             recompute = bool(recompute_interval) and i % recompute_interval == 0
-            self.add_sequential_layer(LayerDesc(PanGuBlockPipe, config=config, recompute=recompute),
+            self.add_sequential_layer(LayerDesc(PanGuBlockPipe, config=config, parallel=ctx, recompute=recompute),
                                       f"pangu.layers.{i}")
         self.add_sequential_layer(LayerDesc(PanGuFinalNormPipe, config=config), "pangu.final_layernorm")
-        self.add_sequential_layer(LayerDesc(PanGuQueryLayerPipe, config=config), "pangu.query_layer")
+        self.add_sequential_layer(LayerDesc(PanGuQueryLayerPipe, config=config, parallel=ctx), "pangu.query_layer")
         self.add_sequential_layer(
             SharedLayerDesc(SHARED_EMBEDDING_KEY, PanGuHeadPipe, forward_func=tied_head_forward,
-                            shared_weight_attr="embedding_weight", config=config), "pangu.embeddings")
+                            shared_weight_attr="embedding_weight", config=config, parallel=ctx), "pangu.embeddings")
         PipelineLayer.__init__(
             self,
             layers=self.get_sequential_layers(),
-            loss_fn=PanGuPipeCriterion(config),
-            topology=hcg.topology(),
-            seg_method=desc_segments(config.num_layers, pp_degree),
+            loss_fn=PanGuPipeCriterion(config, ctx),
+            topology=ctx.hcg.topology(),
+            seg_method=desc_segments(config.num_layers, ctx.pp_degree),
         )
         self._mark_shared_weights()
 
@@ -209,15 +218,11 @@ class PanGuForCausalLMPipe(PipelinePretrainedModel, PipelineLayer):
         copy on the non-owning stage; the hybrid grad clip would then count
         the tied weight twice. Mark it here: owner = lowest rank of the group.
         """
-        for comm in self.shared_comm.values():
-            owner = self.global_rank == min(comm["ranks"])
-            for attr in comm["weight_attr"]:
-                getattr(comm["layer"], attr).is_firstly_shared = owner
+        fleet_compat.mark_shared_weight_owners(self)
 
     def pipe_to_plain_names(self) -> dict[str, str]:
         """{PipelineLayer parameter name on this stage: plain PanGuForCausalLM name}."""
-        self._set_pipeline_name_mapping()
-        return dict(self._pp_to_single_mapping)
+        return fleet_compat.pipeline_name_mapping(self)
 
 
 # ============================================================================
@@ -235,10 +240,11 @@ def build_model(model_config: PanGuConfig, parallel_config, topology):
     from .modeling import PanGuForCausalLM
 
     if topology.pp_degree > 1:
-        model = PanGuForCausalLMPipe(model_config, recompute_interval=parallel_config.recompute_interval)
+        model = PanGuForCausalLMPipe(model_config, recompute_interval=parallel_config.recompute_interval,
+                                     parallel=topology.context)
         paddle.seed(parallel_config.seed)  # PipelineLayer re-seeds per layer while building; restore the run seed
         return model
-    model = PanGuForCausalLM(model_config)
+    model = PanGuForCausalLM(model_config, parallel=topology.context)
     if parallel_config.recompute_interval:
         model.pangu.set_recompute(parallel_config.recompute_interval)
     return model

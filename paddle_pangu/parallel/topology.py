@@ -1,7 +1,9 @@
 """Process-group set-up: ParallelConfig -> fleet hybrid topology.
 
 `init_topology()` is the one entry point a training / inference process
-calls before building a model:
+calls before building a model; the `Topology` it returns carries the
+`ParallelContext` (degrees, ranks, groups: `Topology.context`) that the model
+and its layer factory receive explicitly:
 
 1. resolves the device (cpu / gpu / npu, `device.py`) and applies the NPU
    environment defaults when on Ascend;
@@ -29,6 +31,7 @@ import paddle
 import paddle.distributed as dist
 
 from ..config.parallel_config import ParallelConfig, ParallelConfigError
+from .context import PLAIN, ParallelContext
 from .device import DeviceInfo, npu_env_defaults, select_device
 
 logger = logging.getLogger(__name__)
@@ -88,6 +91,15 @@ class Topology:
         if axis not in getters:
             raise ValueError(f"Topology.group({axis!r}): expected one of {sorted(getters)}")
         return None if self.hcg is None else getattr(self.hcg, getters[axis])()
+
+    @property
+    def context(self) -> ParallelContext:
+        """What the model is built with (`build_model(..., topology)` passes it to every layer)."""
+        if self.hcg is None:
+            return PLAIN
+        return ParallelContext(mp_degree=self.mp_degree, mp_rank=self.mp_rank,
+                               mp_group=self.group("mp") if self.mp_degree > 1 else None,
+                               pp_degree=self.pp_degree, pp_rank=self.pp_rank, hcg=self.hcg)
 
     def describe(self) -> str:
         return (f"rank {self.rank}/{self.world_size} on {self.device.type}: dp {self.dp_rank}, mp {self.mp_rank}/"

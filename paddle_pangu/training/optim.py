@@ -114,17 +114,6 @@ class RecordingClipGrad(paddle.nn.ClipGradByGlobalNorm):
         return super()._dygraph_clip(params_grads)
 
 
-def _innermost_with_clip(optimizer):
-    """Walk fleet's optimizer wrappers down to the one holding `_grad_clip`."""
-    seen = 0
-    while optimizer is not None and seen < 8:
-        if "_grad_clip" in vars(optimizer):
-            return optimizer
-        optimizer = vars(optimizer).get("_inner_opt") or vars(optimizer).get("_optim")
-        seen += 1
-    return None
-
-
 def attach_norm_recorder(optimizer):
     """Return a zero-arg callable giving the last step's global grad norm (float or None).
 
@@ -132,20 +121,13 @@ def attach_norm_recorder(optimizer):
     where `HybridParallelClipGrad._global_norm` all-reduces the squared norms
     over the sharding / mp / pp groups in place; we read them right after.
     """
-    holder = _innermost_with_clip(optimizer)
+    from ..parallel.fleet_compat import innermost_with_clip, record_hybrid_global_norm
+
+    holder = innermost_with_clip(optimizer)
     clip = getattr(holder, "_grad_clip", None) if holder is not None else None
     if clip is None:
         return lambda: None
     if isinstance(clip, RecordingClipGrad):
         return lambda: None if clip.last_norm is None else float(clip.last_norm)
-    if hasattr(clip, "_global_norm") and hasattr(clip, "_hcg"):
-        record: dict = {}
-        original = clip._global_norm
-
-        def recording(dist_sq, not_dist_sq):
-            original(dist_sq, not_dist_sq)
-            record["norm"] = paddle.sqrt(dist_sq + not_dist_sq)
-
-        clip._global_norm = recording
-        return lambda: float(record["norm"]) if "norm" in record else None
-    return lambda: None
+    reader = record_hybrid_global_norm(clip)  # fleet's HybridParallelClipGrad (private, see fleet_compat)
+    return reader if reader is not None else (lambda: None)

@@ -192,3 +192,73 @@ def test_sdpa_attention_matches_reference_math(tiny_config):
         np.testing.assert_allclose(results["sdpa"][1][name], g, rtol=1e-4, atol=1e-6, err_msg=name)
     with pytest.raises(ValueError, match="attention impl"):
         set_attention_impl(model, "flash")
+
+
+class _FleetGlobalRead(AssertionError):
+    pass
+
+
+def _forbid_fleet_globals(monkeypatch):
+    """Make every fleet accessor of the hybrid layout raise: the model may only use the context it is given."""
+    from paddle.distributed import fleet
+    from paddle.distributed.fleet.base import topology as fleet_topology
+
+    class Forbidden:
+        def __getattr__(self, name):
+            raise _FleetGlobalRead(f"fleet global read: _HYBRID_PARALLEL_GROUP.{name}")
+
+    def forbidden(*args, **kwargs):
+        raise _FleetGlobalRead("fleet global read: get_hybrid_communicate_group()")
+
+    monkeypatch.setattr(fleet, "get_hybrid_communicate_group", forbidden)
+    monkeypatch.setattr(fleet_topology, "_HYBRID_PARALLEL_GROUP", Forbidden())
+    # fleet's own mp layers read their mp_configs flags from the strategy fleet.init would have stored
+    monkeypatch.setattr(fleet.fleet, "_user_defined_strategy", fleet.DistributedStrategy(), raising=False)
+
+
+def test_parallel_context_decides_the_split(tiny_config, monkeypatch):
+    """Without a context the model is plain; with an mp2 context every table-split parameter is split,
+    and nothing in between reads fleet's globals."""
+    from paddle.distributed.collective import Group
+    from paddle.distributed.fleet.meta_parallel import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
+
+    from paddle_pangu.model import weight_tables as wt
+    from paddle_pangu.parallel.context import ParallelContext
+    from paddle_pangu.parallel.topology import seed_everything
+
+    _forbid_fleet_globals(monkeypatch)
+    seed_everything(5, mp_rank=1)  # the model_parallel_rng stream fleet's mp layers draw from
+    plain = PanGuForCausalLM(tiny_config)
+    assert not any(isinstance(m, (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding))
+                   for m in plain.sublayers())
+    assert {k: tuple(v.shape) for k, v in plain.state_dict().items()} == wt.plain_param_shapes(tiny_config)
+
+    ctx = ParallelContext(mp_degree=2, mp_rank=1, mp_group=Group(1, 4242, [0, 1]))  # this process = mp rank 1
+    split = PanGuForCausalLM(tiny_config, parallel=ctx)
+    attention = split.pangu.layers[0].attention
+    assert isinstance(attention.q_proj, ColumnParallelLinear) and isinstance(attention.out_proj, RowParallelLinear)
+    assert isinstance(split.pangu.embeddings.word_embeddings, VocabParallelEmbedding)
+    assert attention.num_heads == tiny_config.num_attention_heads // 2
+    # every shape is what the declarative tensor-parallel table gives rank 1 of 2
+    zeros = {k: np.zeros(s, "float32") for k, s in wt.plain_param_shapes(tiny_config).items()}
+    expected = {k: tuple(v.shape) for k, v in wt.split_state_dict(zeros, 2, 1).items()}
+    assert {k: tuple(v.shape) for k, v in split.state_dict().items()} == expected
+    assert expected != wt.plain_param_shapes(tiny_config)
+
+
+def test_paddlenlp_degree_maps_onto_the_context(tiny_config, monkeypatch):
+    """PaddleNLP's `config.tensor_parallel_degree` is the same context: it needs fleet's group, and must agree
+    with a context that is passed."""
+    from paddle.distributed.collective import Group
+
+    from paddle_pangu.errors import ConfigError
+    from paddle_pangu.parallel.context import ParallelContext
+
+    tiny_config.tensor_parallel_degree = 2
+    with pytest.raises(ConfigError, match="tensor_parallel_degree=2: fleet is not initialised"):
+        PanGuForCausalLM(tiny_config)
+    tiny_config.tensor_parallel_degree = 4
+    with pytest.raises(ConfigError, match="tensor_parallel_degree=4 disagrees with the parallel context"):
+        PanGuForCausalLM(tiny_config, parallel=ParallelContext(mp_degree=2, mp_group=Group(0, 4243, [0, 1])))
+    with pytest.raises(ConfigError, match="needs its process group"):
+        ParallelContext(mp_degree=2)

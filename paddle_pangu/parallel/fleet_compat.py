@@ -1,0 +1,150 @@
+"""The fence around private Paddle / fleet / PaddleNLP names (outside the CPU gloo adapter).
+
+Every use of a name Paddle does not promise to keep lives here, with the
+version it was checked against. The CPU adapter (`cpu_backend/`) has its own
+table of patches and `uninstall()`; the rules are the same:
+
+* each function below names the private attribute it touches and the
+  version it was read against (paddlepaddle 3.3.1, paddlenlp 3.0.0b4);
+* `check_version()` runs before the first private use: on another paddle
+  version it raises `FleetCompatError` (set `PANGU_ALLOW_UNTESTED_PADDLE=1`
+  to go on with a warning), so a renamed attribute fails with a message
+  naming this file instead of deep inside a training step.
+
+Callers: `parallel/layers.py` (mp ops), `parallel/context.py` (PaddleNLP's
+tensor-parallel path), `model/layers.py` (Ascend flash attention),
+`model/modeling_pp.py` (pipeline shared weights and names),
+`training/optim.py` (grad-norm recording).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+import paddle
+
+from ..errors import PanGuError
+
+logger = logging.getLogger(__name__)
+
+CHECKED_PADDLE_VERSIONS = ("3.3.1",)
+CHECKED_PADDLENLP_VERSIONS = ("3.0.0b4",)
+ALLOW_ENV = "PANGU_ALLOW_UNTESTED_PADDLE"
+_checked: list[str] = []
+
+
+class FleetCompatError(PanGuError, RuntimeError):
+    """The installed Paddle is not one the private uses below were checked against."""
+
+
+def check_version(version: str | None = None) -> None:
+    """Raise FleetCompatError unless paddle is a checked version (or PANGU_ALLOW_UNTESTED_PADDLE=1)."""
+    version = version or paddle.__version__
+    if version in CHECKED_PADDLE_VERSIONS or version in _checked:
+        return
+    message = (f"paddle_pangu/parallel/fleet_compat.py uses private Paddle names checked against paddlepaddle "
+               f"{', '.join(CHECKED_PADDLE_VERSIONS)}, but paddle {version} is installed; install "
+               f"paddlepaddle=={CHECKED_PADDLE_VERSIONS[-1]} or set {ALLOW_ENV}=1 to try anyway")
+    if os.environ.get(ALLOW_ENV) != "1":
+        raise FleetCompatError(message)
+    logger.warning("%s (allowed by %s)", message, ALLOW_ENV)
+    _checked.append(version)
+
+
+# ---- fleet state (paddle 3.3.1) ------------------------------------------------------------------
+def hybrid_group():
+    """fleet's HybridCommunicateGroup, or None before `fleet.init(is_collective=True)`.
+
+    Private: `fleet.fleet._is_collective` (paddle 3.3.1: set by fleet.init; calling
+    `get_hybrid_communicate_group()` before it fails). Used only for PaddleNLP's
+    `config.tensor_parallel_degree` path (`context.from_model_config`).
+    """
+    check_version()
+    from paddle.distributed import fleet
+
+    if not getattr(fleet.fleet, "_is_collective", False):
+        return None
+    return fleet.get_hybrid_communicate_group()
+
+
+# ---- tensor-parallel ops (paddle 3.3.1) ----------------------------------------------------------
+def c_identity(x, group):
+    """Identity forward, all-reduce of the gradient over `group` (`fleet.layers.mpu.mp_ops._c_identity`,
+    paddle 3.3.1; looked up at call time because the CPU adapter replaces it)."""
+    check_version()
+    from paddle.distributed.fleet.layers.mpu import mp_ops
+
+    return mp_ops._c_identity(x, group=group)
+
+
+def c_concat(x, group):
+    """All-gather along the last axis over `group` (`mp_ops._c_concat`, paddle 3.3.1)."""
+    check_version()
+    from paddle.distributed.fleet.layers.mpu import mp_ops
+
+    return mp_ops._c_concat(x, group=group)
+
+
+# ---- custom ops (paddle 3.3.1 + paddle-custom-npu) -----------------------------------------------
+def run_custom_op(name: str, *args):
+    """A registered custom-device op (`paddle.base.core.eager._run_custom_op`, paddle 3.3.1; the call
+    PaddleNLP's llama fusion_ops use for `flash_attention_npu`)."""
+    check_version()
+    from paddle.base import core
+
+    return core.eager._run_custom_op(name, *args)
+
+
+# ---- pipeline layer internals (paddle 3.3.1, paddlenlp 3.0.0b4) ----------------------------------
+def mark_shared_weight_owners(pipeline_layer) -> None:
+    """Set `is_firstly_shared` on each shared (tied) weight: True on the lowest rank of its group.
+
+    Private: `PipelineLayer.shared_comm` ({key: {"ranks", "layer", "weight_attr", ...}}) and the
+    parameter attribute `is_firstly_shared` read by `HybridParallelClipGrad` (paddle 3.3.1).
+    """
+    check_version()
+    for comm in pipeline_layer.shared_comm.values():
+        owner = pipeline_layer.global_rank == min(comm["ranks"])
+        for attr in comm["weight_attr"]:
+            getattr(comm["layer"], attr).is_firstly_shared = owner
+
+
+def pipeline_name_mapping(pipeline_model) -> dict[str, str]:
+    """{PipelineLayer parameter name: single-model name} of a PaddleNLP `PipelinePretrainedModel`.
+
+    Private: `_set_pipeline_name_mapping()` and `_pp_to_single_mapping` (paddlenlp 3.0.0b4).
+    """
+    check_version()
+    pipeline_model._set_pipeline_name_mapping()
+    return dict(pipeline_model._pp_to_single_mapping)
+
+
+# ---- optimizer internals (paddle 3.3.1) ----------------------------------------------------------
+def innermost_with_clip(optimizer, max_depth: int = 8):
+    """The optimizer inside fleet's wrappers that owns `_grad_clip` (wrappers keep the inner one in
+    `_inner_opt` or `_optim`; paddle 3.3.1), or None."""
+    seen = 0
+    while optimizer is not None and seen < max_depth:
+        if "_grad_clip" in vars(optimizer):
+            return optimizer
+        optimizer = vars(optimizer).get("_inner_opt") or vars(optimizer).get("_optim")
+        seen += 1
+    return None
+
+
+def record_hybrid_global_norm(clip):
+    """Wrap fleet's `HybridParallelClipGrad._global_norm(dist_sq, not_dist_sq)` (paddle 3.3.1: it
+    all-reduces the squared norms over the sharding / mp / pp groups in place) so the global norm can
+    be read after each step. Returns a zero-arg reader (float or None), or None if `clip` is not one."""
+    if not (hasattr(clip, "_global_norm") and hasattr(clip, "_hcg")):
+        return None
+    check_version()
+    record: dict = {}
+    original = clip._global_norm
+
+    def recording(dist_sq, not_dist_sq):
+        original(dist_sq, not_dist_sq)
+        record["norm"] = paddle.sqrt(dist_sq + not_dist_sq)
+
+    clip._global_norm = recording
+    return lambda: float(record["norm"]) if "norm" in record else None
