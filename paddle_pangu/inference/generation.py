@@ -154,6 +154,7 @@ class DygraphStepper:
         logits, cache = self.model(
             paddle.to_tensor(ids), position_ids=paddle.to_tensor(positions),
             attention_mask=paddle.to_tensor(mask), past_key_values=cache, use_cache=True,
+            logits_to_keep=1,  # the head on the sampled (last) position only: prefill skips S-1 rows of [H, V]
         )
         return logits[:, -1, :].astype("float32").numpy(), cache  # [B, V]
 

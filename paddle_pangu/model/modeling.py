@@ -10,6 +10,8 @@ PaddleNLP's `config.tensor_parallel_degree` (default 1: plain layers).
 """
 from __future__ import annotations
 
+import os
+
 import paddle
 import paddle.nn as nn
 from paddlenlp.transformers.model_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
@@ -96,6 +98,19 @@ class PanGuPretrainedModel(PretrainedModel):
 
     def _init_weights(self, layer):
         return None
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
+        """PaddleNLP's loader, but a `.pdparams` file is unpickled only as arrays unless --trust-pickle
+        (`paddle_pangu/io/safe_load.py`); safetensors are preferred when the directory has both."""
+        from paddle_pangu.io.safe_load import safe_paddle_load
+
+        path = str(pretrained_model_name_or_path)
+        if os.path.isdir(path) and any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json")
+                                       for f in os.listdir(path)):
+            kwargs.setdefault("use_safetensors", True)
+        with safe_paddle_load():
+            return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     @classmethod
     def _get_tensor_parallel_mappings(cls, config, is_split=True):
@@ -211,14 +226,18 @@ class PanGuForCausalLM(PanGuPretrainedModel):
         return None  # tied: the head is the word embedding
 
     def forward(self, input_ids, position_ids=None, attention_mask=None, labels=None, loss_mask=None,
-                past_key_values=None, use_cache=False, return_dict=False):
+                past_key_values=None, use_cache=False, return_dict=False, logits_to_keep: int = 0):
         """Returns (loss, logits[, cache]) with labels, else (logits[, cache]); or a CausalLMOutputWithPast.
 
         logits are [B, S, V]; when tensor-parallel and labels are given they
         stay vocab-sharded [B, S, V/mp] (the loss is the vocab-parallel one).
+        logits_to_keep > 0 (no labels): the head runs on the last that many positions only, [B, k, V] —
+        generation samples from the last one, and at prefill the [S, H] x [H, V] head is the largest GEMM.
         """
         out = self.pangu(input_ids, position_ids, attention_mask, past_key_values, use_cache)
         hidden, cache = out if use_cache else (out, None)
+        if logits_to_keep and labels is None:
+            hidden = hidden[:, -int(logits_to_keep):]
         weight = self.pangu.embeddings.word_embeddings.weight
         logits = pl.tied_lm_logits(self.parallel, hidden, weight, parallel_output=labels is not None)
         loss = self.criterion(logits, labels, loss_mask) if labels is not None else None

@@ -1,0 +1,137 @@
+"""Every speed-up keeps the reference math: logits and gradients within fp32 rounding of the reference ops.
+
+Tolerances come from the standard fp32 error bound (Higham): a dot product of length K computed in
+another order differs by at most gamma_K * sum|a_i||b_i| with gamma_K ~ K * u, u = 2^-24. A fast path
+only reorders the roundings inside an op, so a whole forward differs by at most (number of GEMMs on the
+path) * K * u relative to the output's scale (the pre-LN blocks at init do not amplify), K = max(H, F);
+the backward runs two GEMMs per forward one, hence twice that for gradients.
+"""
+import math
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+
+from paddle_pangu.config import get_preset
+from paddle_pangu.model import PanGuForCausalLM
+from paddle_pangu.model import layers as L
+
+U = 2.0 ** -24
+
+
+def _model(seed=0):
+    cfg = get_preset("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    paddle.seed(seed)
+    model = PanGuForCausalLM(cfg)
+    rng = np.random.default_rng(seed)
+    for name, p in model.named_parameters():  # biases start at zero: make them count
+        if name.endswith(".bias"):
+            p.set_value(rng.normal(0, 0.05, p.shape).astype("float32"))
+    return model, cfg
+
+
+def _bound(cfg, backward=False) -> float:
+    gemms = 6 * cfg.num_layers + 1  # q, k, v, QK^T, PV, out, fc_in, fc_out ~ 6 dense-sized per layer, + head
+    return (2 if backward else 1) * gemms * max(cfg.hidden_size, cfg.ffn_hidden_size) * U
+
+
+def _run(model, ids, fast):
+    previous = L.set_fast_paths(fast)
+    try:
+        loss, logits = model(ids, labels=ids)
+        loss.backward()
+        grads = {n: p.grad.numpy().copy() for n, p in model.named_parameters()}
+        model.clear_gradients()
+        return logits.numpy(), grads
+    finally:
+        L.set_fast_paths(previous)
+
+
+def test_training_forward_and_backward_match_the_reference_ops():
+    model, cfg = _model()
+    ids = paddle.to_tensor(np.random.default_rng(1).integers(10, cfg.vocab_size, [2, 12]), dtype="int64")
+    ref_logits, ref_grads = _run(model, ids, fast=False)
+    fast_logits, fast_grads = _run(model, ids, fast=True)
+    tol = _bound(cfg) * np.abs(ref_logits).max()
+    assert np.abs(fast_logits - ref_logits).max() <= tol
+    gtol = _bound(cfg, backward=True)
+    for name, g in ref_grads.items():
+        # scale: the largest gradient of the same sublayer. Some gradients are zero in exact arithmetic
+        # (the key bias: softmax ignores a per-row shift of the scores) and hold only that scale's rounding.
+        group = name.rsplit(".", 2)[0]
+        scale = max(np.abs(v).max() for n, v in ref_grads.items() if n.startswith(group + "."))
+        assert np.abs(fast_grads[name] - g).max() <= gtol * scale, name
+
+
+def test_the_fast_path_is_really_taken():
+    model, cfg = _model()
+    block = model.pangu.layers[0]
+    x = paddle.randn([2, 5, cfg.hidden_size])
+    calls = []
+    original = paddle.addmm
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    paddle.addmm = spy
+    try:
+        block.mlp(x)
+        previous = L.set_fast_paths(False)
+        block.mlp(x)
+        L.set_fast_paths(previous)
+    finally:
+        paddle.addmm = original
+    assert len(calls) == 2  # fc_in and fc_out with fast paths on; none with them off
+
+
+def test_dense_equals_linear_in_value_and_gradients():
+    paddle.seed(3)
+    layer = paddle.nn.Linear(32, 48)
+    layer.bias.set_value(paddle.randn([48]))
+    x = paddle.randn([3, 7, 32])
+    x.stop_gradient = False
+    outs = []
+    for fn in (lambda: F.linear(x, layer.weight, layer.bias), lambda: L.dense(layer, x)):
+        y = fn()
+        (y * paddle.arange(48, dtype="float32")).sum().backward()
+        outs.append((y.numpy(), x.grad.numpy().copy(), layer.weight.grad.numpy().copy(), layer.bias.grad.numpy().copy()))
+        x.clear_gradient()
+        layer.clear_gradients()
+    bound = 32 * U * (np.abs(x.numpy()).reshape(-1, 32) @ np.abs(layer.weight.numpy())).max() + 48 * U
+    assert outs[1][0].shape == (3, 7, 48) and np.abs(outs[1][0] - outs[0][0]).max() <= bound
+    np.testing.assert_array_equal(outs[1][3], outs[0][3])  # bias grad: the same column sums
+    for a, b in zip(outs[0][1:3], outs[1][1:3]):
+        assert np.abs(a - b).max() <= 21 * U * np.abs(a).max()  # K = B*S = 21 rows in the weight grad
+
+
+def test_query_scaling_is_exact_for_a_power_of_two_head_dim():
+    model, cfg = _model()
+    attn = model.pangu.layers[0].attention
+    assert attn.head_dim & (attn.head_dim - 1) == 0
+    q, k, v = (paddle.randn([2, attn.num_heads, 6, attn.head_dim]) for _ in range(3))
+    mask = paddle.triu(paddle.full([6, 6], L.MASK_VALUE), 1).reshape([1, 1, 6, 6])
+    previous = L.set_fast_paths(False)
+    ref = attn._plain(q, k, v, mask).numpy()
+    L.set_fast_paths(True)
+    fast = attn._plain(q, k, v, mask).numpy()
+    L.set_fast_paths(previous)
+    np.testing.assert_array_equal(fast, ref)  # x * 2^-n commutes with fp32 rounding
+    assert math.log2(attn.head_dim).is_integer()
+
+
+def test_head_on_the_last_position_only_equals_the_full_logits_there():
+    model, cfg = _model()
+    model.eval()
+    ids = paddle.to_tensor(np.random.default_rng(2).integers(10, cfg.vocab_size, [3, 9]), dtype="int64")
+    with paddle.no_grad():
+        full, cache_full = model(ids, use_cache=True)
+        last, cache_last = model(ids, use_cache=True, logits_to_keep=1)
+        hidden = model.pangu(ids)
+    assert last.shape == [3, 1, cfg.vocab_size]
+    w = model.pangu.embeddings.word_embeddings.weight.numpy()
+    bound = cfg.hidden_size * U * (np.abs(hidden.numpy()[:, -1]) @ np.abs(w).T)  # per element
+    assert (np.abs(last.numpy()[:, 0] - full.numpy()[:, -1]) <= bound).all()
+    for (k1, v1), (k2, v2) in zip(cache_full, cache_last):
+        np.testing.assert_array_equal(k1.numpy(), k2.numpy())
+        np.testing.assert_array_equal(v1.numpy(), v2.numpy())
