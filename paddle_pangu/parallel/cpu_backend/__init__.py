@@ -41,7 +41,10 @@ What it changes, all on paddle 3.3.1 (other versions are refused unless
   that carries their send/recv, since gloo's per-process op tags only
   match inside 2-rank groups (`groups.py`);
 * sharding stage 2 (`split_param`) gets CPU buffer alignment and an
-  in-place `clear_grad` (`sharding.py`).
+  in-place `clear_grad` (`sharding.py`);
+* `TensorParallel`'s input broadcast (`broadcast_input_data`, run by
+  PaddleNLP's Trainer every step with tensor_parallel_degree > 1) accepts
+  the CPU place (`inputs.py`).
 
 Not covered on CPU (fleet options that stay off): `mp_configs`
 `mp_async_allreduce` / `mp_fused_linear_param_grad_add` (they call
@@ -62,7 +65,7 @@ from paddle.base import core
 from paddle.distributed import collective
 from paddle.distributed.fleet.layers.mpu import mp_ops as fleet_mp_ops
 
-from . import collectives, groups, pipeline, sharding
+from . import collectives, groups, inputs, pipeline, sharding
 from .mp_ops import CpuMpOps, is_gloo_group
 from paddle_pangu.errors import PanGuError
 
@@ -132,7 +135,8 @@ def _patch_table() -> list[tuple[object, str, object]]:
         table.append((fleet_mp_ops, name, fn))
         if hasattr(collective, name):
             table.append((collective, name, fn))
-    return table + groups.patch_table() + pipeline.patch_table() + sharding.patch_table()
+    return (table + groups.patch_table() + pipeline.patch_table() + sharding.patch_table()
+            + inputs.patch_table())
 
 
 def install(hcg=None, force: bool = False) -> bool:

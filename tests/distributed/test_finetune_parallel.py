@@ -1,0 +1,93 @@
+"""Fine-tuning through the real PaddleNLP Trainer on 2 real CPU processes (gloo) equals one process:
+tensor parallel 2 (checkpoint split at load, merged at save), and a tp2 run stopped after a
+checkpoint and resumed with resume_from_checkpoint.
+
+Tolerances: the same fp32 math with the mp all-reduce summing partial products in a different
+order; the per-token loss differences are float32 rounding (~1e-6 relative), and over 4 AdamW steps
+at lr 1e-3 they stay below 1e-5 relative in the logged losses."""
+import json
+
+import numpy as np
+import paddle
+import pytest
+
+from launch_utils import launch
+
+from paddle_pangu.finetune import parse_finetune_args, run_finetune
+
+pytestmark = pytest.mark.distributed
+WORKER = __file__.replace("test_finetune_parallel.py", "finetune_worker.py")
+LOSS_RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from paddle_pangu.config import get_preset
+    from paddle_pangu.model import PanGuForCausalLM
+    from paddle_pangu.tokenizer import PanGuTokenizer
+
+    root = tmp_path_factory.mktemp("ft_parallel")
+    paddle.seed(11)
+    model = PanGuForCausalLM(get_preset("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    model.save_pretrained(str(root / "base"), safe_serialization=True)
+    PanGuTokenizer.from_default().save_pretrained(str(root / "base"))
+    rows = [{"prompt": f"评论：{t}\n顾客对商品", "response": r} for t, r in
+            [("很好用", "满意"), ("质量太差了", "不满意"), ("物流很快", "满意"), ("坏了", "不满意")] * 3]
+    (root / "sft.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    return root
+
+
+def fields(root, out, **extra):
+    base = dict(model_name_or_path=str(root / "base"), train_file=str(root / "sft.jsonl"), output_dir=str(out),
+                max_steps=4, per_device_train_batch_size=4, learning_rate=1e-3, logging_steps=1, seed=3,
+                max_length=24, report_to="none", save_steps=2, warmup_steps=0, disable_tqdm=True)
+    base.update(extra)
+    return base
+
+
+def losses(history):
+    return [h["loss"] for h in history if "loss" in h]
+
+
+@pytest.fixture(scope="module")
+def single(setup):
+    return run_finetune(*parse_finetune_args(None, fields(setup, setup / "single")))
+
+
+def test_tp2_trainer_equals_one_process_and_round_trips_the_checkpoint(setup, single):
+    from paddle_pangu.model import PanGuForCausalLM
+    from paddle_pangu.model.weight_tables import split_state_dict
+
+    run = launch(WORKER, nproc=2, args=[json.dumps(fields(setup, setup / "tp2", tensor_parallel_degree=2))],
+                 timeout=600)
+    outs = run.outputs()
+    ref = losses(single["history"])
+    assert len(ref) == 4
+    for out in outs:
+        np.testing.assert_allclose(losses(out["history"]), ref, rtol=LOSS_RTOL)
+    # from_pretrained split the full checkpoint: each rank holds its weight-table shard
+    full = {k: v.numpy() for k, v in PanGuForCausalLM.from_pretrained(str(setup / "base")).state_dict().items()}
+    for out in outs:
+        shard = split_state_dict(full, 2, out["tp_rank"])
+        np.testing.assert_array_equal(out["shards"]["q_proj"], shard["pangu.layers.0.attention.q_proj.weight"])
+        np.testing.assert_array_equal(out["shards"]["fc_out"], shard["pangu.layers.0.mlp.fc_out.weight"])
+        np.testing.assert_array_equal(out["shards"]["word"], shard["pangu.embeddings.word_embeddings.weight"])
+    assert outs[0]["shards"]["q_proj"].shape[1] * 2 == full["pangu.layers.0.attention.q_proj.weight"].shape[1]
+    # save_pretrained merged the trained shards back into one plain directory, exactly
+    merged = {k: v.numpy() for k, v in PanGuForCausalLM.from_pretrained(str(setup / "tp2")).state_dict().items()}
+    assert set(merged) == set(full)
+    for out in outs:
+        split = split_state_dict(merged, 2, out["tp_rank"])
+        for name, value in out["final"].items():
+            np.testing.assert_array_equal(split[name], value, err_msg=name)
+
+
+def test_tp2_run_stopped_after_a_checkpoint_resumes_to_the_same_losses(setup, single):
+    out = setup / "tp2_resume"
+    launch(WORKER, nproc=2, args=[json.dumps(fields(setup, out, tensor_parallel_degree=2)), 2], timeout=600)
+    assert (out / "checkpoint-2").is_dir()
+    run = launch(WORKER, nproc=2, args=[json.dumps(fields(setup, out, tensor_parallel_degree=2,
+                                                          resume_from_checkpoint=str(out / "checkpoint-2")))],
+                 timeout=600)
+    for rank_out in run.outputs():
+        np.testing.assert_allclose(losses(rank_out["history"]), losses(single["history"])[2:], rtol=LOSS_RTOL)
