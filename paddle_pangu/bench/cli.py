@@ -14,7 +14,7 @@ import json
 
 from ..errors import UsageError
 
-TARGETS = ("tokenize", "train", "generate", "scaling", "all")
+TARGETS = ("tokenize", "train", "generate", "scaling", "eval", "all")
 ALL = ("train", "generate")
 
 
@@ -92,6 +92,10 @@ def _scaling(args) -> dict:
 
 
 def _measure(args, target: str) -> dict:
+    if target == "eval":  # candidate scoring, batched vs one sequence at a time (bench/eval_bench.py)
+        from .eval_bench import bench_eval
+
+        return bench_eval(args.preset, args.rounds)
     if target == "tokenize":
         return _tokenize(args)
     if target == "train":
@@ -120,5 +124,9 @@ def run(args) -> int:
     if args.json and args.json != "-":
         with open(args.json, "w") as f:
             f.write(text)
-    print(text if args.json == "-" else table(results))
+    from .eval_bench import table as eval_table
+
+    rest = [r for r in results if r["name"] != "eval"]
+    lines = ([table(rest)] if rest else []) + [eval_table(r) for r in results if r["name"] == "eval"]
+    print(text if args.json == "-" else "\n".join(lines))
     return 0

@@ -63,12 +63,24 @@ def test_candidate_score_equals_direct_masked_loss(tiny_model):
 
 def test_batched_equals_one_at_a_time_and_packs_examples(tiny_model):
     groups = _groups()
-    one_by_one = [candidate_losses(tiny_model, g) for g in groups]
-    spy = CountingModel(tiny_model)
-    batched = batched_candidate_losses(spy, groups, batch_size=8)
+    one_by_one = [candidate_losses(tiny_model, g) for g in groups]  # full-logits token_losses, one example per pass
+    spy = CountingModel(tiny_model)  # no `.pangu`: packs through token_losses
+    packed = batched_candidate_losses(spy, groups, batch_size=8)
     # whole examples per pass, at most 8 sequences: [4 + 2], [3] (3 + 7 > 8), [7] (7 + 2 > 8), [2]
     assert spy.batches == [6, 3, 7, 2]
-    for a, b in zip(batched, one_by_one):
+    batched = batched_candidate_losses(tiny_model, groups, batch_size=8)  # head only on the scored positions
+    for a, b, c in zip(batched, packed, one_by_one):
         # right padding never reaches a real token (causal mask); only GEMM blocking order differs
-        np.testing.assert_allclose(a, b, rtol=1e-5)
+        np.testing.assert_allclose(a, c, rtol=1e-5)
+        np.testing.assert_allclose(b, c, rtol=1e-5)
     assert [int(np.argmin(a)) for a in batched] == [int(np.argmin(b)) for b in one_by_one]
+
+
+def test_bench_eval_measures_both_paths_on_the_same_scores():
+    from paddle_pangu.bench.eval_bench import bench_eval, table
+
+    r = bench_eval("tiny", rounds=1, examples=4, batch_size=8)
+    assert r["examples"] == 4 and r["sequences"] == 8 and len(r["samples"]["batched"]) == 1
+    assert r["same_predictions"] and r["max_abs_score_diff"] < 1e-4  # losses ~10, fp32
+    assert r["batched_examples_per_s"] == 4 / r["samples"]["batched"][0]["seconds"]
+    assert "examples/s" in table(r)
