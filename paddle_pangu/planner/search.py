@@ -4,7 +4,8 @@ Every combination of mp (a divisor of the devices per node: tensor parallelism s
 node), pp (a divisor of the devices left), data parallelism either plain (dp) or as the sharding
 group (ZeRO stage 1 or 2), micro-batch 1/2/4/8 and recompute off / every block is considered.
 A layout is rejected by the first failing check: the batch split or a divisibility of
-`ParallelConfig.validate` (its message names the field), then memory (which terms overflow).
+`ParallelConfig.validate` (its message names the field), then memory (which terms overflow);
+when only the batch split fails, the memory verdict is added as well.
 """
 from __future__ import annotations
 
@@ -99,7 +100,9 @@ def consider(config: PanGuConfig, hw: Hardware, global_batch: int, seq_length: i
             if est is not None and not est.fits:
                 cand.reason += f"; and {oom_reason(est, hw)}"
         out.append(cand)
-    fitting = sorted((c for c in out if c.fits), key=lambda c: (c.estimate.step_seconds, c.estimate.memory_gb))
+    # equal estimates: fewer, larger micro-batches (the time model has no per-micro-batch overhead), then less memory
+    fitting = sorted((c for c in out if c.fits),
+                     key=lambda c: (c.estimate.step_seconds, c.parallel.accumulate_steps, c.estimate.memory_gb))
     for i, c in enumerate(fitting, 1):
         c.rank = i
     return out

@@ -27,10 +27,13 @@ def add_arguments(parser) -> None:
                         help="start paddle.distributed.launch with N processes on this machine (quiet: the "
                              "launcher's output goes to <output_dir>/launch_logs/, rank 0's lines to the console)")
     parser.add_argument("--verbose", action="store_true", help="with --nproc: show the launcher's whole output")
+    parser.add_argument("--parallel", choices=("auto",), default=None,
+                        help="auto: replace the YAML's layout by the planner's fastest that fits the world size "
+                             "(same global batch; on CPU the measured cpu preset); the choice is logged")
 
 
-def _load_config(args):
-    """The run config with the command-line overrides applied."""
+def _load_config(args, world: int = 1):
+    """The run config with the command-line overrides applied (and, with --parallel auto, the planned layout)."""
     from .run_config import load_run_config
 
     overrides = list(args.overrides)
@@ -40,6 +43,15 @@ def _load_config(args):
         overrides.append(f"train.output_dir={args.output_dir}")
     if args.max_steps is not None:
         overrides.append(f"train.max_steps={args.max_steps}")
+    if getattr(args, "parallel", None) == "auto":
+        import os
+
+        from paddle_pangu.planner.auto import override_for
+
+        layout, line = override_for(load_run_config(args.config, overrides), world)
+        if os.environ.get("PADDLE_TRAINER_ID", "0") == "0":
+            print(line, flush=True)
+        overrides.append(layout)
     return load_run_config(args.config, overrides)
 
 
@@ -54,7 +66,7 @@ def run(args) -> int:
     if args.nproc is not None and world == 1 and not args.evaluate:
         return _launch(args)
     try:
-        cfg = _load_config(args)
+        cfg = _load_config(args, world)
         _check_launched(args, cfg, world)
         cfg.validate(None if args.evaluate else world)  # the layout, before any process group exists
     except RunConfigError as exc:
@@ -89,7 +101,8 @@ def _train_argv(args) -> list[str]:
     for item in args.overrides:
         argv += ["--set", item]
     for flag, value in (("--device", args.device), ("--output-dir", args.output_dir),
-                        ("--max-steps", args.max_steps), ("--stop-after-steps", args.stop_after_steps)):
+                        ("--max-steps", args.max_steps), ("--stop-after-steps", args.stop_after_steps),
+                        ("--parallel", getattr(args, "parallel", None))):
         if value is not None:
             argv += [flag, str(value)]
     return argv
@@ -105,7 +118,7 @@ def _launch(args) -> int:
 
     if args.nproc < 1:
         raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
-    cfg = _load_config(args)
+    cfg = _load_config(args, args.nproc)
     cfg.validate(args.nproc)
     log_dir = os.path.join(cfg.train.output_dir, "launch_logs")
     return run_launched(_train_argv(args), args.nproc, log_dir, verbose=args.verbose)

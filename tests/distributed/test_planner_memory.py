@@ -39,3 +39,24 @@ def test_sharding_stage1_memory_matches_planner(tmp_path):
         assert abs(r["error"]) <= 0.15, r
     # the two ranks hold different optimizer shards (whole tensors, largest first), as predicted
     assert rows[0]["meas"]["optimizer"] != rows[1]["meas"]["optimizer"]
+
+
+def test_train_parallel_auto_picks_a_layout_and_trains(tmp_path):
+    """`pangu train --parallel auto` on 2 CPU processes: a one-process YAML gets the planner's 2-process layout."""
+    from paddle_pangu.config.parallel_config import ParallelConfig
+    from paddle_pangu.planner.auto import choose
+    from paddle_pangu.training.run_config import load_run_config
+
+    config = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "pretrain", "tiny_cpu_single.yaml")
+    out = tmp_path / "run"
+    script = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "train.py")
+    run = launch(script, nproc=2, timeout=300, retry_on_crash=False,
+                 args=["--config", config, "--parallel", "auto", "--max-steps", "2", "--output-dir", str(out),
+                       "--set", "checkpoint.save_final_model=false", "--set", "logging.visualdl=false"])
+    expected, _, _, _ = choose(load_run_config(config), 2)
+    assert ParallelConfig(**expected).world_size == 2
+    chosen = "parallel auto: " + ", ".join(f"{k}={v}" for k, v in expected.items()) + " for 2 x cpu"
+    assert chosen in run.logs[0]
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [s["loss"] for s in steps if s["type"] == "train"]
+    assert len(losses) == 2 and all(0 < x < 20 for x in losses)  # ln(40000) = 10.6 at the start
