@@ -54,7 +54,7 @@ class _Decode(paddle.nn.Layer):
         return logits[:, -1, :].astype("float32"), _stack(new)
 
 
-def _specs(config, with_cache: bool, dtype: str = "float32"):
+def _specs(config, with_cache: bool):
     specs = [
         paddle.static.InputSpec([None, None], "int64", "input_ids"),
         paddle.static.InputSpec([None, None], "int64", "position_ids"),
@@ -62,26 +62,26 @@ def _specs(config, with_cache: bool, dtype: str = "float32"):
     ]
     if with_cache:
         shape = [config.num_layers, 2, None, config.num_attention_heads, None, config.head_dim]
-        specs.append(paddle.static.InputSpec(shape, dtype, "kv"))
+        specs.append(paddle.static.InputSpec(shape, "float32", "kv"))
     return specs
 
 
 def export_model(model, output_dir: str, tokenizer_dir: str | None = None, dtype: str = "float32") -> dict:
     """Write prefill/decode graphs (`.json` + `.pdiparams`), the model config and tokenizer files to output_dir.
 
-    dtype: the weights' and KV cache's dtype in the graphs (logits are always returned as float32). The
-    dygraph model is cast in place for a float16 / bfloat16 export."""
+    dtype: the precision the predictor runs at. The graphs are traced in float32 (Paddle 3.3.1 cannot trace
+    float16 ops on a CPU place) and the dtype is recorded in the metadata; on gpu / npu the predictor is
+    created with that precision, so Paddle Inference's mixed-precision pass casts weights and ops at load
+    time while inputs and outputs (ids, float32 logits, the KV cache) keep their types (predictor_settings)."""
     from ..errors import UsageError
 
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r}: expected one of {DTYPES}")
     model.eval()
-    if dtype != "float32":
-        model.to(dtype=dtype)
     os.makedirs(output_dir, exist_ok=True)
     for name, wrapper, with_cache in (("prefill", _Prefill, False), ("decode", _Decode, True)):
         layer = wrapper(model)
-        layer.forward = paddle.jit.to_static(layer.forward, input_spec=_specs(model.config, with_cache, dtype),
+        layer.forward = paddle.jit.to_static(layer.forward, input_spec=_specs(model.config, with_cache),
                                             full_graph=True)
         paddle.jit.save(layer, os.path.join(output_dir, name))
     model.config.save_pretrained(output_dir)
@@ -96,37 +96,53 @@ def export_model(model, output_dir: str, tokenizer_dir: str | None = None, dtype
     return meta
 
 
-def predictor_config(model_file: str, params_file: str, device: str = "cpu", threads: int = 0):
-    """The paddle.inference.Config for one graph on `device`.
+def predictor_settings(device: str = "cpu", threads: int = 0, dtype: str = "float32") -> list[tuple[str, tuple]]:
+    """The paddle.inference.Config calls for `device` and precision `dtype`, as (method, args) in order.
 
-    gpu: enable_use_gpu(100 MB initial pool, FLAGS_selected_gpus) as PaddleNLP's predictor does.
-    npu: the custom device ("npu", FLAGS_selected_npus) with IR optimisation on and, when the Ascend plugin
-    ships them (paddle_custom_device.npu.passes), its fused passes added to the pass builder, as PaddleNLP's
-    llm predictor does. cpu: threads (0 = paddle's default)."""
+    gpu: enable_use_gpu(100 MB initial pool, FLAGS_selected_gpus, precision), as PaddleNLP's predictor does.
+    npu: the custom device ("npu", FLAGS_selected_npus, precision) with IR optimisation on, then (in
+    predictor_config) the Ascend plugin's passes on the pass builder, as PaddleNLP's llm predictor does.
+    cpu: disable_gpu and the math-library threads (0 = paddle's default); bfloat16 through oneDNN (paddle falls
+    back to float32 on a CPU without bf16 instructions and says so); float16 is refused (no CPU kernels)."""
     from ..errors import UsageError
 
     if device not in DEVICES:
         raise UsageError(f"--device {device!r}: expected one of {DEVICES}")
-    cfg = paddle.inference.Config(model_file, params_file)
+    if dtype not in DTYPES:
+        raise UsageError(f"dtype {dtype!r}: expected one of {DTYPES}")
+    precision = getattr(paddle.inference.PrecisionType, {"float32": "Float32", "float16": "Half",
+                                                          "bfloat16": "Bfloat16"}[dtype])
     if device == "gpu":
-        cfg.enable_use_gpu(100, int(os.environ.get("FLAGS_selected_gpus", 0)))
+        calls = [("enable_use_gpu", (100, int(os.environ.get("FLAGS_selected_gpus", 0)), precision))]
     elif device == "npu":
-        cfg.enable_custom_device("npu", int(os.environ.get("FLAGS_selected_npus", 0)))
-        cfg.switch_ir_optim(True)
-        _add_npu_passes(cfg)
+        calls = [("enable_custom_device", ("npu", int(os.environ.get("FLAGS_selected_npus", 0)), precision)),
+                 ("switch_ir_optim", (True,))]
+    elif dtype == "float16":
+        raise UsageError("a float16 export runs on --device gpu or npu; Paddle has no float16 CPU kernels "
+                         "(export float32 or bfloat16 for the CPU)")
     else:
-        cfg.disable_gpu()
-        if threads:
-            cfg.set_cpu_math_library_num_threads(threads)
-    cfg.disable_glog_info()
+        calls = [("disable_gpu", ())] + ([("set_cpu_math_library_num_threads", (threads,))] if threads else [])
+        calls += [("enable_mkldnn", ()), ("enable_mkldnn_bfloat16", ())] if dtype == "bfloat16" else []
+    return calls + [("disable_glog_info", ())]
+
+
+def predictor_config(model_file: str, params_file: str, device: str = "cpu", threads: int = 0,
+                     dtype: str = "float32"):
+    """The paddle.inference.Config for one graph on `device` (see predictor_settings)."""
+    cfg = paddle.inference.Config(model_file, params_file)
+    for method, args in predictor_settings(device, threads, dtype):
+        getattr(cfg, method)(*args)
+    if device == "npu":
+        add_npu_passes(cfg)
     return cfg
 
 
-def _add_npu_passes(cfg) -> bool:
-    """Add the Ascend plugin's inference passes (PaddleNLP: passes.addPasses(pass_builder, model_type, quant_type))."""
+def add_npu_passes(cfg) -> bool:
+    """PaddleNLP's `passes.addPasses(config.pass_builder(), model_type, quant_type)` from the Ascend plugin;
+    False (the predictor runs unfused) when the plugin has no pass module."""
     try:
         import paddle_custom_device.npu.passes as passes
-    except ImportError:  # plugin without the pass module (or no plugin): the predictor runs unfused
+    except ImportError:
         return False
     passes.addPasses(cfg.pass_builder(), "pangu", "")
     return True
@@ -145,12 +161,14 @@ class InferenceStepper:
         from ..config import PanGuConfig
 
         self.config = PanGuConfig.from_pretrained(export_dir)
-        self.predictors = {g: self._create(export_dir, g, device, threads) for g in GRAPHS}
+        with open(os.path.join(export_dir, META_FILE)) as f:
+            self.dtype = json.load(f).get("dtype", "float32")
+        self.predictors = {g: self._create(export_dir, g, device, threads, self.dtype) for g in GRAPHS}
 
     @staticmethod
-    def _create(export_dir, name, device, threads):
+    def _create(export_dir, name, device, threads, dtype):
         cfg = predictor_config(os.path.join(export_dir, name + ".json"), os.path.join(export_dir, name + ".pdiparams"),
-                               device, threads)
+                               device, threads, dtype)
         return paddle.inference.create_predictor(cfg)
 
     def __call__(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, cache):

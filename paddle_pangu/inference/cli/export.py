@@ -1,29 +1,54 @@
-"""`pangu export`: write Paddle Inference graphs (prefill + decode with a KV cache) for serving."""
+"""`pangu export`: write Paddle Inference graphs (prefill + decode with a KV cache) for serving.
+
+A model directory saved per rank (mp > 1 or pp > 1) is merged to one rank first, in a temporary
+directory (`convert.reshard`, tensor by tensor): the exported predictor runs in one process."""
 from __future__ import annotations
 
 import argparse
+import os
+import tempfile
 
 from ..export import DTYPES
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="model directory (config.json + weights) or preset:NAME")
+    p.add_argument("--model", required=True, help="model directory (config.json + weights, any mp/pp layout) "
+                                                  "or preset:NAME")
     p.add_argument("--output", required=True, help="directory for prefill/decode .json + .pdiparams")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
-                   help="weights and KV cache dtype in the graphs (logits always float32)")
+                   help="precision the predictor runs at on gpu/npu (graphs traced in float32; see README)")
+
+
+def sharded_layout(model: str) -> tuple[int, int]:
+    """(mp, pp) of a model directory's weight files; (1, 1) for a plain one or a preset."""
+    if model.startswith("preset:") or not os.path.isdir(model):
+        return 1, 1
+    from ...convert.reshard import detect_layout
+
+    mp, pp, _ = detect_layout(model)
+    return mp, pp
 
 
 def run(args) -> int:
     from ...errors import CheckpointError
     from ..export import export_model
-    from ..loading import load_model_and_tokenizer
+    from ..loading import load_model_and_tokenizer, load_tokenizer
 
-    try:
-        model, tok = load_model_and_tokenizer(args.model)
-    except FileNotFoundError as err:
-        raise CheckpointError(str(err)) from None
-    export_model(model, args.output, dtype=args.dtype)
-    tok.save_pretrained(args.output)
-    print(f"exported {args.dtype} prefill and decode graphs to {args.output}; run them with "
+    mp, pp = sharded_layout(args.model)
+    with tempfile.TemporaryDirectory(prefix="pangu-export-merge-") as tmp:
+        source = args.model
+        if mp * pp > 1:
+            from ...convert.reshard import reshard
+
+            print(f"{args.model} is saved per rank (mp{mp} pp{pp}); merging to one rank before export")
+            reshard(args.model, tmp, 1, 1)
+            source = tmp
+        try:
+            model, _ = load_model_and_tokenizer(source)
+        except FileNotFoundError as err:
+            raise CheckpointError(str(err)) from None
+        export_model(model, args.output, dtype=args.dtype)
+    load_tokenizer(args.model).save_pretrained(args.output)
+    print(f"exported prefill and decode graphs ({args.dtype} predictor) to {args.output}; run them with "
           f"`pangu generate --model {args.output} --prompt ...` or `pangu serve --model {args.output}`")
     return 0
