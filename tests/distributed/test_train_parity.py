@@ -1,10 +1,32 @@
 """Training parity: every parallel layout reproduces the single-process run.
 
 Same initial weights, same synthetic batches (global batch 4, seq 32), 4
-AdamW steps with warmup/cosine and grad clipping. For each layout the loss
-and grad-norm curves, the final validation loss and the final consolidated
-weights must match one process trained with the same global batch. The
-reference runs in the same test session (nothing is hard-coded).
+AdamW steps with warmup/cosine and grad clipping, every run through
+`train_capture.py` (tools/train.py plus a recorder of each step's gradients).
+Each layout must match one process trained with the same global batch by the
+rule in parity_checks.py, stated here:
+
+1. gradients at every step within a float32 summation-order floor of the
+   step's largest gradient (64 ulp-units before the first update, 1024 after);
+2. loss (32 ulp relative), learning rate (exact) and grad norm (triangle
+   inequality on the measured gradients) per step, and the final eval loss;
+3. final weights per element within what AdamW makes of the two runs'
+   measured gradient differences (adam_bound.py): ~1e-8 where the gradient
+   is large, up to 2·lr per step only where it is rounding noise.
+
+Why not one atol on the weights (issue 8): on an Intel host four layouts
+failed at atol 2e-5 on exactly one element, word_embeddings[934, 1]; on AMD
+EPYC the same element is the worst one (1.1e-5 mp2_recompute, 1.3e-5
+dp2_mp2). Bisected with the recorded gradients: before the first update its
+gradient agrees to 1e-6 relative (-1.1104e-6 both); at step 2 it is a
+near-total cancellation, -6.4e-8 (one process) vs -5.8e-8 (mp2) vs -5.6e-8
+(dp2_mp2), while the tensor's largest gradient is 0.14: an absolute
+difference of 4e-9 = 0.5 ulp of that scale, i.e. rounding. AdamW divides by
+the element's own sqrt(v̂) ≈ 5e-7 (not the tensor's), so the step-2 update
+is 1.432e-3 vs 1.421e-3: the 1.1e-5 weight difference, reproduced to 1e-8 by
+replaying numpy AdamW on the recorded gradients. No mp op is wrong there; the
+gradients of every tensor agree to <= 7 ulp of the largest gradient before
+any update.
 """
 import os
 import sys
@@ -13,10 +35,10 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from adam_bound import FP32_U, adamw_reference, element_bound  # noqa: E402
 from launch_utils import DistributedRunError  # noqa: E402
-from train_case import (  # noqa: E402
-    make_initial_weights, read_final_weights, read_metrics, run_launch, run_single, write_config,
-)
+from parity_checks import Run, assert_same_run  # noqa: E402
+from train_case import CAPTURE_PY, make_initial_weights, run_launch, run_single, write_config  # noqa: E402
 
 pytestmark = pytest.mark.distributed
 
@@ -43,49 +65,70 @@ def workdir(tmp_path_factory):
     return str(root), make_initial_weights(str(root / "init.pdparams"))
 
 
+OPTIM = {"beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "weight_decay": 0.1, "grad_clip": 1.0}  # run_config defaults
+
+
 @pytest.fixture(scope="module")
 def reference(workdir):
     root, init = workdir
     out = os.path.join(root, "single")
-    run_single(write_config(os.path.join(root, "single.yaml"), init, out, REFERENCE))
-    return read_metrics(out), read_metrics(out, "eval"), read_final_weights(out)
+    run_single(write_config(os.path.join(root, "single.yaml"), init, out, REFERENCE), script=CAPTURE_PY)
+    return Run(out)
 
 
-def _assert_same_run(out, reference, weight_atol=2e-5):
-    train, evals, weights = reference
-    got = read_metrics(out)
-    assert [m["step"] for m in got] == [1, 2, 3, 4]
-    np.testing.assert_allclose([m["loss"] for m in got], [m["loss"] for m in train], rtol=2e-6)
-    np.testing.assert_allclose([m["grad_norm"] for m in got], [m["grad_norm"] for m in train], rtol=2e-4)
-    np.testing.assert_allclose([m["lr"] for m in got], [m["lr"] for m in train], rtol=1e-12)
-    np.testing.assert_allclose(read_metrics(out, "eval")[-1]["loss"], evals[-1]["loss"], rtol=2e-6)
-    final = read_final_weights(out)
-    assert sorted(final) == sorted(weights)
-    for name, value in weights.items():
-        np.testing.assert_allclose(final[name], value, rtol=0, atol=weight_atol, err_msg=name)
+def test_reference_learns_and_clips(workdir, reference):
+    """The reference itself: it learns, step 1 is clipped, and its weights are AdamW applied by hand.
 
+    The recorded grad norm is the norm of the recorded gradients (64 ulp for
+    the sum of squares), step 1's is above the clip, and replaying numpy
+    AdamW (float64) on the gradients scaled by clip / norm reproduces the final
+    weights within the fp32 rounding bound of adam_bound.element_bound (gradient
+    rounding 2u·|g|, update arithmetic 8u·(|w| + lr)). Replaying it without the
+    clip scaling misses by far more: the clip really happened at every step
+    (AdamW is invariant to one constant scale, not to per-step scales).
+    """
+    import paddle
 
-def test_reference_learns_and_clips(reference):
-    train, _, weights = reference
-    assert train[-1]["loss"] < train[0]["loss"]  # the synthetic run does learn
-    assert all(m["grad_norm"] > 0 for m in train)
-    assert "pangu.query_layer.top_query_embedding.weight" in weights
+    _, init = workdir
+    ref = reference
+    assert ref.train[-1]["loss"] < ref.train[0]["loss"]  # the synthetic run does learn
+    assert ref.train[0]["grad_norm"] > OPTIM["grad_clip"] and all(c < 1 for c in ref.clips)
+    for t in ref.steps:
+        norm = np.sqrt(sum(float(np.sum(g.astype(np.float64) ** 2)) for g in ref.raw_grads[t].values()))
+        assert abs(ref.train[t - 1]["grad_norm"] - norm) <= 64 * FP32_U * norm
+    assert "pangu.query_layer.top_query_embedding.weight" in ref.weights
+    start = {k: v.numpy() for k, v in paddle.load(init).items()}
+    worst_unclipped = 0.0
+    for name, final in ref.weights.items():
+        decay = OPTIM["weight_decay"] if final.ndim >= 2 else 0.0  # REF: no decay on layernorm and bias
+        args = (ref.lrs, OPTIM["beta1"], OPTIM["beta2"], OPTIM["eps"], decay)
+        by_hand = adamw_reference(start[name], ref.grads[name], *args)
+        bound = element_bound(final, ref.grads[name], [2 * FP32_U * np.abs(g) for g in ref.grads[name]], ref.lrs,
+                              OPTIM["beta1"], OPTIM["beta2"], OPTIM["eps"])
+        diff = np.abs(by_hand - final)
+        assert (diff <= bound).all(), f"{name}: AdamW by hand differs by {diff.max():.3e}"
+        unclipped = adamw_reference(start[name], [ref.raw_grads[t][name].astype(np.float64) for t in ref.steps], *args)
+        worst_unclipped = max(worst_unclipped, float((np.abs(unclipped - final) / bound).max()))
+    assert worst_unclipped > 100
 
 
 def test_recompute_matches_single_process(workdir, reference):
     root, init = workdir
     out = os.path.join(root, "recompute")
-    run_single(write_config(os.path.join(root, "recompute.yaml"), init, out, {**REFERENCE, "recompute_interval": 1}))
-    _assert_same_run(out, reference)
+    run_single(write_config(os.path.join(root, "recompute.yaml"), init, out, {**REFERENCE, "recompute_interval": 1}),
+               script=CAPTURE_PY)
+    assert_same_run(out, reference, OPTIM)
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_layout_matches_single_process(name, workdir, reference):
+    """Rules 1-3 of the module docstring against the one-process run."""
     root, init = workdir
     nproc, parallel = LAYOUTS[name]
     out = os.path.join(root, name)
-    run_launch(write_config(os.path.join(root, f"{name}.yaml"), init, out, parallel), nproc, timeout=400)
-    _assert_same_run(out, reference)
+    run_launch(write_config(os.path.join(root, f"{name}.yaml"), init, out, parallel), nproc, timeout=400,
+               script=CAPTURE_PY)
+    assert_same_run(out, reference, OPTIM)
 
 
 def test_bad_layout_rejected_at_launch_before_collectives(workdir):
