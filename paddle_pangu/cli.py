@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "prepare-data": ("paddle_pangu.data.cli", "clean, filter, dedup, tokenize and pack a corpus into .bin/.idx"),
     "train": ("paddle_pangu.training.cli", "pretrain with fleet hybrid parallelism (dp/mp/pp/sharding/recompute)"),
     "finetune": ("paddle_pangu.finetune.cli", "supervised fine-tuning with the PaddleNLP Trainer"),
+    "merge-lora": ("paddle_pangu.finetune.lora", "fold LoRA adapters from `pangu finetune --lora` into a plain model directory"),
     "generate": ("paddle_pangu.inference.cli.generate", "generate text (streamed) from a model or export directory"),
     "evaluate": ("paddle_pangu.evaluation.cli", "perplexity and zero/one/few-shot classification (paper protocol)"),
     "plan": ("paddle_pangu.planner.cli", "size dp/mp/pp/sharding/recompute layouts for a cluster"),
@@ -37,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 
 # commands that load models through PaddleNLP anyway (their INFO logging is silenced)
-LOADS_MODELS = {"train", "generate", "evaluate", "finetune", "export", "convert", "reshard", "bench", "serve"}
+LOADS_MODELS = {"train", "generate", "evaluate", "finetune", "merge-lora", "export", "convert", "reshard", "bench", "serve"}
 
 
 def _load(name: str):
