@@ -3,7 +3,7 @@
 * configs/pretrain/*.yaml: a RunConfig whose layout validates against the
   `world_size` it declares (before any process group, as at launch), whose
   AMP mode is allowed on its device, and whose batch arithmetic is whole.
-* configs/model/*.yaml: a shape preset that equals the code preset it names.
+* configs/data/*.yaml: a prepare-data PipelineConfig through the same typed loader.
 * anything else: parses to a non-empty mapping.
 """
 from pathlib import Path
@@ -11,14 +11,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from paddle_pangu.config import get_preset
 from paddle_pangu.training.amp import plan_amp
 from paddle_pangu.training.run_config import load_run_config
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 ALL_YAML = sorted(CONFIGS.rglob("*.yaml"))
 PRETRAIN = [p for p in ALL_YAML if p.parent.name == "pretrain"]
-MODEL = [p for p in ALL_YAML if p.parent.name == "model"]
+DATA = [p for p in ALL_YAML if p.parent.name == "data"]
 
 
 def _id(path):
@@ -67,9 +66,9 @@ def test_paper_layouts():
     assert model_cfg.num_layers // par.pp_degree == 4
 
 
-@pytest.mark.parametrize("path", MODEL, ids=_id)
-def test_model_yaml_matches_code_preset(path):
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    preset = get_preset(data.pop("preset", path.stem))
-    for field, value in data.items():
-        assert getattr(preset, field) == value, f"{path}: {field}={value} but the code preset has {getattr(preset, field)}"
+@pytest.mark.parametrize("path", DATA, ids=_id)
+def test_data_config_loads_through_the_typed_loader(path):
+    from paddle_pangu.data.cli import load_config_file
+
+    cfg = load_config_file(path)
+    assert cfg.stages[-1] == "tokenize" and isinstance(cfg.split, tuple)

@@ -2,7 +2,8 @@
 
 Settings come from an optional YAML file (`--config`, same nesting as
 PipelineConfig: top-level fields plus `reader:`, `cleaning:`, `quality:`,
-`dedup:` sections) and are overridden by the flags given on the command line.
+`dedup:` sections), read by the typed loader `pangu train` uses
+(`config/loader.py`), and are overridden by the flags given on the command line.
 
 Example (the README's default data):
     pangu prepare-data --input builtin:peoples-daily --output data/peoples_daily
@@ -10,11 +11,12 @@ Example (the README's default data):
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import sys
 from pathlib import Path
 
+from ..config import loader
+from ..errors import ConfigError
 from .cleaning import CleaningConfig, load_word_list
 from .dedup import DedupConfig
 from .pipeline import STAGES, PipelineConfig, run_pipeline
@@ -30,6 +32,7 @@ _FLAG_FIELDS = {
     "scores_from": (None, "scores_from"), "vocab_file": (None, "vocab_file"), "separator_id": (None, "separator_id"),
     "split_seed": (None, "split_seed"), "workers": (None, "num_workers"), "max_docs": (None, "max_docs"),
     "format": ("reader", "format"), "doc_mode": ("reader", "doc_mode"), "text_field": ("reader", "text_field"),
+    "encoding": ("reader", "encoding"),
     "min_chinese_ratio": ("cleaning", "min_chinese_ratio"), "min_chars": ("cleaning", "min_chars"),
     "sensitive_threshold": ("cleaning", "sensitive_threshold"),
     "max_perplexity": ("quality", "max_perplexity"), "min_quality": ("quality", "min_quality"),
@@ -38,6 +41,10 @@ _FLAG_FIELDS = {
 }
 _WORD_LISTS = {"sensitive_words": "sensitive_words", "ad_keywords": "ad_keywords", "nav_keywords": "nav_keywords"}
 _SECTIONS = {"reader": ReaderConfig, "cleaning": CleaningConfig, "quality": QualityConfig, "dedup": DedupConfig}
+
+
+class DataConfigError(ConfigError):
+    """A prepare-data YAML field or flag is unknown or mistyped (the message names the file and field)."""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,6 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--format", choices=FORMATS, help="input format (default: auto by suffix)")
     io.add_argument("--doc-mode", choices=DOC_MODES, help="plain-text document boundary (default: line)")
     io.add_argument("--text-field", help="JSONL text field, dotted path allowed (default: text)")
+    io.add_argument("--encoding", help="input text encoding (default: utf-8; gb18030 for GBK/GB2312 Chinese "
+                                       "legacy files); undecodable lines are counted and skipped")
     io.add_argument("--stages", help=f"comma list from {','.join(STAGES)} (default: clean,dedup,tokenize; "
                                      "quality is added when a scorer is given)")
     io.add_argument("--max-docs", type=int, help="stop after this many input documents")
@@ -87,27 +96,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--split-seed", type=int, help="seed of the document split (1234)")
 
 
-def _load_yaml(path: str) -> dict:
-    import yaml
-
-    p = Path(path)
-    if not p.is_file():
-        raise FileNotFoundError(f"--config {path!r}: no such file")
-    data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping of PipelineConfig fields at the top level")
-    return data
-
-
-def _section(cls, values: dict, where: str):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {unknown}; expected some of {sorted(names)}")
-    tuples = {f.name for f in dataclasses.fields(cls) if str(f.type).startswith("tuple")}
-    return cls(**{k: tuple(v) if k in tuples and isinstance(v, list) else v for k, v in values.items()})
-
-
 def _stages(args, data: dict) -> tuple[str, ...]:
     if args.stages:
         stages = [s.strip() for s in args.stages.split(",") if s.strip()]
@@ -122,9 +110,12 @@ def _stages(args, data: dict) -> tuple[str, ...]:
 
 
 def build_config(args: argparse.Namespace) -> PipelineConfig:
-    """Merge YAML (if any) and explicit flags into a PipelineConfig."""
-    data = _load_yaml(args.config) if args.config else {}
+    """Merge YAML (if any) and explicit flags into a PipelineConfig, through the typed loader of `pangu train`."""
+    data = loader.read_yaml(args.config, "--config file", DataConfigError) if args.config else {}
     where = args.config or "flags"
+    for field in ("inputs", "output", "overwrite", "keep_work", "progress"):
+        if field in data:
+            raise DataConfigError(f"{where}: {field!r} belongs on the command line, not in the config file")
     sections = {name: dict(data.pop(name, None) or {}) for name in _SECTIONS}
     stages = _stages(args, data)
     for dest, (section, field) in _FLAG_FIELDS.items():
@@ -140,19 +131,13 @@ def build_config(args: argparse.Namespace) -> PipelineConfig:
         try:
             data["split"] = tuple(float(x) for x in args.split.split(","))
         except ValueError as exc:
-            raise ValueError(f"--split {args.split!r}: expected comma-separated numbers like 949,50,1") from exc
-    objs = {name: _section(cls, sections[name], f"{where} [{name}]") for name, cls in _SECTIONS.items()}
-    for field in ("inputs", "output", "overwrite", "keep_work", "progress"):
-        if field in data:
-            raise ValueError(f"{where}: {field!r} belongs on the command line, not in the config file")
-    known = {f.name for f in dataclasses.fields(PipelineConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ValueError(f"{where}: unknown field(s) {unknown}")
-    if "split" in data:
-        data["split"] = tuple(data["split"])
-    return PipelineConfig(inputs=list(args.input), output=args.output, stages=stages, overwrite=args.overwrite,
-                          keep_work=args.keep_work, progress=not args.no_progress, **objs, **data)
+            raise DataConfigError(f"--split {args.split!r}: expected comma-separated numbers like 949,50,1") from exc
+    fields = {**data, **sections, "inputs": list(args.input), "output": args.output, "stages": stages,
+              "overwrite": args.overwrite, "keep_work": args.keep_work, "progress": not args.no_progress}
+    try:
+        return loader.build(PipelineConfig, fields, "", DataConfigError)
+    except DataConfigError as exc:
+        raise DataConfigError(f"{where}: {exc}") from exc
 
 
 def load_config_file(path: str | Path, inputs=("builtin:peoples-daily",), output: str = "prepared") -> PipelineConfig:
@@ -171,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
         cfg = build_config(args)
         stats = run_pipeline(cfg)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        print(f"prepare-data: error: {exc}", file=sys.stderr)
+        print(f"pangu prepare-data: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
     print(stats.to_table())
     print(f"\nwrote {cfg.output} (stats.json, stats.txt, manifest.json)")

@@ -2,9 +2,17 @@
 
 A run YAML names a model preset plus overrides, the data (prepared datasets
 and mixture weights, or a synthetic source for tests), the optimizer and
-schedule, the parallel layout (handed to `ParallelConfig`), AMP, checkpoints
-and logging. Every error names the YAML field and what was expected, so a
-bad file fails before any process group exists.
+schedule, the parallel layout (a typed `ParallelConfig`, built once by the
+loader), AMP, checkpoints and logging. It is read by the one typed loader
+(`config/loader.py`, also used by `prepare-data`); every error names the YAML
+field and what was expected, so a bad file fails before any process group
+exists.
+
+One of each: the seed is `train.seed`, the sequence length `data.seq_len`
+(default: the model's positions); `parallel:` may not repeat them.
+`RunConfig.validate(world_size)` is the one check of the whole run and hands
+on the validated (PanGuConfig, ParallelConfig) pair, the latter carrying that
+seed and sequence length.
 
 Example (see configs/pretrain/*.yaml)::
 
@@ -18,13 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import types
-import typing
 from dataclasses import dataclass, field
-from typing import Any
 
-import yaml
-from paddle_pangu.errors import ConfigError
+from ..config import loader
+from ..config.parallel_config import ParallelConfig, ParallelConfigError
+from ..errors import ConfigError
 
 
 class RunConfigError(ConfigError):
@@ -51,11 +57,11 @@ class SyntheticData:
 
 @dataclass
 class DataSection:
-    """Training data: prepared datasets (helper C's .bin/.idx dirs) mixed by weight."""
+    """Training data: prepared datasets (`pangu prepare-data` .bin/.idx dirs) mixed by weight."""
 
     paths: list = field(default_factory=list)
     weights: list | None = None
-    seq_len: int | None = None  # default: the model's max_position_embeddings
+    seq_len: int | None = None  # the run's one sequence length; default: the model's max_position_embeddings
     splits: list | None = None  # train / valid / test document ratios; None = the dataset manifest's split
     synthetic: SyntheticData | None = None
     tokenizer: str | None = None  # a tokenizer dir; None = PanGuTokenizer.from_default()
@@ -92,11 +98,12 @@ class TrainSection:
     """Loop length, seeds, evaluation cadence and device."""
 
     max_steps: int = 100
-    seed: int = 1234
+    seed: int = 1234  # the run's one seed (parameters, dropout streams, data order)
     device: str = "auto"  # auto | cpu | gpu | npu
     eval_interval: int = 0  # 0: only at the end
     eval_iters: int = 4
     output_dir: str = "runs/default"
+    max_nonfinite_steps: int = 3  # consecutive non-finite steps skipped before the run stops (0: stop at the first)
 
 
 @dataclass
@@ -105,7 +112,8 @@ class CheckpointSection:
 
     save_interval: int = 0  # 0: only at the end
     keep_last: int = 2
-    resume: str = "auto"  # auto (latest in output_dir) | none | a checkpoint dir
+    resume: str = "auto"  # auto (the newest checkpoint in output_dir that verifies) | none | a checkpoint dir
+    force_resume: bool = False  # resume even if the run config differs in more than max_steps / logging / eval
     save_final_model: bool = True
     # above this many parameters an mp/pp job writes final_model/ as per-rank files (PaddleNLP names,
     # merged later by `pangu reshard`) instead of gathering the whole model onto rank 0
@@ -129,7 +137,7 @@ class RunConfig:
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     amp: AmpSection = field(default_factory=AmpSection)
-    parallel: dict = field(default_factory=dict)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     train: TrainSection = field(default_factory=TrainSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     logging: LoggingSection = field(default_factory=LoggingSection)
@@ -146,40 +154,29 @@ class RunConfig:
         except (KeyError, ValueError, TypeError) as exc:
             raise RunConfigError(f"{self.source}: model.preset/overrides: {exc}") from exc
 
-    def parallel_config(self):
-        """B2's ParallelConfig built from the `parallel:` section."""
-        from paddle_pangu.config.parallel_config import ParallelConfig, ParallelConfigError
-
-        try:
-            return ParallelConfig.from_dict(dict(self.parallel), source="parallel")
-        except (ParallelConfigError, TypeError) as exc:
-            raise RunConfigError(f"{self.source}: {exc}") from exc
+    def parallel_config(self) -> ParallelConfig:
+        """The layout of the `parallel:` section (typed when loaded; not yet checked against the model)."""
+        return self.parallel
 
     @property
     def seq_len(self) -> int:
-        """data.seq_len, else parallel.seq_length, else the model's max_position_embeddings."""
-        seq = self.data.seq_len or self.parallel.get("seq_length")
-        return int(seq or self.model_config().max_position_embeddings)
+        """data.seq_len, else the model's max_position_embeddings."""
+        return int(self.data.seq_len or self.model_config().max_position_embeddings)
 
     def validate(self, world_size: int | None = None):
-        """Check every section; with `world_size`, also the parallel layout (before any collective).
+        """The one check of the run: every section, then the layout against the model (and `world_size`,
+        default the declared `world_size`), all before any collective.
 
-        Returns (PanGuConfig, ParallelConfig).
+        Returns (PanGuConfig, ParallelConfig); the ParallelConfig carries `train.seed` and the sequence length.
         """
-        from paddle_pangu.config.parallel_config import ParallelConfigError
-
         model_cfg = self.model_config()
-        par = self.parallel_config()
         _check_sections(self, model_cfg)
+        par = dataclasses.replace(self.parallel, seed=self.train.seed, seq_length=self.seq_len)
         world = world_size if world_size is not None else self.world_size
-        if world is not None:
-            try:
-                par.validate(model_cfg, world)
-            except ParallelConfigError as exc:
-                raise RunConfigError(f"{self.source}: parallel: {exc}") from exc
-        seq = self.parallel.get("seq_length")
-        if self.data.seq_len and seq and int(seq) != int(self.data.seq_len):
-            raise RunConfigError(f"{self.source}: data.seq_len={self.data.seq_len} contradicts parallel.seq_length={seq}")
+        try:
+            par.validate(model_cfg, world)
+        except ParallelConfigError as exc:
+            raise RunConfigError(f"{self.source}: parallel: {exc}") from exc
         return model_cfg, par
 
 
@@ -207,6 +204,10 @@ def _check_sections(cfg: RunConfig, model_cfg) -> None:
         (cfg.train.max_steps > 0, "train.max_steps", "a positive step count"),
         (cfg.train.device in ("auto", "cpu", "gpu", "npu"), "train.device", "auto | cpu | gpu | npu"),
         (cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", ">= 1"),
+        (cfg.train.max_nonfinite_steps >= 0, "train.max_nonfinite_steps", ">= 0"),
+        (cfg.seq_len >= 1, "data.seq_len", "a positive sequence length"),
+        (cfg.data.synthetic is None or cfg.data.synthetic.num_samples >= 1, "data.synthetic.num_samples",
+         "a positive sample count"),
         (cfg.logging.log_interval >= 1, "logging.log_interval", ">= 1"),
         (cfg.seq_len <= model_cfg.max_position_embeddings, "data.seq_len",
          f"<= model max_position_embeddings ({model_cfg.max_position_embeddings})"),
@@ -233,93 +234,33 @@ def _get(cfg, dotted: str):
 
 
 # ---- YAML -> dataclasses ---------------------------------------------------
-def _coerce(value: Any, hint, where: str):
-    """Convert one YAML value to the annotated type, or raise naming the field."""
-    origin = typing.get_origin(hint)
-    args = [a for a in typing.get_args(hint) if a is not type(None)]
-    if origin in (typing.Union, types.UnionType):
-        if value is None:
-            return None
-        return _coerce(value, args[0], where)
-    if dataclasses.is_dataclass(hint):
-        return _build(hint, value, where)
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise RunConfigError(f"{where}={value!r}: expected true or false")
-        return value
-    if hint in (int, float):
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise RunConfigError(f"{where}={value!r}: expected a number")
-        try:
-            number = float(value)
-        except ValueError as exc:
-            raise RunConfigError(f"{where}={value!r}: expected a number") from exc
-        if hint is int and number != int(number):
-            raise RunConfigError(f"{where}={value!r}: expected an integer")
-        return hint(number) if hint is float else int(number)
-    if hint is str:
-        if not isinstance(value, (str, int, float)):
-            raise RunConfigError(f"{where}={value!r}: expected a string")
-        return str(value)
-    if hint in (list, dict) or origin in (list, dict):
-        base = origin or hint
-        if not isinstance(value, base):
-            raise RunConfigError(f"{where}={value!r}: expected a {'list' if base is list else 'mapping'}")
-        return value
-    return value
-
-
-def _build(cls, data, where: str):
-    if data is None:
-        return cls()
-    if not isinstance(data, dict):
-        raise RunConfigError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.name != "source"}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise RunConfigError(f"{where}: unknown field(s) {unknown}; expected some of {sorted(names)}")
-    kwargs = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
-    return cls(**kwargs)
+# fields of ParallelConfig a run YAML may not set: the run has one of each elsewhere
+_NOT_IN_PARALLEL = {"seed": "train.seed", "seq_length": "data.seq_len"}
 
 
 def run_config_from_dict(data: dict, source: str = "<dict>") -> RunConfig:
     """Build a RunConfig from a parsed YAML mapping; errors start with `source`."""
+    parallel = data.get("parallel") or {}
+    for name, home in _NOT_IN_PARALLEL.items():
+        if isinstance(parallel, dict) and name in parallel:
+            raise RunConfigError(f"{source}: parallel.{name}={parallel[name]!r}: the run's one {name.replace('_', ' ')} "
+                                 f"is {home}; set it there")
     try:
-        cfg = _build(RunConfig, data, "")
+        cfg = loader.build(RunConfig, data, "", RunConfigError)
     except RunConfigError as exc:
-        raise RunConfigError(f"{source}: {str(exc).lstrip('.')}") from exc
+        raise RunConfigError(f"{source}: {exc}") from exc
     cfg.source = source
     return cfg
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `a.b.c=value` command-line overrides (values parsed as YAML)."""
-    for item in overrides or []:
-        if "=" not in item:
-            raise RunConfigError(f"override {item!r}: expected KEY.PATH=VALUE")
-        key, raw = item.split("=", 1)
-        node = data
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise RunConfigError(f"override {item!r}: {part} is not a mapping")
-        node[parts[-1]] = yaml.safe_load(raw)
-    return data
+    return loader.apply_overrides(data, overrides, RunConfigError)
 
 
 def load_run_config(path: str, overrides: list[str] | None = None) -> RunConfig:
     """Read a run YAML (plus `key=value` overrides) into a RunConfig."""
-    if not os.path.isfile(path):
-        raise RunConfigError(f"{path}: run config file not found")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as exc:
-            raise RunConfigError(f"{path}: not valid YAML: {exc}") from exc
-    if not isinstance(data, dict):
-        raise RunConfigError(f"{path}: top level must be a mapping of sections")
+    data = loader.read_yaml(path, "run config file", RunConfigError)
     return run_config_from_dict(apply_overrides(data, overrides or []), source=path)
 
 
@@ -327,4 +268,6 @@ def to_dict(cfg: RunConfig) -> dict:
     """Plain-dict form (saved next to checkpoints so a run records what it used)."""
     out = dataclasses.asdict(cfg)
     out.pop("source", None)
+    for name in _NOT_IN_PARALLEL:  # carried by train.seed / data.seq_len
+        out["parallel"].pop(name, None)
     return out

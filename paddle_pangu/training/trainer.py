@@ -18,7 +18,6 @@ One `Trainer` runs alone or under `python -m paddle.distributed.launch`:
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import os
@@ -61,8 +60,7 @@ class Trainer:
 
         self.device = select_device(self.cfg.train.device)
         self.amp = plan_amp(self.cfg.amp, self.device.type)
-        self.par = dataclasses.replace(self.par, seed=self.cfg.train.seed)  # train.seed is the one seed
-        self.topo = init_topology(self.par, self.device, model_config=self.model_config)
+        self.topo = init_topology(self.par, self.device)  # (model, layout) validated once, by cfg.validate
         self.hcg = self.topo.hcg
         np.random.seed(self.cfg.train.seed)
         self.rank = self.topo.rank

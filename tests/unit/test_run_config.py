@@ -77,13 +77,30 @@ def test_data_needs_paths_or_synthetic_and_matching_weights():
     ({"pp_degree": 2}, 2, "cannot be split evenly"),  # tiny has 3 layers incl. the query layer
     ({"sharding_stage": 3}, 1, "sharding_stage"),
     ({"micro_batch_size": 0}, 1, "micro_batch_size"),
+    ({"mp_degree": "two"}, 2, r"parallel\.mp_degree='two': expected a number"),
     ({"tensor_degree": 2}, 2, "unknown field"),
 ])
 def test_bad_layouts_rejected_before_any_process_group(parallel, world, message):
-    cfg = _cfg()
-    cfg.parallel = dict(parallel)
     with pytest.raises(RunConfigError, match=message):
-        cfg.validate(world_size=world)
+        _cfg(parallel=parallel).validate(world_size=world)
+
+
+def test_parallel_is_typed_once_and_the_run_has_one_seed_and_one_sequence_length():
+    from paddle_pangu.config.parallel_config import ParallelConfig
+
+    cfg = _cfg(train={"seed": 77}, data={"seq_len": 48})
+    assert isinstance(cfg.parallel, ParallelConfig) and cfg.parallel.accumulate_steps == 2
+    model_cfg, par = cfg.validate(world_size=1)
+    assert (par.seed, par.seq_length, par.global_batch_size) == (77, 48, 4)  # the validated pair carries them
+    assert model_cfg.max_position_embeddings == 128
+    for field, home in (("seed", "train.seed"), ("seq_length", "data.seq_len")):
+        with pytest.raises(RunConfigError, match=rf"x\.yaml: parallel\.{field}=.*is {home}"):
+            _cfg(parallel={field: 64})
+    # the saved form loads back to the same run (no duplicate seed / sequence length in it)
+    from paddle_pangu.training.run_config import to_dict
+
+    again = run_config_from_dict(to_dict(cfg), source="saved")
+    assert again.validate(world_size=1)[1] == par
 
 
 def test_missing_file_and_bad_yaml(tmp_path):
