@@ -24,6 +24,7 @@ INSTALL_REQUIRES = [
     "safetensors>=0.4",
     "pyyaml>=6",
     "tqdm>=4.60",
+    "matplotlib==3.11.2",  # pangu evaluate: score-vs-shots PNG (the version in the project venv)
     "scikit-learn>=1.3",
     # pangu serve (OpenAI-compatible HTTP): the versions tested with the openai client below
     "fastapi==0.165.0",
