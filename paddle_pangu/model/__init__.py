@@ -1,4 +1,6 @@
-"""PanGu-alpha model: layers (math), modeling (stack, cache, head, loss)."""
+"""PanGu-alpha model: layers (math), modeling (stack, cache, head, loss); registered with PaddleNLP's
+Auto classes on import (`auto.py`)."""
+from . import auto
 from .modeling import (
     PanGuForCausalLM,
     PanGuModel,
@@ -6,6 +8,8 @@ from .modeling import (
     PanGuPretrainingCriterion,
     build_position_ids_and_mask,
 )
+
+auto.register()
 
 __all__ = [
     "PanGuForCausalLM",

@@ -141,3 +141,24 @@ def test_every_finetune_config_names_only_known_fields():
             fields.get("sharding_parallel_degree", 1)
         world = int(open(path, encoding="utf-8").read().split("# world_size: ")[1].split()[0])
         assert world % degrees == 0, (path, world, degrees)
+
+
+def test_auto_classes_open_a_pangu_directory(base_dir):
+    import paddle_pangu.model  # noqa: F401  (registers PanGu with the Auto classes)
+    from paddlenlp.transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from paddle_pangu.config import PanGuConfig
+    from paddle_pangu.model import PanGuForCausalLM
+    from paddle_pangu.tokenizer import PanGuTokenizer
+
+    config = AutoConfig.from_pretrained(base_dir)
+    assert isinstance(config, PanGuConfig) and config.hidden_size == 64
+    model = AutoModelForCausalLM.from_pretrained(base_dir)
+    assert type(model) is PanGuForCausalLM
+    direct = PanGuForCausalLM.from_pretrained(base_dir)
+    ids = paddle.to_tensor([[11, 230, 57, 900]])
+    model.eval(), direct.eval()
+    np.testing.assert_array_equal(model(ids).numpy(), direct(ids).numpy())
+    tok = AutoTokenizer.from_pretrained(base_dir)
+    assert type(tok) is PanGuTokenizer and tok.encode_ids("中国科学院") == PanGuTokenizer.from_default().encode_ids("中国科学院")
+    assert json.load(open(f"{base_dir}/tokenizer_config.json"))["tokenizer_class"] == "PanGuTokenizer"
