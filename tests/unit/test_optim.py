@@ -58,19 +58,33 @@ def test_adamw_hyperparameters_and_decay_selection(tiny_model):
 
 
 def test_recorded_grad_norm_matches_numpy_and_clips():
+    """The recorder gives the pre-clip norm, and the optimizer really stepped on clip/‖g‖ · g.
+
+    AdamW's first update is lr·sign(g) whether or not g was clipped, so the
+    weights cannot show the clip; the first moment can: after one step it is
+    exactly (1 - β1) · g · clip / ‖g‖ (and (1 - β1) · g without clipping).
+    The weights are checked against the by-hand first step too.
+    """
     paddle.seed(0)
     layer = paddle.nn.Linear(4, 3)
-    cfg = OptimSection(lr=0.1, warmup_steps=0, grad_clip=0.5)
+    cfg = OptimSection(lr=0.1, warmup_steps=0, grad_clip=0.5, weight_decay=0.1)
     opt = build_optimizer(layer, cfg, build_scheduler(cfg, 10))
     assert isinstance(opt._grad_clip, RecordingClipGrad)
     norm = attach_norm_recorder(opt)
     assert norm() is None
     (layer(paddle.ones([2, 4])) * 10).sum().backward()
-    grads = [p.grad.numpy().copy() for p in layer.parameters()]
-    before = [p.numpy().copy() for p in layer.parameters()]
+    grads = [p.grad.numpy().astype(np.float64) for p in layer.parameters()]
+    before = [p.numpy().astype(np.float64) for p in layer.parameters()]
     opt.step()
     expected = math.sqrt(sum(float((g ** 2).sum()) for g in grads))
-    assert norm() == pytest.approx(expected, rel=1e-5)
-    # AdamW's first step moves each weight by ~lr regardless of scale; clipping must not break that
-    moved = [np.abs(p.numpy() - b).max() for p, b in zip(layer.parameters(), before)]
-    assert all(0.0 < m <= 0.11 for m in moved)
+    assert expected > cfg.grad_clip  # the clip is active: scale 0.5 / ‖g‖
+    assert norm() == pytest.approx(expected, rel=1e-6)
+    scale = cfg.grad_clip / expected
+    state = opt.state_dict()
+    for p, g, w0 in zip(layer.parameters(), grads, before):
+        moment1 = state[f"{p.name}_moment1_0"].numpy()
+        np.testing.assert_allclose(moment1, (1 - cfg.beta1) * g * scale, rtol=1e-6)
+        clipped = g * scale
+        decay = cfg.weight_decay if is_decayed(p) else 0.0
+        by_hand = w0 * (1 - cfg.lr * decay) - cfg.lr * clipped / (np.abs(clipped) + cfg.eps)
+        np.testing.assert_allclose(p.numpy(), by_hand, rtol=0, atol=1e-6)
