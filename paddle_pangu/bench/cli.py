@@ -14,7 +14,7 @@ import json
 
 from ..errors import UsageError
 
-TARGETS = ("tokenize", "train", "generate", "scaling", "eval", "all")
+TARGETS = ("tokenize", "train", "generate", "scaling", "eval", "serve", "all")
 ALL = ("train", "generate")
 
 
@@ -34,6 +34,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-tokens", type=int, default=64)
     p.add_argument("--decode-batches", default="1,8", help="generate: comma-separated batch sizes")
     p.add_argument("--no-predictor", action="store_true", help="generate: skip the exported-predictor decode")
+    p.add_argument("--clients", default="1,8", help="serve: comma-separated concurrent client counts")
     p.add_argument("--seqs", default="256,512,1024,2048", help="scaling: sequence lengths")
     p.add_argument("--tokens", type=int, default=2048, help="scaling: tokens per step (batch = tokens / seq)")
     p.add_argument("--mb", type=float, default=2.0, help="tokenize: corpus size in MB")
@@ -96,6 +97,11 @@ def _measure(args, target: str) -> dict:
         from .eval_bench import bench_eval
 
         return bench_eval(args.preset, args.rounds)
+    if target == "serve":  # pangu serve under N concurrent streaming clients (bench/serve_bench.py)
+        from .serve_bench import bench_serve
+
+        clients = _ints(args.clients, "--clients")
+        return bench_serve(args.preset, clients, args.prompt_len, args.new_tokens, args.rounds, max(clients))
     if target == "tokenize":
         return _tokenize(args)
     if target == "train":
@@ -126,7 +132,10 @@ def run(args) -> int:
             f.write(text)
     from .eval_bench import table as eval_table
 
-    rest = [r for r in results if r["name"] != "eval"]
+    from .serve_bench import table as serve_table
+
+    rest = [r for r in results if r["name"] not in ("eval", "serve")]
     lines = ([table(rest)] if rest else []) + [eval_table(r) for r in results if r["name"] == "eval"]
+    lines += [serve_table(r) for r in results if r["name"] == "serve"]
     print(text if args.json == "-" else "\n".join(lines))
     return 0

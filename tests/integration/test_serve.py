@@ -121,3 +121,14 @@ def test_malformed_requests_get_4xx_and_the_server_keeps_serving(client, server)
         client.completions.create(model="preset:tiny", prompt="，".join(PROMPTS) * 8, max_tokens=8)
     assert server.proc.poll() is None and server.health()["status"] == "ok"
     assert client.completions.create(model="preset:tiny", prompt="长江", max_tokens=3, temperature=0).choices[0].text
+
+
+def test_stream_usage_and_the_server_benchmark_round(client, server):
+    from paddle_pangu.bench.serve_bench import _round
+
+    chunks = list(client.completions.create(model="preset:tiny", prompt="长江", max_tokens=5, temperature=0,
+                                            stream=True, stream_options={"include_usage": True},
+                                            extra_body={"repetition_penalty": 1.0}))
+    assert chunks[-1].usage.completion_tokens == 5 and chunks[-1].choices == []
+    r = _round(server.url, PROMPTS[:3], 6)  # what `pangu bench serve` measures, against this server
+    assert r["tokens"] == 18 and r["tokens_per_s"] > 0 and 0 < r["first_token_s"] <= r["wall_s"]

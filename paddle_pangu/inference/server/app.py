@@ -41,7 +41,7 @@ def create_app(engine: Engine, model_name: str, truncate: str = "error") -> Fast
         jobs = _submit(engine, prompts, req.sampling(engine.config, truncate=truncate), req.stop_strings())
         rid = P.new_id("cmpl")
         if req.stream:
-            return _sse(_completion_events(jobs, rid, model_name))
+            return _sse(_completion_events(jobs, rid, model_name, req.include_usage))
         results = [await _collect(job) for job in jobs]
         choices = [{"index": i, "text": text, "finish_reason": reason, "logprobs": None}
                    for i, (text, reason) in enumerate(results)]
@@ -54,7 +54,7 @@ def create_app(engine: Engine, model_name: str, truncate: str = "error") -> Fast
         jobs = _submit(engine, [P.chat_prompt(req.messages)], cfg, req.stop_strings())
         rid = P.new_id("chatcmpl")
         if req.stream:
-            return _sse(_chat_events(jobs[0], rid, model_name))
+            return _sse(_chat_events(jobs[0], rid, model_name, req.include_usage))
         text, reason = await _collect(jobs[0])
         return P.chat_body(rid, model_name, text, reason, jobs[0].prompt_tokens, jobs[0].completion_tokens)
 
@@ -138,17 +138,22 @@ def _sse(events) -> StreamingResponse:
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-async def _completion_events(jobs, rid, model):
+async def _completion_events(jobs, rid, model, include_usage=False):
     for index, job in enumerate(jobs):
         async for kind, value in _events(job):
             text, reason = (value, None) if kind == "text" else ("", value)
             yield P.completion_chunk(rid, model, index, text, reason)
+    if include_usage:
+        yield P.usage_chunk(rid, model, "text_completion", sum(j.prompt_tokens for j in jobs),
+                            sum(j.completion_tokens for j in jobs))
 
 
-async def _chat_events(job, rid, model):
+async def _chat_events(job, rid, model, include_usage=False):
     yield P.chat_chunk(rid, model, {"role": "assistant", "content": ""}, None)
     async for kind, value in _events(job):
         yield P.chat_chunk(rid, model, {"content": value} if kind == "text" else {}, None if kind == "text" else value)
+    if include_usage:
+        yield P.usage_chunk(rid, model, "chat.completion.chunk", job.prompt_tokens, job.completion_tokens)
 
 
 def load_engine(model: str, device: str = "cpu", tokenizer: str | None = None, max_batch: int = 8,

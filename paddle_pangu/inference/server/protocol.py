@@ -33,6 +33,11 @@ class _Sampling(BaseModel):
     presence_penalty: float = Field(0.0, ge=-2.0, le=2.0)
     repetition_penalty: float = Field(1.0, gt=0.0)
     stop_token_ids: list[int] = Field(default_factory=list)
+    stream_options: dict | None = None  # {"include_usage": true}: a last chunk with the usage
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream and (self.stream_options or {}).get("include_usage"))
 
     def sampling(self, config, max_tokens: int | None = None, truncate: str = "error") -> SamplingConfig:
         """The row's SamplingConfig; temperature 0 is greedy (as the OpenAI API defines it)."""
@@ -92,6 +97,11 @@ def completion_body(rid: str, model: str, choices: list[dict], prompt_tokens: in
 def completion_chunk(rid: str, model: str, index: int, text: str, finish_reason: str | None) -> dict:
     return {"id": rid, "object": "text_completion", "created": int(time.time()), "model": model,
             "choices": [{"index": index, "text": text, "finish_reason": finish_reason, "logprobs": None}]}
+
+
+def usage_chunk(rid: str, model: str, kind: str, prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"id": rid, "object": kind, "created": int(time.time()), "model": model, "choices": [],
+            "usage": usage(prompt_tokens, completion_tokens)}
 
 
 def chat_body(rid: str, model: str, text: str, finish_reason: str, prompt_tokens: int, completion_tokens: int):
