@@ -7,6 +7,7 @@ are imported lazily so `pangu --help` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
 import os
@@ -53,6 +54,10 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         if only == name:
             _load(name).add_arguments(p)
+            if name in LOADS_MODELS and "--trust-pickle" not in p._option_string_actions:
+                p.add_argument("--trust-pickle", action="store_true", dest="_pangu_trust_pickle",
+                               help="allow unpickling .pdparams/.pdopt files that hold more than arrays "
+                                    "(only for files you trust; same as PANGU_TRUST_PICKLE=1)")
     return parser
 
 
@@ -70,12 +75,16 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0
     from paddle_pangu.errors import PanGuError
+    from paddle_pangu.io.safe_load import safe_paddle_load, trust_pickle
 
+    trust_pickle(bool(getattr(args, "trust_pickle", False) or vars(args).pop("_pangu_trust_pickle", False)))
     try:
         module = _load(args.command)
         if args.command in LOADS_MODELS:
             _quiet_paddlenlp()
-        result = module.run(args)
+        guard = safe_paddle_load() if args.command in LOADS_MODELS | {"prepare-data"} else contextlib.nullcontext()
+        with guard:  # no pickle is unpickled beyond arrays unless --trust-pickle
+            result = module.run(args)
     except PanGuError as err:
         if os.environ.get("PANGU_DEBUG") == "1":
             raise

@@ -27,10 +27,11 @@ import multiprocessing
 import shutil
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from ..errors import DataError
 from .builtin import BUILTIN_PREFIX, builtin_size_bytes, read_builtin
 from .cleaning import Cleaner, CleaningConfig, clean_chunk
 from .dedup import DedupConfig, MinHashDeduplicator, minhash_from_values, minhash_signature
@@ -91,6 +92,7 @@ class PipelineConfig:
     overwrite: bool = False
     keep_work: bool = False
     progress: bool = True
+    max_undecodable_fraction: float = 0.01  # warn above this share of input lines not in reader.encoding
 
     def validate(self, has_model: bool = False) -> None:
         """Raise ValueError naming the flag that is wrong (`has_model`: an in-memory LM is given)."""
@@ -340,9 +342,42 @@ def _config_snapshot(cfg: PipelineConfig) -> dict:
     return snap
 
 
+class EmptyDatasetError(DataError):
+    """No document of the input survived reading and the filters: nothing is written."""
+
+
+def _drop_reasons(stats: PipelineStats) -> list[tuple[str, int]]:
+    """(reason, count) of every input issue and stage drop, biggest first."""
+    reasons = Counter(stats.issues.counts)
+    for st in stats.stages.values():
+        reasons.update({f"{st.name}:{k}": v for k, v in st.dropped.items()})
+    return reasons.most_common()
+
+
+def check_not_empty(cfg, stats: PipelineStats, documents: int) -> None:
+    """EmptyDatasetError naming the inputs and the biggest drop reasons when `documents` is 0."""
+    if documents:
+        return
+    reasons = ", ".join(f"{k} {v}" for k, v in _drop_reasons(stats)[:4]) or "the input has no text at all"
+    hint = (f"; {stats.issues.counts['undecodable_line']} lines were not {cfg.reader.encoding} (for Chinese legacy "
+            "files try --encoding gb18030)" if stats.issues.counts.get("undecodable_line") else "")
+    raise EmptyDatasetError(f"prepare-data: no document survived from {', '.join(map(str, cfg.inputs))} "
+                            f"(biggest drop reasons: {reasons}){hint}; nothing was written to {cfg.output}")
+
+
+def warn_undecodable(cfg, stats: PipelineStats) -> None:
+    """Warn when more than `cfg.max_undecodable_fraction` of the input lines could not be decoded."""
+    bad = stats.issues.counts.get("undecodable_line", 0)
+    total = bad + stats.stage("read").docs_in
+    if bad and bad / total > cfg.max_undecodable_fraction:
+        first = stats.issues.examples.get("undecodable_line", [{}])[0]
+        logger.warning("prepare-data: %d of %d lines (%.1f%%) are not valid %s (first: %s line %s); pass "
+                       "--encoding (gb18030 for Chinese legacy files) if the input is in another encoding",
+                       bad, total, 100 * bad / total, cfg.reader.encoding, first.get("file"), first.get("line"))
+
+
 def _finish_dataset(cfg, tmp: Path, stats: PipelineStats, lengths: list[int], codec) -> None:
-    if not lengths:
-        logger.warning("prepare-data: no document survived the filters; the dataset is empty (see stats.txt)")
+    check_not_empty(cfg, stats, len(lengths))
     splits = _split_summary(cfg, lengths)
     stats.summary.update(documents=len(lengths), tokens=int(sum(lengths)), splits=splits)
     _write_reports(tmp, stats)
@@ -363,6 +398,7 @@ def _finish_documents(cfg, tmp: Path, stats: PipelineStats, records: Iterator[di
         for rec in records:
             fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
             n += 1
+    check_not_empty(cfg, stats, n)
     stats.summary.update(documents=n)
     _write_reports(tmp, stats)
     write_manifest(tmp, {"prefix": None, "num_documents": n, "kind": "documents", "config": _config_snapshot(cfg),
@@ -411,6 +447,7 @@ def _run_stages(cfg: PipelineConfig, tmp: Path, stats: PipelineStats, workers: i
     finally:
         if scores_fh is not None:
             scores_fh.close()
+    warn_undecodable(cfg, stats)
     drop, clusters = _dedup_decision(dedup, stats, doc_chars) if dedup is not None else (set(), [])
     clusters_of = {k for c in clusters for k in c}
     cluster_docs: dict = {}

@@ -14,6 +14,7 @@ JSONL: one document per line, text under `text_field` (dotted paths such as
 """
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import gzip
 import json
@@ -22,6 +23,7 @@ import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
+from ..errors import DataError
 from .stats import Document, IssueLog
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson")
@@ -37,7 +39,8 @@ class ReaderConfig:
         format: "auto" (by suffix, after stripping ".gz"), "text" or "jsonl".
         doc_mode: document boundary for plain text, one of DOC_MODES.
         text_field: JSONL field holding the text (dotted path allowed).
-        encoding: text encoding of the input files.
+        encoding: text encoding of the input files (`gb18030` reads GBK / GB2312 Chinese legacy files;
+            a line that does not decode is skipped and counted, and prepare-data warns above 1%).
     """
 
     format: str = "auto"
@@ -50,6 +53,11 @@ class ReaderConfig:
             raise ValueError(f"ReaderConfig.format={self.format!r}: expected one of {FORMATS}")
         if self.doc_mode not in DOC_MODES:
             raise ValueError(f"ReaderConfig.doc_mode={self.doc_mode!r}: expected one of {DOC_MODES}")
+        try:
+            codecs.lookup(self.encoding)
+        except (LookupError, TypeError):
+            raise DataError(f"--encoding {self.encoding!r}: not a text encoding Python knows "
+                            "(e.g. utf-8, gb18030 for Chinese legacy files, big5, latin-1)") from None
 
 
 class ProgressTracker:

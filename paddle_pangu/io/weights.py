@@ -244,11 +244,11 @@ def read_weight_files(path: str, variant: str | None = None) -> dict[str, LazyTe
 
 
 def read_pdparams(path: str) -> dict[str, np.ndarray]:
-    """A `.pdparams` state dict as numpy arrays."""
-    import paddle
+    """A `.pdparams` state dict as numpy arrays (arrays-only unpickling unless --trust-pickle: io/safe_load.py)."""
+    from .safe_load import load_pdparams
 
-    state = paddle.load(path, return_numpy=True)
-    return {k: np.asarray(v) for k, v in state.items()}
+    state = load_pdparams(path, return_numpy=True)
+    return {k: np.asarray(v) for k, v in state.items() if isinstance(v, np.ndarray) or not isinstance(v, dict)}
 
 
 _ST_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32,

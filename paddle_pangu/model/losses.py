@@ -33,4 +33,6 @@ def token_losses(model, seqs: Sequence[Sequence[int]], pad_token_id: int | None 
     # cross_entropy, not log_softmax: paddle 3.3.1's CPU log_softmax kernel is ~300x slower at vocab 40000
     labels = paddle.to_tensor(ids[:, 1:, None])
     nll = F.cross_entropy(logits.astype("float32"), labels, reduction="none").numpy()[..., 0]  # [B, S-1]
+    # CPU cross_entropy gives ln V for NaN logits: a token whose logits are not finite scores NaN
+    nll = np.where(paddle.isfinite(logits.astype("float32").sum(-1)).numpy(), nll, np.nan)
     return [nll[row, : len(s) - 1] for row, s in enumerate(seqs)]

@@ -14,6 +14,7 @@ import paddle
 from tqdm import tqdm
 
 from .batches import StepBatcher, run_datasets, split_tokens_labels
+from .nonfinite import finite_or_nan
 from .run_config import RunConfig
 
 
@@ -31,7 +32,7 @@ def evaluate_model_dir(model_dir: str, cfg: RunConfig) -> dict:
     losses = []
     for i in tqdm(range(cfg.train.eval_iters), desc="perplexity", unit="batch"):
         tokens, labels = split_tokens_labels(batcher.batch(i))  # [G, S] each
-        per_rank = [model(paddle.to_tensor(t), labels=paddle.to_tensor(l))[0]
+        per_rank = [finite_or_nan(*model(paddle.to_tensor(t), labels=paddle.to_tensor(l))[:2])  # NaN stays NaN
                     for t, l in zip(np.split(tokens, par.data_parallel_size), np.split(labels, par.data_parallel_size))]
         losses.append(float(sum(float(x) for x in per_rank) / len(per_rank)))
     mean = sum(losses) / len(losses)

@@ -33,6 +33,7 @@ from .amp import plan_amp
 from .batches import StepBatcher, run_datasets, split_tokens_labels
 from .final_model import save_final_model
 from .logging import TrainLogger, logger, setup_console_logging
+from .nonfinite import NonFiniteError, NonFiniteGuard, finite_or_nan, stop_message
 from .optim import attach_norm_recorder, build_optimizer, build_scheduler
 from .run_config import RunConfig, check_data_paths, to_dict
 
@@ -86,6 +87,8 @@ class Trainer:
             model, optimizer, scaler = _distribute(model, optimizer, scaler)
         self.model, self.optimizer, self.scaler = model, optimizer, scaler
         self.grad_norm = attach_norm_recorder(optimizer)
+        self.nonfinite = NonFiniteGuard(cfg.train.max_nonfinite_steps, model.parameters())
+        self.nonfinite.install(optimizer)  # skips the update of a step whose loss or gradient is non-finite
         self._build_data()
 
     def _build_model(self):
@@ -131,6 +134,7 @@ class Trainer:
                 scaled = loss / acc
                 (self.scaler.scale(scaled) if self.scaler else scaled).backward()
             total += float(loss)
+        self.nonfinite.veto_loss(total)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -160,11 +164,15 @@ class Trainer:
         tokens, labels = self._to_tensors(self.train_batches.batch(self.step))
         lr = self.scheduler.get_lr()
         t0 = time.time()
+        self.nonfinite.begin_step()
         loss = (self._pipeline_step if self.pipelined else self._plain_step)(tokens, labels)
         self.scheduler.step()
         loss = self._mean_over_data_ranks(loss)
         self.step += 1
-        return {"step": self.step, "loss": loss, "lr": lr, "grad_norm": self.grad_norm(), "time": time.time() - t0}
+        bad = self.nonfinite.end_step(loss)
+        metrics = {"step": self.step, "loss": loss, "lr": lr, "grad_norm": None if bad else self.grad_norm(),
+                   "time": time.time() - t0}
+        return {**metrics, "nonfinite": bad} if bad else metrics
 
     # ---- evaluation ------------------------------------------------------
     @paddle.no_grad()
@@ -180,7 +188,8 @@ class Trainer:
                 if self.pipelined:
                     loss = self.model.eval_batch([tokens, labels], compute_loss=True)
                 else:
-                    loss = self.model(tokens, labels=labels)[0]
+                    loss, logits = self.model(tokens, labels=labels)[:2]
+                    loss = finite_or_nan(loss, logits)  # CPU cross_entropy says ln V for NaN logits
             losses.append(float(loss))
         self.model.train()
         mean = self._mean_over_data_ranks(sum(losses) / len(losses))
@@ -191,7 +200,8 @@ class Trainer:
         step_dir = ckpt.find_resume_dir(self.out_dir, self.cfg.checkpoint.resume)
         if step_dir is None:
             return
-        state = ckpt.load_checkpoint(step_dir, self.model, self.optimizer, self.scheduler, self.scaler)
+        state = ckpt.load_checkpoint(step_dir, self.model, self.optimizer, self.scheduler, self.scaler,
+                                     run_config=to_dict(self.cfg), force=self.cfg.checkpoint.force_resume)
         self.step = int(state["step"])
         logger.info("resumed from %s at step %d", step_dir, self.step)
 
@@ -215,6 +225,8 @@ class Trainer:
         while self.step < last:
             metrics = self.train_step()
             self._record(metrics, log)
+            if metrics.get("nonfinite"):
+                self._on_nonfinite(metrics, log)
             if cfg.train.eval_interval and self.step % cfg.train.eval_interval == 0 and self.step < last:
                 self._record_eval(log)
             if cfg.checkpoint.save_interval and self.step % cfg.checkpoint.save_interval == 0:
@@ -227,6 +239,18 @@ class Trainer:
                 result["model_dir"] = self.save_final_model()
         log.close()
         return result
+
+    def _on_nonfinite(self, metrics: dict, log: TrainLogger) -> None:
+        """Log a skipped step; past the limit, checkpoint the last good state and stop (NonFiniteError)."""
+        guard = self.nonfinite
+        log.info(f"step {self.step}: non-finite {metrics['nonfinite']} (loss {metrics['loss']}); update and batch "
+                 f"skipped ({guard.consecutive}/{guard.max_bad} consecutive allowed)")
+        if not guard.exhausted:
+            return
+        saved = self.save() if guard.weights_finite() else None
+        log.close()
+        raise NonFiniteError(stop_message(self.step, metrics["nonfinite"], metrics["loss"], guard,
+                                          self.train_batches, saved))
 
     def _record(self, metrics: dict, log: TrainLogger) -> None:
         log.log_step(metrics["step"], metrics["loss"], metrics["lr"], metrics["grad_norm"], metrics["time"])

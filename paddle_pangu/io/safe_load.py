@@ -1,0 +1,141 @@
+"""Never unpickle a file the user did not vouch for.
+
+`.pdparams` / `.pdopt` (what `paddle.save` writes) are pickles, and unpickling
+runs whatever the file says. The rule is the one the Megatron / HF converters
+use for torch files (`weights_only`): a pickle is read with an unpickler that
+knows only numpy arrays, dtypes and plain containers, so a file holding
+anything else (an `os.system` payload, a custom class) is refused with a
+one-line `UntrustedPickleError` naming the file and `--trust-pickle`, and
+nothing in it runs. Full unpickling (`paddle.load`) happens only when the user
+vouches: `--trust-pickle` on a `pangu` command or `PANGU_TRUST_PICKLE=1`.
+
+`load_pdparams` is the one reader of such files in the project;
+`safe_paddle_load()` routes `paddle.load` through it for code we do not own
+(PaddleNLP's `from_pretrained`, LoRA loading) while it is active:
+`PanGuPretrainedModel.from_pretrained` and every `pangu` command use it.
+Safetensors files are preferred wherever both exist.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import pickle
+from collections import OrderedDict
+
+import numpy as np
+
+from paddle_pangu.errors import CheckpointError
+
+TRUST_ENV = "PANGU_TRUST_PICKLE"
+_ALLOWED = {
+    ("collections", "OrderedDict"), ("builtins", "tuple"), ("builtins", "list"), ("builtins", "dict"),
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "scalar"),
+}
+
+
+class UntrustedPickleError(CheckpointError):
+    """A pickle-based file holds more than arrays and the user did not pass --trust-pickle."""
+
+
+def pickle_trusted() -> bool:
+    return os.environ.get(TRUST_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def trust_pickle(flag: bool = True) -> None:
+    """What `--trust-pickle` does: this process and the ones it starts may unpickle files."""
+    if flag:
+        os.environ[TRUST_ENV] = "1"
+
+
+class _ArraysOnly(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) in _ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"it references {module}.{name}")
+
+
+def _refuse(path: str, why: str):
+    raise UntrustedPickleError(
+        f"{path}: a pickle file that holds more than arrays ({why}); it was not unpickled. If you trust this file, "
+        f"rerun with --trust-pickle (or {TRUST_ENV}=1), or convert it to safetensors") from None
+
+
+def _arrays_only(obj, path: str):
+    if isinstance(obj, np.ndarray) and obj.dtype == object:
+        _refuse(path, "an object array")
+    if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], np.ndarray):
+        return obj[1]  # older paddle.save: a tensor pickled as (name, ndarray)
+    if isinstance(obj, dict):
+        return OrderedDict((k, _arrays_only(v, path)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_arrays_only(v, path) for v in obj)
+    return obj
+
+
+def load_pdparams(path: str, return_numpy: bool = True, keep_name_table: bool = False):
+    """A `paddle.save` file as arrays (Tensors if not `return_numpy`); full unpickling only if trusted."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"{path}: no such weights file")
+    if pickle_trusted():
+        import paddle
+
+        load = _REAL_LOAD[0] if _REAL_LOAD else paddle.load
+        return load(path, return_numpy=return_numpy, keep_name_table=keep_name_table)
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        obj = _arrays_only(_ArraysOnly(io.BytesIO(data), encoding="latin1").load(), path)
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError, ValueError) as exc:
+        _refuse(path, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__)
+    if isinstance(obj, dict):
+        from paddle.framework.io import _pack_loaded_dict  # re-joins params paddle.save split (> 4 GB), arrays only
+
+        obj = _pack_loaded_dict(obj)
+        if not keep_name_table:
+            obj.pop("StructuredToParameterName@@", None)
+    if return_numpy:
+        return obj
+    import paddle
+
+    def to_tensor(v):
+        if isinstance(v, np.ndarray):
+            return paddle.to_tensor(v)
+        if isinstance(v, dict):
+            return type(v)((k, to_tensor(x)) for k, x in v.items())
+        return v
+
+    return to_tensor(obj)
+
+
+_REAL_LOAD: list = []
+
+
+@contextlib.contextmanager
+def safe_paddle_load():
+    """While active, `paddle.load(path, ...)` goes through `load_pdparams` (re-entrant)."""
+    import paddle
+
+    if _REAL_LOAD:  # already active
+        yield
+        return
+    real = paddle.load
+    _REAL_LOAD.append(real)
+
+    def guarded(path, **configs):
+        if not isinstance(path, (str, os.PathLike)):
+            if pickle_trusted():
+                return real(path, **configs)
+            raise UntrustedPickleError(f"paddle.load of a {type(path).__name__} (not a file path) was refused; "
+                                       f"rerun with --trust-pickle (or {TRUST_ENV}=1) if you trust its source")
+        return load_pdparams(os.fspath(path), return_numpy=bool(configs.get("return_numpy", False)),
+                             keep_name_table=bool(configs.get("keep_name_table", False)))
+
+    paddle.load = guarded
+    try:
+        yield
+    finally:
+        paddle.load = real
+        _REAL_LOAD.clear()

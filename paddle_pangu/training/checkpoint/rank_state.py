@@ -1,0 +1,122 @@
+"""What one rank writes into and reads from its `rank_NNNNN/` directory.
+
+    model.safetensors       the model's state_dict (this rank's shard)
+    optimizer.safetensors   the optimizer's tensors, under structured parameter names
+    state.json              step, data position, LR scheduler, loss scaler, every RNG and
+                            the optimizer's non-tensor skeleton (tagged JSON, state_codec)
+    MANIFEST.json           sizes and hashes of the three files above, written last
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+
+import numpy as np
+import paddle
+
+from paddle_pangu.errors import CheckpointError
+
+from .files import atomic_write, atomic_write_text
+from .state_codec import from_json, join_tensors, split_tensors, to_json
+
+MODEL_FILE = "model.safetensors"
+OPTIMIZER_FILE = "optimizer.safetensors"
+STATE_FILE = "state.json"
+
+
+def _unique_to_structured(model) -> dict:
+    """{param.name (Paddle's process-global unique name): structured name in the model}."""
+    return {p.name: n for n, p in model.named_parameters()}
+
+
+def rename_optimizer_state(state: dict, mapping: dict) -> dict:
+    """Rename optimizer-state keys from one parameter naming to the other.
+
+    Paddle keys accumulators as `<param.name>_<accumulator>` (e.g.
+    `linear_3.w_0_moment1_0`) and master weights by `param.name`; the unique
+    names depend on how many layers the process built before, so checkpoints
+    store structured names (`pangu.layers.0.mlp.fc_in.weight_moment1_0`) and
+    map back to whatever this process called the parameters.
+    """
+    prefixes = sorted(mapping, key=len, reverse=True)  # longest first: "linear_11.w_0" before "linear_1.w_0"
+    out = {}
+    for key, value in state.items():
+        if key == "master_weights" and isinstance(value, dict):
+            out[key] = {mapping.get(k, k): v for k, v in value.items()}
+            continue
+        new_key = key
+        for old in prefixes:
+            if key == old or key.startswith(old + "_"):
+                new_key = mapping[old] + key[len(old):]
+                break
+        out[new_key] = value
+    return out
+
+
+def capture_rng_state() -> dict:
+    """Every RNG a step can draw from (dropout in mp regions uses fleet's tracker)."""
+    from paddle.distributed.fleet.meta_parallel import get_rng_state_tracker
+
+    return {
+        "paddle": paddle.get_rng_state(),
+        "tracker": get_rng_state_tracker().get_states_tracker(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+
+
+def restore_rng_state(state: dict) -> None:
+    from paddle.distributed.fleet.meta_parallel import get_rng_state_tracker
+
+    paddle.set_rng_state(list(state["paddle"]))
+    if state.get("tracker"):
+        get_rng_state_tracker().set_states_tracker(state["tracker"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+
+
+def _save_tensors(path: str, tensors: dict) -> None:
+    from safetensors.paddle import save_file
+
+    atomic_write(path, lambda tmp: save_file({k: v.contiguous() if hasattr(v, "contiguous") else v
+                                              for k, v in tensors.items()}, tmp))
+
+
+def _load_tensors(path: str) -> dict:
+    from safetensors.paddle import load_file
+
+    try:
+        return load_file(path)
+    except Exception as exc:  # a header that verified but does not parse: still a checkpoint problem
+        raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc)[:160]})") from None
+
+
+def write_rank_files(rank_dir: str, model, optimizer, state: dict) -> None:
+    """The model, optimizer and JSON state of this rank, each written atomically."""
+    model_sd = model.state_dict()
+    bad = [k for k, v in model_sd.items() if not isinstance(v, paddle.Tensor)]
+    if bad:
+        raise CheckpointError(f"model state entries that are not tensors: {bad[:5]}")
+    _save_tensors(os.path.join(rank_dir, MODEL_FILE), dict(model_sd))
+    opt_state = rename_optimizer_state(optimizer.state_dict(), _unique_to_structured(model))
+    skeleton, opt_tensors = split_tensors(opt_state)
+    _save_tensors(os.path.join(rank_dir, OPTIMIZER_FILE), opt_tensors)
+    doc = {**{k: to_json(v) for k, v in state.items()}, "optimizer": skeleton}
+    atomic_write_text(os.path.join(rank_dir, STATE_FILE), json.dumps(doc))
+
+
+def read_rank_files(rank_dir: str, model, optimizer) -> dict:
+    """Load model and optimizer state from a verified rank dir; returns the decoded JSON state."""
+    path = os.path.join(rank_dir, STATE_FILE)
+    try:
+        with open(path, encoding="utf-8") as f:
+            state = from_json(json.load(f))
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{path}: unreadable checkpoint state ({str(exc)[:160]})") from None
+    model.set_state_dict(_load_tensors(os.path.join(rank_dir, MODEL_FILE)))
+    opt_tensors = _load_tensors(os.path.join(rank_dir, OPTIMIZER_FILE))
+    opt_state = join_tensors(state.pop("optimizer"), opt_tensors, path)
+    structured_to_unique = {v: k for k, v in _unique_to_structured(model).items()}
+    optimizer.set_state_dict(rename_optimizer_state(opt_state, structured_to_unique))
+    return state

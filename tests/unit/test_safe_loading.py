@@ -1,0 +1,121 @@
+"""No file the user did not vouch for is unpickled: a planted payload never runs.
+
+The payload is a real pickle `__reduce__` that would create a marker directory
+when unpickled (the same mechanism as an `os.system` payload). Every loading
+entry point must refuse it with a one-line error naming the file and
+`--trust-pickle`, and the marker must not exist afterwards. With
+PANGU_TRUST_PICKLE=1 the same file *is* unpickled (the marker appears), which
+shows the payload is live.
+"""
+import os
+import pickle
+
+import numpy as np
+import paddle
+import pytest
+
+from paddle_pangu.cli import main
+from paddle_pangu.config import get_preset
+from paddle_pangu.io.safe_load import TRUST_ENV, UntrustedPickleError, load_pdparams, safe_paddle_load
+from paddle_pangu.model import PanGuForCausalLM
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.mkdir, (self.marker,))
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A model dir whose model_state.pdparams carries the payload next to real arrays."""
+    root = tmp_path_factory.mktemp("pickle")
+    model_dir = root / "model"
+    paddle.seed(0)
+    PanGuForCausalLM(get_preset("tiny", num_layers=2)).save_pretrained(str(model_dir))
+    weights = model_dir / "model_state.pdparams"
+    state = load_pdparams(str(weights))  # arrays only: loads without trust
+    marker = str(root / "PAYLOAD_RAN")
+    state["zz_payload"] = _Payload(marker)
+    with open(weights, "wb") as f:
+        pickle.dump(state, f, protocol=4)
+    single = root / "init.pdparams"
+    single.write_bytes(weights.read_bytes())
+    return str(model_dir), str(single), marker
+
+
+@pytest.fixture(autouse=True)
+def _untrusted(monkeypatch):
+    monkeypatch.delenv(TRUST_ENV, raising=False)
+
+
+def _refused(capsys, marker, argv, path):
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert not os.path.exists(marker), f"payload ran via {argv[0]}"
+    assert code == 2, (argv[0], err[-400:])
+    line = [l for l in err.splitlines() if "error:" in l]
+    assert line and path in line[-1] and "--trust-pickle" in line[-1] and "not unpickled" in line[-1], err[-600:]
+
+
+def test_from_pretrained_refuses(planted):
+    model_dir, _, marker = planted
+    with pytest.raises(UntrustedPickleError, match=r"model_state\.pdparams.*--trust-pickle"):
+        PanGuForCausalLM.from_pretrained(model_dir)
+    assert not os.path.exists(marker)
+
+
+def test_weight_readers_and_paddle_load_refuse(planted):
+    from paddle_pangu.io.weights import load_plain_weights, read_weight_files
+
+    model_dir, single, marker = planted
+    for call in (lambda: read_weight_files(model_dir), lambda: load_plain_weights(single),
+                 lambda: load_pdparams(single)):
+        with pytest.raises(UntrustedPickleError, match="--trust-pickle"):
+            call()
+    with safe_paddle_load(), pytest.raises(UntrustedPickleError):
+        paddle.load(single)  # what PaddleNLP / LoRA loading calls inside a pangu command
+    assert not os.path.exists(marker)
+
+
+def test_init_from_refuses(planted, tmp_path):
+    from paddle_pangu.training.run_config import run_config_from_dict
+    from paddle_pangu.training.trainer import Trainer
+
+    model_dir, single, marker = planted
+    for src in (model_dir, single):
+        cfg = run_config_from_dict({"model": {"preset": "tiny", "overrides": {"num_layers": 2}, "init_from": src},
+                                    "data": {"seq_len": 8, "synthetic": {"num_samples": 4}},
+                                    "train": {"max_steps": 1, "output_dir": str(tmp_path / "run")}}, source="t")
+        with pytest.raises(UntrustedPickleError, match="--trust-pickle"):
+            Trainer(cfg)
+    assert not os.path.exists(marker)
+
+
+@pytest.mark.parametrize("argv", [
+    ["generate", "--model", "{m}", "--prompt", "北京", "--max-new-tokens", "2"],
+    ["evaluate", "--model", "{m}", "--task", "reviews", "--limit", "2"],
+    ["export", "--model", "{m}", "--output", "{o}"],
+    ["finetune", "--model", "{m}", "--train", "{t}", "--output", "{o}", "--max_steps", "1"],
+    ["reshard", "{m}", "--output", "{o}", "--mp", "2"],
+    ["convert", "--to", "hf", "{m}", "--output", "{o}"],
+], ids=lambda a: a[0])
+def test_every_command_refuses(planted, tmp_path, capsys, argv):
+    model_dir, _, marker = planted
+    train = tmp_path / "sft.jsonl"
+    train.write_text('{"prompt": "问", "response": "答"}\n', encoding="utf-8")
+    argv = [a.format(m=model_dir, o=str(tmp_path / "out"), t=str(train)) for a in argv]
+    _refused(capsys, marker, argv, "model_state.pdparams")
+
+
+def test_arrays_only_pdparams_load_without_trust_and_payload_runs_only_when_trusted(planted, tmp_path, monkeypatch):
+    _, single, marker = planted
+    plain = tmp_path / "plain.pdparams"
+    paddle.save({"w": paddle.ones([2, 3])}, str(plain))
+    np.testing.assert_array_equal(load_pdparams(str(plain))["w"], np.ones([2, 3], "float32"))
+    monkeypatch.setenv(TRUST_ENV, "1")
+    load_pdparams(single)  # the user vouched: full unpickling, the payload is real
+    assert os.path.isdir(marker)
+    os.rmdir(marker)
