@@ -20,6 +20,7 @@ Term by term:
 Process peak RSS (`VmHWM` in /proc/self/status) minus the RSS before the model was built is
 recorded beside it as a cross-check that includes the libc heap and the gloo buffers.
 
+The process gets the same CPU runtime set-up as `pangu train` (`paddle_pangu.runtime.apply`).
 Step time: wall seconds and this process's CPU seconds (`time.process_time`) per optimizer step,
 first step excluded (lazy optimizer-state creation), median of the rest.
 """
@@ -116,6 +117,9 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--out", required=True, help="directory for rank<N>.json")
     args = p.parse_args(argv)
+    from paddle_pangu import runtime
+
+    runtime.apply()  # the math-library environment `pangu train` runs with (MKL code path on AMD), before paddle loads
     result = measure(json.loads(args.run_config), args.steps)
     os.makedirs(args.out, exist_ok=True)
     with open(os.path.join(args.out, f"rank{result['rank']}.json"), "w", encoding="utf-8") as f:
