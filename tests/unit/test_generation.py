@@ -191,3 +191,21 @@ def test_text_stream_deltas_hold_back_stop_prefixes(tokenizer):
     stopping = TextStream(tokenizer, stop=[text[2:4]])
     out = "".join(stopping.push(t) for t in ids if not stopping.stopped)
     assert stopping.stopped and out == text[:2] == stopping.text
+
+
+def test_generate_command_streams_and_applies_the_prompt_policy(tokenizer, capsys):
+    from paddle_pangu.cli import main
+    from paddle_pangu.inference.loading import load_model_and_tokenizer
+
+    model, _ = load_model_and_tokenizer("preset:tiny", seed=0)
+    expected = generate_text(model, tokenizer, ["北京是"], max_new_tokens=6, frequency_penalty=2.0)[0]
+    args = ["generate", "--model", "preset:tiny", "--max-new-tokens", "6", "--frequency-penalty", "2"]
+    assert main(args + ["--prompt", "北京是"]) == 0
+    assert capsys.readouterr().out == "北京是" + expected + "\n"
+    long_prompt = "，".join(["北京是中国的首都", "上海的夜景很美", "今天天气很好"] * 12)
+    assert len(tokenizer.encode_ids(long_prompt)) > 128
+    assert main(args + ["--prompt", long_prompt]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("pangu generate: error: prompt of") and "--truncate left" in err and "\n" not in err
+    assert main(args + ["--prompt", long_prompt, "--truncate", "left"]) == 0
+    assert capsys.readouterr().out.startswith(long_prompt)
