@@ -18,6 +18,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--stop-after-steps", type=int, default=None, metavar="N",
                         help="checkpoint and exit once step N is done (the schedule still spans train.max_steps); "
                              "rerun with checkpoint.resume=auto to continue")
+    parser.add_argument("--force-resume", action="store_true",
+                        help="resume even though the checkpoint's run config differs in more than max_steps / "
+                             "logging / eval settings (the differences are logged)")
     parser.add_argument("--evaluate", metavar="MODEL_DIR", default=None,
                         help="no training: print the validation perplexity of a consolidated model directory "
                              "(e.g. <output_dir>/final_model) on this run's validation batches, in one process")
@@ -43,6 +46,8 @@ def _load_config(args, world: int = 1):
         overrides.append(f"train.output_dir={args.output_dir}")
     if args.max_steps is not None:
         overrides.append(f"train.max_steps={args.max_steps}")
+    if getattr(args, "force_resume", False):
+        overrides.append("checkpoint.force_resume=true")
     if getattr(args, "parallel", None) == "auto":
         import os
 
@@ -56,22 +61,15 @@ def _load_config(args, world: int = 1):
 
 
 def run(args) -> int:
-    from paddle_pangu.parallel.device import DeviceError
     from paddle_pangu.parallel.topology import launched_world_size
-
-    from .amp import AmpConfigError
-    from .run_config import RunConfigError
 
     world = launched_world_size()
     if args.nproc is not None and world == 1 and not args.evaluate:
         return _launch(args)
-    try:
-        cfg = _load_config(args, world)
-        _check_launched(args, cfg, world)
-        cfg.validate(None if args.evaluate else world)  # the layout, before any process group exists
-    except RunConfigError as exc:
-        print(f"error: {exc}")
-        return 2
+    # config, layout, data, device and AMP errors are PanGuErrors: cli.main prints them as one line, exit 2
+    cfg = _load_config(args, world)
+    _check_launched(args, cfg, world)
+    cfg.validate(None if args.evaluate else world)  # the layout, before any process group exists
     if args.check_only:
         print(f"{args.config}: valid for world size {world}")
         return 0
@@ -84,11 +82,7 @@ def run(args) -> int:
         return 0
     from .trainer import Trainer
 
-    try:
-        trainer = Trainer(cfg)  # data paths, device and AMP mode are checked before any process group
-    except (RunConfigError, AmpConfigError, DeviceError) as exc:
-        print(f"error: {exc}")
-        return 2
+    trainer = Trainer(cfg)  # data paths, device and AMP mode are checked before any process group
     result = trainer.train(stop_after=args.stop_after_steps)
     if result.get("eval"):
         print(f"validation loss {result['eval']['loss']:.4f} perplexity {result['eval']['ppl']:.2f}")
@@ -105,7 +99,7 @@ def _train_argv(args) -> list[str]:
                         ("--parallel", getattr(args, "parallel", None))):
         if value is not None:
             argv += [flag, str(value)]
-    return argv
+    return argv + (["--force-resume"] if getattr(args, "force_resume", False) else [])
 
 
 def _launch(args) -> int:

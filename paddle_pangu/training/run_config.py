@@ -205,7 +205,7 @@ def _check_sections(cfg: RunConfig, model_cfg) -> None:
         (cfg.train.device in ("auto", "cpu", "gpu", "npu"), "train.device", "auto | cpu | gpu | npu"),
         (cfg.checkpoint.keep_last >= 1, "checkpoint.keep_last", ">= 1"),
         (cfg.train.max_nonfinite_steps >= 0, "train.max_nonfinite_steps", ">= 0"),
-        (cfg.seq_len >= 1, "data.seq_len", "a positive sequence length"),
+        (cfg.data.seq_len is None or cfg.data.seq_len >= 1, "data.seq_len", "a positive sequence length"),
         (cfg.data.synthetic is None or cfg.data.synthetic.num_samples >= 1, "data.synthetic.num_samples",
          "a positive sample count"),
         (cfg.logging.log_interval >= 1, "logging.log_interval", ">= 1"),
