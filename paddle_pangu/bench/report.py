@@ -22,7 +22,8 @@ def _system_line(name: str, s: dict) -> str:
     rate = s.get("tokens_per_s")
     extra = ""
     if "gflops" in s:
-        extra = f"  {s['gflops']:.1f} GFLOP/s = {100 * s['peak_fraction']:.0f}% of peak"
+        extra = (f"  {s['gflops']:.1f} GFLOP/s = {100 * s['peak_fraction']:.0f}% of peak, per CPU-s "
+                 f"{s['gflop_per_cpu_s']:.1f} = {100 * s['peak_fraction_cpu']:.0f}%")
     if "first_token_s" in s:
         extra = f"  first token {_span(s['first_token_s'], 1000, '{:.0f}')} ms"
     mem = f"  peak RSS {s['peak_rss_mb']:.0f} MB (+{s['step_extra_mb']:.0f})" if "peak_rss_mb" in s else ""

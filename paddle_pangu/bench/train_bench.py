@@ -148,6 +148,9 @@ def bench_train(shape: Shape, rounds: int = 3, steps: int = 1, compare: bool = T
         s = summarize(samples, shape.tokens)
         s["gflops"] = flops / s["wall_s"]["median"] / 1e9
         s["peak_fraction"] = s["gflops"] / peak["peak_gflops"]
+        # per CPU-second: moves much less with the load than wall time (both threads' seconds counted)
+        s["gflop_per_cpu_s"] = flops / s["cpu_s"]["median"] / 1e9
+        s["peak_fraction_cpu"] = s["gflop_per_cpu_s"] / peak["peak_gflop_per_cpu_s"]
         result["systems"][name] = s
     result["ratios"] = {f"pangu/{b}": pair_ratio(systems_runs["pangu"], systems_runs[b])
                         for b in systems_runs if b != "pangu"}

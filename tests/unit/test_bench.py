@@ -64,6 +64,8 @@ def test_bench_train_compare_reports_every_system(tmp_path, capsys):
         assert len(s["load"]) == 1 and s["tokens_per_s"] == pytest.approx(8 / s["wall_s"]["median"])
         assert s["gflops"] == pytest.approx(r["gflop_per_step"] / s["wall_s"]["median"])
         assert s["peak_fraction"] == pytest.approx(s["gflops"] / r["matmul_peak"]["peak_gflops"])
+        assert s["peak_fraction_cpu"] == pytest.approx(
+            r["gflop_per_step"] / s["cpu_s"]["median"] / r["matmul_peak"]["peak_gflop_per_cpu_s"])
     ratio = r["ratios"]["pangu/paddlenlp_gpt"]
     if ratio["wall"] is not None:
         want = r["systems"]["paddlenlp_gpt"]["wall_s"]["median"] / r["systems"]["pangu"]["wall_s"]["median"]
