@@ -76,6 +76,10 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def busy(_: Request, exc: ServerBusy):
         return JSONResponse(P.error_body(str(exc), kind="server_busy"), status_code=503)
 
+    @app.exception_handler(_GenerationFailed)
+    async def failed(_: Request, exc: _GenerationFailed):
+        return JSONResponse(P.error_body(str(exc), kind="server_error"), status_code=500)
+
     @app.exception_handler(PanGuError)
     async def usage(_: Request, exc: PanGuError):
         return JSONResponse(P.error_body(str(exc)), status_code=400)

@@ -1,0 +1,66 @@
+"""Serving engine error paths: a failing step fails only its rows (the HTTP answer is an error, the engine
+keeps serving), a full queue is HTTP 503. Steppers here are stand-ins: the happy paths run the real
+model in tests/integration/test_serve.py."""
+import numpy as np
+from starlette.testclient import TestClient
+
+from paddle_pangu.config import get_preset
+from paddle_pangu.inference.server import create_app
+from paddle_pangu.inference.server.engine import Engine
+
+
+class _Tokenizer:
+    def encode_ids(self, text):
+        return [100 + ord(c) % 50 for c in text]
+
+    def decode_ids(self, ids):
+        return "".join(chr(0x4e00 + i % 100) for i in ids)
+
+
+class _Stepper:
+    """Logits that always pick token 42; the prompt "boom" makes the model call raise."""
+
+    def __init__(self, vocab):
+        self.vocab = vocab
+
+    def __call__(self, ids, positions, mask, cache):
+        if (ids == 100 + ord("b") % 50).any():
+            raise RuntimeError("device fell over")
+        logits = np.zeros([ids.shape[0], self.vocab], "float32")
+        logits[:, 42] = 1.0
+        return logits, np.zeros([1, ids.shape[0], 1])
+
+    select = staticmethod(lambda c, rows: c[:, rows])
+    pad_left = staticmethod(lambda c, n: c)
+    concat = staticmethod(lambda a, b: np.concatenate([a, b], 1))
+    trim_left = staticmethod(lambda c, n: c)
+
+
+def _client(stepper, **kw):
+    config = get_preset("tiny")
+    engine = Engine(stepper, config, _Tokenizer(), **kw).start()
+    return engine, TestClient(create_app(engine, "stub"))
+
+
+def test_a_failing_step_fails_its_request_and_the_engine_keeps_serving():
+    engine, http = _client(_Stepper(40000))
+    try:
+        bad = http.post("/v1/completions", json={"prompt": "boom", "max_tokens": 3})
+        assert bad.status_code == 500 and "device fell over" in bad.json()["error"]["message"]
+        good = http.post("/v1/completions", json={"prompt": "ok", "max_tokens": 3, "temperature": 0})
+        assert good.status_code == 200 and good.json()["usage"]["completion_tokens"] == 3
+    finally:
+        engine.stop()
+
+
+def test_a_full_queue_is_503():
+    import asyncio
+
+    from paddle_pangu.inference.generation import SamplingConfig
+
+    config = get_preset("tiny")
+    engine = Engine(_Stepper(40000), config, _Tokenizer(), max_batch=1, max_queue=1)  # not started: nobody drains
+    engine.submit([5, 6], SamplingConfig(max_new_tokens=2), (), asyncio.new_event_loop())
+    with TestClient(create_app(engine, "stub")) as http:
+        busy = http.post("/v1/completions", json={"prompt": "c", "max_tokens": 2})
+    assert busy.status_code == 503 and "busy" in busy.json()["error"]["message"]
