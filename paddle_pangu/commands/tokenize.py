@@ -107,6 +107,6 @@ def run(args: argparse.Namespace) -> int:
         else:
             _print_encoded(codec, text, codec.encode_ids(text), args)
     except (UsageError, TokenizerInputError, FileNotFoundError, ValueError) as err:
-        print(f"pangu tokenize: error: {err}", file=sys.stderr)
-        return 2 if isinstance(err, UsageError) else 1
+        print(f"pangu tokenize: error: {' '.join(str(err).split())}", file=sys.stderr)  # the one CLI form
+        return 2
     return 0

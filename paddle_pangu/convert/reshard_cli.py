@@ -1,4 +1,4 @@
-"""`pangu reshard`: rewrite a checkpoint of this project for another tensor/pipeline-parallel layout.
+"""`pangu reshard` (a sibling of `pangu convert` in the convert package): rewrite a checkpoint of this project for another tensor/pipeline-parallel layout.
 
     pangu reshard models/pangu-2.6b --output ckpt/pangu-2.6b-mp8 --mp 8
     pangu reshard ckpt/run1/step_1000 --output models/merged --mp 1 --pp 1
@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
+import os
 
-from ..config.parallel_config import ParallelConfigError
-from .common import DEFAULT_SHARD_BYTES, DTYPES, ConversionError
+from ..errors import UsageError
+from .common import DEFAULT_SHARD_BYTES, DTYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -28,12 +28,10 @@ def run(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.mp < 1 or args.pp < 1:
-        print(f"pangu reshard: error: --mp {args.mp} / --pp {args.pp} must be >= 1", file=sys.stderr)
-        return 2
-    try:
-        files = reshard(args.src, args.output, args.mp, args.pp, dtype=args.dtype, max_shard_bytes=DEFAULT_SHARD_BYTES)
-    except (ConversionError, ParallelConfigError) as exc:
-        print(f"pangu reshard: error: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--mp {args.mp} / --pp {args.pp}: both must be >= 1")
+    if not os.path.isdir(args.src):
+        raise UsageError(f"{args.src}: no such checkpoint directory (expected config.json + weights)")
+    # ConversionError / ParallelConfigError are PanGuErrors: cli.main prints them as one line, exit 2
+    files = reshard(args.src, args.output, args.mp, args.pp, dtype=args.dtype, max_shard_bytes=DEFAULT_SHARD_BYTES)
     print(f"resharded {args.src} -> {args.output} (mp{args.mp} pp{args.pp}): {len(files)} weight file(s)")
     return 0

@@ -121,9 +121,9 @@ def test_tokenize_usage_errors(capsys, tmp_path):
     assert "exactly one of" in capsys.readouterr().err
     assert cli.main(["tokenize", "--decode", "1 two"]) == 2
     assert "--decode expects integers" in capsys.readouterr().err
-    assert cli.main(["tokenize", "--decode", "40000"]) == 1
+    assert cli.main(["tokenize", "--decode", "40000"]) == 2
     assert "outside the vocabulary" in capsys.readouterr().err
     assert cli.main(["tokenize", "--file", str(tmp_path / "none.txt")]) == 2
     assert "no such file" in capsys.readouterr().err
-    assert cli.main(["tokenize", "--vocab", str(tmp_path), "x"]) == 1
+    assert cli.main(["tokenize", "--vocab", str(tmp_path), "x"]) == 2
     assert str(tmp_path / "vocab.model") in capsys.readouterr().err

@@ -1,0 +1,125 @@
+"""The import rule of docs/ARCHITECTURE.md, checked on every module's imports (parsed, not executed).
+
+Packages are layers; a module may import its own package and lower layers only. Command modules
+(`cli.py`, `cli/`, `entry/` inside a package, and the top-level `cli.py` / `commands/`) sit on top:
+they may import anything and nothing in the library imports them. Private Paddle names stay behind
+`parallel/fleet_compat.py` and `parallel/cpu_backend/`.
+"""
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2] / "paddle_pangu"
+
+LAYERS = [  # lowest first; same as docs/ARCHITECTURE.md
+    {"errors", "utils", "runtime"},
+    {"config", "io"},
+    {"parallel", "tokenizer"},
+    {"model"},
+    {"data", "convert"},
+    {"training", "inference"},
+    {"evaluation", "planner"},
+    {"finetune"},
+    {"bench", "commands", "cli"},
+]
+RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
+
+# (importing module, imported package): the known exceptions, each with its reason
+ALLOWED = {
+    ("inference/server/protocol.py", "finetune"): "the chat template the fine-tuned model was trained with",
+}
+CPU_BACKEND_IMPORTERS = {"parallel/topology.py": "fleet set-up", "finetune/arguments.py": "PaddleNLP's fleet set-up"}
+PRIVATE_NAMES = ("_run_custom_op", "_c_identity", "_c_concat", "_global_norm", "_set_pipeline_name_mapping",
+                 "_pp_to_single_mapping", "shared_comm", "is_firstly_shared", "_is_collective", "_HYBRID_PARALLEL_GROUP")
+FENCE = ("parallel/fleet_compat.py", "parallel/cpu_backend/")
+
+
+def _modules():
+    return sorted(p for p in ROOT.rglob("*.py"))
+
+
+def _package(rel: Path) -> str:
+    return rel.parts[0] if len(rel.parts) > 1 else rel.stem
+
+
+def _is_command(rel: Path) -> bool:
+    return (rel.name == "cli.py" or "cli" in rel.parts[:-1] or "entry" in rel.parts[:-1]
+            or _package(rel) in ("commands", "cli"))
+
+
+def _imported(path: Path) -> list[tuple[str, int]]:
+    """(absolute paddle_pangu.* module, line) for every import statement of `path`."""
+    rel = path.relative_to(ROOT)
+    here = ["paddle_pangu", *rel.with_suffix("").parts]
+    pkg = here[:-1]  # the package a relative import starts from (for __init__.py: its own package)
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out += [(a.name, node.lineno) for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = pkg[:len(pkg) - node.level + 1]
+                base = ".".join(anchor + ([node.module] if node.module else []))
+            names = [f"{base}.{a.name}" for a in node.names] if not node.module else [base]
+            out += [(n, node.lineno) for n in names]
+    return [(n, line) for n, line in out if n == "paddle_pangu" or n.startswith("paddle_pangu.")]
+
+
+def _violations():
+    found = []
+    for path in _modules():
+        rel = path.relative_to(ROOT)
+        src = _package(rel)
+        for name, line in _imported(path):
+            parts = name.split(".")
+            target = parts[1] if len(parts) > 1 else ""
+            if not target or target == src:
+                continue
+            if target not in RANK:  # a new top-level package or module must be placed in LAYERS
+                found.append(f"{rel}:{line} imports {name}: {target!r} is in no layer of docs/ARCHITECTURE.md")
+                continue
+            imports_command = len(parts) > 2 and (parts[2] in ("cli", "entry")) or target in ("cli", "commands")
+            if imports_command and not _is_command(rel):
+                found.append(f"{rel}:{line} imports the command module {name}")
+            if _is_command(rel) or (str(rel), target) in ALLOWED:
+                continue
+            if RANK[target] >= RANK.get(src, -1):
+                found.append(f"{rel}:{line} imports {name}: {src!r} (layer {RANK.get(src)}) may only import "
+                             f"lower layers, {target!r} is layer {RANK[target]}")
+    return found
+
+
+def test_every_package_has_a_layer():
+    packages = {_package(p.relative_to(ROOT)) for p in _modules()} - {"__init__"}
+    assert packages <= set(RANK), f"place {sorted(packages - set(RANK))} in LAYERS and docs/ARCHITECTURE.md"
+
+
+def test_imports_point_down():
+    assert _violations() == []
+
+
+def test_the_rule_catches_an_upward_import(tmp_path, monkeypatch):
+    """The checker itself: a model module importing training is reported."""
+    fake = ROOT / "model" / "_architecture_probe.py"
+    monkeypatch.setattr(__import__(__name__), "_modules", lambda: [fake])
+    original = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: "from ..training import trainer\n"
+                        if self == fake else original(self, *a, **k))
+    (found,) = _violations()
+    assert "model/_architecture_probe.py:1 imports paddle_pangu.training" in found and "layer 5" in found
+
+
+def test_cpu_backend_is_imported_in_one_place():
+    importers = {str(p.relative_to(ROOT)) for p in _modules() if not str(p.relative_to(ROOT)).startswith(FENCE[1])
+                 and any(n.startswith("paddle_pangu.parallel.cpu_backend") for n, _ in _imported(p))}
+    assert importers <= set(CPU_BACKEND_IMPORTERS), importers
+
+
+@pytest.mark.parametrize("name", PRIVATE_NAMES)
+def test_private_paddle_names_stay_behind_the_fence(name):
+    users = [str(p.relative_to(ROOT)) for p in _modules() if not str(p.relative_to(ROOT)).startswith(FENCE)
+             and any(isinstance(n, ast.Attribute) and n.attr == name
+                     for n in ast.walk(ast.parse(p.read_text(encoding="utf-8"))))]
+    assert users == [], f"{name} used outside parallel/fleet_compat.py: {users}"
