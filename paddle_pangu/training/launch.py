@@ -9,6 +9,8 @@ launcher's output unfiltered instead.
 from __future__ import annotations
 
 import os
+import re
+import signal
 import subprocess
 import sys
 import threading
@@ -68,4 +70,24 @@ def run_launched(train_argv: list[str], nproc: int, log_dir: str, verbose: bool 
             tail = _tail(os.path.join(log_dir, name))
             if tail:
                 print(f"---- last lines of {os.path.join(log_dir, name)} ----\n{tail}", file=sys.stderr)
+        for line in failed_ranks(os.path.join(log_dir, "launcher.log")):
+            print(f"pangu train: error: {line}", file=sys.stderr)
     return code
+
+
+_FAILED = re.compile(r"Container rank (\d+) status failed .*? code (-?\d+) log (\S+)")
+
+
+def failed_ranks(launcher_log: str) -> list[str]:
+    """One line per rank the launcher saw fail: the rank, how it ended and its log file."""
+    try:
+        with open(launcher_log, errors="replace") as f:
+            found = _FAILED.findall(f.read())
+    except OSError:
+        return []
+    out = []
+    for rank, code, log in found:
+        how = (f"was killed by {signal.Signals(-int(code)).name}" if int(code) < 0 and -int(code) in
+               signal.valid_signals() else f"exited with code {code}")
+        out.append(f"rank {rank} {how}; the job was stopped; its log: {log}")
+    return out
