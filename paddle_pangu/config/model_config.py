@@ -2,7 +2,7 @@
 
 Everything here describes the network; nothing here describes how it is
 parallelised (that is `paddle_pangu.config.parallel_config.ParallelConfig`)
-or trained. Facts cite ../shared/docs/PANGU_REFERENCE.md ("REF").
+or trained. Facts cite docs/REFERENCE.md ("REF").
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Named PanGu-alpha shapes.
 
-Source for 350m / 2.6b / 13b / 200b: ../shared/docs/PANGU_REFERENCE.md,
+Source for 350m / 2.6b / 13b / 200b: docs/REFERENCE.md,
 "Model sizes" (from the reference code; 2.6B has 32 heads, not 40).
 `tiny` and `mini` are ours: tiny is for unit tests, mini for CPU demos.
 """

@@ -11,7 +11,7 @@ the parallel model and the tests:
 
 "Plain" names are the state-dict keys of `PanGuForCausalLM` (one process).
 Paddle `nn.Linear` stores weights [in, out]; torch / MindSpore `Dense` store
-[out, in] (REF = ../shared/docs/PANGU_REFERENCE.md, "Checkpoint formats").
+[out, in] (REF = docs/REFERENCE.md, "Checkpoint formats").
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import re
 from typing import NamedTuple
 
 # =============================================================================
-# Section 1: foreign-format name maps (helper D)
+# Section 1: foreign-format name maps
 # =============================================================================
 
 WORD_EMBEDDING = "pangu.embeddings.word_embeddings.weight"
@@ -227,7 +227,7 @@ def layer_index(plain_name: str, config) -> int | None:
 
 
 # =============================================================================
-# Section 2: tensor-parallel table of this project's parameters (helper B2)
+# Section 2: tensor-parallel table of this project's parameters
 # =============================================================================
 # Column-parallel linears split their output features, row-parallel linears
 # their input features (fleet's Megatron-style layout); the word embedding is

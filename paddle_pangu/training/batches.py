@@ -78,7 +78,7 @@ def split_tokens_labels(batch: np.ndarray):
 def run_datasets(cfg, model_config, global_batch: int, which=("train", "valid")) -> dict:
     """The datasets of a run config: {'train': ..., 'valid': ...} (only the names in `which`).
 
-    Synthetic data, or helper C's prepared datasets sized for the run:
+    Synthetic data, or `pangu prepare-data` datasets sized for the run:
     train = max_steps x global batch samples, valid = one set of
     `eval_iters` batches per evaluation.
     """

@@ -1,7 +1,7 @@
 """An independent numpy forward pass of PanGu-alpha, written from the reference facts only.
 
 It never imports paddle_pangu: every fact below is taken from
-../shared/docs/PANGU_REFERENCE.md ("REF") so that the converters and the
+docs/REFERENCE.md ("REF") so that the converters and the
 Paddle model can be checked against it.
 
 Parameters are a plain nested dict in the torch / "math" convention: every

@@ -123,3 +123,27 @@ def test_private_paddle_names_stay_behind_the_fence(name):
              and any(isinstance(n, ast.Attribute) and n.attr == name
                      for n in ast.walk(ast.parse(p.read_text(encoding="utf-8"))))]
     assert users == [], f"{name} used outside parallel/fleet_compat.py: {users}"
+
+
+def test_every_ref_citation_names_a_fact_in_docs_reference():
+    import re
+
+    reference = " ".join((ROOT.parent / "docs" / "REFERENCE.md").read_text(encoding="utf-8").lower().split())
+    cited = {" ".join(m.replace("#", " ").split()) for p in _modules()
+             for m in re.findall(r'REF "([^"]+)"', p.read_text(encoding="utf-8"))}
+    assert len(cited) > 20
+    assert sorted(c for c in cited if c.lower() not in reference) == []
+
+
+def test_fleet_compat_refuses_an_unchecked_paddle(monkeypatch):
+    from paddle_pangu.errors import PanGuError
+    from paddle_pangu.parallel import fleet_compat
+
+    fleet_compat.check_version()  # the installed paddle is the checked one
+    monkeypatch.delenv(fleet_compat.ALLOW_ENV, raising=False)
+    with pytest.raises(PanGuError, match=r"checked against paddlepaddle 3\.3\.1, but paddle 9\.9\.9"):
+        fleet_compat.check_version("9.9.9")
+    monkeypatch.setenv(fleet_compat.ALLOW_ENV, "1")
+    monkeypatch.setattr(fleet_compat, "_checked", [])
+    fleet_compat.check_version("9.9.9")  # allowed: a warning, once
+    assert fleet_compat._checked == ["9.9.9"]

@@ -2,7 +2,7 @@
 
 paddle 3.3.1 has no CPU kernel for `c_identity`, `c_split`, `c_concat` and
 `c_softmax_with_cross_entropy`, and `mp_allreduce_sum` needs NCCL
-(see shared/docs/PLATFORM.md, "Fleet hybrid parallel on CPU"). Each op here
+(see README.md, "Platform notes"). Each op here
 is a `PyLayer` over the synchronous gloo collectives with the same
 signature as the wrapper it replaces in
 `paddle.distributed.fleet.layers.mpu.mp_ops`. Every wrapper falls back to

@@ -1,7 +1,7 @@
 """Pipeline-parallel settings that fleet needs on CPU gloo groups.
 
 Three things stop fleet's `PipelineLayer` / `PipelineParallel` on CPU
-(shared/docs/PLATFORM.md): `ParallelEnv` has no `_device_id` on CPU builds
+(README.md, "Platform notes"): `ParallelEnv` has no `_device_id` on CPU builds
 (PipelineLayer reads `ParallelEnv().device_id`); p2p goes through
 `send/recv_on_calc_stream` (handled in `collectives.py`); and two p2p
 options assume asynchronous NCCL sends:
