@@ -143,3 +143,23 @@ def forward(params: dict, input_ids, num_heads: int, act: str = "gelu_tanh", eps
     query = params["wqe"].astype(np.float64)[pos]  # REF: top_query_embedding[position_ids], no LN
     x = block(x, params["query"], mask, num_heads, act, eps, query=query)
     return x @ wte.T  # no LN after the query layer (REF "final layernorm")
+
+
+def assert_fp32_logits_match(got, expected, ulps: float = 64) -> None:
+    """float32 model logits vs this float64 reference: |Δ| <= ulps · 2^-24 · max|expected|.
+
+    A converter only copies, renames, transposes and splits arrays, so the
+    converted model is the reference network exactly; what remains is the
+    float32 rounding of the paddle forward. Each logit is the end of a chain
+    of reductions (hidden 64..256, FFN 4h, attention over <= 16 positions, 3
+    layers, a layer norm per sublayer) whose reordered float32 sums keep about
+    24 - log2(n) leading bits of the largest term, so the error stays within
+    a few dozen ulp of the largest logit: 64 ulp (measured: 3.7 ulp on the HF
+    fixture, 15.5 max logit). A wrong mapping (a transposed, swapped or
+    mis-split tensor) moves logits by O(1), six orders above.
+    """
+    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    assert got.shape == expected.shape, (got.shape, expected.shape)
+    tol = ulps * 2.0 ** -24 * float(np.abs(expected).max())
+    diff = float(np.abs(got - expected).max())
+    assert diff <= tol, f"logits differ by {diff:.3e} > {tol:.3e} ({ulps} ulp of max |logit| {np.abs(expected).max():.3f})"

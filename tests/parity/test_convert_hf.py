@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 from convert_fixtures import HEADS, config_overrides, hf_config, make_params, paddle_logits, sample_ids, to_hf
-from reference_numpy import forward
+from reference_numpy import assert_fp32_logits_match, forward
 from safetensors.numpy import load_file, save_file
 
 from paddle_pangu.convert.api import convert_checkpoint
@@ -21,8 +21,7 @@ def _write_hf_safetensors(d, params, activation="gelu"):
 def _check(out, params, act):
     ids = sample_ids(seed=7)
     ids[0, 3] = 9
-    np.testing.assert_allclose(paddle_logits(out, ids), forward(params, ids, HEADS, act=act, eod_token_id=9),
-                               rtol=1e-4, atol=1e-4)
+    assert_fp32_logits_match(paddle_logits(out, ids), forward(params, ids, HEADS, act=act, eod_token_id=9))
 
 
 def test_hf_safetensors_no_preset(tmp_path):

@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 from convert_fixtures import HEADS, config_overrides, make_params, paddle_logits, sample_ids, to_mindspore
-from reference_numpy import forward
+from reference_numpy import assert_fp32_logits_match, forward
 
 from paddle_pangu.convert.api import convert_checkpoint
 from paddle_pangu.convert.common import ConversionError
@@ -17,11 +17,10 @@ def _ids():
     return ids
 
 
-def _check_logits(out_dir, params, act="gelu_tanh", atol=1e-4):
+def _check_logits(out_dir, params, act="gelu_tanh"):
     ids = _ids()
     expected = forward(params, ids, HEADS, act=act, eod_token_id=9)
-    got = paddle_logits(out_dir, ids)
-    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=atol)
+    assert_fp32_logits_match(paddle_logits(out_dir, ids), expected)
 
 
 def test_ckpt_protobuf_roundtrip_and_slices(tmp_path):
