@@ -5,9 +5,11 @@ Memory per process (bytes), for one pipeline stage:
 - weights: parameters held by this process (tensor-split, on its pipeline stage) x 2 B (fp16/bf16
   O2) or 4 B (fp32).
 - gradients: 4 B per parameter (fp32 main grads in mixed precision, as Megatron; fp32 grads in
-  fp32), divided by the sharding degree at stage 2 (ZeRO-2, Rajbhandari et al. 2020).
+  fp32). Not divided at stage 2: fleet's DygraphShardingOptimizerV2 keeps the full fused gradient
+  buffer on every rank (measured); ZeRO-2 proper (Rajbhandari et al. 2020) would divide them.
 - optimizer states: AdamW m and v (8 B) plus the fp32 master copy in mixed precision (4 B),
-  divided by the sharding degree from stage 1 (ZeRO-1). REF "Training recipe".
+  sharded from stage 1 (ZeRO-1): whole tensors, largest first, at stage 1; elements at stage 2.
+  REF "Training recipe".
 - activations: per layer and micro-batch the count of Korthikanti et al. 2022 (arXiv 2205.05198,
   no sequence parallelism), generalised to element size e (2 fp16, 4 fp32), FFN width F and
   dropout masks of 1 B (none when the dropout probability is 0):
@@ -21,6 +23,7 @@ Memory per process (bytes), for one pipeline stage:
   and softmax are alive together at the end of its forward; measured, docs/PLANNER.md).
 - buffers: data parallelism keeps fused gradient buffers (paddle's DataParallel reducer: one more
   gradient copy); `reserve_gb` of the device preset adds workspace / fragmentation.
+- peak: the largest of the activation moments listed in `activation_bytes`.
 
 Time: 6 * params FLOPs per token for forward + backward plus attention's 12 * L * h * s
 (Narayanan et al. 2021, arXiv 2104.04473), x (1 + 1/3) for recomputed blocks, over devices x peak x

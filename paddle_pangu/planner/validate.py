@@ -82,16 +82,8 @@ def planner_inputs(run_config: dict):
     from .estimate import Hardware
     from .hardware import get_device_preset
 
-    cfg = run_config_from_dict(run_config, source="validate")
-    model_cfg, par = cfg.validate()
-    par = ParallelConfig_with_seq(par, cfg.seq_len)
+    model_cfg, par = run_config_from_dict(run_config, source="validate").validate()  # par carries seq_len
     return model_cfg, par, Hardware.from_preset(get_device_preset("cpu"), par.world_size, "float32")
-
-
-def ParallelConfig_with_seq(par, seq_len: int):  # noqa: N802 - a dataclasses.replace spelled out
-    import dataclasses
-
-    return dataclasses.replace(par, seq_length=seq_len, global_batch_size=None)
 
 
 def compare(case: str, run_config: dict, measured: list[dict]) -> list[dict]:
