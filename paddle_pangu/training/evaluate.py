@@ -4,6 +4,13 @@ Reads the same validation samples the trainer evaluates on (same run YAML,
 same seed and global batch), so the number printed here for
 `<output_dir>/final_model` should equal the trainer's last `eval` line: a
 check that the consolidated weights load into the single-process model.
+
+Two perplexities exist on purpose, named for what they average:
+`batch_mean_perplexity` here is exp of the mean of per-batch mean token
+losses, the training objective the trainer logs (and what this check must
+reproduce); `evaluation.scoring.perplexity` is the held-out corpus perplexity,
+exp of the token-weighted mean NLL, reported by `pangu evaluate`. They agree
+when every batch counts the same number of tokens.
 """
 from __future__ import annotations
 
@@ -16,6 +23,11 @@ from tqdm import tqdm
 from .batches import StepBatcher, run_datasets, split_tokens_labels
 from .nonfinite import finite_or_nan
 from .run_config import RunConfig
+
+
+def batch_mean_perplexity(mean_batch_loss: float) -> float:
+    """exp(mean of per-batch mean losses), the loss capped at 50 so a diverged run still logs a number."""
+    return math.exp(min(mean_batch_loss, 50.0))
 
 
 @paddle.no_grad()
@@ -36,4 +48,4 @@ def evaluate_model_dir(model_dir: str, cfg: RunConfig) -> dict:
                     for t, l in zip(np.split(tokens, par.data_parallel_size), np.split(labels, par.data_parallel_size))]
         losses.append(float(sum(float(x) for x in per_rank) / len(per_rank)))
     mean = sum(losses) / len(losses)
-    return {"loss": mean, "ppl": math.exp(min(mean, 50.0)), "tokens": len(losses) * tokens.size}
+    return {"loss": mean, "ppl": batch_mean_perplexity(mean), "tokens": len(losses) * tokens.size}

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import time
 
@@ -31,6 +30,7 @@ from ..io.weights import load_plain_weights
 from . import checkpoint as ckpt
 from .amp import plan_amp
 from .batches import StepBatcher, run_datasets, split_tokens_labels
+from .evaluate import batch_mean_perplexity
 from .final_model import save_final_model
 from .logging import TrainLogger, logger, setup_console_logging
 from .nonfinite import NonFiniteError, NonFiniteGuard, finite_or_nan, stop_message
@@ -193,7 +193,7 @@ class Trainer:
             losses.append(float(loss))
         self.model.train()
         mean = self._mean_over_data_ranks(sum(losses) / len(losses))
-        return {"loss": mean, "ppl": math.exp(min(mean, 50.0))}
+        return {"loss": mean, "ppl": batch_mean_perplexity(mean)}
 
     # ---- the loop --------------------------------------------------------
     def maybe_resume(self) -> None:
