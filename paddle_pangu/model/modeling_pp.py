@@ -220,6 +220,22 @@ class PanGuForCausalLMPipe(PipelinePretrainedModel, PipelineLayer):
         """
         fleet_compat.mark_shared_weight_owners(self)
 
+    @classmethod
+    def _prepare_pipeline_inputs_func(cls, inputs):
+        """PaddleNLP Trainer hook: a batch dict (or the list of its micro-batch dicts) ->
+        [input_ids, (labels, loss_mask)]; the loss mask rides with the labels to the last stage, so
+        prompt and padding tokens never reach the loss. Without a loss_mask: [input_ids, labels]."""
+        batches = [inputs] if isinstance(inputs, dict) else list(inputs)
+
+        def pick(key):
+            values = [b[key] for b in batches]
+            return values[0] if isinstance(inputs, dict) else values
+
+        labels = pick("labels")
+        if all("loss_mask" in b for b in batches):
+            labels = (labels, pick("loss_mask"))
+        return [pick("input_ids"), labels]
+
     def pipe_to_plain_names(self) -> dict[str, str]:
         """{PipelineLayer parameter name on this stage: plain PanGuForCausalLM name}."""
         return fleet_compat.pipeline_name_mapping(self)

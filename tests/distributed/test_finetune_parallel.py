@@ -31,6 +31,10 @@ def setup(tmp_path_factory):
     model = PanGuForCausalLM(get_preset("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
     model.save_pretrained(str(root / "base"), safe_serialization=True)
     PanGuTokenizer.from_default().save_pretrained(str(root / "base"))
+    paddle.seed(12)  # 4 layers (3 blocks + query layer): two per pipeline stage
+    model = PanGuForCausalLM(get_preset("tiny", num_layers=4, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    model.save_pretrained(str(root / "base4"), safe_serialization=True)
+    PanGuTokenizer.from_default().save_pretrained(str(root / "base4"))
     rows = [{"prompt": f"评论：{t}\n顾客对商品", "response": r} for t, r in
             [("很好用", "满意"), ("质量太差了", "不满意"), ("物流很快", "满意"), ("坏了", "不满意")] * 3]
     (root / "sft.jsonl").write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
@@ -91,3 +95,20 @@ def test_tp2_run_stopped_after_a_checkpoint_resumes_to_the_same_losses(setup, si
                  timeout=600)
     for rank_out in run.outputs():
         np.testing.assert_allclose(losses(rank_out["history"]), losses(single["history"])[2:], rtol=LOSS_RTOL)
+
+
+@pytest.mark.parametrize("layout", [dict(pipeline_parallel_degree=2), dict(sharding="stage1", sharding_parallel_degree=2)],
+                         ids=["pp2", "sharding2_stage1"])
+def test_pp2_and_sharding_stage1_trainer_equal_one_process(setup, layout):
+    """Both with 2 micro-batches of 2 (pp: accumulate_steps; sharding: 2 replicas of batch 2), so the
+    reference is one process with batch 2 x gradient_accumulation_steps 2 (the same 4 rows per step)."""
+    ref_fields = fields(setup, setup / "ref_acc2", per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                        model_name_or_path=str(setup / "base4"))
+    ref = run_finetune(*parse_finetune_args(None, ref_fields))
+    extra = dict(layout, per_device_train_batch_size=2, model_name_or_path=str(setup / "base4"))
+    if "pipeline_parallel_degree" in layout:
+        extra["gradient_accumulation_steps"] = 2
+    name = "pp2" if "pipeline_parallel_degree" in layout else "sharding2"
+    run = launch(WORKER, nproc=2, args=[json.dumps(fields(setup, setup / name, **extra))], timeout=600)
+    for out in run.outputs():
+        np.testing.assert_allclose(losses(out["history"]), losses(ref["history"]), rtol=LOSS_RTOL)
