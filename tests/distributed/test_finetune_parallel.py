@@ -112,3 +112,16 @@ def test_pp2_and_sharding_stage1_trainer_equal_one_process(setup, layout):
     run = launch(WORKER, nproc=2, args=[json.dumps(fields(setup, setup / name, **extra))], timeout=600)
     for out in run.outputs():
         np.testing.assert_allclose(losses(out["history"]), losses(ref["history"]), rtol=LOSS_RTOL)
+
+
+def test_lora_under_tp2_trains_only_the_adapters(setup):
+    run = launch(WORKER, nproc=2, args=[json.dumps(fields(setup, setup / "tp2_lora", tensor_parallel_degree=2,
+                                                          lora=True, lora_rank=4, learning_rate=1e-2))], timeout=600)
+    for out in run.outputs():
+        history = losses(out["history"])
+        assert len(history) == 4 and history[-1] < history[0], history
+        final = out["final"]
+        assert any("lora_A" in k for k in final) and any("lora_B" in k and abs(v).max() > 0 for k, v in final.items())
+        q_proj = next(v for k, v in final.items() if k.endswith("layers.0.attention.q_proj.weight"))
+        np.testing.assert_array_equal(q_proj, out["shards"]["q_proj"])  # the base shard did not move
+    assert (setup / "tp2_lora" / "lora_config.json").exists()
