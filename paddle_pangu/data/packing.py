@@ -23,6 +23,7 @@ from typing import Sequence
 import numpy as np
 
 from .indexed_dataset import IndexedDataset
+from .contract import check_manifest, manifest_split_seed
 from .manifest import read_manifest
 
 DEFAULT_SPLIT = (949, 50, 1)
@@ -144,7 +145,8 @@ def build_pretraining_datasets(
     seed: int = 1234,
     splits: Sequence[str] = DEFAULT_SPLIT_NAMES,
     split_ratios: Sequence[float] | None = None,
-    split_seed: int = 1234,
+    split_seed: int | None = None,
+    contract=None,
 ) -> dict:
     """Training/validation datasets over one or several prepared datasets.
 
@@ -157,7 +159,10 @@ def build_pretraining_datasets(
         splits: split names, aligned with `split_ratios`.
         split_ratios: document split ratios; default: the first dataset's
             manifest `split`, else 949/50/1.
-        split_seed: seed of the document split (kept apart from `seed`).
+        split_seed: seed of the document split (kept apart from `seed`);
+            default: each dataset's manifest `split_seed` (1234 for older ones).
+        contract: a `contract.RunDataContract`; every manifest must match it
+            (separator id, tokenizer hash, vocab size) or DataError is raised.
 
     Returns: dict split -> dataset whose items are int64 numpy arrays of
     length seq_len + 1 (tokens = s[:-1], labels = s[1:]).
@@ -169,10 +174,14 @@ def build_pretraining_datasets(
     if len(weights) != len(paths):
         raise ValueError(f"build_pretraining_datasets: {len(paths)} paths but {len(weights)} weights")
     opened = [open_prepared(p) for p in paths]
+    if contract is not None:
+        for p, (_, manifest) in zip(paths, opened):
+            check_manifest(manifest, p, contract)
     ratios = split_ratios or opened[0][1].get("split") or DEFAULT_SPLIT
     if len(ratios) != len(splits):
         raise ValueError(f"build_pretraining_datasets: {len(splits)} split names {list(splits)} but ratios {list(ratios)}")
-    doc_splits = [split_documents(len(ds), ratios, split_seed) for ds, _ in opened]
+    doc_splits = [split_documents(len(ds), ratios, manifest_split_seed(m) if split_seed is None else split_seed)
+                  for ds, m in opened]
     out = {}
     for s, split in enumerate(splits):
         n = int(num_samples.get(split, 0))

@@ -91,10 +91,12 @@ def run_datasets(cfg, model_config, global_batch: int, which=("train", "valid"))
         return {name: SyntheticTokens(sizes[name][0], seq, vocab, sizes[name][1], synthetic.eod_every,
                                       model_config.eod_token_id) for name in which}
     from paddle_pangu.data import build_pretraining_datasets
+    from paddle_pangu.data.contract import RunDataContract
 
     evals = 1 + (cfg.train.max_steps // cfg.train.eval_interval if cfg.train.eval_interval else 0)
     wanted = {"train": cfg.train.max_steps * global_batch, "valid": evals * valid_n}
     ratios = [float(r) for r in cfg.data.splits] if cfg.data.splits else None  # None: the manifest's split
     sets = build_pretraining_datasets(cfg.data.paths, cfg.data.weights, seq, {k: wanted[k] for k in which},
-                                      cfg.train.seed, splits=("train", "valid", "test"), split_ratios=ratios)
+                                      cfg.train.seed, splits=("train", "valid", "test"), split_ratios=ratios,
+                                      contract=RunDataContract.for_run(model_config, cfg.data.tokenizer))
     return {name: sets.get(name) for name in which}
