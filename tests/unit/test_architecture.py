@@ -6,6 +6,7 @@ they may import anything and nothing in the library imports them. Private Paddle
 `parallel/fleet_compat.py` and `parallel/cpu_backend/`.
 """
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,11 @@ def _modules():
     return sorted(p for p in ROOT.rglob("*.py"))
 
 
+@functools.lru_cache(maxsize=None)
+def _tree(path: Path) -> ast.AST:
+    return ast.parse(path.read_text(encoding="utf-8"))
+
+
 def _package(rel: Path) -> str:
     return rel.parts[0] if len(rel.parts) > 1 else rel.stem
 
@@ -54,7 +60,7 @@ def _imported(path: Path) -> list[tuple[str, int]]:
     here = ["paddle_pangu", *rel.with_suffix("").parts]
     pkg = here[:-1]  # the package a relative import starts from (for __init__.py: its own package)
     out = []
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(_tree(path)):
         if isinstance(node, ast.Import):
             out += [(a.name, node.lineno) for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -121,7 +127,7 @@ def test_cpu_backend_is_imported_in_one_place():
 def test_private_paddle_names_stay_behind_the_fence(name):
     users = [str(p.relative_to(ROOT)) for p in _modules() if not str(p.relative_to(ROOT)).startswith(FENCE)
              and any(isinstance(n, ast.Attribute) and n.attr == name
-                     for n in ast.walk(ast.parse(p.read_text(encoding="utf-8"))))]
+                     for n in ast.walk(_tree(p)))]
     assert users == [], f"{name} used outside parallel/fleet_compat.py: {users}"
 
 
