@@ -84,3 +84,22 @@ def test_bench_eval_measures_both_paths_on_the_same_scores():
     assert r["same_predictions"] and r["max_abs_score_diff"] < 1e-4  # losses ~10, fp32
     assert r["batched_examples_per_s"] == 4 / r["samples"]["batched"][0]["seconds"]
     assert "examples/s" in table(r)
+
+
+def test_perplexity_states_its_protocol_and_reports_character_level(tiny_model):
+    import math
+
+    from paddle_pangu.evaluation.scoring import perplexity
+    from paddle_pangu.tokenizer import PanGuTokenizer
+
+    tok = PanGuTokenizer.from_default()
+    texts = ["今天北京天气很好，我们去公园散步吧，然后回家吃饭", "中国科学院计算技术研究所在北京海淀区的中关村"]
+    samples = [np.array(tok.encode_ids(t)[:9]) for t in texts]
+    assert [len(s) for s in samples] == [9, 9]
+    res = perplexity(tiny_model, samples, batch_size=1, tokenizer=tok)
+    nll = sum(_numpy_nll(tiny_model, list(s)).sum() for s in samples)
+    chars = sum(len(tok.decode_ids([int(t) for t in s[1:]])) for s in samples)
+    assert res["protocol"] == {"window": 9, "stride": 9, "windows": 2, "scored_tokens_per_window": 8}
+    assert res["tokens"] == 16 and res["characters"] == chars
+    np.testing.assert_allclose(res["perplexity"], math.exp(nll / 16), rtol=1e-4)
+    np.testing.assert_allclose(res["char_perplexity"], math.exp(nll / chars), rtol=1e-4)
