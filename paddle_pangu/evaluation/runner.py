@@ -9,6 +9,7 @@ prefix wins (docs/REFERENCE.md "Classification-like tasks"). Generation tasks:
 """
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -88,8 +89,6 @@ def evaluate_task(model, tokenizer, task: TaskSpec, examples: list[Example], poo
                                       offset)
         for r in new:
             if log is not None:
-                import json
-
                 log.write(json.dumps({k: v for k, v in r.items() if not k.startswith("_")}, ensure_ascii=False) + "\n")
         records.extend(new)
         bar.update(len(chunk))
