@@ -50,9 +50,9 @@ class ReaderConfig:
 
     def validate(self) -> None:
         if self.format not in FORMATS:
-            raise ValueError(f"ReaderConfig.format={self.format!r}: expected one of {FORMATS}")
+            raise DataError(f"ReaderConfig.format={self.format!r}: expected one of {FORMATS}")
         if self.doc_mode not in DOC_MODES:
-            raise ValueError(f"ReaderConfig.doc_mode={self.doc_mode!r}: expected one of {DOC_MODES}")
+            raise DataError(f"ReaderConfig.doc_mode={self.doc_mode!r}: expected one of {DOC_MODES}")
         try:
             codecs.lookup(self.encoding)
         except (LookupError, TypeError):

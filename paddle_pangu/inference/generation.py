@@ -10,6 +10,7 @@ The batch loop itself is `decoding.BatchDecoder`, shared with the server.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field, fields
 
 import numpy as np
@@ -18,6 +19,12 @@ import paddle
 from ..errors import UsageError
 
 TRUNCATE_POLICIES = ("error", "left")
+
+
+_INT, _REAL = (numbers.Integral,), (numbers.Real,)
+_FIELD_TYPES = {"max_new_tokens": _INT, "do_sample": (bool, numbers.Integral), "temperature": _REAL, "top_k": _INT,
+                "top_p": _REAL, "frequency_penalty": _REAL, "presence_penalty": _REAL, "repetition_penalty": _REAL,
+                "eos_token_id": _INT, "pad_token_id": _INT, "seed": (numbers.Integral, type(None)), "truncate": (str,)}
 
 
 @dataclass
@@ -56,6 +63,10 @@ class SamplingConfig:
     truncate: str = "error"
 
     def __post_init__(self):
+        for name, kinds in _FIELD_TYPES.items():  # e.g. a JSON request's "temperature": "hot" is a UsageError
+            value = getattr(self, name)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                raise UsageError(f"{name} must be a {' or '.join(k.__name__ for k in kinds)}, got {value!r}")
         checks = [
             ("max_new_tokens", self.max_new_tokens >= 1, "an integer >= 1"),
             ("temperature", self.temperature >= 0, ">= 0 (0 = greedy)"),

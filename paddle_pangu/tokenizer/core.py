@@ -19,7 +19,7 @@ from pathlib import Path
 import sentencepiece as spm
 
 from .vocab import find_vocab_file
-from paddle_pangu.errors import PanGuError
+from paddle_pangu.errors import PanGuError, UsageError
 
 # REF "Tokenizer": ids 0..9 of bpe_4w_pcl/vocab.model.
 SPECIAL_PIECES: dict[int, str] = {
@@ -147,7 +147,7 @@ class PanGuSentencePiece:
         size = self.vocab_size
         for pos, i in enumerate(out):
             if not 0 <= i < size:
-                raise ValueError(f"token id {i} at position {pos} is outside the vocabulary [0, {size})")
+                raise UsageError(f"token id {i} at position {pos} is outside the vocabulary [0, {size})")
         return out
 
     def decode_ids(self, ids: Sequence[int] | Iterable[int]) -> str:
