@@ -175,6 +175,8 @@ def _loss_recorder(history: list):
             for key in ("loss", "eval_loss"):
                 if logs and key in logs:
                     history.append({"step": state.global_step, key: float(logs[key])})
+                    if args.process_index == 0:  # the CLI quiets PaddleNLP's own INFO log
+                        print(f"step {state.global_step}/{state.max_steps}: {key} {float(logs[key]):.4f}", flush=True)
 
     return LossRecorder()
 
