@@ -31,12 +31,16 @@ INSTALL_REQUIRES = [
     "uvicorn==0.54.0",
 ]
 
+# prepare-data --engine ray: Ray Data (2.60.0 is the version tested with pyarrow<20 here)
+RAY = ["ray[data]==2.60.0"]
+
 EXTRAS = {
     # transformers: the HF GPT-2 baseline of `pangu bench --compare` (4.53 fits the tokenizers paddlenlp pins)
     # openai: the official client against `pangu serve`; selenium drives Debian's chromium (web page test)
     "test": ["pytest>=7", "pytest-timeout>=2", "torch==2.13.0", "transformers==4.53.3", "openai==3.57.0",
-             "selenium==4.50.0", "hypothesis==6.170.15"],  # hypothesis: tests/unit/test_properties.py
+             "selenium==4.50.0", "hypothesis==6.170.15"] + RAY,  # hypothesis: tests/unit/test_properties.py
     "torch": ["torch==2.13.0", "transformers==4.53.3"],
+    "ray": RAY,
 }
 
 setup(

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from ..config import loader
-from ..errors import ConfigError
+from ..errors import ConfigError, UsageError
 from .cleaning import CleaningConfig, load_word_list
 from .dedup import DedupConfig
 from .pipeline import STAGES, PipelineConfig, run_pipeline
@@ -66,6 +66,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--keep-work", action="store_true", help="keep the intermediate work.jsonl")
     io.add_argument("--no-progress", action="store_true", help="no progress bars")
     io.add_argument("--workers", type=int, help="worker processes (default: usable CPUs)")
+    io.add_argument("--engine", choices=("local", "ray"), default="local",
+                    help="local: this machine's process pool; ray: the same stages on Ray Data (pip install "
+                         "'paddle-pangu[ray]')")
+    io.add_argument("--ray-address", help="join this running Ray cluster (default: start a local one with "
+                                          "--workers CPUs)")
     cl = parser.add_argument_group("cleaning (paper rules)")
     cl.add_argument("--min-chinese-ratio", type=float, help="drop below this Chinese-character ratio (0.6)")
     cl.add_argument("--min-chars", type=int, help="drop documents shorter than this (150)")
@@ -154,7 +159,14 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         cfg = build_config(args)
-        stats = run_pipeline(cfg)
+        if getattr(args, "engine", "local") == "ray":
+            from .ray_engine import run_pipeline_ray
+
+            stats = run_pipeline_ray(cfg, address=args.ray_address)
+        elif getattr(args, "ray_address", None):
+            raise UsageError("prepare-data --ray-address needs --engine ray")
+        else:
+            stats = run_pipeline(cfg)
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"pangu prepare-data: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2

@@ -180,12 +180,38 @@ class MinHashDeduplicator:
         return matches
 
     def result(self) -> DedupResult:
-        groups: dict = {}
-        for key in self._order:  # input order: each cluster lists its kept document first
-            groups.setdefault(self._find(key), []).append(key)
-        clusters = [g for g in groups.values() if len(g) > 1]
-        drop = {k for g in clusters for k in g[1:]}
-        return DedupResult(clusters, drop, self.candidate_pairs, self.verified_pairs)
+        return _clusters(list(self._order), self._find, self.candidate_pairs, self.verified_pairs)
+
+
+def _clusters(keys_in_order: list, find, candidate_pairs: int = 0, verified_pairs: int = 0) -> DedupResult:
+    """The one clustering rule: groups of the union-find, each listing its members in input order; the
+    first member is kept, the rest are dropped; clusters ordered by their first member."""
+    groups: dict = {}
+    for key in keys_in_order:
+        groups.setdefault(find(key), []).append(key)
+    clusters = [g for g in groups.values() if len(g) > 1]
+    drop = {k for g in clusters for k in g[1:]}
+    return DedupResult(clusters, drop, candidate_pairs, verified_pairs)
+
+
+def clusters_from_pairs(keys_in_order: list, pairs) -> DedupResult:
+    """Clusters of verified duplicate pairs (e.g. from a distributed LSH), by the same rule as
+    `MinHashDeduplicator.result`: connected components, earliest document kept."""
+    rank = {k: i for i, k in enumerate(keys_in_order)}
+    parent = {k: k for k in keys_in_order}
+
+    def find(k):
+        while parent[k] != k:
+            parent[k] = parent[parent[k]]
+            k = parent[k]
+        return k
+
+    for a, b in pairs:
+        ra, rb = find(a), find(b)
+        if ra != rb:  # the root is always the earliest document of the cluster
+            first, second = (ra, rb) if rank[ra] < rank[rb] else (rb, ra)
+            parent[second] = first
+    return _clusters(keys_in_order, find)
 
 
 @functools.lru_cache(maxsize=4)

@@ -419,15 +419,20 @@ def _dedup_decision(dedup: MinHashDeduplicator, stats: PipelineStats, doc_chars:
     """The global pass: clusters from the LSH index; every document but the first of a cluster is dropped."""
     st = stats.start("dedup")
     result = dedup.result()
+    _dedup_stats(st, result, dedup.bands_rows, stats, doc_chars)
+    stats.stop("dedup")
+    return result.drop, result.clusters
+
+
+def _dedup_stats(st, result, bands_rows: tuple[int, int], stats: PipelineStats, doc_chars: dict) -> None:
+    """The dedup stage's counters from its result (both engines)."""
     previous = stats.stages.get("quality") or stats.stages.get("clean") or stats.stage("read")
     st.docs_in, st.chars_in = previous.docs_out, previous.chars_out
     st.docs_out = st.docs_in - len(result.drop)
     st.chars_out = st.chars_in - sum(doc_chars[k] for k in result.drop)
     st.drop("near_duplicate", len(result.drop))
-    st.extra.update(result.to_dict(), bands=dedup.bands_rows[0], rows=dedup.bands_rows[1])
+    st.extra.update(result.to_dict(), bands=bands_rows[0], rows=bands_rows[1])
     stats.summary["dedup clusters / documents removed"] = f"{len(result.clusters)} / {len(result.drop)}"
-    stats.stop("dedup")
-    return result.drop, result.clusters
 
 
 def _kept_chars(stats: PipelineStats) -> int:
