@@ -46,10 +46,10 @@ def _headline_pair(paragraphs: list[str]) -> tuple[str, str] | None:
     body = next((p for p in paragraphs[1:] if p.endswith(_BODY_END)), None)
     if body is None or not 4 <= len(title) <= 30 or title.endswith(_BODY_END):
         return None
-    sentence = body.split("。")[0].strip()
-    if len(sentence) < 10:
+    sentence = body.split("。")[0].strip() + ("。" if "。" in body else "")
+    if not 10 <= len(sentence) <= 200:
         return None
-    return sentence[:200] + ("。" if len(sentence) <= 200 else ""), title
+    return sentence, title
 
 
 def headline_rows(limit: int) -> list[Row]:

@@ -127,3 +127,22 @@ def test_build_datasets_from_a_file_with_eval_ratio(tmp_path, tok, tiny_config, 
     train, evals = build_datasets(args, tok, tiny_config, seed=0)
     assert (len(train), len(evals)) == (7, 3)
     assert "finetune train data: 7 of 7 examples" in capsys.readouterr().out
+
+
+def test_builtin_instructions_are_balanced_and_never_the_evaluated_reviews():
+    from paddle_pangu.evaluation.tasks import reviews_task
+    from paddle_pangu.finetune.builtin import EVAL_SPLIT, builtin_rows
+
+    rows = builtin_rows("builtin:instructions", 12)
+    reviews = [r for r in rows if r.where.startswith("builtin:reviews")]
+    headlines = [r for r in rows if not r.where.startswith("builtin:reviews")]
+    assert len(reviews) == len(headlines) == 6
+    assert sorted(r.segments[1][0] for r in reviews) == ["不满意"] * 3 + ["满意"] * 3
+    task = reviews_task()
+    _, evaluated = task.split(*EVAL_SPLIT)
+    prompts = {r.segments[0][0] for r in builtin_rows("builtin:reviews", 400)}
+    assert not prompts & {task.template.split("{label}")[0].format(text=t) for t, _ in evaluated}
+    for r in headlines:
+        prompt, title = r.segments[0][0], r.segments[1][0]
+        assert prompt.startswith("为这条新闻写一个标题：\n") and prompt.endswith("\n标题：") and 4 <= len(title) <= 30
+        assert "！。" not in prompt and "199801.txt:" in r.where
