@@ -14,7 +14,7 @@ import json
 
 from ..errors import UsageError
 
-TARGETS = ("tokenize", "train", "generate", "scaling", "eval", "serve", "all")
+TARGETS = ("tokenize", "train", "generate", "scaling", "eval", "serve", "data", "all")
 ALL = ("train", "generate")
 
 
@@ -39,6 +39,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tokens", type=int, default=2048, help="scaling: tokens per step (batch = tokens / seq)")
     p.add_argument("--mb", type=float, default=2.0, help="tokenize: corpus size in MB")
     p.add_argument("--workers", type=int, default=None, help="tokenize: worker processes")
+    p.add_argument("--ray-workers", default="1,2", help="data: Ray cluster sizes to measure (CPUs)")
     p.add_argument("--json", default=None, help="write the JSON results to this file ('-': print it instead of the table)")
 
 
@@ -104,6 +105,10 @@ def _measure(args, target: str) -> dict:
         return bench_serve(args.preset, clients, args.prompt_len, args.new_tokens, args.rounds, max(clients))
     if target == "tokenize":
         return _tokenize(args)
+    if target == "data":  # prepare-data, local vs Ray engine (bench/data_bench.py)
+        from .data_bench import bench_data
+
+        return bench_data(args.mb, args.workers or 2, _ints(args.ray_workers, "--ray-workers"))
     if target == "train":
         from .train_bench import bench_train
 
@@ -134,8 +139,11 @@ def run(args) -> int:
 
     from .serve_bench import table as serve_table
 
-    rest = [r for r in results if r["name"] not in ("eval", "serve")]
+    from .data_bench import table as data_table
+
+    rest = [r for r in results if r["name"] not in ("eval", "serve", "data")]
     lines = ([table(rest)] if rest else []) + [eval_table(r) for r in results if r["name"] == "eval"]
     lines += [serve_table(r) for r in results if r["name"] == "serve"]
+    lines += [data_table(r) for r in results if r["name"] == "data"]
     print(text if args.json == "-" else "\n".join(lines))
     return 0
