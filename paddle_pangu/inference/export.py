@@ -36,7 +36,8 @@ class _Prefill(paddle.nn.Layer):
         self.model = model
 
     def forward(self, input_ids, position_ids, attention_mask):
-        logits, cache = self.model(input_ids, position_ids=position_ids, attention_mask=attention_mask, use_cache=True)
+        logits, cache = self.model(input_ids, position_ids=position_ids, attention_mask=attention_mask,
+                                   use_cache=True, logits_to_keep=1)  # head on the sampled position only
         return logits[:, -1, :].astype("float32"), _stack(cache)
 
 
@@ -49,7 +50,8 @@ class _Decode(paddle.nn.Layer):
     def forward(self, input_ids, position_ids, attention_mask, kv):
         cache = [(kv[i, 0], kv[i, 1]) for i in range(self.num_layers)]
         logits, new = self.model(
-            input_ids, position_ids=position_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True
+            input_ids, position_ids=position_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True,
+            logits_to_keep=1,
         )
         return logits[:, -1, :].astype("float32"), _stack(new)
 
@@ -122,7 +124,10 @@ def predictor_settings(device: str = "cpu", threads: int = 0, dtype: str = "floa
                          "(export float32 or bfloat16 for the CPU)")
     else:
         calls = [("disable_gpu", ())] + ([("set_cpu_math_library_num_threads", (threads,))] if threads else [])
-        calls += [("enable_mkldnn", ()), ("enable_mkldnn_bfloat16", ())] if dtype == "bfloat16" else []
+        # fp32: oneDNN off. Every decode step has a new cache length, so oneDNN re-plans its primitives each
+        # token; measured 2.6x less CPU per generate at batch 1 and 1.7x at batch 8 with it off (AMD EPYC).
+        calls += ([("enable_mkldnn", ()), ("enable_mkldnn_bfloat16", ())] if dtype == "bfloat16"
+                  else [("disable_mkldnn", ())])
     return calls + [("disable_glog_info", ())]
 
 

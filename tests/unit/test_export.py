@@ -102,7 +102,8 @@ def test_predictor_settings_per_device_and_dtype(monkeypatch):
     assert predictor_settings("npu", dtype="bfloat16") == [
         ("enable_custom_device", ("npu", 5, P.Bfloat16)), ("switch_ir_optim", (True,)), ("disable_glog_info", ())]
     assert predictor_settings("cpu", threads=2) == [
-        ("disable_gpu", ()), ("set_cpu_math_library_num_threads", (2,)), ("disable_glog_info", ())]
+        ("disable_gpu", ()), ("set_cpu_math_library_num_threads", (2,)), ("disable_mkldnn", ()),
+        ("disable_glog_info", ())]
     assert ("enable_mkldnn_bfloat16", ()) in predictor_settings("cpu", dtype="bfloat16")
     with pytest.raises(UsageError, match="float16 export runs on --device gpu or npu"):
         predictor_settings("cpu", dtype="float16")
