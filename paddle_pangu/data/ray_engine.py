@@ -10,7 +10,8 @@ functions (`readers.read_file` / `builtin.read_builtin`, `cleaning.clean_chunk`,
      lengths and signatures come back;
   2. dedup: every signature is cut into the LSH bands (the same b x r as the
      local datasketch index), band keys are grouped with a Ray Data shuffle
-     (`groupby(key).map_groups`), each bucket emits its pairs verified by
+     (`repartition(keys=[key])`, a hash shuffle, then one pass per block that
+     groups its rows by key), each bucket emits its pairs verified by
      estimated Jaccard >= threshold (signatures move, text never does);
      the verified pairs (few) are joined into clusters on the driver with
      `dedup.clusters_from_pairs`, the rule the local index uses (first
@@ -122,19 +123,29 @@ def _band_rows(row: dict, offsets: dict, ranges: list) -> list[dict]:
     return out
 
 
-def _verified_pairs(batch: dict, threshold: float, verify: bool) -> dict:
-    """One LSH bucket: every pair of its documents whose estimated Jaccard passes (a < b)."""
-    docs = np.asarray(batch["doc"], np.int64)
-    sigs = np.stack([np.frombuffer(bytes(b), np.uint64) for b in batch["sig"]])  # [n, num_perm]
+def _group_pairs(docs: np.ndarray, sigs: np.ndarray, threshold: float, verify: bool, out: dict) -> None:
+    """One LSH bucket: every pair of its documents (a < b), and whether its estimated Jaccard passes."""
     order = np.argsort(docs)
     docs, sigs = docs[order], sigs[order]
-    a, b, ok = [], [], []
     for i in range(len(docs)):
         for j in range(i + 1, len(docs)):
-            a.append(docs[i])
-            b.append(docs[j])
-            ok.append(not verify or np.count_nonzero(sigs[i] == sigs[j]) / sigs.shape[1] >= threshold)
-    return {"a": np.asarray(a, np.int64), "b": np.asarray(b, np.int64), "ok": np.asarray(ok, bool)}
+            out["a"].append(docs[i])
+            out["b"].append(docs[j])
+            out["ok"].append(not verify or np.count_nonzero(sigs[i] == sigs[j]) / sigs.shape[1] >= threshold)
+
+
+def _bucket_pairs(batch: dict, threshold: float, verify: bool) -> dict:
+    """A whole block of the hash shuffle on `key` (so every bucket is complete in it): pairs of each bucket."""
+    keys, docs = np.asarray(batch["key"]), np.asarray(batch["doc"], np.int64)
+    out: dict = {"a": [], "b": [], "ok": []}
+    if len(keys):
+        _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
+        for g in np.flatnonzero(counts > 1):  # most buckets hold one document
+            idx = np.flatnonzero(inverse == g)
+            sigs = np.stack([np.frombuffer(bytes(batch["sig"][i]), np.uint64) for i in idx])  # [n, num_perm]
+            _group_pairs(docs[idx], sigs, threshold, verify, out)
+    return {"a": np.asarray(out["a"], np.int64), "b": np.asarray(out["b"], np.int64),
+            "ok": np.asarray(out["ok"], bool)}
 
 
 def _tokenize_shard(row: dict) -> dict:
@@ -194,7 +205,7 @@ def _connect(address: str | None, workers: int):
 
 
 def _partitions(ray) -> int:
-    """Shuffle partitions of the band-key group-by: two per CPU of the cluster."""
+    """Blocks of the band-key hash shuffle: two per CPU of the cluster."""
     return max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
 
 
@@ -226,9 +237,9 @@ def _dedup(ray, cfg, scanned, offsets: dict, doc_chars: dict) -> tuple[DedupResu
     lsh = MinHashDeduplicator(cfg.dedup)  # the local engine's b x r for this threshold
     ranges = list(lsh.lsh.hashranges)
     pairs = (scanned.flat_map(_band_rows, fn_kwargs={"offsets": offsets, "ranges": ranges})
-             .groupby("key", num_partitions=_partitions(ray)).map_groups(_verified_pairs, fn_kwargs={"threshold": cfg.dedup.threshold,
-                                                                    "verify": cfg.dedup.verify},
-                                        batch_format="numpy")
+             .repartition(_partitions(ray), keys=["key"])  # hash shuffle: a bucket lands in one block
+             .map_batches(_bucket_pairs, batch_size=None, batch_format="numpy",
+                          fn_kwargs={"threshold": cfg.dedup.threshold, "verify": cfg.dedup.verify})
              .take_all()) if doc_chars else []
     candidates = {(int(p["a"]), int(p["b"])) for p in pairs}
     verified = sorted({(int(p["a"]), int(p["b"])) for p in pairs if p["ok"]})
