@@ -110,7 +110,7 @@ def test_tokenize_non_utf8_file_names_file_and_offset(tmp_path):
     prefix = "第一行\n".encode("utf-8")
     bad.write_bytes(prefix + "第二行".encode("gbk"))
     proc = pangu("tokenize", "--file", str(bad))
-    assert proc.returncode == 1
+    assert proc.returncode == 2  # the one CLI convention: user errors exit 2
     err = proc.stderr.decode()
     assert str(bad) in err and f"byte offset {len(prefix)}" in err and "line 2" in err
     assert "Traceback" not in err
