@@ -22,6 +22,7 @@ import os
 import re
 
 from ..errors import DataError
+from ..utils.jsonl import iter_jsonl
 
 _ASCII_WORD = re.compile(r"[A-Za-z0-9]$")
 
@@ -50,18 +51,11 @@ def read_json_lines(path: str, required: tuple[str, ...] = ()) -> list[dict]:
     if not os.path.isfile(path):
         raise DataError(f"{path}: file not found")
     rows = []
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
-            missing = [k for k in required if not isinstance(row, dict) or k not in row]
-            if missing:
-                raise DataError(f"{path}:{lineno}: missing field {missing[0]!r} (expected {', '.join(required)})")
-            rows.append(row)
+    for lineno, row in iter_jsonl(path):
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise DataError(f"{path}:{lineno}: missing field {missing[0]!r} (expected {', '.join(required)})")
+        rows.append(row)
     return rows
 
 

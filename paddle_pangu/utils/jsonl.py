@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 
+from paddle_pangu.errors import DataError
+
 
 def iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
-    """Yield (line number, object) for each non-blank line; invalid JSON or a non-object raises ValueError."""
+    """Yield (line number, object) for each non-blank line; invalid JSON or a non-object raises DataError."""
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, 1):
             if not line.strip():
@@ -15,7 +17,7 @@ def iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
+                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from exc
             if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                raise DataError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
             yield lineno, row
