@@ -6,8 +6,8 @@
 # other nodes connect to it. Every node must see the same run YAML and the same
 # initial weights / dataset paths.
 #
-#   tools/launch_multinode.sh --nnodes 2 --master 10.0.0.1:6170 --rank 0 --nproc 8 -- --config run.yaml
-#   tools/launch_multinode.sh --nnodes 2 --master 10.0.0.1:6170 --rank 1 --nproc 8 -- --config run.yaml
+#   tools/launch_multinode.sh --nnodes 2 --master NODE0_HOST:6170 --rank 0 --nproc 8 -- --config run.yaml
+#   tools/launch_multinode.sh --nnodes 2 --master NODE0_HOST:6170 --rank 1 --nproc 8 -- --config run.yaml
 #
 # Options (all but --nnodes/--master/--rank have defaults):
 #   --nnodes N       number of nodes in the job
