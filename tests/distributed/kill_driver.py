@@ -31,12 +31,15 @@ import paddle_pangu.parallel.topology  # noqa: F401
 import paddle_pangu.training.trainer  # noqa: F401
 from paddle_pangu.training.run_config import load_run_config
 
+MAX_STEPS = 100
 CONFIG = {
     "model": {"preset": "tiny", "overrides": {"num_layers": 2, "vocab_size": 512, "max_position_embeddings": 16}},
     "data": {"seq_len": 16, "synthetic": {"num_samples": 64}},
     "optim": {"lr": 3.0e-3, "warmup_steps": 2},
     "parallel": {"micro_batch_size": 2, "accumulate_steps": 1},
-    "train": {"max_steps": 40, "seed": 11, "eval_iters": 1},
+    # 100 steps: each life runs 1-3 new steps plus however many finish before the kill lands, so on a
+    # fast, quiet machine 20 kills took more than 40 steps and the run ended first (seen in a fresh CI-like run)
+    "train": {"max_steps": MAX_STEPS, "seed": 11, "eval_iters": 1},
     "checkpoint": {"save_interval": 1, "keep_last": 2, "resume": "auto"},
     "logging": {"log_interval": 1, "progress_bar": False, "visualdl": False},
 }
