@@ -37,11 +37,21 @@ def test_pair_ratio_is_per_round_and_refuses_pairs_under_different_load():
     assert harness.loads_comparable(0.1, 2.0) and not harness.loads_comparable(0.1, 2.1)
 
 
+def _touch_fresh_pages(size=64 << 20):
+    """Touch `size` bytes of fresh anonymous pages. (A bytearray can reuse heap memory an earlier test freed
+    but the allocator kept resident, so the RSS would not grow; an mmap is always new pages.)"""
+    import mmap
+
+    with mmap.mmap(-1, size) as m:
+        for offset in range(0, size, mmap.PAGESIZE):
+            m[offset] = 1
+
+
 def test_summarize_medians_rates_and_sample_records_memory():
     s = harness.summarize([_s(2.0, 1.0), _s(1.0, 3.0), _s(4.0, 2.0, cpu=8.0)], work=100)
     assert s["wall_s"]["median"] == 2.0 and s["tokens_per_s"] == 50.0 and s["tokens_per_cpu_s"] == 50.0
     assert s["load"] == [1.0, 3.0, 2.0]
-    one = harness.sample(lambda: bytearray(64 << 20), calls=1)  # 64 MB touched inside the sample
+    one = harness.sample(_touch_fresh_pages, calls=1)  # 64 MB of new pages touched inside the sample
     assert one["wall_s"] >= 0 and one["cpu_s"] >= 0 and one["load"] >= 0
     assert one["step_extra_mb"] >= 60 and one["peak_rss_mb"] >= one["step_extra_mb"]
 
