@@ -308,16 +308,8 @@ def _pass_tokenize(cfg, records: Iterator[dict], tmp: Path, stats: PipelineStats
                 IndexedDatasetBuilder(tmp / cfg.name, dtype_for_vocab(codec.vocab_size)) as builder:
             for batch in _text_batches(records, TOKENIZE_BATCH_CHARS):
                 for rec, ids in zip(batch, encode([r["text"] for r in batch])):
-                    st.docs_in += 1
-                    st.chars_in += len(rec["text"])
                     bar.update(len(rec["text"]))
-                    if not ids:
-                        st.drop("empty_after_tokenize")
-                        continue
-                    builder.add_document(list(ids) + [cfg.separator_id])  # REF "Packing": 9 after each document
-                    lengths.append(len(ids) + 1)
-                    st.docs_out += 1
-                    st.chars_out += len(rec["text"])
+                    write_document(builder, st, lengths, rec["text"], ids, cfg.separator_id)
         st.extra["tokens"] = builder.num_tokens
     finally:
         bar.close()
@@ -493,3 +485,17 @@ def run_pipeline(cfg: PipelineConfig, model=None) -> PipelineStats:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return stats
+
+
+def write_document(builder, st, lengths: list, text: str, ids, separator_id: int) -> None:
+    """Count one tokenized document and append it with its separator (or drop it when it has no tokens).
+    The one definition the local and Ray engines share."""
+    st.docs_in += 1
+    st.chars_in += len(text)
+    if not ids:
+        st.drop("empty_after_tokenize")
+        return
+    builder.add_document(list(ids) + [separator_id])  # REF "Packing": 9 after each document
+    lengths.append(len(ids) + 1)
+    st.docs_out += 1
+    st.chars_out += len(text)

@@ -151,6 +151,7 @@ def _bucket_pairs(batch: dict, threshold: float, verify: bool) -> dict:
 def _tokenize_shard(row: dict) -> dict:
     """Task: drop the shard's duplicates, tokenize the rest into shards/<k>.bin/.idx."""
     from ..tokenizer import PanGuSentencePiece
+    from .pipeline import write_document
 
     cfg, k = pickle.loads(row["cfg"]), int(row["shard"])
     work = Path(row["work_dir"])
@@ -167,16 +168,7 @@ def _tokenize_shard(row: dict) -> dict:
                 refs[gid] = {"ref": rec["ref"], "preview": rec["text"][:40]}
             if gid in drop:
                 continue
-            ids = codec.encode_ids(rec["text"])
-            st.docs_in += 1
-            st.chars_in += len(rec["text"])
-            if not ids:
-                st.drop("empty_after_tokenize")
-                continue
-            builder.add_document(list(ids) + [cfg.separator_id])  # REF "Packing": 9 after each document
-            lengths.append(len(ids) + 1)
-            st.docs_out += 1
-            st.chars_out += len(rec["text"])
+            write_document(builder, st, lengths, rec["text"], codec.encode_ids(rec["text"]), cfg.separator_id)
     return {"shard": k, "lengths": np.asarray(lengths, np.int64).tobytes(), "stats": pickle.dumps((st, refs))}
 
 
