@@ -2,6 +2,7 @@
 
     pangu bench train generate --compare --hidden 512 --layers 4 --heads 8 --seq 256 --batch 4
     pangu bench all --compare --preset mini --json bench.json
+    pangu bench parallel --rounds 3      # the main job's 2-process layout vs one process (not in `all`)
 
 `--compare` adds the baselines (training: PaddleNLP GPTForCausalLM and, when torch is installed,
 PyTorch + HF GPT2LMHeadModel; decode: HF generate) and the exported-predictor decode; without it only
@@ -14,21 +15,31 @@ import json
 
 from ..errors import UsageError
 
-TARGETS = ("tokenize", "train", "generate", "scaling", "eval", "serve", "data", "all")
+TARGETS = ("tokenize", "train", "generate", "scaling", "eval", "serve", "data", "parallel", "all")
 ALL = ("train", "generate")
+# defaults of the flags `parallel` takes from its base run YAML unless given (None = not given)
+_DEFAULTS = {"preset": "mini", "seq": 256, "batch": 4, "steps": 1}
+PARALLEL_STEPS = 6
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("targets", nargs="*", default=list(ALL), choices=TARGETS,
                    help="what to measure (default: train generate; all = train generate)")
     p.add_argument("--compare", action="store_true", help="measure the baselines too, interleaved with ours")
-    p.add_argument("--preset", default="mini", help="model size; --hidden/--layers/--heads/--ffn/--vocab override it")
+    p.add_argument("--preset", default=None,
+                   help="model size (default mini; parallel: the --config's); --hidden/--layers/--heads/--ffn/--vocab "
+                        "override it")
     for name in ("hidden", "layers", "heads", "ffn", "vocab"):
         p.add_argument(f"--{name}", type=int, default=None)
-    p.add_argument("--batch", type=int, default=4)
-    p.add_argument("--seq", type=int, default=256)
+    p.add_argument("--batch", type=int, default=None, help="default 4 (parallel: the --config's micro-batch)")
+    p.add_argument("--seq", type=int, default=None, help="default 256 (parallel: the --config's data.seq_len)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (each system once per round)")
-    p.add_argument("--steps", type=int, default=1, help="train: steps per sample")
+    p.add_argument("--steps", type=int, default=None,
+                   help=f"train: steps per sample (default 1); parallel: `pangu train` steps per run (default "
+                        f"{PARALLEL_STEPS}; the first is warm-up, not measured)")
+    p.add_argument("--config", default=None,
+                   help="parallel: the base run YAML whose layout is compared with one process "
+                        "(default configs/pretrain/mini_cpu_mp2.yaml, the main job)")
     p.add_argument("--matmul-n", type=int, default=1024, help="fp32 GEMM size for the peak measurement")
     p.add_argument("--prompt-len", type=int, default=32)
     p.add_argument("--new-tokens", type=int, default=64)
@@ -93,7 +104,20 @@ def _scaling(args) -> dict:
     return {"name": "scaling", "config": f"{args.tokens} tokens/step", "points": points}
 
 
-def _measure(args, target: str) -> dict:
+def _parallel(args, given: dict) -> dict:
+    from .parallel_bench import bench_parallel
+
+    dims = {k: getattr(args, k) for k in ("hidden", "layers", "heads", "ffn", "vocab")}
+    for flag, value in {"seq": given.get("seq"), "batch": given.get("batch"), **dims}.items():
+        if value is not None and value < 1:
+            raise UsageError(f"--{flag} {value}: expected >= 1")
+    return bench_parallel(args.config, given.get("steps", PARALLEL_STEPS), args.rounds, args.compare,
+                          given.get("preset"), dims, given.get("seq"), given.get("batch"))
+
+
+def _measure(args, target: str, given: dict | None = None) -> dict:
+    if target == "parallel":  # multi-process layout vs one process, `pangu train` runs (bench/parallel_bench.py)
+        return _parallel(args, given or {})
     if target == "eval":  # candidate scoring, batched vs one sequence at a time (bench/eval_bench.py)
         from .eval_bench import bench_eval
 
@@ -122,15 +146,25 @@ def _measure(args, target: str) -> dict:
     return _scaling(args)
 
 
+def _fill_defaults(args) -> dict:
+    """The flags of _DEFAULTS the user gave ({name: value}); the others get their default."""
+    given = {k: getattr(args, k) for k in _DEFAULTS if getattr(args, k, None) is not None}
+    for k, v in _DEFAULTS.items():
+        if getattr(args, k, None) is None:
+            setattr(args, k, v)
+    return given
+
+
 def run(args) -> int:
     from .report import table
 
+    given = _fill_defaults(args)
     targets = []
     for t in args.targets or ALL:
         for name in (ALL if t == "all" else (t,)):
             if name not in targets:
                 targets.append(name)
-    results = [_measure(args, t) for t in targets]
+    results = [_measure(args, t, given) for t in targets]
     text = json.dumps(results, indent=2, default=float)
     if args.json and args.json != "-":
         with open(args.json, "w") as f:
@@ -141,9 +175,12 @@ def run(args) -> int:
 
     from .data_bench import table as data_table
 
-    rest = [r for r in results if r["name"] not in ("eval", "serve", "data")]
+    from .parallel_bench import table as parallel_table
+
+    rest = [r for r in results if r["name"] not in ("eval", "serve", "data", "parallel")]
     lines = ([table(rest)] if rest else []) + [eval_table(r) for r in results if r["name"] == "eval"]
     lines += [serve_table(r) for r in results if r["name"] == "serve"]
     lines += [data_table(r) for r in results if r["name"] == "data"]
+    lines += [parallel_table(r) for r in results if r["name"] == "parallel"]
     print(text if args.json == "-" else "\n".join(lines))
     return 0

@@ -103,3 +103,37 @@ def test_bench_rejects_bad_sizes(capsys):
     assert "not divisible" in capsys.readouterr().err
     assert main(["bench", "generate", "--preset", "tiny", "--decode-batches", "1,x"]) == 2
     assert "comma-separated" in capsys.readouterr().err
+
+
+def test_bench_parallel_runs_one_process_and_the_main_jobs_two_process_launch(tmp_path, capsys):
+    # the real `pangu train --nproc 2` of configs/pretrain/mini_cpu_mp2.yaml, at the tiny preset: 2 steps, 1 round
+    out = tmp_path / "parallel.json"
+    assert main(["bench", "parallel", "--preset", "tiny", "--seq", "16", "--steps", "2", "--rounds", "1",
+                 "--json", str(out)]) == 0
+    (r,) = json.loads(out.read_text())
+    assert r["name"] == "parallel" and r["config"].endswith("mini_cpu_mp2.yaml") and r["seq"] == 16
+    assert r["global_batch"] == 8 and r["tokens_per_step"] == 8 * 16 and r["measured_steps"] == 1
+    assert list(r["layouts"]) == ["single", "mp2"]
+    assert (r["layouts"]["single"]["world"], r["layouts"]["mp2"]["world"]) == (1, 2)
+    assert r["layouts"]["mp2"]["layout"]["mp_degree"] == 2 and r["layouts"]["single"]["layout"]["mp_degree"] == 1
+    for name, s in r["layouts"].items():
+        assert s["layout"]["global_batch_size"] == 8 and s["tokens_per_s"]["median"] > 0 and len(s["load"]) == 1
+        (one,) = r["samples"][name]
+        assert len(one["step_times_s"]) == 2 and one["load"] >= 0 and one["load_after"] >= 0
+        assert one["tokens_per_s"] == pytest.approx(128 / one["step_times_s"][1])
+        assert one["run_wall_s"] > 0 and one["run_cpu_s"] > 0 and one["runtime"]
+    ratio = r["ratios"]["mp2/single"]
+    assert ratio["pairs"] + ratio["refused"] == 1
+    if ratio["tokens_per_s"] is not None:
+        want = r["samples"]["single"][0]["step_s"] / r["samples"]["mp2"][0]["step_s"]
+        assert ratio["tokens_per_s"]["median"] == pytest.approx(want)
+    assert "ratio mp2/single" in capsys.readouterr().out
+
+
+def test_bench_parallel_rejects_bad_flags_in_one_line(capsys):
+    assert main(["bench", "parallel", "--preset", "tiny", "--steps", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "--steps 1" in err and "warm-up" in err
+    assert main(["bench", "parallel", "--config", "configs/pretrain/tiny_cpu_single.yaml"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "1-process layout" in err
