@@ -3,6 +3,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from paddle_pangu import runtime
 from paddle_pangu.runtime import CpuInfo, decide, parse_cpuinfo
 
@@ -13,7 +15,8 @@ OTHER = CpuInfo("other", "Neoverse", frozenset(), cores=4)
 
 def test_amd_with_bundled_mkl_sets_cpu_type_and_threads():
     d = decide(AMD, {}, bundled_mkl=True)
-    assert d.set_env == {"MKL_DEBUG_CPU_TYPE": "5", "MKL_NUM_THREADS": "2"}
+    assert d.set_env == {"MKL_DEBUG_CPU_TYPE": "5", "MKL_NUM_THREADS": "2",
+                         "PANGU_RUNTIME_OWNED": "OMP_NUM_THREADS,MKL_NUM_THREADS"}
     assert d.unset_env == []
 
 
@@ -29,7 +32,7 @@ def test_intel_never_sets_cpu_type_and_removes_an_inherited_one():
 
 def test_other_vendor_gets_threads_only():
     d = decide(OTHER, {"MKL_DEBUG_CPU_TYPE": "5"}, bundled_mkl=True)
-    assert d.set_env == {"MKL_NUM_THREADS": "4"} and d.unset_env == []
+    assert d.set_env["MKL_NUM_THREADS"] == "4" and "MKL_DEBUG_CPU_TYPE" not in d.set_env and d.unset_env == []
 
 
 def test_launch_workers_share_the_cores_and_user_threads_are_kept():
@@ -40,11 +43,57 @@ def test_launch_workers_share_the_cores_and_user_threads_are_kept():
     assert "MKL_NUM_THREADS" not in d.set_env and "MKL_DEBUG_CPU_TYPE" not in d.set_env
 
 
+def test_launched_workers_redecide_threads_their_parent_set():
+    """`pangu train --nproc 2`: the parent's apply() set MKL_NUM_THREADS=2 (and `import paddle` set
+    OMP_NUM_THREADS=1); each worker inherits both but must take its own share (found by bench parallel)."""
+    parent = decide(AMD, {}, True)
+    assert parent.set_env["MKL_NUM_THREADS"] == "2"
+    worker_env = {**parent.set_env, "OMP_NUM_THREADS": "1", "PADDLE_LOCAL_SIZE": "2"}
+    worker = decide(AMD, worker_env, True)
+    assert worker.set_env["MKL_NUM_THREADS"] == "1"
+    user = decide(AMD, {**worker_env, "PANGU_RUNTIME_OWNED": "OMP_NUM_THREADS", "MKL_NUM_THREADS": "2"}, True)
+    assert "MKL_NUM_THREADS" not in user.set_env  # a thread count the user exported is kept
+
+
 def test_override_disables_everything():
     env = {"PANGU_NO_RUNTIME_TUNING": "1", "MKL_DEBUG_CPU_TYPE": "5"}
     for cpu in (AMD, INTEL, OTHER):
-        d = decide(cpu, env, bundled_mkl=True)
-        assert d.set_env == {} and d.unset_env == []
+        d = decide(cpu, env, bundled_mkl=True, glibc=True)
+        assert d.set_env == {} and d.unset_env == [] and d.mallopt == {}
+
+
+def test_glibc_allocator_keeps_freed_memory_for_every_vendor_unless_the_user_tuned_malloc():
+    for cpu in (AMD, INTEL, OTHER):
+        assert decide(cpu, {}, True, glibc=True).mallopt == {"M_MMAP_MAX": 0, "M_TRIM_THRESHOLD": 2**31 - 1}
+        assert decide(cpu, {}, True, glibc=False).mallopt == {}
+        assert decide(cpu, {"MALLOC_ARENA_MAX": "2"}, True, glibc=True).mallopt == {}
+
+
+_REUSE = (  # page faults of a second 64 MiB buffer written page by page, after the first was freed
+    "import resource, paddle_pangu.runtime as r; r.apply()\n"
+    "def touch():\n"
+    "    b = bytearray(64 << 20)\n"
+    "    for i in range(0, len(b), 4096): b[i] = 1\n"
+    "    return b\n"
+    "b = touch(); del b\n"
+    "f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt; b = touch()\n"
+    "print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)\n"
+)
+
+
+def test_apply_makes_freed_memory_reused_without_page_faults():
+    """The allocator setting is real: 16384 pages are re-faulted without it, (almost) none with it."""
+    if runtime._glibc() is None:
+        pytest.skip("not glibc: decide() asks for no allocator setting there (tested above)")
+    faults = {}
+    for label, extra in (("tuned", {}), ("untuned", {"PANGU_NO_RUNTIME_TUNING": "1"})):
+        env = {k: v for k, v in _child_env(**extra).items() if not k.startswith("MALLOC_")}
+        out = subprocess.run([sys.executable, "-c", _REUSE], env=env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr
+        faults[label] = int(out.stdout.strip())
+    pages = (64 << 20) // 4096
+    # untuned: glibc mmaps fresh pages for the second buffer (one fault per page, or per 2 MiB huge page)
+    assert faults["tuned"] < pages // 16 and faults["tuned"] < faults["untuned"], faults
 
 
 def test_parse_cpuinfo_reads_vendor_and_flags():
@@ -58,7 +107,8 @@ def test_parse_cpuinfo_reads_vendor_and_flags():
 
 def _child_env(**extra):
     env = {k: v for k, v in os.environ.items() if k not in ("MKL_DEBUG_CPU_TYPE", "OMP_NUM_THREADS",
-                                                            "MKL_NUM_THREADS", "PANGU_NO_RUNTIME_TUNING")}
+                                                            "MKL_NUM_THREADS", "PANGU_NO_RUNTIME_TUNING",
+                                                            "PANGU_RUNTIME_OWNED")}
     env.update(extra)
     return env
 
