@@ -120,6 +120,13 @@ def pipeline_name_mapping(pipeline_model) -> dict[str, str]:
 
 
 # ---- optimizer internals (paddle 3.3.1) ----------------------------------------------------------
+def squared_l2_norm(x):
+    """sum(x^2) in one pass with no full-size temporary: the kernel `ClipGradByGlobalNorm` itself uses
+    (`paddle._C_ops.squared_l2_norm`, paddle 3.3.1). Measured on a [40000, 512] fp32 gradient: 6.8 ms
+    vs 40 ms for sum(square(x)); `paddle.dot` and `linalg.norm` were 4% off (sequential fp32 sums)."""
+    return paddle._C_ops.squared_l2_norm(x)
+
+
 def innermost_with_clip(optimizer, max_depth: int = 8):
     """The optimizer inside fleet's wrappers that owns `_grad_clip` (wrappers keep the inner one in
     `_inner_opt` or `_optim`; paddle 3.3.1), or None."""

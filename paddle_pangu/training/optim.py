@@ -100,15 +100,22 @@ class RecordingClipGrad(paddle.nn.ClipGradByGlobalNorm):
     Single process and pure data parallel use it directly. Under mp/pp/
     sharding fleet wraps it in `HybridParallelClipGrad`, whose cross-group
     norm `attach_norm_recorder` taps instead.
+
+    `auto_skip_clip`: the gradients are scaled only when the norm exceeds the limit. The result is
+    the same bits (otherwise every gradient is multiplied by exactly 1.0), without one pass over
+    every gradient per step (76 ms of a 2.9 s mini-512 step). The recorded norm uses the clip's own
+    squared-norm kernel (no full-size square temporaries: 6.8 vs 40 ms on the 40k x 512 embedding).
     """
 
     def __init__(self, clip_norm: float):
-        super().__init__(clip_norm)
+        super().__init__(clip_norm, auto_skip_clip=True)
         self.last_norm: paddle.Tensor | None = None
 
     @paddle.no_grad()
     def _dygraph_clip(self, params_grads):
-        squares = [paddle.sum(paddle.square(g.astype("float32"))) for p, g in params_grads
+        from ..parallel.fleet_compat import squared_l2_norm
+
+        squares = [squared_l2_norm(g.astype("float32")) for p, g in params_grads
                    if g is not None and getattr(p, "need_clip", True)]
         self.last_norm = paddle.sqrt(paddle.add_n(squares)) if squares else paddle.zeros([])
         return super()._dygraph_clip(params_grads)
