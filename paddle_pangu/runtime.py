@@ -24,7 +24,7 @@ Paddle's CPU wheel bundles Intel MKL (`paddle/libs/libmklml_intel.so`). MKL read
   the element-wise time). `mallopt(M_MMAP_MAX, 0)` + `mallopt(M_TRIM_THRESHOLD, 2^31-1)` keep freed
   memory in the heap for reuse: 20k faults, 0.08 s kernel time, 17% less CPU per step, peak RSS
   +15% (the heap keeps its high-water mark). Skipped when the user set any `MALLOC_*` variable or
-  the C library is not glibc. PLATFORM.md / README "Benchmarks" have the numbers.
+  the C library is not glibc. README "Platform notes" / "Benchmarks" have the numbers.
 
 `PANGU_NO_RUNTIME_TUNING=1` leaves the environment and the allocator untouched. The decision is a pure
 function (`decide`) so it is unit-tested per vendor; `apply()` runs it once per process

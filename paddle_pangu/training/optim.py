@@ -101,24 +101,42 @@ class RecordingClipGrad(paddle.nn.ClipGradByGlobalNorm):
     sharding fleet wraps it in `HybridParallelClipGrad`, whose cross-group
     norm `attach_norm_recorder` taps instead.
 
-    `auto_skip_clip`: the gradients are scaled only when the norm exceeds the limit. The result is
-    the same bits (otherwise every gradient is multiplied by exactly 1.0), without one pass over
-    every gradient per step (76 ms of a 2.9 s mini-512 step). The recorded norm uses the clip's own
-    squared-norm kernel (no full-size square temporaries: 6.8 vs 40 ms on the 40k x 512 embedding).
+    Dense fp32 CPU gradients (the CPU training path) take a faster route to the same bits: the norm
+    once, with the clip's own kernel and summation order (squared_l2_norm per gradient, stacked and
+    summed, then sqrt), the scale `clip_norm / norm` computed in fp32 as the clip computes it, and
+    applied in place with `scale_` only when the norm exceeds the limit (below it the clip multiplies
+    by exactly 1.0). Measured on the mini-512 step: Paddle's broadcast `multiply_` by a [1] tensor took
+    78 ms per step and the duplicate sum(square(g)) norm 34 ms; `scale_` by a float is ~5x faster per
+    element. Anything else (fp16/bf16, selected rows, distributed tensors, sharded norms) runs Paddle's
+    clip. tests/unit/test_optim.py checks both paths give the same gradients and norm.
     """
 
     def __init__(self, clip_norm: float):
         super().__init__(clip_norm, auto_skip_clip=True)
         self.last_norm: paddle.Tensor | None = None
 
+    def _fast_path(self, grads) -> bool:
+        return bool(grads) and not self.should_comm_on_shard_dim and all(
+            g.dtype == paddle.float32 and g.place.is_cpu_place() and not g.is_selected_rows()
+            and not (hasattr(g, "is_dist") and g.is_dist()) for g in grads)
+
     @paddle.no_grad()
     def _dygraph_clip(self, params_grads):
         from ..parallel.fleet_compat import squared_l2_norm
 
-        squares = [squared_l2_norm(g.astype("float32")) for p, g in params_grads
-                   if g is not None and getattr(p, "need_clip", True)]
-        self.last_norm = paddle.sqrt(paddle.add_n(squares)) if squares else paddle.zeros([])
-        return super()._dygraph_clip(params_grads)
+        grads = [g for p, g in params_grads if g is not None and getattr(p, "need_clip", True)]
+        if not self._fast_path(grads):
+            squares = [squared_l2_norm(g.astype("float32")) for g in grads]
+            self.last_norm = paddle.sqrt(paddle.add_n(squares)) if squares else paddle.zeros([])
+            return super()._dygraph_clip(params_grads)
+        norm = paddle.sqrt(paddle.stack([squared_l2_norm(g) for g in grads]).sum())  # the clip's own order
+        self.last_norm = norm
+        limit = paddle.full([1], self.clip_norm, dtype="float32")
+        if float(norm) > self.clip_norm:
+            scale = float(paddle.divide(limit, norm.reshape([1])))  # the fp32 quotient, exactly
+            for g in grads:
+                g.scale_(scale)
+        return params_grads
 
 
 def attach_norm_recorder(optimizer):

@@ -88,3 +88,23 @@ def test_recorded_grad_norm_matches_numpy_and_clips():
         decay = cfg.weight_decay if is_decayed(p) else 0.0
         by_hand = w0 * (1 - cfg.lr * decay) - cfg.lr * clipped / (np.abs(clipped) + cfg.eps)
         np.testing.assert_allclose(p.numpy(), by_hand, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("limit", [0.05, 1e6])  # clipping active / inactive
+def test_recording_clip_fast_path_gives_paddles_clip_bits(limit):
+    """The CPU fp32 route (norm once, scale_ only above the limit) against paddle's ClipGradByGlobalNorm:
+    identical gradients and norm, bit for bit; a bf16 gradient takes paddle's own route."""
+    rng = np.random.default_rng(3)
+    shapes = [[300, 64], [64], [7, 5, 3]]
+    params = [paddle.create_parameter(s, "float32") for s in shapes]
+    grads = [rng.standard_normal(s).astype("float32") * 10.0 ** -i for i, s in enumerate(shapes)]
+    ours, ref = RecordingClipGrad(limit), paddle.nn.ClipGradByGlobalNorm(limit)
+    assert ours._fast_path([paddle.to_tensor(g) for g in grads])
+    got = ours([(p, paddle.to_tensor(g)) for p, g in zip(params, grads)])
+    want = ref([(p, paddle.to_tensor(g)) for p, g in zip(params, grads)])
+    for (_, a), (_, b) in zip(got, want):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+    norm64 = np.sqrt(sum(float((g.astype("float64") ** 2).sum()) for g in grads))
+    assert abs(float(ours.last_norm) - norm64) <= 1e-6 * norm64
+    assert (limit < norm64) == any(not np.array_equal(a.numpy(), g) for (_, a), g in zip(got, grads))
+    assert not ours._fast_path([paddle.to_tensor(grads[0]).astype("bfloat16")])
