@@ -47,6 +47,7 @@ from pathlib import Path
 
 from ..errors import PanGuError, UsageError
 from .harness import pair_ratio, spread
+from .report import loads, span
 
 DEFAULT_CONFIG = "configs/pretrain/mini_cpu_mp2.yaml"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -268,10 +269,6 @@ def _pairable(samples: list[dict]) -> list[dict]:
     return [{"wall_s": s["step_s"], "cpu_s": s["run_cpu_s"], "load": s["load"]} for s in samples]
 
 
-def _span(s: dict, fmt: str = "{:.3g}", scale: float = 1.0) -> str:
-    return f"{fmt.format(s['median'] * scale)} [{fmt.format(s['min'] * scale)}-{fmt.format(s['max'] * scale)}]"
-
-
 def table(result: dict) -> str:
     r = result
     lines = [f"parallel  {r['config']}  preset {r['model']} ({r['params_m']}M params)  seq {r['seq']}  global batch "
@@ -281,17 +278,16 @@ def table(result: dict) -> str:
     lines += ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for name, s in r["layouts"].items():
         row = (name, s["world"], "-" if s["mkl_threads"] is None else s["mkl_threads"],
-               _span(s["tokens_per_s"], "{:.0f}"), _span(s["step_s"], "{:.0f}", 1000),
-               _span(s["run_wall_s"], "{:.1f}"), _span(s["run_cpu_s"], "{:.1f}"),
-               f"{min(s['load']):.1f}-{max(s['load']):.1f}")
+               span(s["tokens_per_s"], fmt="{:.0f}"), span(s["step_s"], 1000, "{:.0f}"),
+               span(s["run_wall_s"], fmt="{:.1f}"), span(s["run_cpu_s"], fmt="{:.1f}"), loads(s["load"]))
         lines.append("| " + " | ".join(str(x) for x in row) + " |")
     for name, q in r["ratios"].items():
         if q["tokens_per_s"] is None:
             lines.append(f"  ratio {name}: refused ({q.get('note', 'no comparable pair')})")
             continue
         refused = f", {q['refused']} refused" if q["refused"] else ""
-        lines.append(f"  ratio {name}: tokens/s {_span(q['tokens_per_s'], '{:.2f}')}, whole-run CPU-s "
-                     f"{_span(q['run_cpu_s'], '{:.2f}')} ({q['pairs']} pairs{refused})")
+        lines.append(f"  ratio {name}: tokens/s {span(q['tokens_per_s'], fmt='{:.2f}')}, whole-run CPU-s "
+                     f"{span(q['run_cpu_s'], fmt='{:.2f}')} ({q['pairs']} pairs{refused})")
     for name, why in r["skipped"].items():
         lines.append(f"  {name} not run: {why}")
     lines.append("(ratio X/single = single's time / X's per interleaved round: tokens/s < 1 means X is slower; "

@@ -2,20 +2,21 @@
 from __future__ import annotations
 
 
-def _span(s: dict, scale: float = 1.0, fmt: str = "{:.3g}") -> str:
+def span(s: dict, scale: float = 1.0, fmt: str = "{:.3g}") -> str:
+    """`median [min-max]` of a harness.spread / summarize dict, times `scale`."""
     return f"{fmt.format(s['median'] * scale)} [{fmt.format(s['min'] * scale)}-{fmt.format(s['max'] * scale)}]"
 
 
-def _loads(values) -> str:
+def loads(values) -> str:
     return f"{min(values):.1f}-{max(values):.1f}" if values else "-"
 
 
 def _ratio(r: dict) -> str:
     if r.get("wall") is None:
         return f"refused ({r.get('note', 'no comparable pair')})"
-    cpu = f", CPU-s {_span(r['cpu'], fmt='{:.2f}')}" if r.get("cpu") else ""
+    cpu = f", CPU-s {span(r['cpu'], fmt='{:.2f}')}" if r.get("cpu") else ""
     refused = f", {r['refused']} refused" if r.get("refused") else ""
-    return f"{_span(r['wall'], fmt='{:.2f}')} wall{cpu} ({r.get('pairs', '?')} pairs{refused})"
+    return f"{span(r['wall'], fmt='{:.2f}')} wall{cpu} ({r.get('pairs', '?')} pairs{refused})"
 
 
 def _system_line(name: str, s: dict) -> str:
@@ -25,10 +26,10 @@ def _system_line(name: str, s: dict) -> str:
         extra = (f"  {s['gflops']:.1f} GFLOP/s = {100 * s['peak_fraction']:.0f}% of peak, per CPU-s "
                  f"{s['gflop_per_cpu_s']:.1f} = {100 * s['peak_fraction_cpu']:.0f}%")
     if "first_token_s" in s:
-        extra = f"  first token {_span(s['first_token_s'], 1000, '{:.0f}')} ms"
+        extra = f"  first token {span(s['first_token_s'], 1000, '{:.0f}')} ms"
     mem = f"  peak RSS {s['peak_rss_mb']:.0f} MB (+{s['step_extra_mb']:.0f})" if "peak_rss_mb" in s else ""
     return (f"  {name:<16}{rate:>9.1f} tok/s  {s['tokens_per_cpu_s']:>8.1f} tok/CPU-s  "
-            f"call {_span(s['wall_s'], 1000, '{:.0f}')} ms  load {_loads(s['load'])}{extra}{mem}")
+            f"call {span(s['wall_s'], 1000, '{:.0f}')} ms  load {loads(s['load'])}{extra}{mem}")
 
 
 def _block(title: str, systems: dict, ratios: dict) -> list[str]:
