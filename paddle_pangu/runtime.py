@@ -177,8 +177,7 @@ def _glibc():
         return None
 
 
-def _apply_mallopt(decision: Decision) -> None:
-    libc = _glibc() if decision.mallopt else None
+def _apply_mallopt(decision: Decision, libc) -> None:
     for name, value in decision.mallopt.items():
         if libc is None or libc.mallopt(MALLOPT[name][0], value) != 1:  # mallopt returns 1 on success
             decision.notes.append(f"mallopt {name} not applied")
@@ -200,11 +199,12 @@ def apply(log: bool = True) -> Decision:
     if "paddle" in sys.modules:
         _APPLIED = Decision(notes=["paddle already imported: environment left as is"])
         return _APPLIED
-    _APPLIED = decide(cpu, os.environ, paddle_bundles_mkl(), glibc=_glibc() is not None)
+    libc = _glibc()
+    _APPLIED = decide(cpu, os.environ, paddle_bundles_mkl(), glibc=libc is not None)
     for key in _APPLIED.unset_env:
         os.environ.pop(key, None)
     os.environ.update(_APPLIED.set_env)
-    _apply_mallopt(_APPLIED)
+    _apply_mallopt(_APPLIED, libc)
     if log and os.environ.get(QUIET_ENV) != "1":
         print(_APPLIED.summary(cpu), file=sys.stderr)
     return _APPLIED
