@@ -132,7 +132,7 @@ class RecordingClipGrad(paddle.nn.ClipGradByGlobalNorm):
         norm = paddle.sqrt(paddle.stack([squared_l2_norm(g) for g in grads]).sum())  # the clip's own order
         self.last_norm = norm
         limit = paddle.full([1], self.clip_norm, dtype="float32")
-        if float(norm) > self.clip_norm:
+        if float(norm) > float(limit):  # compared in fp32, as the clip compares (clip_norm may not be an fp32)
             scale = float(paddle.divide(limit, norm.reshape([1])))  # the fp32 quotient, exactly
             for g in grads:
                 g.scale_(scale)
