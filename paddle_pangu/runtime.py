@@ -155,7 +155,7 @@ def decide(cpu: CpuInfo, env, bundled_mkl: bool, glibc: bool = False) -> Decisio
     owned = set(env.get(OWNED_ENV, "").split(","))
     if all(env.get(key) is None or key in owned for key in THREAD_ENVS):
         d.set_env["MKL_NUM_THREADS"] = str(max(1, cpu.cores // procs))
-        d.set_env[OWNED_ENV] = ",".join(k for k in THREAD_ENVS if env.get(k) is None or k in owned)
+        d.set_env[OWNED_ENV] = ",".join(THREAD_ENVS)  # none of them is the user's (the condition above)
     if procs > 1:
         d.notes.append(f"{procs} local processes share {cpu.cores} cores")
     if glibc and not any(key.startswith("MALLOC_") for key in env):
