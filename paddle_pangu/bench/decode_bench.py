@@ -40,14 +40,9 @@ def _sampling(new_tokens: int):
     return SamplingConfig(max_new_tokens=new_tokens, eos_token_id=-1)
 
 
-def dynamic_fn(model, prompts, new_tokens):
-    from ..inference import generate
-
-    cfg = _sampling(new_tokens)
-    return lambda: generate(model, prompts, cfg)
-
-
-def predictor_fn(stepper, prompts, new_tokens):
+def stepper_fn(stepper, prompts, new_tokens):
+    """Decode through a stepper made once: the dygraph one `pangu generate` / `pangu serve` build for a model
+    directory (frozen weights: the head in the [H, V] layout), or the Paddle Inference one."""
     from ..inference.generation import decode_loop
 
     cfg = _sampling(new_tokens)
@@ -81,9 +76,9 @@ def hf_fn(model, prompts, new_tokens):
     return run
 
 
-def _without_onednn(stepper, export_dir: str):
-    """The same predictors with oneDNN off: it re-plans its kernels for every new sequence length, and in
-    decode every step has one (measured: 2.6x less CPU per token at batch 1, 1.7x at batch 8)."""
+def _with_onednn(stepper, export_dir: str):
+    """The same predictors with oneDNN on, the alternative to the fp32 CPU default (off: oneDNN re-plans its
+    kernels for every new sequence length, and in decode every step has one)."""
     import os
 
     import paddle
@@ -93,21 +88,22 @@ def _without_onednn(stepper, export_dir: str):
     for name in list(stepper.predictors):
         cfg = predictor_config(os.path.join(export_dir, name + ".json"), os.path.join(export_dir, name + ".pdiparams"),
                                "cpu", bench_threads())
-        cfg.disable_mkldnn()
+        cfg.enable_mkldnn()
         stepper.predictors[name] = paddle.inference.create_predictor(cfg)
     return stepper
 
 
 def _backends(shape: Shape, max_len: int, compare: bool, predictor: bool, tmp: str) -> dict:
+    from ..inference.generation import DygraphStepper
+
     model = pangu_model(shape, max_len)
-    backends = {"pangu_dynamic": (dynamic_fn, model)}
+    backends = {"pangu_dynamic": (stepper_fn, DygraphStepper(model, frozen=True))}
     if predictor:
         from ..inference.export import InferenceStepper, export_model
 
         export_model(model, tmp)
-        backends["pangu_predictor"] = (predictor_fn, InferenceStepper(tmp, threads=bench_threads()))
-        backends["predictor_no_onednn"] = (predictor_fn, _without_onednn(InferenceStepper(tmp, threads=bench_threads()),
-                                                                        tmp))
+        backends["pangu_predictor"] = (stepper_fn, InferenceStepper(tmp, threads=bench_threads()))
+        backends["predictor_onednn"] = (stepper_fn, _with_onednn(InferenceStepper(tmp, threads=bench_threads()), tmp))
     if compare:
         hf = hf_model(shape, max_len)
         if hf is not None:
@@ -129,7 +125,7 @@ def _one_batch(backends: dict, shape: Shape, batch: int, prompt_len: int, new_to
         systems[name] = s
     ratios = {f"pangu_dynamic/{b}": pair_ratio(full_runs["pangu_dynamic"], full_runs[b]) for b in backends
               if b != "pangu_dynamic"}
-    for pred in ("pangu_predictor", "predictor_no_onednn"):  # the predictor against the dynamic model
+    for pred in ("pangu_predictor", "predictor_onednn"):  # the predictor against the dynamic model
         if pred in backends:
             ratios[f"{pred}/pangu_dynamic"] = pair_ratio(full_runs[pred], full_runs["pangu_dynamic"])
     return {"batch": batch, "systems": systems, "ratios": ratios}

@@ -35,7 +35,8 @@ def _system_line(name: str, s: dict) -> str:
 def _block(title: str, systems: dict, ratios: dict) -> list[str]:
     lines = [title]
     lines += [_system_line(n, s) for n, s in systems.items()]
-    lines += [f"  ratio {k:<30}{_ratio(v)}" for k, v in ratios.items()]
+    width = max([30] + [len(k) + 1 for k in ratios])
+    lines += [f"  ratio {k:<{width}}{_ratio(v)}" for k, v in ratios.items()]
     return lines
 
 

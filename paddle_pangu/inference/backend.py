@@ -42,4 +42,4 @@ def open_backend(model: str, device: str = "cpu", tokenizer: str | None = None, 
         net, tok = load_model_and_tokenizer(model, tokenizer, seed)
     except FileNotFoundError as err:
         raise CheckpointError(str(err)) from None
-    return DygraphStepper(net), net.config, tok
+    return DygraphStepper(net, frozen=True), net.config, tok  # served / CLI weights never change

@@ -30,28 +30,35 @@ def _stack(cache):
     return paddle.stack([paddle.stack([k, v], 0) for k, v in cache], 0)  # [L, 2, B, nh, T, hd]
 
 
-class _Prefill(paddle.nn.Layer):
+class _Graph(paddle.nn.Layer):
+    """The model plus `head_t`, an [H, V] copy of the tied word embedding saved with the graph: the head
+    reads it instead of the transposed embedding, the faster GEMV layout per decode token (see
+    DygraphStepper). It costs the embedding's size once more in each graph's weight file."""
+
     def __init__(self, model):
         super().__init__()
         self.model = model
+        weight = model.get_input_embeddings().weight
+        self.head_t = self.create_parameter(weight.shape[::-1], dtype=weight.dtype)
+        with paddle.no_grad():
+            self.head_t.set_value(weight.t().contiguous())
+        self.head_t.stop_gradient = True
 
+
+class _Prefill(_Graph):
     def forward(self, input_ids, position_ids, attention_mask):
         logits, cache = self.model(input_ids, position_ids=position_ids, attention_mask=attention_mask,
-                                   use_cache=True, logits_to_keep=1)  # head on the sampled position only
+                                   use_cache=True, logits_to_keep=1,  # head on the sampled position only
+                                   head_weight_t=self.head_t)
         return logits[:, -1, :].astype("float32"), _stack(cache)
 
 
-class _Decode(paddle.nn.Layer):
-    def __init__(self, model):
-        super().__init__()
-        self.model = model
-        self.num_layers = model.config.num_layers
-
+class _Decode(_Graph):
     def forward(self, input_ids, position_ids, attention_mask, kv):
-        cache = [(kv[i, 0], kv[i, 1]) for i in range(self.num_layers)]
+        cache = [(kv[i, 0], kv[i, 1]) for i in range(self.model.config.num_layers)]
         logits, new = self.model(
             input_ids, position_ids=position_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True,
-            logits_to_keep=1,
+            logits_to_keep=1, head_weight_t=self.head_t,
         )
         return logits[:, -1, :].astype("float32"), _stack(new)
 

@@ -153,12 +153,23 @@ class DygraphStepper:
     """One decoding step of a dygraph PanGuForCausalLM: (ids, positions, mask, cache) -> (last logits, cache).
 
     The cache is the model's own: one (k, v) per layer, each [B, heads, T, head_dim]; the
-    select / pad_left / concat / trim_left helpers let the batch decoder add and drop rows."""
+    select / pad_left / concat / trim_left helpers let the batch decoder add and drop rows.
 
-    def __init__(self, model):
+    frozen=True promises that the model's weights do not change while the stepper lives (a model loaded
+    to be served or to answer `pangu generate`): the tied head is then copied once into the [H, V] layout.
+    Per decode token the head is a GEMV over the largest weight, and MKL reads [H, V] about 2x faster than
+    the embedding's [V, H] (40k x 512: 3.7 vs 7.0 ms at batch 1, 6.0 vs 8.9 ms at batch 8; AMD EPYC). The
+    copy costs one transpose of the embedding (~90 ms here) and its memory, so a one-off `generate` call,
+    whose model may be training between calls, keeps reading the embedding itself."""
+
+    def __init__(self, model, frozen: bool = False):
         self.model = model
         self.config = model.config
         model.eval()
+        self.head_t = None
+        if frozen:
+            with paddle.no_grad():
+                self.head_t = model.get_input_embeddings().weight.t().contiguous()
 
     @paddle.no_grad()
     def __call__(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, cache):
@@ -166,6 +177,7 @@ class DygraphStepper:
             paddle.to_tensor(ids), position_ids=paddle.to_tensor(positions),
             attention_mask=paddle.to_tensor(mask), past_key_values=cache, use_cache=True,
             logits_to_keep=1,  # the head on the sampled (last) position only: prefill skips S-1 rows of [H, V]
+            head_weight_t=self.head_t,
         )
         return logits[:, -1, :].astype("float32").numpy(), cache  # [B, V]
 

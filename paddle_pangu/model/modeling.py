@@ -226,20 +226,27 @@ class PanGuForCausalLM(PanGuPretrainedModel):
         return None  # tied: the head is the word embedding
 
     def forward(self, input_ids, position_ids=None, attention_mask=None, labels=None, loss_mask=None,
-                past_key_values=None, use_cache=False, return_dict=False, logits_to_keep: int = 0):
+                past_key_values=None, use_cache=False, return_dict=False, logits_to_keep: int = 0,
+                head_weight_t=None):
         """Returns (loss, logits[, cache]) with labels, else (logits[, cache]); or a CausalLMOutputWithPast.
 
         logits are [B, S, V]; when tensor-parallel and labels are given they
         stay vocab-sharded [B, S, V/mp] (the loss is the vocab-parallel one).
         logits_to_keep > 0 (no labels): the head runs on the last that many positions only, [B, k, V] —
         generation samples from the last one, and at prefill the [S, H] x [H, V] head is the largest GEMM.
+        head_weight_t (inference only, no labels): an [H, V(_local)] copy of the tied word embedding that
+        the head reads instead of the transposed embedding (the faster decode layout; pl.tied_lm_logits).
         """
+        if head_weight_t is not None and labels is not None:
+            raise ValueError("head_weight_t is an inference copy of the tied head: training (labels) must use "
+                             "the embedding itself, or its gradient would miss the head")
         out = self.pangu(input_ids, position_ids, attention_mask, past_key_values, use_cache)
         hidden, cache = out if use_cache else (out, None)
         if logits_to_keep and labels is None:
             hidden = hidden[:, -int(logits_to_keep):]
         weight = self.pangu.embeddings.word_embeddings.weight
-        logits = pl.tied_lm_logits(self.parallel, hidden, weight, parallel_output=labels is not None)
+        logits = pl.tied_lm_logits(self.parallel, hidden, weight, parallel_output=labels is not None,
+                                   weight_t=head_weight_t)
         loss = self.criterion(logits, labels, loss_mask) if labels is not None else None
         if return_dict:
             return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)

@@ -89,13 +89,13 @@ def test_bench_generate_compare_measures_dynamic_predictor_and_hf(tmp_path, caps
                  "--new-tokens", "2", "--decode-batches", "2", "--json", "-"]) == 0
     (r,) = json.loads(capsys.readouterr().out)
     (b,) = r["batches"]
-    assert b["batch"] == 2 and set(b["systems"]) == {"pangu_dynamic", "pangu_predictor", "predictor_no_onednn",
+    assert b["batch"] == 2 and set(b["systems"]) == {"pangu_dynamic", "pangu_predictor", "predictor_onednn",
                                                      "hf_generate"}
     for s in b["systems"].values():
         assert s["tokens_per_s"] == pytest.approx(4 / s["wall_s"]["median"]) and s["first_token_s"]["n"] == 1
-    assert set(b["ratios"]) == {"pangu_dynamic/pangu_predictor", "pangu_dynamic/predictor_no_onednn",
+    assert set(b["ratios"]) == {"pangu_dynamic/pangu_predictor", "pangu_dynamic/predictor_onednn",
                                 "pangu_dynamic/hf_generate", "pangu_predictor/pangu_dynamic",
-                                "predictor_no_onednn/pangu_dynamic"}
+                                "predictor_onednn/pangu_dynamic"}
 
 
 def test_bench_rejects_bad_sizes(capsys):

@@ -39,6 +39,10 @@ def test_export_writes_both_graphs(exported):
         assert os.path.getsize(os.path.join(out, name + ".pdiparams")) > 0
         assert os.path.exists(os.path.join(out, name + ".json"))
     assert os.path.exists(os.path.join(out, "config.json")) and stepper.dtype == "float32"
+    model = exported[0]
+    weights = sum(int(np.prod(p.shape)) for p in model.parameters()) + model.config.vocab_size * model.config.hidden_size
+    for name in ("prefill", "decode"):  # the model plus the head's [H, V] copy, fp32
+        assert os.path.getsize(os.path.join(out, name + ".pdiparams")) >= 4 * weights
 
 
 def test_predictor_logits_match_dygraph(exported):

@@ -11,6 +11,7 @@ import math
 import numpy as np
 import paddle
 import paddle.nn.functional as F
+import pytest
 
 from paddle_pangu.config import get_preset
 from paddle_pangu.model import PanGuForCausalLM
@@ -135,3 +136,35 @@ def test_head_on_the_last_position_only_equals_the_full_logits_there():
     for (k1, v1), (k2, v2) in zip(cache_full, cache_last):
         np.testing.assert_array_equal(k1.numpy(), k2.numpy())
         np.testing.assert_array_equal(v1.numpy(), v2.numpy())
+
+
+def test_inference_head_copy_equals_the_tied_head_and_is_refused_in_training():
+    from paddle_pangu.inference.generation import DygraphStepper
+
+    model, cfg = _model(3)
+    stepper = DygraphStepper(model, frozen=True)
+    w = model.pangu.embeddings.word_embeddings.weight
+    np.testing.assert_array_equal(stepper.head_t.numpy(), w.numpy().T)  # a copy in the [H, V] layout
+    assert DygraphStepper(model).head_t is None  # a one-off generate reads the embedding itself
+    rng = np.random.default_rng(4)
+    ids = rng.integers(10, cfg.vocab_size, [2, 7])
+    mask, pos = np.ones_like(ids), np.tile(np.arange(7), [2, 1])
+    with paddle.no_grad():
+        hidden = model.pangu(paddle.to_tensor(ids)).numpy()
+    plain_logits, plain_cache = DygraphStepper(model)(ids, pos, mask, None)
+    fast_logits, fast_cache = stepper(ids, pos, mask, None)
+    bound = cfg.hidden_size * U * (np.abs(hidden[:, -1]) @ np.abs(w.numpy()).T)  # one length-H dot per logit
+    assert (np.abs(fast_logits - plain_logits) <= bound).all()
+    for (k1, v1), (k2, v2) in zip(plain_cache, fast_cache):
+        np.testing.assert_array_equal(k1.numpy(), k2.numpy())  # the blocks are untouched
+    nxt, step_pos, step_mask = rng.integers(10, cfg.vocab_size, [2, 1]), pos[:, -1:] + 1, np.ones([2, 8], "int64")
+    a, _ = DygraphStepper(model)(nxt, step_pos, step_mask, plain_cache)  # a decode step over the cache
+    b, _ = stepper(nxt, step_pos, step_mask, fast_cache)
+    with paddle.no_grad():
+        h, _ = model.pangu(paddle.to_tensor(nxt), paddle.to_tensor(step_pos), paddle.to_tensor(step_mask),
+                           plain_cache, True)
+    assert (np.abs(a - b) <= cfg.hidden_size * U * (np.abs(h.numpy()[:, -1]) @ np.abs(w.numpy()).T)).all()
+    stepper.head_t = paddle.zeros_like(stepper.head_t)
+    assert not stepper(ids, pos, mask, None)[0].any()  # the copy is what the head reads
+    with pytest.raises(ValueError, match="head_weight_t"):
+        model(paddle.to_tensor(ids), labels=paddle.to_tensor(ids), head_weight_t=stepper.head_t)
