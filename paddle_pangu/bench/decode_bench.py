@@ -128,6 +128,8 @@ def _one_batch(backends: dict, shape: Shape, batch: int, prompt_len: int, new_to
     for pred in ("pangu_predictor", "predictor_onednn"):  # the predictor against the dynamic model
         if pred in backends:
             ratios[f"{pred}/pangu_dynamic"] = pair_ratio(full_runs[pred], full_runs["pangu_dynamic"])
+            if "hf_generate" in backends:
+                ratios[f"{pred}/hf_generate"] = pair_ratio(full_runs[pred], full_runs["hf_generate"])
     return {"batch": batch, "systems": systems, "ratios": ratios}
 
 

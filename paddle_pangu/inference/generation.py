@@ -117,6 +117,8 @@ def filter_logits(logits: np.ndarray, counts: np.ndarray, cfg: SamplingConfig, s
     """One row's logits [V] fp32 -> penalised, tempered, top-k/top-p filtered logits [V] (-inf = dropped).
 
     counts [V]: how often each token was generated so far; seen [V] bool: in the prompt or generated."""
+    if cfg.greedy and not (cfg.frequency_penalty or cfg.presence_penalty) and cfg.repetition_penalty == 1.0:
+        return logits  # nothing to change: argmax picks from the logits as they are
     logits = logits.astype("float64") - cfg.frequency_penalty * counts - cfg.presence_penalty * (counts > 0)
     if cfg.repetition_penalty != 1.0 and seen is not None:
         hit = logits[seen]

@@ -36,6 +36,16 @@ def set_fast_paths(on: bool) -> bool:
     return previous
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout that adds no op outside training. At inference dropout is the identity, yet nn.Dropout
+    still runs an op: three per layer (attention probabilities, both residual branches) plus the
+    embeddings' at every decode step, and in the graphs exported for Paddle Inference. Training calls
+    nn.Dropout unchanged (the same masks from the same RNG)."""
+
+    def forward(self, x):
+        return super().forward(x) if self.training else x
+
+
 def dense(layer, x):
     """`layer(x)`; for a plain nn.Linear on CPU in dygraph, as one addmm (bias inside the GEMM).
     Tensor-parallel layers, static graphs (export) and other devices run the layer itself."""
@@ -88,7 +98,7 @@ class PanGuEmbeddings(nn.Layer):
         self.position_embeddings = nn.Embedding(
             config.max_position_embeddings, config.hidden_size, weight_attr=normal_attr(std)
         )
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids, position_ids):
         # input_ids, position_ids: [B, S] -> [B, S, H]
@@ -113,7 +123,7 @@ class PanGuAttention(nn.Layer):
         self.k_proj = pl.column_linear(parallel, h, h, weight_attr=normal_attr(std))
         self.v_proj = pl.column_linear(parallel, h, h, weight_attr=normal_attr(std))
         self.out_proj = pl.row_linear(parallel, h, h, weight_attr=normal_attr(output_std(config)))
-        self.attn_dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.attn_dropout = Dropout(config.attention_probs_dropout_prob)
         self.impl = "plain"  # set_attention_impl(): "sdpa" (GPU flash / mem-efficient) or "npu" (Ascend FA)
 
     def _split_heads(self, x):
@@ -217,7 +227,7 @@ class PanGuBlock(nn.Layer):
         self.attention = PanGuAttention(config, parallel)
         self.post_attention_layernorm = FP32LayerNorm(config.hidden_size, epsilon=eps)
         self.mlp = PanGuMLP(config, parallel)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def _attend(self, hidden, attention_mask, query_states, past_key_value, use_cache):
         attn_out, present = self.attention(

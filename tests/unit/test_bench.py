@@ -95,7 +95,8 @@ def test_bench_generate_compare_measures_dynamic_predictor_and_hf(tmp_path, caps
         assert s["tokens_per_s"] == pytest.approx(4 / s["wall_s"]["median"]) and s["first_token_s"]["n"] == 1
     assert set(b["ratios"]) == {"pangu_dynamic/pangu_predictor", "pangu_dynamic/predictor_onednn",
                                 "pangu_dynamic/hf_generate", "pangu_predictor/pangu_dynamic",
-                                "predictor_onednn/pangu_dynamic"}
+                                "predictor_onednn/pangu_dynamic", "pangu_predictor/hf_generate",
+                                "predictor_onednn/hf_generate"}
 
 
 def test_bench_rejects_bad_sizes(capsys):

@@ -168,3 +168,18 @@ def test_inference_head_copy_equals_the_tied_head_and_is_refused_in_training():
     assert not stepper(ids, pos, mask, None)[0].any()  # the copy is what the head reads
     with pytest.raises(ValueError, match="head_weight_t"):
         model(paddle.to_tensor(ids), labels=paddle.to_tensor(ids), head_weight_t=stepper.head_t)
+
+
+def test_dropout_is_no_op_at_inference_and_nn_dropout_in_training():
+    x = paddle.randn([4, 64])
+    ours, ref = L.Dropout(0.5), paddle.nn.Dropout(0.5)
+    ours.eval()
+    assert ours(x) is x  # no op at all, not merely equal values
+    ours.train()
+    paddle.seed(5)
+    a = ours(x).numpy()
+    paddle.seed(5)
+    np.testing.assert_array_equal(a, ref(x).numpy())  # the same mask from the same RNG
+    assert (a == 0).any() and (a != 0).any()
+    dropouts = [m for m in _model()[0].sublayers() if isinstance(m, paddle.nn.Dropout)]
+    assert dropouts and all(isinstance(m, L.Dropout) for m in dropouts)  # the model uses it everywhere
