@@ -6,8 +6,10 @@ graphs), we save two static graphs that share one weight file layout:
 - `prefill`: the whole (left-padded) prompt -> last-token logits + the KV cache
 - `decode`:  one token + the KV cache        -> last-token logits + the grown cache
 
-The cache travels as one tensor kv [L, 2, B, nh, T, hd] (L = blocks + query
-layer) so both graphs have fixed signatures with dynamic B and T.
+The cache travels as one key and one value tensor per layer (L = blocks + query layer), each
+[B, nh, T, hd] with dynamic B and T: inputs past_key_i / past_value_i of `decode`, outputs after the
+logits in the same order. Per-layer tensors, not one stacked [L, 2, B, nh, T, hd] (the layout of
+format 1), spare each decode step 8L slice / stack ops and two copies of the whole cache.
 """
 from __future__ import annotations
 
@@ -22,12 +24,13 @@ from .generation import SamplingConfig, decode_loop
 
 GRAPHS = ("prefill", "decode")
 META_FILE = "pangu_inference.json"
+FORMAT = 2  # 1: one stacked kv tensor (re-export those directories)
 DTYPES = ("float32", "float16", "bfloat16")
 DEVICES = ("cpu", "gpu", "npu")
 
 
-def _stack(cache):
-    return paddle.stack([paddle.stack([k, v], 0) for k, v in cache], 0)  # [L, 2, B, nh, T, hd]
+def _flat(cache):
+    return tuple(t for kv in cache for t in kv)  # k_0, v_0, k_1, v_1, ...
 
 
 class _Graph(paddle.nn.Layer):
@@ -50,17 +53,17 @@ class _Prefill(_Graph):
         logits, cache = self.model(input_ids, position_ids=position_ids, attention_mask=attention_mask,
                                    use_cache=True, logits_to_keep=1,  # head on the sampled position only
                                    head_weight_t=self.head_t)
-        return logits[:, -1, :].astype("float32"), _stack(cache)
+        return (logits[:, -1, :].astype("float32"),) + _flat(cache)
 
 
 class _Decode(_Graph):
-    def forward(self, input_ids, position_ids, attention_mask, kv):
-        cache = [(kv[i, 0], kv[i, 1]) for i in range(self.model.config.num_layers)]
+    def forward(self, input_ids, position_ids, attention_mask, past):
+        cache = [(past[2 * i], past[2 * i + 1]) for i in range(self.model.config.num_layers)]
         logits, new = self.model(
             input_ids, position_ids=position_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True,
             logits_to_keep=1, head_weight_t=self.head_t,
         )
-        return logits[:, -1, :].astype("float32"), _stack(new)
+        return (logits[:, -1, :].astype("float32"),) + _flat(new)
 
 
 def _specs(config, with_cache: bool):
@@ -70,8 +73,9 @@ def _specs(config, with_cache: bool):
         paddle.static.InputSpec([None, None], "int64", "attention_mask"),  # [B, T], 1 = token, 0 = left padding
     ]
     if with_cache:
-        shape = [config.num_layers, 2, None, config.num_attention_heads, None, config.head_dim]
-        specs.append(paddle.static.InputSpec(shape, "float32", "kv"))
+        shape = [None, config.num_attention_heads, None, config.head_dim]
+        specs.append([paddle.static.InputSpec(shape, "float32", f"past_{kind}_{i}")
+                      for i in range(config.num_layers) for kind in ("key", "value")])
     return specs
 
 
@@ -99,7 +103,8 @@ def export_model(model, output_dir: str, tokenizer_dir: str | None = None, dtype
             src = os.path.join(tokenizer_dir, fname)
             if os.path.exists(src) and not os.path.exists(os.path.join(output_dir, fname)):
                 shutil.copy(src, output_dir)
-    meta = {"graphs": list(GRAPHS), "kv_layout": "[layers, 2, batch, heads, tokens, head_dim]", "dtype": dtype}
+    meta = {"format": FORMAT, "graphs": list(GRAPHS), "dtype": dtype,
+            "kv_layout": "past_key_i, past_value_i per layer: [batch, heads, tokens, head_dim]"}
     with open(os.path.join(output_dir, META_FILE), "w") as f:
         json.dump(meta, f, indent=2)
     return meta
@@ -173,8 +178,8 @@ class InferenceStepper:
         from ..config import PanGuConfig
 
         self.config = PanGuConfig.from_pretrained(export_dir)
-        with open(os.path.join(export_dir, META_FILE)) as f:
-            self.dtype = json.load(f).get("dtype", "float32")
+        meta = read_meta(export_dir)
+        self.dtype = meta.get("dtype", "float32")
         self.predictors = {g: self._create(export_dir, g, device, threads, self.dtype) for g in GRAPHS}
 
     @staticmethod
@@ -186,30 +191,48 @@ class InferenceStepper:
     def __call__(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, cache):
         pred = self.predictors["prefill" if cache is None else "decode"]
         feeds = {"input_ids": ids, "position_ids": positions, "attention_mask": mask}
-        if cache is not None:
-            feeds["kv"] = cache
+        for i, (k, v) in enumerate(cache or ()):
+            feeds[f"past_key_{i}"], feeds[f"past_value_{i}"] = k, v
         for name in pred.get_input_names():
             pred.get_input_handle(name).copy_from_cpu(np.ascontiguousarray(feeds[name]))
         pred.run()
-        logits, kv = (pred.get_output_handle(n).copy_to_cpu() for n in pred.get_output_names())
-        return logits, kv
+        logits, *flat = (pred.get_output_handle(n).copy_to_cpu() for n in pred.get_output_names())
+        return logits, tuple(zip(flat[0::2], flat[1::2]))
 
-    # cache helpers for the batch decoder: kv [L, 2, B, nh, T, hd] as numpy
+    # cache helpers for the batch decoder: one (k, v) per layer, each [B, nh, T, hd] numpy
     @staticmethod
-    def select(kv, rows):
-        return kv[:, :, rows]
+    def select(cache, rows):
+        return tuple((k[rows], v[rows]) for k, v in cache)
 
     @staticmethod
-    def pad_left(kv, n):
-        return np.pad(kv, [(0, 0)] * 4 + [(n, 0), (0, 0)]) if n else kv
+    def pad_left(cache, n):
+        pad = [(0, 0), (0, 0), (n, 0), (0, 0)]
+        return tuple((np.pad(k, pad), np.pad(v, pad)) for k, v in cache) if n else cache
 
     @staticmethod
     def concat(a, b):
-        return np.concatenate([a, b], axis=2)
+        return tuple((np.concatenate([ka, kb]), np.concatenate([va, vb])) for (ka, va), (kb, vb) in zip(a, b))
 
     @staticmethod
-    def trim_left(kv, n):
-        return kv[:, :, :, :, n:] if n else kv
+    def trim_left(cache, n):
+        return tuple((k[:, :, n:], v[:, :, n:]) for k, v in cache) if n else cache
+
+
+def read_meta(export_dir: str) -> dict:
+    """The export's metadata; a CheckpointError naming the file when it is unreadable or of another format."""
+    from ..errors import CheckpointError
+
+    path = os.path.join(export_dir, META_FILE)
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: unreadable export metadata ({err})") from None
+    if not isinstance(meta, dict) or meta.get("format", 1) != FORMAT:
+        found = meta.get("format", 1) if isinstance(meta, dict) else meta
+        raise CheckpointError(f"{path}: export format {found!r}, this paddle_pangu reads format {FORMAT} "
+                              f"(per-layer KV cache inputs); run `pangu export` again on the model")
+    return meta
 
 
 def generate_with_predictor(export_dir: str, prompts: list[list[int]], cfg: SamplingConfig | None = None,

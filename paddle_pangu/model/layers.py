@@ -127,9 +127,8 @@ class PanGuAttention(nn.Layer):
         self.impl = "plain"  # set_attention_impl(): "sdpa" (GPU flash / mem-efficient) or "npu" (Ascend FA)
 
     def _split_heads(self, x):
-        # [B, S, nh*hd] -> [B, nh, S, hd]
-        b, s = x.shape[0], x.shape[1]
-        return x.reshape([b, s, self.num_heads, self.head_dim]).transpose([0, 2, 1, 3])
+        # [B, S, nh*hd] -> [B, nh, S, hd]; 0 = keep that dimension (no shape ops in an exported graph)
+        return x.reshape([0, 0, self.num_heads, self.head_dim]).transpose([0, 2, 1, 3])
 
     def _plain(self, q, k, v, attention_mask):
         """q [B, nh, S, hd], k/v [B, nh, T, hd] -> context [B, nh, S, hd]."""
@@ -174,8 +173,7 @@ class PanGuAttention(nn.Layer):
             ctx = self._plain(q, k, v, attention_mask)
         else:
             ctx = self._fused(q, k, v, attention_mask)
-        b, s = ctx.shape[0], ctx.shape[2]
-        ctx = ctx.transpose([0, 2, 1, 3]).reshape([b, s, self.num_heads * self.head_dim])
+        ctx = ctx.transpose([0, 2, 1, 3]).reshape([0, 0, self.num_heads * self.head_dim])  # [B, S, nh*hd]
         return dense(self.out_proj, ctx), present
 
 

@@ -55,8 +55,33 @@ def test_predictor_logits_match_dygraph(exported):
     ref, cache = model(paddle.to_tensor(ids), position_ids=paddle.to_tensor(pos), attention_mask=paddle.to_tensor(mask),
                        use_cache=True)
     np.testing.assert_allclose(logits, ref[:, -1].numpy(), rtol=1e-5, atol=1e-5)
-    assert kv.shape == (model.config.num_layers, 2, 2, model.config.num_attention_heads, 5, model.config.head_dim)
-    np.testing.assert_allclose(kv[-1, 0], cache[-1][0].numpy(), rtol=1e-5, atol=1e-6)
+    assert len(kv) == model.config.num_layers
+    for (k, v), (rk, rv) in zip(kv, cache):
+        assert k.shape == v.shape == (2, model.config.num_attention_heads, 5, model.config.head_dim)
+        np.testing.assert_allclose(k, rk.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(v, rv.numpy(), rtol=1e-5, atol=1e-6)
+    step = np.array([[7], [8]], "int64")  # one decode step over the predictor's own cache
+    grown = np.concatenate([mask, np.ones([2, 1], "int64")], 1)
+    logits2, kv2 = stepper(step, pos[:, -1:] + 1, grown, kv)
+    ref2, _ = model(paddle.to_tensor(step), position_ids=paddle.to_tensor(pos[:, -1:] + 1),
+                    attention_mask=paddle.to_tensor(grown), past_key_values=cache, use_cache=True)
+    np.testing.assert_allclose(logits2, ref2[:, -1].numpy(), rtol=1e-5, atol=1e-5)
+    assert kv2[0][0].shape[2] == 6
+
+
+def test_an_export_of_another_format_is_refused_in_one_line(exported, tmp_path):
+    from paddle_pangu.errors import CheckpointError
+
+    _, out, _ = exported
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    meta = json.loads((old / META_FILE).read_text())
+    (old / META_FILE).write_text(json.dumps({k: v for k, v in meta.items() if k != "format"}))  # format 1 had none
+    with pytest.raises(CheckpointError, match=r"export format 1, this paddle_pangu reads format 2.*pangu export"):
+        InferenceStepper(str(old))
+    (old / META_FILE).write_text("{not json")
+    with pytest.raises(CheckpointError, match="unreadable export metadata"):
+        InferenceStepper(str(old))
 
 
 def test_predictor_greedy_equals_dygraph_unbatched_and_batched(exported):
