@@ -19,6 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
+from .harness import spread
+
 START_TIMEOUT_S = 300
 
 
@@ -86,10 +88,6 @@ def _round(url: str, prompts: list[str], new_tokens: int) -> dict:
             "first_token_s": float(np.median([r[0] for r in results])), "load": load}
 
 
-def _stats(values: list[float]) -> dict:
-    return {"median": float(np.median(values)), "min": float(min(values)), "max": float(max(values))}
-
-
 def bench_serve(preset: str = "mini", clients=(1, 8), prompt_len: int = 32, new_tokens: int = 64,
                 rounds: int = 3, max_batch: int = 8, log_path: str | None = None) -> dict:
     from ..tokenizer import PanGuTokenizer
@@ -106,8 +104,8 @@ def bench_serve(preset: str = "mini", clients=(1, 8), prompt_len: int = 32, new_
                 samples[n].append(_round(url, texts[:n], new_tokens))
     finally:
         stop_server(proc)
-    points = [{"clients": n, "tokens_per_s": _stats([s["tokens_per_s"] for s in samples[n]]),
-               "first_token_s": _stats([s["first_token_s"] for s in samples[n]]),
+    points = [{"clients": n, "tokens_per_s": spread([s["tokens_per_s"] for s in samples[n]]),
+               "first_token_s": spread([s["first_token_s"] for s in samples[n]]),
                "load": [s["load"] for s in samples[n]], "samples": samples[n]} for n in clients]
     return {"name": "serve", "config": f"preset:{preset} prompt~{prompt_len} +{new_tokens} greedy, "
                                        f"max batch {max_batch}", "points": points}
