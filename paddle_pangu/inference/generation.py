@@ -162,16 +162,18 @@ class DygraphStepper:
     Per decode token the head is a GEMV over the largest weight, and MKL reads [H, V] about 2x faster than
     the embedding's [V, H] (40k x 512: 3.7 vs 7.0 ms at batch 1, 6.0 vs 8.9 ms at batch 8; AMD EPYC). The
     copy costs one transpose of the embedding (~90 ms here) and its memory, so a one-off `generate` call,
-    whose model may be training between calls, keeps reading the embedding itself."""
+    whose model may be training between calls, keeps reading the embedding itself, and so does a model on
+    a GPU / NPU, where the layout was not measured to matter and device memory is the scarcer resource."""
 
     def __init__(self, model, frozen: bool = False):
         self.model = model
         self.config = model.config
         model.eval()
         self.head_t = None
-        if frozen:
+        weight = model.get_input_embeddings().weight
+        if frozen and weight.place.is_cpu_place():
             with paddle.no_grad():
-                self.head_t = model.get_input_embeddings().weight.t().contiguous()
+                self.head_t = weight.t().contiguous()
 
     @paddle.no_grad()
     def __call__(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, cache):
