@@ -34,18 +34,20 @@ def _flat(cache):
 
 
 class _Graph(paddle.nn.Layer):
-    """The model plus `head_t`, an [H, V] copy of the tied word embedding saved with the graph: the head
-    reads it instead of the transposed embedding, the faster GEMV layout per decode token (see
-    DygraphStepper). It costs the embedding's size once more in each graph's weight file."""
+    """The model plus (head_copy) `head_t`, an [H, V] copy of the tied word embedding saved with the graph:
+    the head reads it instead of the transposed embedding, the faster GEMV layout per decode token on CPU
+    (see DygraphStepper). It costs the embedding's size once more in each graph's weight file."""
 
-    def __init__(self, model):
+    def __init__(self, model, head_copy: bool = True):
         super().__init__()
         self.model = model
-        weight = model.get_input_embeddings().weight
-        self.head_t = self.create_parameter(weight.shape[::-1], dtype=weight.dtype)
-        with paddle.no_grad():
-            self.head_t.set_value(weight.t().contiguous())
-        self.head_t.stop_gradient = True
+        self.head_t = None
+        if head_copy:
+            weight = model.get_input_embeddings().weight
+            self.head_t = self.create_parameter(weight.shape[::-1], dtype=weight.dtype)
+            with paddle.no_grad():
+                self.head_t.set_value(weight.t().contiguous())
+            self.head_t.stop_gradient = True
 
 
 class _Prefill(_Graph):
@@ -79,8 +81,11 @@ def _specs(config, with_cache: bool):
     return specs
 
 
-def export_model(model, output_dir: str, tokenizer_dir: str | None = None, dtype: str = "float32") -> dict:
+def export_model(model, output_dir: str, tokenizer_dir: str | None = None, dtype: str = "float32",
+                 head_copy: bool = True) -> dict:
     """Write prefill/decode graphs (`.json` + `.pdiparams`), the model config and tokenizer files to output_dir.
+
+    head_copy: store an [H, V] copy of the tied head in each graph (see _Graph); off for device memory.
 
     dtype: the precision the predictor runs at. The graphs are traced in float32 (Paddle 3.3.1 cannot trace
     float16 ops on a CPU place) and the dtype is recorded in the metadata; on gpu / npu the predictor is
@@ -93,7 +98,7 @@ def export_model(model, output_dir: str, tokenizer_dir: str | None = None, dtype
     model.eval()
     os.makedirs(output_dir, exist_ok=True)
     for name, wrapper, with_cache in (("prefill", _Prefill, False), ("decode", _Decode, True)):
-        layer = wrapper(model)
+        layer = wrapper(model, head_copy)
         layer.forward = paddle.jit.to_static(layer.forward, input_spec=_specs(model.config, with_cache),
                                             full_graph=True)
         paddle.jit.save(layer, os.path.join(output_dir, name))
@@ -103,7 +108,7 @@ def export_model(model, output_dir: str, tokenizer_dir: str | None = None, dtype
             src = os.path.join(tokenizer_dir, fname)
             if os.path.exists(src) and not os.path.exists(os.path.join(output_dir, fname)):
                 shutil.copy(src, output_dir)
-    meta = {"format": FORMAT, "graphs": list(GRAPHS), "dtype": dtype,
+    meta = {"format": FORMAT, "graphs": list(GRAPHS), "dtype": dtype, "head_copy": head_copy,
             "kv_layout": "past_key_i, past_value_i per layer: [batch, heads, tokens, head_dim]"}
     with open(os.path.join(output_dir, META_FILE), "w") as f:
         json.dump(meta, f, indent=2)

@@ -218,3 +218,28 @@ def test_serving_an_export_directory(exported):
 def test_missing_export_dir_is_explained(tmp_path):
     with pytest.raises(FileNotFoundError, match="prefill"):
         InferenceStepper(str(tmp_path))
+
+
+def test_export_without_the_head_copy_is_one_embedding_smaller_and_decodes_alike(exported, tmp_path, capsys):
+    model, out, stepper = exported
+    lean = str(tmp_path / "lean")
+    export_model(model, lean, head_copy=False)
+    embedding = 4 * model.config.vocab_size * model.config.hidden_size
+    for name in ("prefill", "decode"):
+        saved = os.path.getsize(os.path.join(out, name + ".pdiparams")) - os.path.getsize(os.path.join(lean, name + ".pdiparams"))
+        assert embedding <= saved <= embedding + 4096  # the copy, plus one tensor header
+    assert json.loads(open(os.path.join(lean, META_FILE)).read())["head_copy"] is False
+    ids = np.array([[101, 2002, 303, 4004], [77, 88, 99, 5]], "int64")
+    mask, pos = np.ones_like(ids), np.tile(np.arange(4), [2, 1])
+    with_copy, cache = stepper(ids, pos, mask, None)
+    without, lean_cache = InferenceStepper(lean)(ids, pos, mask, None)
+    for (k1, v1), (k2, v2) in zip(cache, lean_cache):
+        np.testing.assert_array_equal(k1, k2)  # the blocks are the same graph
+        np.testing.assert_array_equal(v1, v2)
+    with paddle.no_grad():
+        hidden = model.pangu(paddle.to_tensor(ids)).numpy()[:, -1]
+    w = np.abs(model.pangu.embeddings.word_embeddings.weight.numpy())
+    # only the head GEMM differs: one length-H dot per logit in another order (1% for hidden's own rounding)
+    assert (np.abs(with_copy - without) <= 1.01 * model.config.hidden_size * 2.0 ** -24 * (np.abs(hidden) @ w.T)).all()
+    assert main(["export", "--model", "preset:tiny", "--output", str(tmp_path / "cli"), "--no-head-copy"]) == 0
+    assert json.loads(open(os.path.join(tmp_path / "cli", META_FILE)).read())["head_copy"] is False
