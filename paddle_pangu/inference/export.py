@@ -9,7 +9,7 @@ graphs), we save two static graphs that share one weight file layout:
 The cache travels as one key and one value tensor per layer (L = blocks + query layer), each
 [B, nh, T, hd] with dynamic B and T: inputs past_key_i / past_value_i of `decode`, outputs after the
 logits in the same order. Per-layer tensors, not one stacked [L, 2, B, nh, T, hd] (the layout of
-format 1), spare each decode step 2L slices and L + 1 stacks, two of them copies of the whole cache.
+format 1), spare each decode step 2L slices and L + 1 stacks (which copied the whole cache twice).
 """
 from __future__ import annotations
 
