@@ -38,15 +38,15 @@ class _Graph(paddle.nn.Layer):
     the head reads it instead of the transposed embedding, the faster GEMV layout per decode token on CPU
     (see DygraphStepper). It costs the embedding's size once more in each graph's weight file."""
 
-    def __init__(self, model, head_copy: bool = True):
+    def __init__(self, model, head_t=None):
+        """head_t: the [H, V] copy (made once by export_model for both graphs), or None to leave it out."""
         super().__init__()
         self.model = model
         self.head_t = None
-        if head_copy:
-            weight = model.get_input_embeddings().weight
-            self.head_t = self.create_parameter(weight.shape[::-1], dtype=weight.dtype)
+        if head_t is not None:
+            self.head_t = self.create_parameter(head_t.shape, dtype=head_t.dtype)
             with paddle.no_grad():
-                self.head_t.set_value(weight.t().contiguous())
+                self.head_t.set_value(head_t)
             self.head_t.stop_gradient = True
 
 
@@ -97,8 +97,10 @@ def export_model(model, output_dir: str, tokenizer_dir: str | None = None, dtype
         raise UsageError(f"--dtype {dtype!r}: expected one of {DTYPES}")
     model.eval()
     os.makedirs(output_dir, exist_ok=True)
+    with paddle.no_grad():  # one transpose of the embedding for both graphs
+        head_t = model.get_input_embeddings().weight.t().contiguous() if head_copy else None
     for name, wrapper, with_cache in (("prefill", _Prefill, False), ("decode", _Decode, True)):
-        layer = wrapper(model, head_copy)
+        layer = wrapper(model, head_t)
         layer.forward = paddle.jit.to_static(layer.forward, input_spec=_specs(model.config, with_cache),
                                             full_graph=True)
         paddle.jit.save(layer, os.path.join(output_dir, name))
