@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2] / "paddle_pangu"
 
 LAYERS = [  # lowest first; same as docs/ARCHITECTURE.md
     {"errors"},
-    {"utils", "runtime"},
+    {"utils", "runtime", "kernels"},
     {"config", "io"},
     {"parallel", "tokenizer"},
     {"model"},
@@ -34,7 +34,7 @@ ALLOWED = {
 CPU_BACKEND_IMPORTERS = {"parallel/topology.py": "fleet set-up", "finetune/arguments.py": "PaddleNLP's fleet set-up"}
 PRIVATE_NAMES = ("_run_custom_op", "_c_identity", "_c_concat", "_global_norm", "_set_pipeline_name_mapping",
                  "_pp_to_single_mapping", "shared_comm", "is_firstly_shared", "_is_collective", "_HYBRID_PARALLEL_GROUP")
-FENCE = ("parallel/fleet_compat.py", "parallel/cpu_backend/")
+FENCE = ("parallel/fleet_compat.py", "parallel/cpu_backend/", "kernels/")
 
 
 def _modules():

@@ -77,13 +77,25 @@ def test_the_fast_path_is_really_taken():
 
     paddle.addmm = spy
     try:
-        block.mlp(x)
-        previous = L.set_fast_paths(False)
-        block.mlp(x)
-        L.set_fast_paths(previous)
+        with paddle.no_grad():  # inference: addmm; training goes through the fused CPU kernel (below)
+            block.mlp(x)
+            previous = L.set_fast_paths(False)
+            block.mlp(x)
+            L.set_fast_paths(previous)
     finally:
         paddle.addmm = original
     assert len(calls) == 2  # fc_in and fc_out with fast paths on; none with them off
+
+    from paddle_pangu import kernels
+
+    kernel_calls = []
+    real = kernels.linear
+    kernels.linear = lambda *a: kernel_calls.append(1) or real(*a)
+    try:
+        block.mlp(x)
+    finally:
+        kernels.linear = real
+    assert len(kernel_calls) == 2
 
 
 def test_dense_equals_linear_in_value_and_gradients():

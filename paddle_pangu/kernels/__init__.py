@@ -1,0 +1,214 @@
+"""Fused, multi-threaded fp32 CPU kernels for the training step: AdamW, softmax cross entropy, LayerNorm,
+masked attention softmax, attention head split / merge, the dense layers' bias gradient.
+
+`cpu_kernels.cc` is compiled on first use with `paddle.utils.cpp_extension` (about 20 s once per
+machine and Paddle version; the build directory is keyed by the source, the flags and the Paddle
+and Python versions, and guarded by a file lock, so the processes of one launch build it once).
+
+Used only where they are measured to help and the math is checked (tests/unit/test_kernels.py):
+dygraph, fp32, CPU tensors, with gradients recorded (training). Inference, static graphs
+(`pangu export`), GPU / NPU and fp16 / bf16 keep Paddle's kernels. `PANGU_NO_CPU_KERNELS=1` turns them
+off; a machine without a C++ compiler falls back to Paddle's kernels with one logged line.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+DISABLE_ENV = "PANGU_NO_CPU_KERNELS"
+CACHE_ENV = "PANGU_KERNEL_CACHE"
+SOURCE = Path(__file__).with_name("cpu_kernels.cc")
+# no -ffast-math (NaN / inf must propagate), no FMA contraction (the reference order of operations);
+# no -march: the AVX2 paths are chosen at run time, so one build serves every x86-64 CPU
+CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]
+
+_STATE: dict = {"module": None, "tried": False, "reason": None}
+
+
+def _tag() -> str:
+    import paddle
+
+    h = hashlib.sha256(SOURCE.read_bytes())
+    h.update(" ".join(CFLAGS + [paddle.__version__, sys.version]).encode())
+    return h.hexdigest()[:12]
+
+
+def build_dir() -> Path:
+    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "paddle_pangu", "kernels")
+    return Path(root) / _tag()
+
+
+def _ldflags() -> list[str]:
+    # MKL's OpenMP runtime (libiomp5, bundled with Paddle) rather than libgomp: one thread pool in the
+    # process, so the kernels' threads do not compete with MKL's spinning workers for the cores
+    import paddle
+
+    libs = Path(paddle.__file__).parent / "libs"
+    if (libs / "libiomp5.so").exists():
+        return [f"-L{libs}", "-l:libiomp5.so", f"-Wl,-rpath,{libs}"]
+    return ["-fopenmp"]
+
+
+@contextlib.contextmanager
+def _quiet(log_path: Path):
+    """Send the compiler's and Paddle's build chatter to `log_path` (fd level: g++ writes there too)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(log_path, "ab") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+class _Ops:
+    """The registered ops, called the way Paddle's generated wrappers call them (`_C_ops._run_custom_op`,
+    paddle 3.3.1), so a process whose build is cached does not re-run the build's setup step (2.5 s)."""
+
+    def __getattr__(self, op):
+        from paddle import _C_ops
+
+        def run(*args):
+            return _C_ops._run_custom_op(op, *args)
+
+        return run
+
+
+def _build():
+    import fcntl
+
+    from paddle.utils import cpp_extension
+
+    where = build_dir()
+    where.mkdir(parents=True, exist_ok=True)
+    name = f"pangu_cpu_kernels_{where.name}"
+    library = where / name / f"{name}.so"
+    with open(where / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other processes of a launch wait for the one build
+        if not library.exists():
+            print(f"pangu kernels: building the fused CPU kernels in {where} (once, ~20 s)", file=sys.stderr)
+            with _quiet(where / "build.log"):
+                cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cxx_cflags=CFLAGS,
+                                   extra_ldflags=_ldflags(), build_directory=str(where), verbose=False)
+            return _Ops()  # load() registered the ops
+    cpp_extension.load_op_meta_info_and_register_op(str(library))
+    return _Ops()
+
+
+def load():
+    """The compiled kernel module, or None (then `reason()` says why). Built and loaded once per process."""
+    if _STATE["tried"]:
+        return _STATE["module"]
+    _STATE["tried"] = True
+    if os.environ.get(DISABLE_ENV) == "1":
+        _STATE["reason"] = f"{DISABLE_ENV}=1"
+        return None
+    try:
+        _STATE["module"] = _build()
+    except Exception as exc:  # no compiler, no headers, a read-only cache: Paddle's kernels then
+        _STATE["reason"] = f"build failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; " \
+                           f"log {build_dir() / 'build.log'})"
+        print(f"pangu kernels: {_STATE['reason']}; using Paddle's kernels", file=sys.stderr)
+    return _STATE["module"]
+
+
+def reason() -> str | None:
+    return _STATE["reason"]
+
+
+def threads() -> int:
+    """The kernels' thread count: the math library's (paddle_pangu.runtime sets MKL_NUM_THREADS per process)."""
+    for key in ("MKL_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(key, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return 1
+
+
+def _usable(*tensors) -> bool:
+    import paddle
+
+    if not paddle.in_dynamic_mode() or not paddle.is_grad_enabled():
+        return False
+    return all(_plain_cpu_fp32(t) for t in tensors) and load() is not None
+
+
+def _plain_cpu_fp32(t) -> bool:
+    """A dense, contiguous (the kernels index memory directly), fp32 CPU tensor."""
+    import paddle
+
+    return (t is not None and t.dtype == paddle.float32 and t.place.is_cpu_place() and t.is_contiguous()
+            and not (hasattr(t, "is_dist") and t.is_dist()))
+
+
+def layer_norm(x, weight, bias, eps: float):
+    """LayerNorm over the last dimension (weight and bias of that size); None when the kernels do not apply."""
+    if not _usable(x, weight, bias) or weight.shape != [x.shape[-1]] or bias.shape != weight.shape:
+        return None
+    return load().pangu_layer_norm(x, weight, bias, float(eps), threads())[0]
+
+
+def masked_softmax(scores, mask):
+    """softmax(scores + mask, axis=-1) for fp32 scores [B, nh, S, T] and an additive mask that broadcasts
+    ([1 or B, 1 or nh, 1 or S, T]); None when the kernels do not apply. The mask gets no gradient."""
+    if mask is None or len(scores.shape) != 4 or len(mask.shape) != 4 or not _usable(scores, mask):
+        return None
+    if mask.shape[-1] != scores.shape[-1] or any(m not in (1, s) for m, s in zip(mask.shape[:3], scores.shape[:3])):
+        return None
+    return load().pangu_masked_softmax(scores, mask.detach(), threads())[0]
+
+
+def linear(x, weight, bias):
+    """x [..., K] @ weight [K, N] + bias [N] (Paddle's addmm / matmul, the bias gradient a fast column
+    sum); None when the kernels do not apply."""
+    if bias is None or len(weight.shape) != 2 or not _usable(x, weight, bias):
+        return None
+    return load().pangu_linear(x, weight, bias, threads())[0]
+
+
+def swap_dims12(x):
+    """[A, B, C, D] -> [A, C, B, D] as a dense copy (attention's head split and merge); None when the
+    kernels do not apply (Paddle's transpose, a strided view, then)."""
+    if len(x.shape) != 4 or not _usable(x):
+        return None
+    return load().pangu_swap_dims12(x, threads())[0]
+
+
+def softmax_cross_entropy(logits, labels, ignore_index: int = -100):
+    """Per-token cross entropy, logits [..., V] and int64 labels [...] -> [...]; None when the kernels do not apply."""
+    import paddle
+
+    if labels.dtype != paddle.int64 or not _usable(logits) or list(labels.shape) != list(logits.shape[:-1]):
+        return None
+    loss = load().pangu_softmax_ce(logits, labels, int(ignore_index), threads())[0]
+    return loss.reshape(labels.shape)
+
+
+def adamw_(param, grad, lr, moment1, moment2, beta1_pow, beta2_pow, *, beta1: float, beta2: float,
+           epsilon: float, lr_ratio: float, coeff: float, with_decay: bool) -> bool:
+    """Paddle's AdamW update in place (the same accumulators); False when the kernels do not apply."""
+    import paddle
+
+    if not paddle.in_dynamic_mode():
+        return False
+    if grad is None or grad.is_selected_rows():
+        return False
+    tensors = (param, grad, moment1, moment2, beta1_pow, beta2_pow)
+    if not all(_plain_cpu_fp32(t) for t in tensors) or load() is None:
+        return False
+    # param.detach() shares param's memory: the op writes the parameter in place without Paddle's
+    # refusal of in-place ops on leaves that require grad (the update is not part of any graph)
+    load().pangu_adamw_(param.detach(), grad, lr, moment1, moment2, beta1_pow, beta2_pow, float(beta1), float(beta2),
+                        float(epsilon), float(lr_ratio), float(coeff), bool(with_decay), threads())
+    return True
