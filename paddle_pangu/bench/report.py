@@ -43,7 +43,8 @@ def _block(title: str, systems: dict, ratios: dict) -> list[str]:
 def _train(r: dict) -> list[str]:
     peak = r["matmul_peak"]
     libs = ", ".join(f"{k} {v['gflops']:.1f}" for k, v in peak.items() if isinstance(v, dict))
-    head = (f"train  {r['config']}  threads {r['threads']}  {r['gflop_per_step']:.1f} GFLOP/step "
+    head = (f"train  {r['config']}  threads {r['threads']}  cpu kernels {r.get('cpu_kernels', '?')}  "
+            f"{r['gflop_per_step']:.1f} GFLOP/step "
             f"({r['flop_formula']}); fp32 GEMM {peak['n']}^3 peak GFLOP/s: {libs}")
     return _block(head, r["systems"], r["ratios"])
 

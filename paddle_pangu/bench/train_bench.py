@@ -1,4 +1,5 @@
-"""Training-step benchmark: PanGu vs PaddleNLP `GPTForCausalLM` vs PyTorch + HF `GPT2LMHeadModel`.
+"""Training-step benchmark: PanGu vs PaddleNLP `GPTForCausalLM` vs PyTorch + HF `GPT2LMHeadModel`, and
+PanGu with its fused CPU kernels off (`pangu_paddle_kernels`: what paddle_pangu/kernels buys).
 
 All three are built at the same width, depth, heads, FFN width, vocabulary and sequence length, with
 dropout off, fp32, AdamW (betas 0.9/0.95, weight decay 0.1) and a global-norm clip of 1.0, and run in
@@ -69,6 +70,19 @@ def pangu_step(shape: Shape):
     return _paddle_step(model, opt, ids)
 
 
+def pangu_paddle_kernels_step(shape: Shape):
+    """PanGu's step with the fused CPU kernels off (paddle_pangu/kernels): what they buy, in the same run."""
+    from .. import kernels
+
+    step = pangu_step(shape)
+
+    def run():
+        with kernels.disabled():
+            return step()
+
+    return run
+
+
 def _paddle_step(model, opt, ids):
     def step():
         out = model(ids, labels=ids)
@@ -125,6 +139,7 @@ def hf_step(shape: Shape):
 def _systems(shape: Shape, compare: bool) -> dict:
     systems = {"pangu": pangu_step(shape)}
     if compare:
+        systems["pangu_paddle_kernels"] = pangu_paddle_kernels_step(shape)
         systems["paddlenlp_gpt"] = paddlenlp_step(shape)
         hf = hf_step(shape)
         if hf is not None:
@@ -142,7 +157,10 @@ def bench_train(shape: Shape, rounds: int = 3, steps: int = 1, compare: bool = T
     after = measure_matmul_peak(matmul_n)
     peak = max(before, after, key=lambda p: p["peak_gflops"])  # measured just before and after: the higher
     flops = shape.flops_per_step()
+    from .. import kernels
+
     result = {"name": "train", "config": shape.label(), "threads": bench_threads(), "rounds": rounds,
+              "cpu_kernels": "on" if kernels.load() is not None else f"off ({kernels.reason()})",
               "flop_formula": FLOP_FORMULA, "gflop_per_step": flops / 1e9, "matmul_peak": peak, "systems": {}}
     for name, samples in systems_runs.items():
         s = summarize(samples, shape.tokens)

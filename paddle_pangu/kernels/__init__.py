@@ -123,6 +123,18 @@ def load():
     return _STATE["module"]
 
 
+@contextlib.contextmanager
+def disabled():
+    """Paddle's kernels inside the block (the benchmark's same-run baseline, and tests)."""
+    load()
+    saved = _STATE["module"]
+    _STATE["module"] = None
+    try:
+        yield
+    finally:
+        _STATE["module"] = saved
+
+
 def reason() -> str | None:
     return _STATE["reason"]
 

@@ -282,7 +282,7 @@ def test_the_model_uses_the_kernels_in_training_and_paddle_at_inference(ops, mon
     loss = model(ids, labels=ids)
     loss = loss[0] if isinstance(loss, (tuple, list)) else loss
     assert {n for n, hit in used if hit} == {"layer_norm", "softmax_cross_entropy", "masked_softmax", "swap_dims12"}
-    with kernels_off():
+    with kernels.disabled():
         ref = model(ids, labels=ids)
         ref = ref[0] if isinstance(ref, (tuple, list)) else ref
     # the same step through Paddle's kernels: equal to fp32 rounding of the loss (a sum of logs, ~1e-6 rel)
@@ -291,15 +291,6 @@ def test_the_model_uses_the_kernels_in_training_and_paddle_at_inference(ops, mon
     with paddle.no_grad():
         model(ids)
     assert used and not any(hit for _, hit in used)
-
-
-class kernels_off:
-    def __enter__(self):
-        self.saved = dict(kernels._STATE)
-        kernels._STATE.update(module=None, tried=True)
-
-    def __exit__(self, *exc):
-        kernels._STATE.update(self.saved)
 
 
 def test_strided_gradients_are_read_as_their_values(ops):
