@@ -42,8 +42,9 @@ def build_dir() -> Path:
 
 
 def _ldflags() -> list[str]:
-    # MKL's OpenMP runtime (libiomp5, bundled with Paddle) rather than libgomp: one thread pool in the
-    # process, so the kernels' threads do not compete with MKL's spinning workers for the cores
+    # MKL's OpenMP runtime (libiomp5, bundled with Paddle and already loaded by its MKL) rather than
+    # libgomp: one OpenMP runtime in the process instead of two sets of spinning workers on the same cores
+    # (a design choice; libgomp was not measured against it)
     import paddle
 
     libs = Path(paddle.__file__).parent / "libs"
@@ -96,14 +97,19 @@ def _build():
     library = where / name / f"{name}.so"
     with open(where / "lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # the other processes of a launch wait for the one build
-        if not library.exists():
-            print(f"pangu kernels: building the fused CPU kernels in {where} (once, ~20 s)", file=sys.stderr)
-            with _quiet(where / "build.log"):
-                cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cxx_cflags=CFLAGS,
-                                   extra_ldflags=_ldflags(), build_directory=str(where), verbose=False)
-            return _Ops()  # load() registered the ops
-    cpp_extension.load_op_meta_info_and_register_op(str(library))
-    return _Ops()
+        if library.exists():
+            try:
+                cpp_extension.load_op_meta_info_and_register_op(str(library))
+                return _Ops()
+            except Exception as exc:  # a build cut short (killed mid-link) or a damaged file: build again
+                print(f"pangu kernels: the cached build {library} does not load ({type(exc).__name__}); "
+                      "rebuilding it", file=sys.stderr)
+                library.unlink()
+        print(f"pangu kernels: building the fused CPU kernels in {where} (once, ~20 s)", file=sys.stderr)
+        with _quiet(where / "build.log"):
+            cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cxx_cflags=CFLAGS,
+                               extra_ldflags=_ldflags(), build_directory=str(where), verbose=False)
+        return _Ops()  # load() registered the ops
 
 
 def load():

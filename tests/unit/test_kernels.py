@@ -254,6 +254,22 @@ def test_disabled_and_failed_builds_fall_back_with_a_reason(monkeypatch, tmp_pat
     assert "build failed (RuntimeError: g++: command not found" in kernels.reason()
 
 
+def test_a_damaged_cached_build_is_rebuilt_not_loaded(monkeypatch, tmp_path, capsys):
+    from paddle.utils import cpp_extension
+
+    monkeypatch.setenv(kernels.CACHE_ENV, str(tmp_path))
+    monkeypatch.setattr(kernels, "_STATE", {"module": None, "tried": False, "reason": None})
+    where = kernels.build_dir()
+    library = where / f"pangu_cpu_kernels_{where.name}" / f"pangu_cpu_kernels_{where.name}.so"
+    library.parent.mkdir(parents=True)
+    library.write_bytes(b"\x7fELF cut short")  # what a build killed mid-link can leave
+    builds = []
+    monkeypatch.setattr(cpp_extension, "load", lambda **kw: builds.append(kw["name"]))
+    assert kernels.load() is not None and builds == [library.stem]
+    assert not library.exists()  # the damaged file was removed before building again
+    assert "does not load" in capsys.readouterr().err
+
+
 def test_a_second_process_loads_the_cached_build_without_rebuilding(ops):
     code = ("import paddle, numpy as np; from paddle_pangu import kernels; m = kernels.load(); "
             "assert m is not None, kernels.reason(); x = paddle.ones([2, 8]); x.stop_gradient = False; "
