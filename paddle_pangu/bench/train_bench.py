@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import kernels
 from .harness import bench_threads, interleave, measure_matmul_peak, pair_ratio, set_torch_threads, summarize
 
 FLOP_FORMULA = "6*N*tokens + 12*L*S*H*tokens, N = L*(4H^2 + 2HF) + V*H"
@@ -72,8 +73,6 @@ def pangu_step(shape: Shape):
 
 def pangu_paddle_kernels_step(shape: Shape):
     """PanGu's step with the fused CPU kernels off (paddle_pangu/kernels): what they buy, in the same run."""
-    from .. import kernels
-
     step = pangu_step(shape)
 
     def run():
@@ -157,8 +156,6 @@ def bench_train(shape: Shape, rounds: int = 3, steps: int = 1, compare: bool = T
     after = measure_matmul_peak(matmul_n)
     peak = max(before, after, key=lambda p: p["peak_gflops"])  # measured just before and after: the higher
     flops = shape.flops_per_step()
-    from .. import kernels
-
     result = {"name": "train", "config": shape.label(), "threads": bench_threads(), "rounds": rounds,
               "cpu_kernels": "on" if kernels.load() is not None else f"off ({kernels.reason()})",
               "flop_formula": FLOP_FORMULA, "gflop_per_step": flops / 1e9, "matmul_peak": peak, "systems": {}}

@@ -154,10 +154,12 @@ def threads() -> int:
     return 1
 
 
-def _usable(*tensors) -> bool:
+def _usable(*tensors, recording: bool = True) -> bool:
+    """Dygraph, dense fp32 CPU tensors, the kernels built; and gradients recorded unless `recording` is
+    False (the optimizer's update runs under no_grad)."""
     import paddle
 
-    if not paddle.in_dynamic_mode() or not paddle.is_grad_enabled():
+    if not paddle.in_dynamic_mode() or (recording and not paddle.is_grad_enabled()):
         return False
     return all(_plain_cpu_fp32(t) for t in tensors) and load() is not None
 
@@ -216,14 +218,9 @@ def softmax_cross_entropy(logits, labels, ignore_index: int = -100):
 def adamw_(param, grad, lr, moment1, moment2, beta1_pow, beta2_pow, *, beta1: float, beta2: float,
            epsilon: float, lr_ratio: float, coeff: float, with_decay: bool) -> bool:
     """Paddle's AdamW update in place (the same accumulators); False when the kernels do not apply."""
-    import paddle
-
-    if not paddle.in_dynamic_mode():
-        return False
     if grad is None or grad.is_selected_rows():
         return False
-    tensors = (param, grad, moment1, moment2, beta1_pow, beta2_pow)
-    if not all(_plain_cpu_fp32(t) for t in tensors) or load() is None:
+    if not _usable(param, grad, moment1, moment2, beta1_pow, beta2_pow, recording=False):
         return False
     # param.detach() shares param's memory: the op writes the parameter in place without Paddle's
     # refusal of in-place ops on leaves that require grad (the update is not part of any graph)

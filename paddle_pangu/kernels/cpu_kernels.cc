@@ -5,15 +5,17 @@
 // the rest was Paddle's one-threaded CPU kernels. Profile of the mini-512 step (h512 L4 V40000 b4 s256,
 // paddle.profiler, per step): adamw_ 193 ms (119 of them the 20.5M-element embedding),
 // cross_entropy_with_softmax 101 + 16 ms (it writes the full [N, V] softmax), layer_norm grad 75 ms
-// (8.3 ms per [1024, 512]).
+// (8.3 ms per [1024, 512]); the mask add, the strided head copies and the bias gradient, each op below.
 //
 // The math is the reference math, evaluated in fp32 in the same order where Paddle's kernels define
 // one (AdamW: phi jit refer AdamW); no -ffast-math, no contraction into FMA, so NaN / inf propagate.
 // The only approximation is exp() in the AVX2 path (Cephes polynomial, relative error < 1e-6; results
-// below 2^-126 flush to 0), used by the cross entropy and the attention softmax; tests/unit/test_kernels.py bounds every kernel against Paddle's.
+// below 2^-126 flush to 0), used by the cross entropy and the attention softmax;
+// tests/unit/test_kernels.py bounds every kernel against a float64 reference.
 //
-// Threads: each op takes `threads` (paddle_pangu.runtime.math_threads(), the MKL thread count), so a
-// launched worker that gets one core runs its kernels on one thread.
+// Threads: each op takes `threads` (paddle_pangu.kernels.threads(), the MKL thread count that
+// paddle_pangu.runtime sets per process), so a launched worker that gets one core runs its kernels on
+// one thread.
 #include <immintrin.h>
 
 #include <algorithm>
@@ -118,7 +120,6 @@ void AdamWInplace(paddle::Tensor& param, const paddle::Tensor& grad, const paddl
   const float step = old_lr * (std::sqrt(1 - beta2_p) / (1 - beta1_p));
   const float neg_step = -step;
   const float eps = epsilon * std::sqrt(1 - beta2_p);
-  const float c = with_decay ? coeff : 0.0f;
   float* p = param.data<float>();
   const float* g = grad.data<float>();
   float* a = m1.data<float>();
@@ -127,7 +128,7 @@ void AdamWInplace(paddle::Tensor& param, const paddle::Tensor& grad, const paddl
   const float one_b1 = 1 - beta1, one_b2 = 1 - beta2;
 #pragma omp parallel for num_threads(threads) schedule(static)
   for (int64_t i = 0; i < n; ++i) {
-    const float pt = with_decay ? p[i] - old_lr * lr_ratio * c * p[i] : p[i];
+    const float pt = with_decay ? p[i] - old_lr * lr_ratio * coeff * p[i] : p[i];
     const float mo = beta1 * a[i] + one_b1 * g[i];
     const float vo = beta2 * v[i] + one_b2 * g[i] * g[i];
     a[i] = mo;

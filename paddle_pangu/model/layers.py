@@ -140,20 +140,17 @@ class PanGuAttention(nn.Layer):
         return dense_copy if dense_copy is not None else x.transpose([0, 2, 1, 3])
 
     def _scale_on_q(self, dtype) -> bool:
+        """Scale q instead of the scores: S*hd multiplies instead of S*T, exact in any dtype for a
+        power-of-two hd (x * 2^-n commutes with rounding), within fp32 rounding otherwise."""
         hd = self.head_dim
         return _FAST_PATHS["on"] and (dtype == paddle.float32 or hd & (hd - 1) == 0)
 
     def _plain(self, q, k, v, attention_mask, q_scaled: bool = False):
         """q [B, nh, S, hd] (already times 1/sqrt(hd) when q_scaled), k/v [B, nh, T, hd] -> context [B, nh, S, hd]."""
         # REF: score = QK^T / sqrt(head_dim); softmax in fp32
-        hd = self.head_dim
-        if q_scaled:
-            scores = paddle.matmul(q, k, transpose_y=True).astype("float32")
-        elif self._scale_on_q(q.dtype):
-            # the same scale on q: S*hd multiplies instead of S*T, exact in any dtype for a power-of-two hd
-            scores = paddle.matmul(q * (1.0 / math.sqrt(hd)), k, transpose_y=True).astype("float32")
-        else:
-            scores = paddle.matmul(q, k, transpose_y=True).astype("float32") / math.sqrt(hd)  # [B, nh, S, T]
+        scores = paddle.matmul(q, k, transpose_y=True).astype("float32")  # [B, nh, S, T]
+        if not q_scaled:
+            scores = scores / math.sqrt(self.head_dim)
         probs = kernels.masked_softmax(scores, attention_mask)  # CPU training: mask + softmax in one kernel
         if probs is None:
             if attention_mask is not None:
