@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,25 +23,21 @@ from .harness import spread
 START_TIMEOUT_S = 300
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def start_server(model: str, max_batch: int, log_path: str):
-    port = _free_port()
+    """The server binds port 0 and writes the port it got to --port-file when ready (no find-then-bind race)."""
+    import tempfile
+
+    port_file = os.path.join(tempfile.mkdtemp(prefix="pangu-bench-serve-"), "port")
     log = open(log_path, "w")
     proc = subprocess.Popen([sys.executable, "-m", "paddle_pangu.cli", "serve", "--model", model, "--host",
-                             "127.0.0.1", "--port", str(port), "--max-batch", str(max_batch)],
+                             "127.0.0.1", "--port", "0", "--port-file", port_file, "--max-batch", str(max_batch)],
                             stdout=log, stderr=subprocess.STDOUT)
-    url, deadline = f"http://127.0.0.1:{port}", time.time() + START_TIMEOUT_S
+    deadline = time.time() + START_TIMEOUT_S
     while time.time() < deadline and proc.poll() is None:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=5):
-                return proc, url
-        except OSError:
-            time.sleep(0.5)
+        if os.path.exists(port_file):
+            with open(port_file) as f:
+                return proc, f"http://127.0.0.1:{int(f.read())}"
+        time.sleep(0.2)
     stop_server(proc)
     raise RuntimeError(f"pangu serve did not start (see {log_path})")
 
@@ -57,11 +52,12 @@ def stop_server(proc) -> None:
             proc.wait(timeout=20)
 
 
-def one_request(url: str, prompt: str, new_tokens: int) -> tuple[float, float, int]:
+def one_request(url: str, prompt: str, new_tokens: int, api_key: str | None = None) -> tuple[float, float, int]:
     """(first-token seconds, total seconds, completion tokens) of one streaming greedy completion."""
     body = json.dumps({"prompt": prompt, "max_tokens": new_tokens, "temperature": 0, "stream": True,
                        "stream_options": {"include_usage": True}}).encode()
-    req = urllib.request.Request(url + "/v1/completions", body, {"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {api_key}"} if api_key else {})}
+    req = urllib.request.Request(url + "/v1/completions", body, headers)
     t0, first, tokens = time.perf_counter(), None, 0
     with urllib.request.urlopen(req, timeout=600) as resp:
         for raw in resp:
@@ -77,11 +73,11 @@ def one_request(url: str, prompt: str, new_tokens: int) -> tuple[float, float, i
     return (first if first is not None else total), total, tokens
 
 
-def _round(url: str, prompts: list[str], new_tokens: int) -> dict:
+def _round(url: str, prompts: list[str], new_tokens: int, api_key: str | None = None) -> dict:
     load = os.getloadavg()[0]
     t0 = time.perf_counter()
     with ThreadPoolExecutor(len(prompts)) as pool:
-        results = list(pool.map(lambda p: one_request(url, p, new_tokens), prompts))
+        results = list(pool.map(lambda p: one_request(url, p, new_tokens, api_key), prompts))
     wall = time.perf_counter() - t0
     tokens = sum(r[2] for r in results)
     return {"wall_s": wall, "tokens": tokens, "tokens_per_s": tokens / wall,

@@ -53,6 +53,37 @@ def test_a_failing_step_fails_its_request_and_the_engine_keeps_serving():
         engine.stop()
 
 
+def test_a_failing_prefill_fails_only_its_row_among_rows_joining_together():
+    """Four rows join in one prefill; one of them makes the model raise: it alone gets the error, the other
+    three (prefilled again row by row) decode to their end (issue 29: 7 of 8 streams got the error before)."""
+    import asyncio
+
+    from paddle_pangu.inference.generation import SamplingConfig
+
+    engine = Engine(_Stepper(40000), get_preset("tiny"), _Tokenizer(), max_batch=8)
+    loop = asyncio.new_event_loop()
+    cfg = SamplingConfig(max_new_tokens=3)
+    jobs = [engine.submit(engine.tokenizer.encode_ids(p), cfg, (), loop) for p in ("ok", "boom", "fine", "yes")]
+    engine.start()  # not started before: all four are waiting, so they are admitted in one prefill
+    try:
+        async def outcome(job):
+            events = [await asyncio.wait_for(job.events.get(), 300)]
+            while events[-1][0] == "text":
+                events.append(await asyncio.wait_for(job.events.get(), 300))
+            return events[-1]
+
+        async def all_outcomes():
+            return await asyncio.gather(*(outcome(j) for j in jobs))
+
+        ends = loop.run_until_complete(all_outcomes())
+    finally:
+        engine.stop()
+        loop.close()
+    assert ends[1][0] == "error" and "device fell over" in ends[1][1]
+    assert [e for i, e in enumerate(ends) if i != 1] == [("done", "length")] * 3
+    assert [j.completion_tokens for j in jobs] == [3, 0, 3, 3]
+
+
 def test_a_full_queue_is_503():
     import asyncio
 

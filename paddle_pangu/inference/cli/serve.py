@@ -2,14 +2,19 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from ..export import DEVICES
+
+API_KEY_ENV = "PANGU_API_KEY"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory, `pangu export` directory, or preset:NAME")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1, this machine only)")
-    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--port", type=int, default=8000, help="port to bind (0 = any free port; see --port-file)")
+    p.add_argument("--port-file", default=None,
+                   help="write the bound port to this file once the server is ready (useful with --port 0)")
     p.add_argument("--device", choices=DEVICES, default="cpu")
     p.add_argument("--tokenizer", default=None, help="directory or vocab.model (default: model dir, then pcl-pangu)")
     p.add_argument("--max-batch", type=int, default=8, help="rows decoded together (continuous batching)")
@@ -17,15 +22,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--truncate", choices=("error", "left"), default="error",
                    help="over-long prompts: HTTP 400 (default) or keep their end")
     p.add_argument("--threads", type=int, default=0, help="predictor CPU math threads (0 = paddle's default)")
+    p.add_argument("--api-key", default=None,
+                   help=f"require `Authorization: Bearer KEY` on /v1 (default: ${API_KEY_ENV} if set; "
+                        f"/ and /health stay open)")
+    p.add_argument("--max-body-bytes", type=int, default=None,
+                   help="largest request body accepted; larger ones get HTTP 413 (default 1 MiB)")
 
 
 def run(args) -> int:
     from ...errors import UsageError
-    from ..server import serve
+    from ..server.app import DEFAULT_MAX_BODY_BYTES, serve, warn_if_open
 
+    api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
+    warn_if_open(args.host, api_key)
     for name in ("max_batch", "max_queue"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be in 0..65535 (0 = any free port), got {args.port}")
+    max_body = DEFAULT_MAX_BODY_BYTES if args.max_body_bytes is None else args.max_body_bytes
+    if max_body < 1:
+        raise UsageError(f"--max-body-bytes must be >= 1, got {max_body}")
+    if api_key is not None and not api_key.strip():
+        raise UsageError("--api-key is empty")
     serve(args.model, args.host, args.port, args.device, args.tokenizer, args.max_batch, args.max_queue,
-          args.truncate, args.threads)
+          args.truncate, args.threads, api_key=api_key, max_body_bytes=max_body, port_file=args.port_file, warn=False)
     return 0

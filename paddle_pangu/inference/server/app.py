@@ -1,9 +1,19 @@
-"""FastAPI routes of `pangu serve` and how it starts (uvicorn)."""
+"""FastAPI routes of `pangu serve` and how it starts (uvicorn).
+
+Availability under hostile input (issue 29): the request body is bounded (`--max-body-bytes`, 413) and
+must be UTF-8 before any JSON parsing; tokenisation runs in a worker thread so the event loop (and
+/health) stays responsive while a big prompt is tokenised; a client that goes away (non-streaming or
+streaming) cancels every row of its request; with `--api-key` the /v1 routes need
+`Authorization: Bearer <key>` (constant-time compare), while / and /health stay open.
+"""
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import os
+import socket
+import sys
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -14,10 +24,15 @@ from . import protocol as P
 from .engine import Engine, ServerBusy
 from .page import PAGE
 
+DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: ~330k CJK characters, far beyond any prompt that fits a context
 
-def create_app(engine: Engine, model_name: str, truncate: str = "error") -> FastAPI:
+
+def create_app(engine: Engine, model_name: str, truncate: str = "error", api_key: str | None = None,
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
     app = FastAPI(title="pangu serve", docs_url=None, redoc_url=None)
     _add_error_handlers(app)
+    app.add_middleware(_Guard, api_key=api_key, max_body_bytes=max_body_bytes)
+    state = {"tokenizing": 0}  # requests whose prompts are being tokenised right now (in worker threads)
 
     @app.get("/", response_class=HTMLResponse)
     async def page():
@@ -26,39 +41,129 @@ def create_app(engine: Engine, model_name: str, truncate: str = "error") -> Fast
     @app.get("/health")
     async def health():
         return {"status": "ok", "model": model_name, "running": len(engine.decoder.rows),
-                "queued": engine.pending.qsize(), "peak_batch": engine.peak_batch, "steps": engine.steps}
+                "queued": engine.pending.qsize(), "tokenizing": state["tokenizing"],
+                "peak_batch": engine.peak_batch, "steps": engine.steps}
 
     @app.get("/v1/models")
     async def models():
         return {"object": "list", "data": [{"id": model_name, "object": "model", "created": 0,
                                             "owned_by": "paddle_pangu", "max_model_len": engine.context}]}
 
+    async def submit(prompts, cfg, stop, logprobs=None):
+        state["tokenizing"] += 1
+        try:
+            encoded = await asyncio.to_thread(_encode, engine.tokenizer, prompts)
+        finally:
+            state["tokenizing"] -= 1
+        return encoded, _submit(engine, encoded, cfg, stop, logprobs)
+
     @app.post("/v1/completions")
-    async def completions(req: P.CompletionRequest):
-        prompts = [req.prompt] if isinstance(req.prompt, str) else req.prompt
-        if not prompts:
-            raise UsageError("prompt must be a text or a non-empty list of texts")
-        jobs = _submit(engine, prompts, req.sampling(engine.config, truncate=truncate), req.stop_strings())
+    async def completions(req: P.CompletionRequest, request: Request):
+        if req.stream and req.logprobs is not None:
+            raise UsageError("logprobs with stream: true is not supported; request them without streaming")
+        if req.echo and req.logprobs is not None:
+            raise UsageError("echo with logprobs is not supported (prompt-token logprobs are not computed); "
+                             "use one of them")
+        prompts = req.prompts()
+        encoded, jobs = await submit(prompts, req.sampling(engine.config, truncate=truncate), req.stop_strings(),
+                                     req.logprobs)
         rid = P.new_id("cmpl")
         if req.stream:
-            return _sse(_completion_events(jobs, rid, model_name, req.include_usage))
-        results = [await _collect(job) for job in jobs]
-        choices = [{"index": i, "text": text, "finish_reason": reason, "logprobs": None}
-                   for i, (text, reason) in enumerate(results)]
-        return P.completion_body(rid, model_name, choices, sum(j.prompt_tokens for j in jobs),
+            echo = [_prompt_text(engine, p, ids) for p, ids in zip(prompts, encoded)] if req.echo else None
+            return _sse(_completion_events(jobs, rid, model_name, req.include_usage, echo), jobs, request)
+        results = await _collect_all(jobs, request)
+        choices = []
+        for i, ((text, reason), job) in enumerate(zip(results, jobs)):
+            logprobs = _logprobs(engine.tokenizer, job) if req.logprobs is not None else None
+            if req.echo:
+                text = _prompt_text(engine, prompts[i], encoded[i]) + text
+            choices.append({"index": i, "text": text, "finish_reason": reason, "logprobs": logprobs})
+        body = P.completion_body(rid, model_name, choices, sum(j.prompt_tokens for j in jobs),
                                  sum(j.completion_tokens for j in jobs))
+        body["peak_batch"] = max(j.peak_batch for j in jobs)  # extension: rows decoded together with these
+        return body
 
     @app.post("/v1/chat/completions")
-    async def chat(req: P.ChatRequest):
+    async def chat(req: P.ChatRequest, request: Request):
+        if req.logprobs:
+            raise UsageError("logprobs is not supported for chat completions; use /v1/completions with logprobs")
         cfg = req.sampling(engine.config, req.max_completion_tokens, truncate)
-        jobs = _submit(engine, [P.chat_prompt(req.messages)], cfg, req.stop_strings())
+        _, jobs = await submit([P.chat_prompt(req.messages)], cfg, req.stop_strings())
         rid = P.new_id("chatcmpl")
         if req.stream:
-            return _sse(_chat_events(jobs[0], rid, model_name, req.include_usage))
-        text, reason = await _collect(jobs[0])
-        return P.chat_body(rid, model_name, text, reason, jobs[0].prompt_tokens, jobs[0].completion_tokens)
+            return _sse(_chat_events(jobs[0], rid, model_name, req.include_usage), jobs, request)
+        (text, reason), = await _collect_all(jobs, request)
+        body = P.chat_body(rid, model_name, text, reason, jobs[0].prompt_tokens, jobs[0].completion_tokens)
+        body["peak_batch"] = jobs[0].peak_batch
+        return body
 
     return app
+
+
+class _Guard:
+    """ASGI middleware in front of every route: the API key (on /v1) and the body bound and UTF-8 check
+    (on requests with a body), each answered with an OpenAI-style error before FastAPI parses anything."""
+
+    def __init__(self, app, api_key: str | None, max_body_bytes: int):
+        self.app, self.max_body = app, max_body_bytes
+        self.key = f"Bearer {api_key}".encode() if api_key else None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if self.key is not None and scope["path"].startswith("/v1"):
+            given = headers.get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.key):  # constant time in the key's content
+                return await _reply(send, 401, P.error_body(
+                    "missing or wrong API key: send the header `Authorization: Bearer <key>` "
+                    "(the openai client's api_key)", code="invalid_api_key"))
+        if scope["method"] not in ("POST", "PUT", "PATCH"):
+            return await self.app(scope, receive, send)
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_body:
+            return await _too_large(send, self.max_body, int(declared))
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body:
+                return await _too_large(send, self.max_body, size)
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError as err:
+            return await _reply(send, 400, P.error_body(
+                f"the request body is not valid UTF-8 (byte 0x{body[err.start]:02x} at offset {err.start}); "
+                f"JSON bodies must be UTF-8"))
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # then the server's own messages (http.disconnect)
+
+        return await self.app(scope, replay, send)
+
+
+async def _too_large(send, limit: int, size: int) -> None:
+    await _reply(send, 413, P.error_body(f"the request body has {size} bytes or more; this server accepts at "
+                                         f"most {limit} (--max-body-bytes)", code="request_too_large"))
+
+
+async def _reply(send, status: int, body: dict) -> None:
+    data = json.dumps(body).encode()
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode()),
+                            (b"connection", b"close")]})
+    await send({"type": "http.response.body", "body": data})
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -66,7 +171,8 @@ def _add_error_handlers(app: FastAPI) -> None:
     async def invalid(_: Request, exc: RequestValidationError):
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(x) for x in first.get("loc", ()) if x != "body") or None
-        message = f"{where}: {first.get('msg')}" if where else str(first.get("msg", "invalid request"))
+        msg = str(first.get("msg", "invalid request")).removeprefix("Value error, ")  # our validators' text
+        message = f"{where}: {msg}" if where else msg
         if first.get("type") == "json_invalid":
             message = f"the request body is not valid JSON ({first.get('ctx', {}).get('error', 'parse error')})"
             where = None
@@ -85,18 +191,30 @@ def _add_error_handlers(app: FastAPI) -> None:
         return JSONResponse(P.error_body(str(exc)), status_code=400)
 
 
-def _submit(engine: Engine, prompts: list[str], cfg, stop) -> list:
+def _encode(tokenizer, prompts: list) -> list[list[int]]:
+    """Texts -> token ids (token-id prompts pass through); runs in a worker thread."""
+    return [list(p) if isinstance(p, list) else tokenizer.encode_ids(p) for p in prompts]
+
+
+def _prompt_text(engine: Engine, prompt, ids: list[int]) -> str:
+    return prompt if isinstance(prompt, str) else engine.tokenizer.decode_ids(ids)
+
+
+def _submit(engine: Engine, encoded: list[list[int]], cfg, stop, logprobs=None) -> list:
     loop = asyncio.get_running_loop()
-    encoded = [engine.tokenizer.encode_ids(p) for p in prompts]
     jobs = []
     try:
         for ids in encoded:
-            jobs.append(engine.submit(ids, cfg, stop, loop))
+            jobs.append(engine.submit(ids, cfg, stop, loop, logprobs))
     except PanGuError:
-        for job in jobs:  # all or nothing
-            job.cancelled = True
+        _cancel(jobs)  # all or nothing
         raise
     return jobs
+
+
+def _cancel(jobs) -> None:
+    for job in jobs:
+        job.cancelled = True  # a queued row is dropped, a decoding row leaves at its next token
 
 
 async def _events(job):
@@ -113,6 +231,24 @@ async def _events(job):
         job.cancelled = True  # a disconnected client frees its row at the next step
 
 
+async def _watch_disconnect(request: Request, jobs) -> None:
+    """Cancel every row of the request once its client has gone (the server's http.disconnect)."""
+    while True:
+        message = await request.receive()
+        if message["type"] == "http.disconnect":
+            _cancel(jobs)
+            return
+
+
+async def _collect_all(jobs, request: Request) -> list[tuple[str, str]]:
+    watcher = asyncio.create_task(_watch_disconnect(request, jobs))
+    try:
+        return [await _collect(job) for job in jobs]
+    finally:
+        watcher.cancel()
+        _cancel(jobs)  # a failure of one row ends its siblings too
+
+
 async def _collect(job) -> tuple[str, str]:
     parts, reason = [], None
     try:
@@ -126,24 +262,43 @@ async def _collect(job) -> tuple[str, str]:
     return "".join(parts), reason
 
 
+def _logprobs(tokenizer, job) -> dict:
+    """OpenAI completions `logprobs` for the tokens the row kept (a stop id that ended it is not one)."""
+    kept = job.logprobs[:job.completion_tokens]
+    tokens = [tokenizer.decode_ids([t]) for t, _, _ in kept]
+    offsets, at = [], 0
+    for text in tokens:
+        offsets.append(at)
+        at += len(text)
+    return {"tokens": tokens, "token_logprobs": [lp for _, lp, _ in kept],
+            "top_logprobs": [{tokenizer.decode_ids([t]): lp for t, lp in top} for _, _, top in kept],
+            "text_offset": offsets}
+
+
 class _GenerationFailed(PanGuError, RuntimeError):
     pass
 
 
-def _sse(events) -> StreamingResponse:
+def _sse(events, jobs, request: Request) -> StreamingResponse:
     async def body():
+        watcher = asyncio.create_task(_watch_disconnect(request, jobs))
         try:
             async for chunk in events:
                 yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
         except RuntimeError as err:
             yield f"data: {json.dumps(P.error_body(str(err), kind='server_error'))}\n\n"
+        finally:
+            watcher.cancel()
+            _cancel(jobs)  # every row of the request, not only the one being streamed
         yield "data: [DONE]\n\n"
 
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-async def _completion_events(jobs, rid, model, include_usage=False):
+async def _completion_events(jobs, rid, model, include_usage=False, echo=None):
     for index, job in enumerate(jobs):
+        if echo is not None:
+            yield P.completion_chunk(rid, model, index, echo[index], None)
         async for kind, value in _events(job):
             text, reason = (value, None) if kind == "text" else ("", value)
             yield P.completion_chunk(rid, model, index, text, reason)
@@ -169,16 +324,67 @@ def load_engine(model: str, device: str = "cpu", tokenizer: str | None = None, m
     return Engine(stepper, config, tok, max_batch, max_queue)
 
 
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def warn_if_open(host: str, api_key: str | None) -> None:
+    """One line on stderr when other machines can reach the server and no key protects it."""
+    if not is_loopback(host) and not api_key:
+        print(f"pangu serve: warning: --host {host} accepts connections from other machines and no --api-key "
+              f"(or PANGU_API_KEY) is set: anyone who can reach it can use the model", file=sys.stderr, flush=True)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The listening socket (port 0: the system picks a free one; the caller reports which)."""
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--port must be in 0..65535 (0 = any free port), got {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as err:
+        raise UsageError(f"--host {host}: cannot resolve it ({err.strerror})") from None
+    family, _, _, _, address = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as err:
+        sock.close()
+        raise UsageError(f"--host {host} --port {port}: cannot listen there ({err.strerror})") from None
+    return sock
+
+
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", tokenizer: str | None = None,
-          max_batch: int = 8, max_queue: int = 64, truncate: str = "error", threads: int = 0) -> None:
+          max_batch: int = 8, max_queue: int = 64, truncate: str = "error", threads: int = 0,
+          api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+          port_file: str | None = None, warn: bool = True) -> None:
+    """Bind first (a taken port fails before the model loads), load, then report the bound port: the line
+    `pangu serve: listening on http://HOST:PORT` and, with `port_file`, the port written atomically there."""
     import uvicorn
 
-    engine = load_engine(model, device, tokenizer, max_batch, max_queue, threads).start()
-    name = model if model.startswith("preset:") else os.path.basename(os.path.normpath(model))
-    app = create_app(engine, name, truncate)
-    print(f"pangu serve: {name} on http://{host}:{port} (OpenAI API under /v1, web page at /; "
-          f"batch <= {max_batch}, queue <= {max_queue})", flush=True)
+    if warn:  # the CLI warns before it checks its arguments
+        warn_if_open(host, api_key)
+    sock = bind(host, port)
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+        engine = load_engine(model, device, tokenizer, max_batch, max_queue, threads).start()
+    except BaseException:
+        sock.close()
+        raise
+    bound = sock.getsockname()[1]
+    name = model if model.startswith("preset:") else os.path.basename(os.path.normpath(model))
+    app = create_app(engine, name, truncate, api_key, max_body_bytes)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"pangu serve: {name} (OpenAI API under /v1, web page at /; batch <= {max_batch}, queue <= {max_queue}"
+          f"{', API key required' if api_key else ''})", flush=True)
+    print(f"pangu serve: listening on http://{shown}:{bound}", flush=True)
+    if port_file:
+        tmp = f"{port_file}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(f"{bound}\n")
+        os.replace(tmp, port_file)
+    try:
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     finally:
         engine.stop()
+        sock.close()

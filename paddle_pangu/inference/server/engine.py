@@ -4,8 +4,13 @@ Continuous batching: between two decode steps the thread takes waiting requests 
 `max_batch` rows in flight), prefills them on their own and merges their KV cache into the
 running batch; finished rows leave at once. Each request keeps its own SamplingConfig and RNG, so
 a seeded request samples the same text whatever else is being served. Text deltas go back to the
-asyncio side through `loop.call_soon_threadsafe`. A failure inside a step fails the rows in
-flight (their clients get an error) and the thread keeps serving.
+asyncio side through `loop.call_soon_threadsafe`.
+
+Failures stay with the rows that caused them (issue 29): prompt token ids outside the vocabulary are
+refused at submit (HTTP 400); a prefill that fails for a group of joining rows is retried row by row,
+so only the failing rows get an error and the running batch is untouched; only a failure of the
+batched decode step itself (which no single row can be blamed for) fails the rows in flight. A
+cancelled job (its client went away) leaves the batch at its next token, or is dropped from the queue.
 """
 from __future__ import annotations
 
@@ -13,7 +18,9 @@ import asyncio
 import queue
 import threading
 
-from ...errors import PanGuError
+import numpy as np
+
+from ...errors import PanGuError, UsageError
 from ..decoding import BatchDecoder, Row, fit_prompt
 from ..generation import SamplingConfig
 from ..streaming import TextStream
@@ -30,6 +37,8 @@ class Job:
         self.loop, self.events = loop, asyncio.Queue()
         self.prompt_tokens, self.completion_tokens = prompt_tokens, 0
         self.cancelled = False
+        self.peak_batch = 0  # most rows decoded together in one step while this job decoded
+        self.logprobs: list[tuple[int, float, list[tuple[int, float]]]] = []  # (token, logprob, top-N)
 
     def put(self, *event) -> None:
         self.loop.call_soon_threadsafe(self.events.put_nowait, event)
@@ -59,8 +68,14 @@ class Engine:
         self._stop.set()
         self._thread.join(timeout=10)
 
-    def submit(self, prompt: list[int], cfg: SamplingConfig, stop, loop) -> Job:
-        """Queue one row; UsageError (-> 400) for a prompt that does not fit, ServerBusy (-> 503) when full."""
+    def submit(self, prompt: list[int], cfg: SamplingConfig, stop, loop, logprobs: int | None = None) -> Job:
+        """Queue one row; UsageError (-> 400) for a prompt that does not fit or holds an id outside the
+        vocabulary, ServerBusy (-> 503) when full. `logprobs` N records each token's logprob and top N."""
+        vocab = self.config.vocab_size
+        for what, ids in (("prompt", prompt), ("stop_token_ids", cfg.stop_token_ids)):
+            bad = next((t for t in ids if not 0 <= t < vocab), None)
+            if bad is not None:
+                raise UsageError(f"{what}: token id {bad} is outside the model's vocabulary [0, {vocab})")
         prompt = fit_prompt(prompt, cfg, self.context)
         job = Job(loop, len(prompt))
         stream = TextStream(self.tokenizer, stop)
@@ -79,7 +94,8 @@ class Engine:
             self.jobs.pop(id(row), None)
             job.put("done", row.finish_reason)
 
-        row = Row(prompt, cfg, on_token, on_finish)
+        row = _ServedRow(prompt, cfg, on_token, on_finish)
+        row.top_n, row.job = logprobs, job
         self.jobs[id(row)] = job
         try:
             self.pending.put_nowait(row)
@@ -107,17 +123,55 @@ class Engine:
             new = self._admit()
             if not new and not self.decoder.rows:
                 continue
+            self._add(new)
+            if not self.decoder.rows:
+                continue
+            batch = len(self.decoder.rows)
+            self.peak_batch = max(self.peak_batch, batch)
+            for r in self.decoder.rows:
+                r.job.peak_batch = max(r.job.peak_batch, batch)
             try:
-                self.decoder.add(new)
-                self.peak_batch = max(self.peak_batch, len(self.decoder.rows))
                 self.decoder.step()
                 self.steps += 1
             except Exception as err:  # noqa: BLE001 - a bad step fails its rows, never the server
-                self._fail(self.decoder.rows + [r for r in new if r not in self.decoder.rows], err)
+                self._fail(self.decoder.rows, err)
                 self.decoder.reset()
+
+    def _add(self, new: list[Row]) -> None:
+        """Prefill the joining rows together; if that fails, row by row, failing only the rows that fail.
+        BatchDecoder.add changes the running batch only after the prefill succeeded."""
+        try:
+            self.decoder.add(new)
+            return
+        except Exception as err:  # noqa: BLE001
+            if len(new) == 1:
+                self._fail(new, err)
+                return
+        for r in new:
+            try:
+                self.decoder.add([r])
+            except Exception as err:  # noqa: BLE001
+                self._fail([r], err)
 
     def _fail(self, rows: list[Row], err: Exception) -> None:
         for r in rows:
             job = self.jobs.pop(id(r), None)
             if job is not None:
                 job.put("error", f"generation failed: {type(err).__name__}: {err}"[:300])
+
+
+class _ServedRow(Row):
+    """A Row that records, when asked (`top_n` not None), the logprob of each chosen token and the top N
+    under the model's distribution (log-softmax of the raw logits, before temperature and penalties)."""
+
+    top_n: int | None = None
+    job: Job | None = None
+
+    def choose(self, logits: np.ndarray) -> int:
+        token = super().choose(logits)
+        if self.top_n is not None and self.job is not None:
+            x = logits.astype("float64")  # [V]
+            logp = x - (x.max() + np.log(np.exp(x - x.max()).sum()))
+            top = np.argsort(-logp, kind="stable")[:self.top_n] if self.top_n else []
+            self.job.logprobs.append((token, float(logp[token]), [(int(t), float(logp[t])) for t in top]))
+        return token

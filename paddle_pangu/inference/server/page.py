@@ -20,6 +20,7 @@ PAGE = """<!doctype html>
  <label>max tokens <input id="max_tokens" type="number" value="32" min="1" style="width:5rem"></label>
  <label>temperature <input id="temperature" type="number" value="0" min="0" max="2" step="0.1" style="width:5rem"></label>
  <label>top-p <input id="top_p" type="number" value="1" min="0.01" max="1" step="0.05" style="width:5rem"></label>
+ <label>API key <input id="api_key" type="password" placeholder="if the server has --api-key" style="width:9rem"></label>
  <button id="send">Generate</button> <button id="stop" disabled>Stop</button>
 </p>
 <div id="output" data-chunks="0"></div>
@@ -53,7 +54,9 @@ async function generate() {
   const body = { prompt, stream: true, max_tokens: Number($("max_tokens").value),
                  temperature: Number($("temperature").value), top_p: Number($("top_p").value) };
   try {
-    const resp = await fetch("/v1/completions", { method: "POST", headers: { "Content-Type": "application/json" },
+    const headers = { "Content-Type": "application/json" };
+    if ($("api_key").value) headers["Authorization"] = "Bearer " + $("api_key").value;
+    const resp = await fetch("/v1/completions", { method: "POST", headers,
                                                   body: JSON.stringify(body), signal: controller.signal });
     if (!resp.ok) { const err = await resp.json(); setStatus("error", "error: " + err.error.message); return; }
     const reader = resp.body.getReader(), decoder = new TextDecoder();
