@@ -239,9 +239,16 @@ def test_logprobs_and_echo(client, local):
     for kw in (dict(echo=True, logprobs=1), dict(logprobs=1, stream=True), dict(logprobs=6)):
         with pytest.raises(openai.BadRequestError):
             client.completions.create(model="preset:tiny", prompt="长江", max_tokens=2, **kw)
+    messages = [{"role": "user", "content": "你好"}]
+    chat = client.chat.completions.create(model="preset:tiny", messages=messages, max_tokens=4, temperature=0,
+                                          logprobs=True, top_logprobs=2).choices[0]
+    same = client.completions.create(model="preset:tiny", prompt=chat_prompt([ChatMessage(**m) for m in messages]),
+                                     max_tokens=4, temperature=0, logprobs=2).choices[0].logprobs
+    assert "".join(c.token for c in chat.logprobs.content) == chat.message.content
+    assert [c.logprob for c in chat.logprobs.content] == same.token_logprobs  # the same rows, the same model
+    assert [{t.token: t.logprob for t in c.top_logprobs} for c in chat.logprobs.content] == same.top_logprobs
     with pytest.raises(openai.BadRequestError, match="logprobs"):
-        client.chat.completions.create(model="preset:tiny", messages=[{"role": "user", "content": "你好"}],
-                                       max_tokens=2, logprobs=True)
+        client.chat.completions.create(model="preset:tiny", messages=messages, max_tokens=2, top_logprobs=2)
 
 
 def test_api_key_is_required_on_v1_and_health_stays_open(server):

@@ -85,15 +85,20 @@ def create_app(engine: Engine, model_name: str, truncate: str = "error", api_key
 
     @app.post("/v1/chat/completions")
     async def chat(req: P.ChatRequest, request: Request):
-        if req.logprobs:
-            raise UsageError("logprobs is not supported for chat completions; use /v1/completions with logprobs")
+        if req.logprobs and req.stream:
+            raise UsageError("logprobs with stream: true is not supported; request them without streaming")
+        if req.top_logprobs is not None and not req.logprobs:
+            raise UsageError("top_logprobs needs logprobs: true")
         cfg = req.sampling(engine.config, req.max_completion_tokens, truncate)
-        _, jobs = await submit([P.chat_prompt(req.messages)], cfg, req.stop_strings())
+        top_n = (req.top_logprobs or 0) if req.logprobs else None
+        _, jobs = await submit([P.chat_prompt(req.messages)], cfg, req.stop_strings(), top_n)
         rid = P.new_id("chatcmpl")
         if req.stream:
             return _sse(_chat_events(jobs[0], rid, model_name, req.include_usage), jobs, request)
         (text, reason), = await _collect_all(jobs, request)
         body = P.chat_body(rid, model_name, text, reason, jobs[0].prompt_tokens, jobs[0].completion_tokens)
+        if req.logprobs:
+            body["choices"][0]["logprobs"] = _chat_logprobs(engine.tokenizer, jobs[0])
         body["peak_batch"] = jobs[0].peak_batch
         return body
 
@@ -273,6 +278,16 @@ def _logprobs(tokenizer, job) -> dict:
     return {"tokens": tokens, "token_logprobs": [lp for _, lp, _ in kept],
             "top_logprobs": [{tokenizer.decode_ids([t]): lp for t, lp in top} for _, _, top in kept],
             "text_offset": offsets}
+
+
+def _chat_logprobs(tokenizer, job) -> dict:
+    """OpenAI chat `logprobs`: {"content": [{token, logprob, bytes, top_logprobs: [{token, logprob, bytes}]}]}."""
+    def entry(token: int, logprob: float) -> dict:
+        text = tokenizer.decode_ids([token])
+        return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+    return {"content": [{**entry(t, lp), "top_logprobs": [entry(u, v) for u, v in top]}
+                        for t, lp, top in job.logprobs[:job.completion_tokens]]}
 
 
 class _GenerationFailed(PanGuError, RuntimeError):

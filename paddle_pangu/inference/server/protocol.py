@@ -135,7 +135,7 @@ class ChatMessage(BaseModel):
 class ChatRequest(_Sampling):
     messages: list[ChatMessage] = Field(..., min_length=1)
     max_completion_tokens: int | None = Field(None, ge=1)
-    logprobs: bool = False  # refused (400) when true: chat logprobs are not implemented
+    logprobs: bool = False  # each generated token's logprob (and top_logprobs alternatives), non-streaming
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
 
 
