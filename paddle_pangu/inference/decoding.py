@@ -75,8 +75,10 @@ def fit_prompt(prompt: list[int], cfg: SamplingConfig, context: int) -> list[int
 class BatchDecoder:
     """Rows decoding together over one KV cache; see the module docstring."""
 
-    def __init__(self, stepper, config):
-        self.stepper, self.config = stepper, config
+    def __init__(self, stepper, config, on_row_error: Callable | None = None):
+        """on_row_error(row, err): set by the server. A decode step that raises is then run again row by row;
+        rows that still fail leave the batch through it and the others go on. Without it the step raises."""
+        self.stepper, self.config, self.on_row_error = stepper, config, on_row_error
         self.reset()
 
     def reset(self) -> None:
@@ -122,11 +124,40 @@ class BatchDecoder:
             self._keep(keep)
             self.positions = self.positions + 1
             self.mask = np.concatenate([self.mask, np.ones([len(keep), 1], dtype="int64")], axis=1)
-            ids = np.asarray(chosen, dtype="int64")[:, None]
-            self.logits, self.cache = self.stepper(ids, self.positions[:, None], self.mask, self.cache)
+            ids = np.asarray(chosen, dtype="int64")[:, None]  # [B, 1]
+            try:
+                self.logits, self.cache = self.stepper(ids, self.positions[:, None], self.mask, self.cache)
+            except Exception:
+                if self.on_row_error is None or len(self.rows) == 1:
+                    raise
+                self._step_row_by_row(ids)
         for r in finished:
             if r.on_finish is not None:
                 r.on_finish(r)
+
+    def _step_row_by_row(self, ids: np.ndarray) -> None:
+        """The batched step failed: run it for each row alone ([1, 1] ids, its own cache slice); rows that
+        fail again leave through on_row_error, the rest form the batch again (same order)."""
+        s, ok, failed = self.stepper, [], []
+        for i, row in enumerate(self.rows):
+            try:
+                logits, cache = s(ids[i:i + 1], self.positions[i:i + 1, None], self.mask[i:i + 1],
+                                  s.select(self.cache, [i]))
+                ok.append((i, logits, cache))
+            except Exception as err:  # noqa: BLE001 - this row's own failure
+                failed.append((row, err))
+        if ok:
+            keep = [i for i, _, _ in ok]
+            self.rows = [self.rows[i] for i in keep]
+            self.mask, self.positions = self.mask[keep], self.positions[keep]
+            self.logits = np.concatenate([logits for _, logits, _ in ok], axis=0)  # [B', V]
+            self.cache = ok[0][2]
+            for _, _, cache in ok[1:]:
+                self.cache = s.concat(self.cache, cache)
+        else:
+            self.reset()
+        for row, err in failed:
+            self.on_row_error(row, err)
 
     def _keep(self, keep: list[int]) -> None:
         if len(keep) < len(self.rows):

@@ -84,6 +84,46 @@ def test_a_failing_prefill_fails_only_its_row_among_rows_joining_together():
     assert [j.completion_tokens for j in jobs] == [3, 0, 3, 3]
 
 
+class _DecodeFailsAt30(_Stepper):
+    """A decode step (ids [B, 1]) holding a row at position 30 raises, batched or alone."""
+
+    def __call__(self, ids, positions, mask, cache):
+        if ids.shape[1] == 1 and (positions == 30).any():
+            raise RuntimeError("kernel failed at position 30")
+        return super().__call__(ids, positions, mask, cache)
+
+
+def test_a_failing_decode_step_fails_only_the_row_that_fails_alone():
+    """Two rows decode together; the step where one reaches position 30 raises. The step is run again row by
+    row: that row gets the error, the other decodes to its end (before, both got the error)."""
+    import asyncio
+
+    from paddle_pangu.inference.generation import SamplingConfig
+
+    engine = Engine(_DecodeFailsAt30(40000), get_preset("tiny"), _Tokenizer(), max_batch=8)
+    loop = asyncio.new_event_loop()
+    cfg = SamplingConfig(max_new_tokens=6)
+    jobs = [engine.submit(engine.tokenizer.encode_ids(p), cfg, (), loop) for p in ("a" * 28, "ok")]
+    engine.start()  # both join in one prefill; row 0 decodes at positions 28, 29, then 30 fails
+    try:
+        async def outcome(job):
+            events = [await asyncio.wait_for(job.events.get(), 300)]
+            while events[-1][0] == "text":
+                events.append(await asyncio.wait_for(job.events.get(), 300))
+            return events[-1]
+
+        async def all_outcomes():
+            return await asyncio.gather(*(outcome(j) for j in jobs))
+
+        ends = loop.run_until_complete(all_outcomes())
+    finally:
+        engine.stop()
+        loop.close()
+    assert ends[0][0] == "error" and "position 30" in ends[0][1]
+    assert ends[1] == ("done", "length") and jobs[1].completion_tokens == 6
+    assert jobs[0].completion_tokens == 3  # its tokens at positions 28, 29, 30 were chosen before the failure
+
+
 def test_a_full_queue_is_503():
     import asyncio
 

@@ -8,8 +8,8 @@ asyncio side through `loop.call_soon_threadsafe`.
 
 Failures stay with the rows that caused them (issue 29): prompt token ids outside the vocabulary are
 refused at submit (HTTP 400); a prefill that fails for a group of joining rows is retried row by row,
-so only the failing rows get an error and the running batch is untouched; only a failure of the
-batched decode step itself (which no single row can be blamed for) fails the rows in flight. A
+so only the failing rows get an error and the running batch is untouched; a decode step that fails is
+run again row by row (BatchDecoder's on_row_error) and only the rows that fail alone get an error. A
 cancelled job (its client went away) leaves the batch at its next token, or is dropped from the queue.
 """
 from __future__ import annotations
@@ -49,7 +49,7 @@ class Engine:
         self.stepper, self.config, self.tokenizer = stepper, config, tokenizer
         self.max_batch = max_batch
         self.pending: queue.Queue = queue.Queue(maxsize=max_queue)
-        self.decoder = BatchDecoder(stepper, config)
+        self.decoder = BatchDecoder(stepper, config, on_row_error=lambda row, err: self._fail([row], err))
         self.jobs: dict[int, Job] = {}
         self.steps = 0
         self.peak_batch = 0  # most rows ever decoded in one step (shows batching happened)
