@@ -236,7 +236,14 @@ def test_logprobs_and_echo(client, local):
     echoed = client.completions.create(model="preset:tiny", prompt="长江", max_tokens=4, temperature=0, echo=True)
     plain = client.completions.create(model="preset:tiny", prompt="长江", max_tokens=4, temperature=0)
     assert echoed.choices[0].text == "长江" + plain.choices[0].text
-    for kw in (dict(echo=True, logprobs=1), dict(logprobs=1, stream=True), dict(logprobs=6)):
+    chunks = list(client.completions.create(model="preset:tiny", prompt="中国科学院", max_tokens=5, temperature=0,
+                                            frequency_penalty=2.0, logprobs=3, stream=True))
+    streamed = [c.choices[0].logprobs for c in chunks if c.choices and c.choices[0].logprobs]
+    assert [t for x in streamed for t in x.tokens] == lp.tokens  # the chunks' logprobs add up to the whole
+    assert [v for x in streamed for v in x.token_logprobs] == lp.token_logprobs
+    assert [d for x in streamed for d in x.top_logprobs] == lp.top_logprobs
+    assert [o for x in streamed for o in x.text_offset] == lp.text_offset
+    for kw in (dict(echo=True, logprobs=1), dict(logprobs=6)):
         with pytest.raises(openai.BadRequestError):
             client.completions.create(model="preset:tiny", prompt="长江", max_tokens=2, **kw)
     messages = [{"role": "user", "content": "你好"}]

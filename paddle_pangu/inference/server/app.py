@@ -59,8 +59,6 @@ def create_app(engine: Engine, model_name: str, truncate: str = "error", api_key
 
     @app.post("/v1/completions")
     async def completions(req: P.CompletionRequest, request: Request):
-        if req.stream and req.logprobs is not None:
-            raise UsageError("logprobs with stream: true is not supported; request them without streaming")
         if req.echo and req.logprobs is not None:
             raise UsageError("echo with logprobs is not supported (prompt-token logprobs are not computed); "
                              "use one of them")
@@ -70,11 +68,14 @@ def create_app(engine: Engine, model_name: str, truncate: str = "error", api_key
         rid = P.new_id("cmpl")
         if req.stream:
             echo = [_prompt_text(engine, p, ids) for p, ids in zip(prompts, encoded)] if req.echo else None
-            return _sse(_completion_events(jobs, rid, model_name, req.include_usage, echo), jobs, request)
+            events = _completion_events(jobs, rid, model_name, req.include_usage, echo, engine.tokenizer, req.logprobs)
+            return _sse(events, jobs, request)
         results = await _collect_all(jobs, request)
         choices = []
         for i, ((text, reason), job) in enumerate(zip(results, jobs)):
-            logprobs = _logprobs(engine.tokenizer, job) if req.logprobs is not None else None
+            # the tokens the row kept (a stop id that ended it was chosen, not kept)
+            logprobs = _logprobs(engine.tokenizer, job.logprobs[:job.completion_tokens]) \
+                if req.logprobs is not None else None
             if req.echo:
                 text = _prompt_text(engine, prompts[i], encoded[i]) + text
             choices.append({"index": i, "text": text, "finish_reason": reason, "logprobs": logprobs})
@@ -223,13 +224,14 @@ def _cancel(jobs) -> None:
 
 
 async def _events(job):
-    """("text", delta) ... then ("done", reason); an engine failure raises after what was sent."""
+    """("text", delta, n) ... then ("done", reason, n), n = tokens so far; an engine failure raises after
+    what was sent."""
     try:
         while True:
-            kind, value = await job.events.get()
+            kind, value, n = await job.events.get()
             if kind == "error":
                 raise RuntimeError(value)
-            yield kind, value
+            yield kind, value, n
             if kind == "done":
                 return
     finally:
@@ -257,7 +259,7 @@ async def _collect_all(jobs, request: Request) -> list[tuple[str, str]]:
 async def _collect(job) -> tuple[str, str]:
     parts, reason = [], None
     try:
-        async for kind, value in _events(job):
+        async for kind, value, _ in _events(job):
             if kind == "text":
                 parts.append(value)
             else:
@@ -267,11 +269,10 @@ async def _collect(job) -> tuple[str, str]:
     return "".join(parts), reason
 
 
-def _logprobs(tokenizer, job) -> dict:
-    """OpenAI completions `logprobs` for the tokens the row kept (a stop id that ended it is not one)."""
-    kept = job.logprobs[:job.completion_tokens]
+def _logprobs(tokenizer, kept: list, at: int = 0) -> dict:
+    """OpenAI completions `logprobs` of (token, logprob, top-N) entries; text offsets start at `at`."""
     tokens = [tokenizer.decode_ids([t]) for t, _, _ in kept]
-    offsets, at = [], 0
+    offsets = []
     for text in tokens:
         offsets.append(at)
         at += len(text)
@@ -310,13 +311,20 @@ def _sse(events, jobs, request: Request) -> StreamingResponse:
     return StreamingResponse(body(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
 
-async def _completion_events(jobs, rid, model, include_usage=False, echo=None):
+async def _completion_events(jobs, rid, model, include_usage=False, echo=None, tokenizer=None, logprobs=None):
+    """Chunks of each choice in turn; with `logprobs`, each chunk carries the tokens generated since the last
+    one (a chunk's text can lag its tokens: text held back for a stop string or a partial character)."""
     for index, job in enumerate(jobs):
         if echo is not None:
             yield P.completion_chunk(rid, model, index, echo[index], None)
-        async for kind, value in _events(job):
+        sent = offset = 0
+        async for kind, value, n in _events(job):
             text, reason = (value, None) if kind == "text" else ("", value)
-            yield P.completion_chunk(rid, model, index, text, reason)
+            lp = None
+            if logprobs is not None:
+                lp = _logprobs(tokenizer, job.logprobs[sent:n], offset)
+                sent, offset = n, offset + sum(len(t) for t in lp["tokens"])
+            yield P.completion_chunk(rid, model, index, text, reason, lp)
     if include_usage:
         yield P.usage_chunk(rid, model, "text_completion", sum(j.prompt_tokens for j in jobs),
                             sum(j.completion_tokens for j in jobs))
@@ -324,7 +332,7 @@ async def _completion_events(jobs, rid, model, include_usage=False, echo=None):
 
 async def _chat_events(job, rid, model, include_usage=False):
     yield P.chat_chunk(rid, model, {"role": "assistant", "content": ""}, None)
-    async for kind, value in _events(job):
+    async for kind, value, _ in _events(job):
         yield P.chat_chunk(rid, model, {"content": value} if kind == "text" else {}, None if kind == "text" else value)
     if include_usage:
         yield P.usage_chunk(rid, model, "chat.completion.chunk", job.prompt_tokens, job.completion_tokens)

@@ -31,7 +31,8 @@ class ServerBusy(PanGuError, RuntimeError):
 
 
 class Job:
-    """The asyncio side of one row: a queue of ("text", str), ("done", reason) or ("error", message)."""
+    """The asyncio side of one row: a queue of ("text", str), ("done", reason) or ("error", message), each
+    followed by the row's completion-token count when it was put (which tokens a text delta covers)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, prompt_tokens: int):
         self.loop, self.events = loop, asyncio.Queue()
@@ -40,8 +41,8 @@ class Job:
         self.peak_batch = 0  # most rows decoded together in one step while this job decoded
         self.logprobs: list[tuple[int, float, list[tuple[int, float]]]] = []  # (token, logprob, top-N)
 
-    def put(self, *event) -> None:
-        self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+    def put(self, kind: str, value: str) -> None:
+        self.loop.call_soon_threadsafe(self.events.put_nowait, (kind, value, self.completion_tokens))
 
 
 class Engine:
