@@ -13,7 +13,7 @@ of the uniform one, so each key a mask wrongly shows or hides moves the logits b
 Tolerance (fp32 rounding, Higham): each of the G = 6L + 1 GEMM-like reductions on a logit's path (q, k,
 v, QK^T, PV, out, fc_in, fc_out per layer, + the head) of length <= K = max(H, F) is exact to gamma_K ~
 K u (u = 2^-24) relative to its output's scale. Softmax turns a relative error e of the scores s into
-an absolute error of its probabilities of at most 2 e max|s| (its Jacobian rows have 1-norm <= 2), so
+an absolute error of its probabilities of at most 2 e max|s| (||dp||_1 <= 2 ||ds||_inf for softmax), so
 each attention amplifies by (1 + 2 max|s|) with max|s| read off the reference. Together:
 |logit - ref| <= G K u (1 + 2 max|s|) max|logit|. A loss (log-sum-exp minus a logit) carries twice
 that. The bound is loose (rounding adds up far below it), yet a mask that shows each query one future
