@@ -38,7 +38,8 @@ EXTRAS = {
     # transformers: the HF GPT-2 baseline of `pangu bench --compare` (4.53 fits the tokenizers paddlenlp pins)
     # openai: the official client against `pangu serve`; selenium drives Debian's chromium (web page test)
     "test": ["pytest>=7", "pytest-timeout>=2", "torch==2.13.0", "transformers==4.53.3", "openai==3.57.0",
-             "selenium==4.50.0", "hypothesis==6.170.15"] + RAY,  # hypothesis: tests/unit/test_properties.py
+             "selenium==4.50.0", "hypothesis==6.170.15",  # hypothesis: tests/unit/test_properties.py
+             "psutil>=5.9"] + RAY,  # psutil (also visualdl's): the rank-death test finds the job's worker
     "torch": ["torch==2.13.0", "transformers==4.53.3"],
     "ray": RAY,
 }

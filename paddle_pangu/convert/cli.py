@@ -41,7 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-heads", type=int, help="attention heads when no preset / source config gives them")
     parser.add_argument("--vocab-size", type=int, help="true vocabulary size (drops Megatron padding rows; default 40000)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
-                        help="stored dtype (default float32: fp16 releases are upcast)")
+                        help="stored dtype (default float32: fp16 releases are upcast; bfloat16 is safetensors BF16)")
     parser.add_argument("--trust-pickle", action="store_true",
                         help="Megatron .pt files holding Python objects besides tensors: unpickle them fully "
                              "(only for files you trust)")

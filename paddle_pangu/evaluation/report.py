@@ -1,4 +1,5 @@
-"""Results: the JSON file, a table beside the paper's 2.6B zero-shot numbers, a PNG of score vs shots.
+"""Results: the JSON file, a table beside the paper's 2.6B zero-shot numbers (zero-shot rows only), a PNG of
+score vs shots.
 
 Scores are fractions in [0, 1] in the JSON; the table prints percent, as the
 paper's Table 10 does (docs/REFERENCE.md "Paper Table 10, 2.6B zero-shot").
@@ -25,6 +26,10 @@ def _cell(result: dict) -> str:
 
 
 def _paper_cell(result: dict) -> str:
+    """The paper's 2.6B number for the same shot count. REF gives only Table 10's zero-shot numbers, so a
+    one- or few-shot row shows "-" rather than a zero-shot number beside a k-shot score."""
+    if result.get("shots") != 0:
+        return "-"
     paper = result.get("paper_2.6b_zero_shot") or {}
     values = [f"{paper[m]:.2f}" for m in METRIC_ORDER if m in paper]
     return "/".join(values) if values else "-"

@@ -35,7 +35,25 @@ SAFE_WEIGHTS_INDEX_NAME = "model.safetensors.index.json"
 PADDLE_WEIGHTS_NAME = "model_state.pdparams"
 LAYOUT_FILE = "checkpoint_layout.json"
 DEFAULT_SHARD_BYTES = 2 * 1024**3
-DTYPES = {"float32": np.float32, "float16": np.float16}
+# stored dtypes; numpy has no bfloat16, so "bfloat16" is written as safetensors BF16 (the upper 16 bits of
+# float32, rounded to nearest even: the format torch, Paddle and PaddleNLP read) and read back as float32
+DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": "bfloat16"}
+
+
+def to_bfloat16_bits(arr: np.ndarray) -> np.ndarray:
+    """float32 -> bfloat16 bit patterns (uint16), round to nearest even; NaN stays NaN."""
+    bits = np.ascontiguousarray(arr, dtype=np.float32).view(np.uint32)
+    rounded = ((bits.astype(np.uint64) + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    return np.where(np.isnan(arr), ((bits >> 16) | 0x40).astype(np.uint16), rounded)
+
+
+def from_bfloat16_bits(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 bit patterns (uint16) -> float32 (exact)."""
+    return (np.asarray(bits, dtype=np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
+def _itemsize(np_dtype) -> int:
+    return 2 if isinstance(np_dtype, str) and np_dtype == "bfloat16" else np.dtype(np_dtype).itemsize
 
 
 class WeightFileError(PanGuError, ValueError):
@@ -128,7 +146,7 @@ def write_safetensors(out_dir: str, tensors: dict, dtype: str, max_shard_bytes: 
         raise WeightFileError(f"dtype {dtype!r}: expected one of {sorted(DTYPES)}")
     np_dtype = DTYPES[dtype]
     items = [(n, t.shape) for n, t in tensors.items()]
-    plan = _shard_plan(items, np.dtype(np_dtype).itemsize, max_shard_bytes)
+    plan = _shard_plan(items, _itemsize(np_dtype), max_shard_bytes)
     files = [SAFE_WEIGHTS_NAME] if len(plan) == 1 else [
         f"model-{i + 1:05d}-of-{len(plan):05d}.safetensors" for i in range(len(plan))]
     progress = _Progress(len(items), "writing")
@@ -148,12 +166,15 @@ _ST_NAMES = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
 
 
 def stream_safetensors(path: str, tensors: dict, np_dtype, metadata: dict, progress=None) -> int:
-    """Write one safetensors file tensor by tensor (format: u64 header size, JSON header, raw data)."""
-    np_dtype = np.dtype(np_dtype)
+    """Write one safetensors file tensor by tensor (format: u64 header size, JSON header, raw data).
+    np_dtype: a numpy float dtype or "bfloat16" (see DTYPES)."""
+    bf16 = isinstance(np_dtype, str) and np_dtype == "bfloat16"
+    np_dtype = np.dtype(np.float32) if bf16 else np.dtype(np_dtype)
     header, offset = {"__metadata__": metadata}, 0
     for name, t in tensors.items():
-        nbytes = int(np.prod(t.shape)) * np_dtype.itemsize
-        header[name] = {"dtype": _ST_NAMES[np_dtype], "shape": list(t.shape), "data_offsets": [offset, offset + nbytes]}
+        nbytes = int(np.prod(t.shape)) * (2 if bf16 else np_dtype.itemsize)
+        header[name] = {"dtype": "BF16" if bf16 else _ST_NAMES[np_dtype], "shape": list(t.shape),
+                        "data_offsets": [offset, offset + nbytes]}
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)  # safetensors aligns the data start to 8 bytes
@@ -164,6 +185,8 @@ def stream_safetensors(path: str, tensors: dict, np_dtype, metadata: dict, progr
             arr = _load_as(t, np_dtype)
             if tuple(arr.shape) != tuple(t.shape):
                 raise WeightFileError(f"{name}: loaded shape {arr.shape} differs from the declared {tuple(t.shape)}")
+            if bf16:
+                arr = to_bfloat16_bits(arr)
             f.write(np.ascontiguousarray(arr).data)  # no extra copy
             if progress is not None:
                 progress.step(name)
@@ -252,7 +275,7 @@ def read_pdparams(path: str) -> dict[str, np.ndarray]:
 
 
 _ST_DTYPES = {"F32": np.float32, "F16": np.float16, "F64": np.float64, "I64": np.int64, "I32": np.int32,
-              "U8": np.uint8, "BOOL": np.bool_}
+              "U8": np.uint8, "BOOL": np.bool_, "BF16": np.float32}  # BF16: read back as float32 (exact)
 
 
 def iter_safetensors(files: list[str]) -> dict[str, LazyTensor]:
@@ -262,14 +285,19 @@ def iter_safetensors(files: list[str]) -> dict[str, LazyTensor]:
     out = {}
     for fn in files:
         with open(fn, "rb") as f:
-            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+            size = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(size))
         for key, meta in header.items():
             if key == "__metadata__":
                 continue
             if meta["dtype"] not in _ST_DTYPES:
                 raise WeightFileError(f"{fn}: tensor {key} has dtype {meta['dtype']}; expected one of {sorted(_ST_DTYPES)}")
 
-            def load(fn=fn, key=key):
+            def load(fn=fn, key=key, meta=meta, start=8 + size):
+                if meta["dtype"] == "BF16":  # numpy has no bfloat16: the raw bits, widened to float32
+                    begin, end = meta["data_offsets"]
+                    bits = np.fromfile(fn, dtype="<u2", count=(end - begin) // 2, offset=start + begin)
+                    return from_bfloat16_bits(bits).reshape(meta["shape"])
                 with safe_open(fn, framework="np") as g:
                     return g.get_tensor(key)
 

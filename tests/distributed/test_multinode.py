@@ -9,12 +9,13 @@ norms, final weights within AdamW's bound).
 """
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 
 import pytest
+
+from paddle_pangu.parallel.ports import HeldPort
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from launch_utils import REPO_ROOT, DistributedRunError, _read_logs, _tail, _worker_env  # noqa: E402
@@ -27,12 +28,6 @@ SCRIPT = REPO_ROOT / "tools" / "launch_multinode.sh"
 DP2_MP2 = {"dp_degree": 2, "mp_degree": 2, "micro_batch_size": 1, "accumulate_steps": 2}  # global batch 4
 REFERENCE = {"micro_batch_size": 2, "accumulate_steps": 2}
 OPTIM = {"beta1": 0.9, "beta2": 0.95, "eps": 1e-8, "weight_decay": 0.1, "grad_clip": 1.0}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start_node(rank: int, port: int, config: str, log_dir: str) -> subprocess.Popen:
@@ -74,10 +69,12 @@ def test_two_launchers_dp2_mp2_equal_single_process(tmp_path):
     run_single(write_config(os.path.join(root, "single.yaml"), init, ref_out, REFERENCE), script=CAPTURE_PY)
     out = os.path.join(root, "multinode")
     config = write_config(os.path.join(root, "multinode.yaml"), init, out, DP2_MP2)
-    port = _free_port()
     log_dirs = [os.path.join(root, f"node{r}") for r in (0, 1)]
-    nodes = [_start_node(r, port, config, log_dirs[r]) for r in (0, 1)]
-    _wait_nodes(nodes, log_dirs, timeout=500)
+    # the rendezvous port stays held (bound, never listening) for the whole run: no other process is handed it
+    # between here and the launcher's master binding it (SO_REUSEADDR, see paddle_pangu/parallel/ports.py)
+    with HeldPort("0.0.0.0") as held:
+        nodes = [_start_node(r, held.port, config, log_dirs[r]) for r in (0, 1)]
+        _wait_nodes(nodes, log_dirs, timeout=500)
     for log_dir in log_dirs:  # each launcher ran its own two workers
         assert sorted(n for n in os.listdir(log_dir) if n.startswith("workerlog.")) == ["workerlog.0", "workerlog.1"]
     grads = sorted(os.listdir(os.path.join(out, "grads")))

@@ -1,8 +1,11 @@
 """A 2-process `pangu train --nproc 2` in which rank 1 dies (SIGKILL) mid-training.
 
-The job must end with a non-zero exit within a bounded time after the death
-(measured ~2 s: paddle's launcher stops the pod), and the console must name the
-rank that died and its log file on one `pangu train: error:` line.
+The job must end with a non-zero exit (paddle's launcher stops the pod; ~2 s on
+a quiet machine, so the time-out below only guards against a hang and is not a
+speed assertion), and the console must name the rank that died, its signal and
+its log file on one `pangu train: error:` line. The victim is found among the
+job's own descendants (psutil: children of the launcher, rank from the
+environment the launcher gave it), not by scanning every process.
 """
 import os
 import signal
@@ -24,44 +27,21 @@ CONFIG = {
     "checkpoint": {"save_interval": 0, "save_final_model": False},
     "logging": {"log_interval": 1, "progress_bar": False, "visualdl": False},
 }
-AFTER_DEATH_LIMIT = 60.0  # seconds from the kill to the job's exit, generous for a loaded 2-core machine
-
-
-def _descendants(root: int) -> list[int]:
-    parents = {}
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                with open(f"/proc/{name}/stat") as f:
-                    parents[int(name)] = int(f.read().rsplit(")", 1)[1].split()[1])
-            except OSError:
-                continue
-    out, frontier = [], [root]
-    while frontier:
-        kids = [p for p, pp in parents.items() if pp in frontier]
-        out += kids
-        frontier = kids
-    return out
+HANG_GUARD_S = 600  # a job still alive this long after the kill is hung (the failure this test exists for)
 
 
 def _rank_pid(root: int, rank: int) -> int | None:
-    for pid in _descendants(root):
+    """The pid of the training worker of `rank` under the launcher process `root`."""
+    import psutil
+
+    for child in psutil.Process(root).children(recursive=True):
         try:
-            with open(f"/proc/{pid}/environ", "rb") as f:
-                env = f.read().split(b"\0")
-        except OSError:
+            if (child.environ().get("PADDLE_TRAINER_ID") == str(rank)
+                    and any("train_worker" in part for part in child.cmdline())):
+                return child.pid
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        if f"PADDLE_TRAINER_ID={rank}".encode() in env and any(b"train_worker" in a for a in _cmdline(pid)):
-            return pid
     return None
-
-
-def _cmdline(pid: int) -> list[bytes]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as f:
-            return f.read().split(b"\0")
-    except OSError:
-        return []
 
 
 def test_dead_rank_stops_the_job_and_is_named(tmp_path):
@@ -83,14 +63,15 @@ def test_dead_rank_stops_the_job_and_is_named(tmp_path):
         victim = _rank_pid(proc.pid, 1)
         assert victim is not None
         os.kill(victim, signal.SIGKILL)
-        killed_at = time.time()
-        out, _ = proc.communicate(timeout=AFTER_DEATH_LIMIT)
-        took = time.time() - killed_at
+        try:
+            out, _ = proc.communicate(timeout=HANG_GUARD_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the job was still running {HANG_GUARD_S} s after rank 1 was killed (hung)")
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert proc.returncode != 0 and took < AFTER_DEATH_LIMIT
+    assert proc.returncode != 0
     lines = [l for l in out.splitlines() if l.startswith("pangu train: error:")]
     # The launcher names the first failure it sees: usually rank 1's SIGKILL, but rank 0 can abort first
     # (gloo IoException "connection reset by peer" -> SIGABRT) and then only rank 0 is reported. Both name a

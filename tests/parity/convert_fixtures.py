@@ -155,3 +155,52 @@ def paddle_logits(model_dir: str, input_ids: np.ndarray) -> np.ndarray:
 
 def sample_ids(seed: int = 1, batch: int = 2, length: int = 12) -> np.ndarray:
     return np.random.default_rng(seed).integers(10, SHAPE["vocab"], size=(batch, length))
+
+
+ST_DTYPE = {"float32": "F32", "float16": "F16", "bfloat16": "BF16"}
+
+
+def rounded(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """`arr` as stored in `dtype`, widened to float32: numpy's float16 cast, Paddle's bfloat16 cast (round to
+    nearest even), independent of the converter's own bfloat16 writer."""
+    arr = np.asarray(arr, np.float32)
+    if dtype == "float16":
+        return arr.astype(np.float16).astype(np.float32)
+    if dtype == "bfloat16":
+        import paddle
+
+        return paddle.to_tensor(arr).astype("bfloat16").astype("float32").numpy()
+    return arr
+
+
+def safetensors_dtypes(directory) -> dict[str, str]:
+    """{tensor name: safetensors dtype} from the headers of every .safetensors file in `directory`."""
+    import json
+    from pathlib import Path
+
+    out = {}
+    for f in sorted(Path(directory).glob("*.safetensors")):
+        with open(f, "rb") as fh:
+            header = json.loads(fh.read(int.from_bytes(fh.read(8), "little")))
+        out.update({k: v["dtype"] for k, v in header.items() if k != "__metadata__"})
+    return out
+
+
+def assert_reads_back(model_dir, params: dict, dtype: str, source_dtype=np.float32) -> None:
+    """A converted directory read back as a user does, every tensor by name: the files store `dtype`, the
+    loader (`PanGuForCausalLM.from_pretrained`) builds parameters of that dtype, and each value is the
+    reference tensor (as the source stored it) rounded to `dtype`: exact, a cast is one rounding."""
+    import paddle
+
+    from paddle_pangu.model import PanGuForCausalLM
+
+    expected = {k: rounded(np.asarray(v, source_dtype), dtype) for k, v in to_paddle(params).items()}
+    stored = safetensors_dtypes(model_dir)
+    assert stored == {k: ST_DTYPE[dtype] for k in expected}, stored
+    model = PanGuForCausalLM.from_pretrained(str(model_dir))
+    state = model.state_dict()
+    assert set(expected) <= set(state), sorted(set(expected) - set(state))
+    for name, want in expected.items():
+        got = state[name]
+        assert got.dtype == getattr(paddle, dtype), (name, got.dtype)
+        np.testing.assert_array_equal(got.astype("float32").numpy(), want, err_msg=name)

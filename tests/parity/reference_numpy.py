@@ -102,8 +102,10 @@ def _linear(x, w, bias):
     return x @ w.T.astype(np.float64) + bias.astype(np.float64)
 
 
-def attention(q_in, kv_in, p, mask, num_heads):
-    """Separate Q, K, V dense layers; softmax(QK^T/sqrt(hd) + mask) V; output dense (REF "attention")."""
+def attention(q_in, kv_in, p, mask, num_heads, record=None):
+    """Separate Q, K, V dense layers; softmax(QK^T/sqrt(hd) + mask) V; output dense (REF "attention").
+
+    record: a list that receives (scores [B, nh, S, S] before the mask, probs, mask [B, S, S]) per call."""
     b, s, h = kv_in.shape
     hd = h // num_heads
 
@@ -113,35 +115,39 @@ def attention(q_in, kv_in, p, mask, num_heads):
     q = heads(_linear(q_in, p["wq"], p["bq"]))  # REF "query layer": q_in may differ from kv_in
     k = heads(_linear(kv_in, p["wk"], p["bk"]))
     v = heads(_linear(kv_in, p["wv"], p["bv"]))
-    scores = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hd)  # [B, nh, S, S]
-    scores = scores + np.where(mask[:, None], 0.0, MASK_VALUE)
+    scores_raw = q @ k.transpose(0, 1, 3, 2) / math.sqrt(hd)  # [B, nh, S, S]
+    scores = scores_raw + np.where(mask[:, None], 0.0, MASK_VALUE)
     scores = scores - scores.max(-1, keepdims=True)
     probs = np.exp(scores)
     probs = probs / probs.sum(-1, keepdims=True)
+    if record is not None:
+        record.append((scores_raw, probs, mask))
     ctx = (probs @ v).transpose(0, 2, 1, 3).reshape(b, s, h)  # [B, S, H]
     return _linear(ctx, p["wo"], p["bo"])
 
 
-def block(x, p, mask, num_heads, act, eps, query=None):
+def block(x, p, mask, num_heads, act, eps, query=None, record=None):
     """Pre-LN block; for the query layer the attention query comes from `query` (REF "query layer")."""
     ln1 = layer_norm(x, p["ln1_g"], p["ln1_b"], eps)
-    x = x + attention(ln1 if query is None else query, ln1, p, mask, num_heads)
+    x = x + attention(ln1 if query is None else query, ln1, p, mask, num_heads, record)
     ln2 = layer_norm(x, p["ln2_g"], p["ln2_b"], eps)
     return x + _linear(activation(_linear(ln2, p["w_in"], p["b_in"]), act), p["w_out"], p["b_out"])
 
 
 def forward(params: dict, input_ids, num_heads: int, act: str = "gelu_tanh", eps: float = 1e-5,
-            eod_token_id=None) -> np.ndarray:
-    """input_ids [B, S] -> logits [B, S, V] (float64), tied head `out @ wte^T` (REF "output head")."""
+            eod_token_id=None, record=None) -> np.ndarray:
+    """input_ids [B, S] -> logits [B, S, V] (float64), tied head `out @ wte^T` (REF "output head").
+
+    record: optional list collecting every attention's (scores, probs, mask), see `attention`."""
     input_ids = np.asarray(input_ids)
     pos, mask = positions_and_mask(input_ids, eod_token_id)
     wte = params["wte"].astype(np.float64)
     x = wte[input_ids] + params["wpe"].astype(np.float64)[pos]  # [B, S, H]
     for p in params["blocks"]:
-        x = block(x, p, mask, num_heads, act, eps)
+        x = block(x, p, mask, num_heads, act, eps, record=record)
     x = layer_norm(x, params["ln_f_g"], params["ln_f_b"], eps)  # REF: final LN before the query layer
     query = params["wqe"].astype(np.float64)[pos]  # REF: top_query_embedding[position_ids], no LN
-    x = block(x, params["query"], mask, num_heads, act, eps, query=query)
+    x = block(x, params["query"], mask, num_heads, act, eps, query=query, record=record)
     return x @ wte.T  # no LN after the query layer (REF "final layernorm")
 
 

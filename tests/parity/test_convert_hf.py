@@ -3,7 +3,8 @@ import json
 
 import numpy as np
 import pytest
-from convert_fixtures import HEADS, config_overrides, hf_config, make_params, paddle_logits, sample_ids, to_hf
+from convert_fixtures import (HEADS, ST_DTYPE, assert_reads_back, config_overrides, hf_config, make_params, paddle_logits,
+                              rounded, safetensors_dtypes, sample_ids, to_hf, to_paddle)
 from reference_numpy import assert_fp32_logits_match, forward
 from safetensors.numpy import load_file, save_file
 
@@ -33,6 +34,7 @@ def test_hf_safetensors_no_preset(tmp_path):
                                                                           "attention_probs_dropout_prob": 0.0})
     assert config.num_attention_heads == HEADS and config.num_layers == 3 and config.hidden_act == "gelu_tanh"
     _check(out, params, "gelu_tanh")
+    assert_reads_back(out, params, "float32")
 
 
 def test_hf_bin_with_torch_exact_gelu_override(tmp_path):
@@ -113,3 +115,37 @@ def test_cli_export_and_reshard(tmp_path, capsys):
     assert set(a) == set(b) and all(np.array_equal(a[k], b[k]) for k in a)
     assert main(["reshard", model_dir, "-o", str(tmp_path / "mp3"), "--mp", "3"]) == 2
     assert "not divisible by mp=3" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cli_dtype_in_out_and_reshard_is_what_is_written(tmp_path, dtype):
+    """`--dtype D` on each writer: `convert --from hf`, `convert --to hf` and `reshard` store D, and each
+    output is read back by name (the loader for a model directory, safetensors for HF, the merge for ranks)."""
+    from paddle_pangu.cli import main
+    from paddle_pangu.convert.reshard import detect_layout, merge_to_plain
+
+    params = make_params(seed=15)
+    _write_hf_safetensors(tmp_path / "hf", params)
+    model_dir = tmp_path / "model"
+    assert main(["convert", "--from", "hf", str(tmp_path / "hf"), "-o", str(model_dir), "--dtype", dtype]) == 0
+    assert_reads_back(model_dir, params, dtype)
+
+    fp32_dir = str(tmp_path / "fp32")  # exporting or resharding a float32 model to D rounds once
+    assert main(["convert", "--from", "hf", str(tmp_path / "hf"), "-o", fp32_dir]) == 0
+    assert main(["convert", "--to", "hf", fp32_dir, "-o", str(tmp_path / "hf2"), "--dtype", dtype]) == 0
+    reference = {k: v for k, v in to_hf(params).items() if not k.endswith("attn.bias")}
+    assert safetensors_dtypes(tmp_path / "hf2") == {k: ST_DTYPE[dtype] for k in reference}
+    assert json.loads((tmp_path / "hf2" / "config.json").read_text())["torch_dtype"] == dtype
+    exported = {k: v.load() for k, v in read_weight_files(str(tmp_path / "hf2")).items()}
+    assert set(exported) == set(reference)
+    for name, arr in reference.items():
+        np.testing.assert_array_equal(exported[name], rounded(arr, dtype), err_msg=name)
+
+    assert main(["reshard", fp32_dir, "-o", str(tmp_path / "mp2"), "--mp", "2", "--dtype", dtype]) == 0
+    assert detect_layout(str(tmp_path / "mp2"))[:2] == (2, 1)
+    assert set(safetensors_dtypes(tmp_path / "mp2").values()) == {ST_DTYPE[dtype]}
+    _, merged = merge_to_plain(str(tmp_path / "mp2"))
+    expected = to_paddle(params)
+    assert set(merged) == set(expected)
+    for name, arr in expected.items():
+        np.testing.assert_array_equal(np.asarray(merged[name], np.float32), rounded(arr, dtype), err_msg=name)

@@ -3,7 +3,8 @@ import argparse
 
 import numpy as np
 import pytest
-from convert_fixtures import HEADS, SHAPE, config_overrides, make_params, paddle_logits, sample_ids, to_megatron
+from convert_fixtures import (HEADS, SHAPE, assert_reads_back, config_overrides, make_params, paddle_logits, sample_ids,
+                              to_megatron)
 from reference_numpy import assert_fp32_logits_match, forward
 
 from paddle_pangu.convert.api import convert_checkpoint
@@ -45,6 +46,7 @@ def test_megatron_mp1_padded_vocab(tmp_path):
     config = convert_checkpoint("megatron", str(tmp_path / "ckpt"), out, overrides=overrides)
     assert config.vocab_size == SHAPE["vocab"] and config.num_attention_heads == HEADS
     _check(out, params)
+    assert_reads_back(out, params, "float32")
 
 
 def test_megatron_fp16_mp2_shards_merged(tmp_path):
@@ -53,6 +55,20 @@ def test_megatron_fp16_mp2_shards_merged(tmp_path):
     out = str(tmp_path / "out")
     convert_checkpoint("megatron", str(tmp_path / "ckpt"), out, overrides=config_overrides())
     _check(out, params)
+    assert_reads_back(out, params, "float32", source_dtype=np.float16)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cli_megatron_dtype_is_what_is_written(tmp_path, dtype):
+    """`pangu convert --from megatron --dtype D`: the files and the loaded model hold D, values by name."""
+    from paddle_pangu.cli import main
+
+    params = make_params(seed=14)
+    _write(tmp_path / "ckpt", to_megatron(params, mp=2, padded_vocab=384))
+    out = tmp_path / "out"
+    assert main(["convert", "--from", "megatron", str(tmp_path / "ckpt"), "-o", str(out), "--dtype", dtype,
+                 "--vocab-size", str(SHAPE["vocab"])]) == 0
+    assert_reads_back(out, params, dtype)
 
 
 def test_megatron_single_file_missing_layer(tmp_path):

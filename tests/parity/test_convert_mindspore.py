@@ -3,7 +3,8 @@ import os
 
 import numpy as np
 import pytest
-from convert_fixtures import HEADS, config_overrides, make_params, paddle_logits, sample_ids, to_mindspore
+from convert_fixtures import (HEADS, assert_reads_back, config_overrides, make_params, paddle_logits, sample_ids,
+                              to_mindspore)
 from reference_numpy import assert_fp32_logits_match, forward
 
 from paddle_pangu.convert.api import convert_checkpoint
@@ -50,6 +51,7 @@ def test_mindspore_fp32_matches_reference(tmp_path):
     convert_checkpoint("mindspore", src, out, overrides=config_overrides(), max_shard_bytes=100_000)
     assert len([f for f in os.listdir(out) if f.startswith("model-")]) > 1  # sharded + index, loaded by from_pretrained
     _check_logits(out, params)
+    assert_reads_back(out, params, "float32")
 
 
 def test_mindspore_fp16_with_npy_embeddings(tmp_path):
@@ -66,6 +68,21 @@ def test_mindspore_fp16_with_npy_embeddings(tmp_path):
     config = convert_checkpoint("mindspore", str(src), out, overrides=config_overrides(), dtype="float32")
     assert config.hidden_act == "gelu_tanh"
     _check_logits(out, params)
+    assert_reads_back(out, params, "float32", source_dtype=np.float16)
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_cli_mindspore_dtype_is_what_is_written(tmp_path, dtype):
+    """`pangu convert --from mindspore --dtype D` writes D (it once wrote float32 whatever was asked)."""
+    from paddle_pangu.cli import main
+
+    params = make_params(seed=2)
+    src = str(tmp_path / "PanGu-alpha_tiny.ckpt")
+    save_mindspore_ckpt(src, to_mindspore(params))
+    out = tmp_path / "out"
+    assert main(["convert", "--from", "mindspore", src, "-o", str(out), "--dtype", dtype,
+                 "--num-heads", str(HEADS)]) == 0
+    assert_reads_back(out, params, dtype)
 
 
 def test_mindspore_errors_list_every_problem(tmp_path):

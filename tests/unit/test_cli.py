@@ -125,7 +125,36 @@ def test_generate_and_export_then_generate_from_the_export(capsys, trained, tmp_
     assert _run(capsys, "generate", "--model", tmp_path / "served", *argv) == from_model  # Paddle Inference path
 
 
+# gpt_pangu (HF) name of each PanGu layer parameter, written from REF's HF port, not from the converter's table
+HF_LAYER_NAMES = {"input_layernorm.weight": "ln_1.weight", "input_layernorm.bias": "ln_1.bias",
+                  "attention.q_proj.weight": "attn.q_proj.weight", "attention.q_proj.bias": "attn.q_proj.bias",
+                  "attention.k_proj.weight": "attn.k_proj.weight", "attention.k_proj.bias": "attn.k_proj.bias",
+                  "attention.v_proj.weight": "attn.v_proj.weight", "attention.v_proj.bias": "attn.v_proj.bias",
+                  "attention.out_proj.weight": "attn.c_proj.weight", "attention.out_proj.bias": "attn.c_proj.bias",
+                  "post_attention_layernorm.weight": "ln_2.weight", "post_attention_layernorm.bias": "ln_2.bias",
+                  "mlp.fc_in.weight": "mlp.c_fc.weight", "mlp.fc_in.bias": "mlp.c_fc.bias",
+                  "mlp.fc_out.weight": "mlp.c_proj.weight", "mlp.fc_out.bias": "mlp.c_proj.bias"}
+
+
+def _hf_name(name: str, num_layers: int) -> tuple[str, bool]:
+    """(HF name, transposed?) of a PanGu parameter: blocks are h.0..h.L-2, the query layer h.L-1; dense
+    weights are torch Linear [out, in] there, Paddle Linear [in, out] here."""
+    fixed = {"pangu.embeddings.word_embeddings.weight": "transformer.wte.weight",
+             "pangu.embeddings.position_embeddings.weight": "transformer.wpe.weight",
+             "pangu.query_layer.top_query_embedding.weight": "transformer.wqe.weight",
+             "pangu.final_layernorm.weight": "transformer.ln_f.weight",
+             "pangu.final_layernorm.bias": "transformer.ln_f.bias"}
+    if name in fixed:
+        return fixed[name], False
+    if name.startswith("pangu.query_layer."):
+        index, rest = num_layers - 1, name[len("pangu.query_layer."):]
+    else:
+        _, _, index, rest = name.split(".", 3)
+    return f"transformer.h.{index}.{HF_LAYER_NAMES[rest]}", rest.endswith("weight") and "layernorm" not in rest
+
+
 def test_convert_to_hf(capsys, trained, tmp_path):
+    """Every trained tensor is in the HF files under its own name, with its values (transposed where HF is)."""
     import paddle
     from safetensors.numpy import load_file
 
@@ -135,11 +164,16 @@ def test_convert_to_hf(capsys, trained, tmp_path):
     for f in sorted((tmp_path / "hf").glob("*.safetensors")):
         tensors.update(load_file(str(f)))
     plain = {k: v.numpy() for k, v in paddle.load(str(final / "model_state.pdparams")).items()}
-    assert len(tensors) >= len(plain) - 1  # the tied head is not a separate tensor
-    # every trained value is in the HF file, unchanged (names follow the HF map, some matrices transposed)
-    sums = sorted(round(float(np.abs(v).sum()), 2) for v in tensors.values())
+    num_layers = json.loads((final / "config.json").read_text())["num_layers"]
+    expected = {}
     for name, value in plain.items():
-        assert round(float(np.abs(value).sum()), 2) in sums, name
+        hf, transposed = _hf_name(name, num_layers)
+        expected[hf] = value.T if transposed else value
+    expected["lm_head.weight"] = plain["pangu.embeddings.word_embeddings.weight"]  # the tied head, as HF stores it
+    assert set(tensors) == set(expected)
+    for name, value in expected.items():
+        assert tensors[name].dtype == np.float32, name
+        np.testing.assert_array_equal(tensors[name], value, err_msg=name)
 
 
 def test_reshard_split_and_merge_roundtrip(capsys, trained, tmp_path):

@@ -105,10 +105,26 @@ def test_perplexity_from_model_directories(tmp_path):
     direct = PerplexityScorer(pangu, max_tokens=32).score([text])[0]
     from_dir = PerplexityScorer(tmp_path / "pangu", max_tokens=32).score([text])[0]
     assert from_dir == pytest.approx(direct, rel=1e-4)  # the saved checkpoint is the same model
+    # any PaddleNLP causal LM directory; large init so the logits (and the score) depend on the tokens
     gpt = GPTForCausalLM(GPTConfig(vocab_size=40000, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                                   intermediate_size=64, max_position_embeddings=64))
+                                   intermediate_size=64, max_position_embeddings=64, initializer_range=0.5,
+                                   hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
     gpt.save_pretrained(str(tmp_path / "gpt"))
     score = PerplexityScorer(tmp_path / "gpt", max_tokens=32).score([text])[0]
-    assert 40000 / 3 < score < 40000 * 3  # any PaddleNLP causal LM directory; untrained ~ uniform
+    # recompute: the directory reloaded, the PanGu tokens, exp(mean NLL) in float64 from its fp32 logits
+    from paddle_pangu.tokenizer import PanGuSentencePiece
+
+    ids = PanGuSentencePiece().encode_ids(text)[:32]
+    reloaded = GPTForCausalLM.from_pretrained(str(tmp_path / "gpt"))
+    reloaded.eval()
+    with paddle.no_grad():
+        out = reloaded(paddle.to_tensor([ids]))
+    logits = (out[0] if isinstance(out, (tuple, list)) else out).numpy()[0, :-1].astype(np.float64)  # [S-1, V]
+    lse = logits.max(-1) + np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1))
+    nll = float((lse - logits[np.arange(len(ids) - 1), ids[1:]]).mean())
+    # fp32 cross entropy vs this float64 one: a V-term sum and a few roundings, relative to max |logit|
+    tol = (40000 + 4) * 2.0 ** -24 * float(np.abs(logits).max())
+    assert abs(math.log(score) - nll) <= tol, (math.log(score), nll, tol)
+    assert abs(nll - math.log(40000)) > 100 * tol  # far from a uniform model: the check can tell models apart
     with pytest.raises(FileNotFoundError, match="config.json"):
         PerplexityScorer(tmp_path)

@@ -70,21 +70,28 @@ def test_prompt_puts_demonstrations_before_query():
 
 
 def test_few_shot_accuracy_counts_correct_picks(tiny_model):
+    """One-shot accuracy = the fraction of evaluated examples whose lowest-loss candidate is the gold label.
+
+    Built so that nothing random needs re-deriving: 3 evaluated examples per label and a pool left with
+    one demonstration, whose text every label-0 example shares, so the one shot is known whatever the
+    draws. Each pick is then recomputed with an independent float64 loss (_nll)."""
     from paddle_pangu.tokenizer import PanGuTokenizer
 
     tok = PanGuTokenizer.from_default()
-    task = reviews_task(max_chars=30)
+    demo = ("物流很快，包装完好，非常满意", 0)
+    bad = ["质量太差了，用了两天就坏", "客服态度恶劣，再也不买", "颜色和图片完全不一样"]
+    task = ClassificationTask("picks", labels=["好评", "差评"], template="评论：{text}\n这是一条{label}",
+                              examples=[demo] * 4 + [(t, 1) for t in bad])
     res = evaluate_classification(tiny_model, tok, task, shots=1, num_eval=6, seed=3, progress=False)
     assert res["examples"] == 6 and res["chance"] == 0.5
-    # re-derive: same demonstrations (same seeded draw), lowest candidate loss vs gold
-    import random
-
-    demos_pool, eval_set = task.split(6, 3)
-    rng, correct = random.Random(4), 0
-    for text, gold in eval_set:
-        demos = rng.sample(demos_pool, 1)
-        cands = [tok.encode_ids(build_prompt(task, demos, text, c)) for c in (0, 1)]
-        correct += int(np.argmin(candidate_losses(tiny_model, cands)) == gold)
+    correct = 0
+    for text, gold in [demo] * 3 + [(t, 1) for t in bad]:
+        cands = [tok.encode_ids(build_prompt(task, [demo], text, c)) for c in (0, 1)]
+        start = shared_prefix_len(cands)
+        losses = [_nll(tiny_model, c)[start - 1:].mean() for c in cands]
+        # premise: no near-tie, so fp32 scoring (rounding ~1e-5 of a ~10 loss) picks the same candidate
+        assert abs(losses[0] - losses[1]) > 1e-3
+        correct += int(np.argmin(losses) == gold)
     assert res["accuracy"] == correct / 6
 
 

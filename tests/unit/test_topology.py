@@ -69,34 +69,45 @@ def test_build_load_gather_single_process(cfg, monkeypatch):
 
 
 def _job_store():
-    """A master TCPStore on a port no other process can take before it binds.
+    """A master TCPStore on a port held from choice to bind (paddle_pangu/parallel/ports.py): paddle's
+    TCPStore refuses port 0 and aborts the process when its port is taken."""
+    from paddle.base import core
 
-    paddle's TCPStore cannot bind port 0 (it insists on the port it was given) and aborts the process
-    when the port is in use, so "bind 0, release, reuse" races with any process binding port 0 in
-    between. The kernel hands out port-0 binds from ip_local_port_range only, so a free port picked
-    outside that range (checked by binding it) can be lost only to a process naming it explicitly.
-    """
-    import random
+    from paddle_pangu.parallel.ports import HeldPort
+
+    with HeldPort("127.0.0.1") as held:
+        return core.TCPStore("127.0.0.1", held.port, True, 1, 60), held.port
+
+
+def test_a_held_port_is_refused_to_others_and_handed_to_the_store():
+    """While held, neither an explicit bind nor the kernel's port-0 choice gets the port (both would make
+    the store abort the process); the TCPStore, which binds with SO_REUSEADDR, does, and keeps it after."""
     import socket
 
     from paddle.base import core
 
+    from paddle_pangu.parallel.ports import HeldPort
+
+    held = HeldPort("127.0.0.1")
     try:
-        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
-            low = int(f.read().split()[0])
-    except OSError:
-        low = 32768  # Linux default
-    rng = random.Random()
-    for _ in range(200):
-        port = rng.randrange(max(1024, low - 12000), low)
-        with socket.socket() as s:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the store's listener does
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return core.TCPStore("127.0.0.1", port, True, 1, 60), port
-    raise AssertionError("no free port below the ephemeral range")
+        with socket.socket() as other, pytest.raises(OSError):
+            other.bind(("127.0.0.1", held.port))
+        taken = []
+        for _ in range(64):  # the kernel's port-0 picks skip it (sockets kept open so each pick is new)
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            taken.append(s)
+        assert held.port not in {s.getsockname()[1] for s in taken}
+        for s in taken:
+            s.close()
+        store = core.TCPStore("127.0.0.1", held.port, True, 1, 60)
+    finally:
+        held.release()
+    with socket.socket() as other, pytest.raises(OSError):  # now the store's listener owns the port
+        other.bind(("127.0.0.1", held.port))
+    client = core.TCPStore("127.0.0.1", held.port, False, 1, 60)
+    store.set("k", "v")
+    assert bytes(client.get("k")) == b"v"
 
 
 def test_gloo_group_store_publishes_its_address(monkeypatch):

@@ -15,7 +15,9 @@ rarer).
 
 Fix: every gloo group other than the global one (gid 0) rendezvouses on
 its own small TCP store, served by the group's rank 0 on a free port that
-is published on the job store under a key unique to the group id.
+is published on the job store under a key unique to the group id. The port
+is held from the moment it is chosen until the store listens
+(`parallel/ports.py`): Paddle's TCPStore aborts the process on a taken port.
 `core.Store` cannot be subclassed from Python (no pybind trampoline), so a
 key-prefixing wrapper is not an option.
 
@@ -34,23 +36,18 @@ pair's group, where both counters advance together.
 from __future__ import annotations
 
 import os
-import socket
 
 import paddle.distributed as dist
 from paddle.base import core
 from paddle.distributed import collective
 from paddle.distributed.fleet.base.topology import HybridCommunicateGroup
 
+from ..ports import HeldPort
+
 STORE_TIMEOUT_S = 900
 _KEY = "paddle_pangu/cpu_backend/gloo_group_store/{gid}"
 _group_stores: list = []  # keep every per-group store (and the host's server thread) alive
 _pair_groups: dict = {}  # frozenset({global rank, global rank}) -> 2-rank Group containing this process
-
-
-def _free_port(host: str) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def _local_host() -> str:
@@ -62,9 +59,9 @@ def group_store(job_store, rank: int, world_size: int, gid: int):
     key = _KEY.format(gid=gid)
     if rank == 0:
         host = _local_host()
-        port = _free_port(host)
-        job_store.set(key, f"{host}:{port}".encode())  # clients retry until the server below listens
-        store = core.TCPStore(host, port, True, world_size, STORE_TIMEOUT_S)
+        with HeldPort(host) as held:  # nobody else is handed the port before the store listens on it
+            job_store.set(key, f"{host}:{held.port}".encode())  # clients retry until the server below listens
+            store = core.TCPStore(host, held.port, True, world_size, STORE_TIMEOUT_S)
     else:
         job_store.wait(key)
         host, port = bytes(job_store.get(key)).decode().rsplit(":", 1)
