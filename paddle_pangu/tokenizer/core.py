@@ -18,6 +18,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from . import fastseg
 from .vocab import find_vocab_file
 from paddle_pangu.errors import PanGuError, UsageError
 
@@ -122,16 +123,19 @@ class PanGuSentencePiece:
     def __init__(self, vocab_file: str | os.PathLike | None = None, check_special_ids: bool = True):
         self.vocab_file, self.sp = load_sentencepiece(vocab_file, check_special_ids)
         init_jieba()
+        fastseg.load()  # build / load the compiled segmenter before any timing or forking
 
     @property
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()
 
     def segment(self, text: str) -> str:
-        """jieba segmentation joined by " ", with " "/"\\n" mapped to U+2582/U+2583 (REF)."""
-        import jieba
+        """jieba segmentation joined by " ", with " "/"\\n" mapped to U+2582/U+2583 (REF).
 
-        return " ".join(seg.translate(_TRANSLATE) for seg in jieba.cut(text, cut_all=False))
+        Computed by the exact compiled jieba (`fastseg`, identical output, ~15x faster); python jieba
+        when the build is unavailable or `PANGU_JIEBA=python`.
+        """
+        return fastseg.segment(text)
 
     def encode_ids(self, text: str | bytes, source: str = "<input>") -> list[int]:
         """Token ids of one text (no separator appended)."""
