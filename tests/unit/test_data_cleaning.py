@@ -90,3 +90,30 @@ def test_defaults_keep_most_peoples_daily_articles():
     assert len(kept) >= 0.95 * long_docs  # real news passes the 60% Chinese rule
     assert stats.dropped["low_chinese_ratio"] < 0.02 * len(docs)
     assert stats.docs_in == len(docs) and stats.docs_out == len(kept)
+
+
+class _AlwaysOpenCC(Cleaner):
+    """The rule before the OpenCC pre-check: every document goes through OpenCC."""
+
+    def _may_look_traditional(self, text, changeable):
+        return True
+
+
+def test_opencc_precheck_changes_no_output():
+    # reviews hold traditional-character documents (t2s conversions) next to simplified ones, and simplified
+    # text with characters OpenCC rewrites (乾, 著...): the pre-check must skip only calls that change nothing
+    import random
+
+    docs = list(read_builtin("builtin:reviews", IssueLog()))
+    sample = random.Random(24).sample(docs, 1500)
+    trad = [d for d in docs if "們" in d.text or "這" in d.text][:150]
+    fast, slow = Cleaner(), _AlwaysOpenCC()
+    fast_stats, slow_stats = StageStats("clean"), StageStats("clean")
+    for doc in sample + trad:
+        assert fast.clean(doc, fast_stats) == slow.clean(doc, slow_stats), doc.text[:60]
+    assert fast_stats.modified == slow_stats.modified and fast_stats.dropped == slow_stats.dropped
+    assert fast_stats.modified["t2s_converted"] >= 50  # the sample exercises the conversion
+    # and the pre-check does skip most documents (a check that always says "convert" would pass the above)
+    changeable = fast._regexes()["t2s_changeable"]
+    skipped = sum(not fast._may_look_traditional(d.text, changeable) for d in sample)
+    assert skipped >= len(sample) // 2
