@@ -128,25 +128,43 @@ def load_word_list(path: str | Path) -> tuple[str, ...]:
 
 
 @lru_cache(maxsize=8)
-def _category_class(categories: tuple[str, ...], keep: str) -> str:
-    """A regex character class of every code point in `categories`, minus `keep`."""
+def _category_ranges(categories: tuple[str, ...], keep: str) -> list[tuple[int, int]]:
+    """Inclusive code point ranges of every character in `categories`, minus `keep`."""
     ranges: list[list[int]] = []
     keep_set = set(keep)
-    for cp in range(sys.maxunicode + 1):
-        ch = chr(cp)
-        if unicodedata.category(ch) in categories and ch not in keep_set:
+    for cp, cat in enumerate(map(unicodedata.category, map(chr, range(sys.maxunicode + 1)))):
+        if cat in categories and chr(cp) not in keep_set:
             if ranges and ranges[-1][1] == cp - 1:
                 ranges[-1][1] = cp
             else:
                 ranges.append([cp, cp])
+    return [(a, b) for a, b in ranges]
+
+
+def _class(ranges) -> str:
     parts = [re.escape(chr(a)) if a == b else f"{re.escape(chr(a))}-{re.escape(chr(b))}" for a, b in ranges]
     return "[" + "".join(parts) + "]"
 
 
+def _category_class(categories: tuple[str, ...], keep: str) -> str:
+    """A regex character class of every code point in `categories`, minus `keep`."""
+    return _class(_category_ranges(categories, keep))
+
+
 @lru_cache(maxsize=8)
 def category_regex(categories: tuple[str, ...], keep: str = "") -> re.Pattern:
-    """Compiled `_category_class` (built once per process)."""
-    return re.compile(_category_class(categories, keep))
+    """`_category_class` compiled once per process, matching one character at a time.
+
+    Split in two for speed (same characters matched): re compiles the BMP part to a bitmap lookup, but a
+    class that also holds supplementary-plane ranges (Cn, Co have hundreds) tests every BMP character
+    that is not in the bitmap against each of those ranges in turn. The supplementary class is only tried
+    after a one-range check that the character is outside the BMP.
+    """
+    ranges = _category_ranges(categories, keep)
+    bmp = [(a, min(b, 0xFFFF)) for a, b in ranges if a <= 0xFFFF]
+    astral = [(max(a, 0x10000), b) for a, b in ranges if b > 0xFFFF]
+    branches = ([_class(bmp)] if bmp else []) + ([f"(?=[\U00010000-\U0010ffff]){_class(astral)}"] if astral else [])
+    return re.compile("|".join(branches) if branches else "(?!)")
 
 
 PUNCTUATION = ("Pc", "Pd", "Pe", "Pf", "Pi", "Po", "Ps")

@@ -221,13 +221,43 @@ def _empty_minhash(num_perm: int, seed: int):
     return MinHash(num_perm=num_perm, seed=seed, hashfunc=_identity)
 
 
+_MERSENNE = np.uint64((1 << 61) - 1)  # datasketch's "legacy" scheme: (a * h + b) mod (2^61 - 1), low 32 bits
+_MAX_HASH = np.uint64((1 << 32) - 1)
+
+
+@functools.lru_cache(maxsize=4)
+def _permutations(num_perm: int, seed: int):
+    """(scheme, a [1, num_perm], b [1, num_perm], empty hash values [num_perm]) of datasketch's MinHash."""
+    m = _empty_minhash(num_perm, seed)
+    a, b = m.permutations
+    return getattr(m, "scheme", "legacy"), a.reshape(1, -1), b.reshape(1, -1), m.hashvalues.copy()
+
+
+def minhash_values(text: str, cfg: DedupConfig) -> np.ndarray:
+    """MinHash values [num_perm] of the shingle set of `text`: the same numbers (and dtype) as datasketch's
+    `MinHash(num_perm, seed, hashfunc=identity).update_batch(shingle_hashes(...))`, computed in numpy with no
+    per-document MinHash object or Python list (worker-safe). Follows datasketch's permutation scheme
+    (2.0: "affine32" by default, "legacy" before)."""
+    scheme, a, b, empty = _permutations(cfg.num_perm, cfg.seed)
+    hashes = shingle_hashes(text, cfg.shingle_size)  # [n] uint64 holding 32-bit values
+    if not len(hashes):
+        return empty.copy()
+    if scheme == "legacy":
+        y = hashes.reshape(-1, 1) * a + b  # [n, num_perm], wraps mod 2^64 as datasketch's numpy product does
+        # y mod (2^61 - 1) without numpy's slow integer division: (y & p) + (y >> 61) is congruent and < 2p
+        r = (y & _MERSENNE) + (y >> np.uint64(61))
+        r -= _MERSENNE * (r >= _MERSENNE)
+        phv = r & _MAX_HASH
+    else:  # affine: fmix pre-mix, then a * h + b mod 2^width in the scheme's dtype
+        from datasketch.minhash import _SCHEME_WIDTHS, _fmix
+
+        phv = _fmix(hashes.astype(empty.dtype).reshape(-1, 1), _SCHEME_WIDTHS[scheme]) * a + b
+    return np.minimum(empty, phv.min(axis=0))
+
+
 def minhash_signature(text: str, cfg: DedupConfig):
     """datasketch MinHash of the shingle set of `text` under `cfg` (worker-safe)."""
-    m = _empty_minhash(cfg.num_perm, cfg.seed).copy()  # copy: permutations are drawn once
-    hashes = shingle_hashes(text, cfg.shingle_size)
-    if len(hashes):
-        m.update_batch(hashes.tolist())
-    return m
+    return minhash_from_values(minhash_values(text, cfg), cfg)
 
 
 def minhash_from_values(values: np.ndarray, cfg: DedupConfig):

@@ -2,7 +2,7 @@
 
 One definition of every rule: each Ray task calls the local engine's own
 functions (`readers.read_file` / `builtin.read_builtin`, `cleaning.clean_chunk`,
-`pipeline._build_quality_filter`, `dedup.minhash_signature`, the tokenizer,
+`pipeline._build_quality_filter`, `dedup.minhash_values`, the tokenizer,
 `IndexedDatasetBuilder`, `pipeline._finish_dataset`). What is distributed:
 
   1. scan (one task per input file = shard): read, clean, quality-filter and
@@ -41,7 +41,7 @@ import numpy as np
 from ..errors import DataError, UsageError
 from .builtin import BUILTIN_PREFIX, read_builtin
 from .cleaning import Cleaner, clean_chunk
-from .dedup import DedupResult, MinHashDeduplicator, clusters_from_pairs, minhash_signature
+from .dedup import DedupResult, MinHashDeduplicator, clusters_from_pairs, minhash_values
 from .indexed_dataset import IndexedDataset, IndexedDatasetBuilder, dtype_for_vocab
 from .manifest import commit_dir, partial_dir, write_manifest
 from .readers import list_input_files, read_file
@@ -91,7 +91,7 @@ def _scan_shard(row: dict) -> dict:
                     ids.append(d.doc_id)
                     chars.append(len(d.text))
                     if "dedup" in cfg.stages:
-                        sigs.append(np.asarray(minhash_signature(d.text, cfg.dedup).hashvalues, dtype=np.uint64))
+                        sigs.append(np.asarray(minhash_values(d.text, cfg.dedup), dtype=np.uint64))
                     out.write(d.to_json() + "\n")
         error = None
     except Exception as exc:  # the shard fails alone; its partial survivors are discarded

@@ -141,6 +141,12 @@ class PanGuSentencePiece:
         """Token ids of one text (no separator appended)."""
         return self.sp.encode(self.segment(ensure_text(text, source)))
 
+    def encode_many(self, texts: Sequence[str | bytes], source: str = "texts", start: int = 0) -> list[list[int]]:
+        """Token ids of each text, as `encode_ids` one by one: segmented in turn, then one SentencePiece call
+        for the batch (one thread: the caller's processes are the parallelism). Errors name `source[i]`."""
+        segmented = [self.segment(ensure_text(t, f"{source}[{start + k}]")) for k, t in enumerate(texts)]
+        return self.sp.encode(segmented, num_threads=1) if segmented else []
+
     def encode_pieces(self, text: str | bytes, source: str = "<input>") -> list[str]:
         """SentencePiece pieces of one text, one per id of `encode_ids`."""
         return [self.sp.id_to_piece(i) for i in self.encode_ids(text, source)]
