@@ -105,15 +105,35 @@ def _jieba_tables():
     return jieba.dt.FREQ, len(jieba.dt.FREQ), jieba.dt.total
 
 
+def extension():
+    """The compiled module, built or loaded once per process (not initialised: `load()` does that; the
+    MinHash of `data/dedup.py` needs no dictionary), or None after one logged line when the build fails."""
+    if "ext" not in _STATE:
+        with _lock:
+            if "ext" not in _STATE:
+                try:
+                    _STATE["ext"] = _build()
+                except Exception as exc:  # no compiler, no Python headers, read-only cache
+                    first = str(exc).splitlines()[0] if str(exc) else ""
+                    _STATE["build_error"] = f"build failed ({type(exc).__name__}: {first}; log {build_dir() / 'build.log'})"
+                    print(f"pangu jieba: {_STATE['build_error']}; using python jieba", file=sys.stderr)
+                    _STATE["ext"] = None
+    return _STATE["ext"]
+
+
 def load():
     """The initialised compiled module, or None (then `reason()` says why). Once per process."""
     if _STATE["tried"]:
         return _STATE["module"]
+    if os.environ.get(ENV) != "python":
+        extension()  # outside _lock: it takes the lock itself
     with _lock:
         if _STATE["tried"]:
             return _STATE["module"]
         if os.environ.get(ENV) == "python":
             _STATE["reason"] = f"{ENV}=python"
+        elif _STATE.get("ext") is None:
+            _STATE["reason"] = _STATE["build_error"]
         else:
             try:
                 from jieba import finalseg
@@ -121,15 +141,15 @@ def load():
                 from .core import init_jieba
 
                 init_jieba()
-                module = _build()
+                module = _STATE["ext"]
                 freq, size, total = _jieba_tables()
                 module.init(freq, math.log(total), finalseg.start_P, finalseg.trans_P, finalseg.emit_P,
                             float(finalseg.MIN_FLOAT))
                 _STATE["dict"] = (freq, size, total)
                 _STATE["module"] = module
-            except Exception as exc:  # no compiler, no Python headers, read-only cache: python jieba then
+            except Exception as exc:  # jieba's tables not as expected: python jieba then
                 first = str(exc).splitlines()[0] if str(exc) else ""
-                _STATE["reason"] = f"build failed ({type(exc).__name__}: {first}; log {build_dir() / 'build.log'})"
+                _STATE["reason"] = f"init failed ({type(exc).__name__}: {first})"
                 print(f"pangu jieba: {_STATE['reason']}; using python jieba", file=sys.stderr)
         _STATE["tried"] = True
     return _STATE["module"]

@@ -24,6 +24,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <vector>
 
@@ -468,7 +469,90 @@ PyObject* PyWordWeight(PyObject*, PyObject* arg) {
   return Py_BuildValue("(OOd)", (f & 1) ? Py_True : Py_False, (f & 2) ? Py_True : Py_False, g.trie.weight[node]);
 }
 
+// ---- MinHash of a normalised text (paddle_pangu/data/dedup.py: the same integers as its numpy path) ------
+// shingle hash: Horner over the k code points of each window with base 0x100000001B3 (mod 2^64), murmur3
+// fmix64, low 32 bits; then per permutation the minimum over the windows of datasketch's scheme:
+// "affine32": a * fmix32(h) + b mod 2^32; "legacy": ((a * h + b) mod 2^64) mod (2^61 - 1), low 32 bits.
+// Duplicate windows do not change a minimum, so the set (np.unique) is not formed.
+inline uint64_t Fmix64(uint64_t h) {
+  h ^= h >> 33;
+  h *= 0xFF51AFD7ED558CCDull;
+  h ^= h >> 33;
+  h *= 0xC4CEB9FE1A85EC53ull;
+  h ^= h >> 33;
+  return h;
+}
+
+// min over i of a * h[i] + b mod 2^32; cloned for AVX2 (chosen at run time, one build for every x86-64 CPU)
+__attribute__((target_clones("avx2", "default"), optimize("O3"))) uint32_t MinAffine32(uint32_t a, uint32_t b,
+                                                                                    const uint32_t* h, size_t n) {
+  uint32_t best = 0xFFFFFFFFu;
+  for (size_t i = 0; i < n; ++i) {
+    const uint32_t v = a * h[i] + b;
+    best = v < best ? v : best;
+  }
+  return best;
+}
+
+// minhash(text, k, a: bytes, b: bytes, legacy: bool, fmix32: (s1, m1, s2, m2, s3)) -> bytes of the values
+PyObject* PyMinhash(PyObject*, PyObject* args) {
+  PyObject* text;
+  int k, legacy;
+  Py_buffer abuf, bbuf;
+  unsigned int s1, s2, s3;
+  unsigned long m1, m2;
+  if (!PyArg_ParseTuple(args, "Uiy*y*p(IkIkI)", &text, &k, &abuf, &bbuf, &legacy, &s1, &m1, &s2, &m2, &s3))
+    return nullptr;
+  PyObject* result = nullptr;
+  const size_t width = legacy ? 8 : 4;
+  if (abuf.len != bbuf.len || abuf.len % width != 0 || k < 1) {
+    PyErr_SetString(PyExc_ValueError, "minhash: a and b must be equal-length arrays of the scheme's dtype");
+  } else if (ReadText(text, tl_text)) {
+    const size_t perm = static_cast<size_t>(abuf.len) / width, n_cp = tl_text.size();
+    const size_t kk = std::min(static_cast<size_t>(k), n_cp);
+    const size_t n = n_cp ? n_cp - kk + 1 : 0;
+    std::vector<uint32_t> shingles(n);
+    for (size_t i = 0; i < n; ++i) {
+      uint64_t h = 0;
+      for (size_t j = 0; j < kk; ++j) h = h * 0x100000001B3ull + tl_text[i + j];
+      shingles[i] = static_cast<uint32_t>(Fmix64(h));
+    }
+    if (legacy) {
+      const uint64_t* a = static_cast<const uint64_t*>(abuf.buf);
+      const uint64_t* b = static_cast<const uint64_t*>(bbuf.buf);
+      const uint64_t p = (uint64_t(1) << 61) - 1;
+      std::vector<uint64_t> out(perm, 0xFFFFFFFFull);
+      for (size_t q = 0; q < perm; ++q) {
+        uint64_t best = 0xFFFFFFFFull;
+        for (size_t i = 0; i < n; ++i) {
+          const uint64_t v = ((a[q] * shingles[i] + b[q]) % p) & 0xFFFFFFFFull;
+          best = v < best ? v : best;
+        }
+        out[q] = best;
+      }
+      result = PyBytes_FromStringAndSize(reinterpret_cast<const char*>(out.data()), perm * 8);
+    } else {
+      const uint32_t* a = static_cast<const uint32_t*>(abuf.buf);
+      const uint32_t* b = static_cast<const uint32_t*>(bbuf.buf);
+      for (auto& h : shingles) {  // datasketch's fmix pre-mix (constants passed from the installed datasketch)
+        h ^= h >> s1;
+        h *= static_cast<uint32_t>(m1);
+        h ^= h >> s2;
+        h *= static_cast<uint32_t>(m2);
+        h ^= h >> s3;
+      }
+      std::vector<uint32_t> out(perm);
+      for (size_t q = 0; q < perm; ++q) out[q] = MinAffine32(a[q], b[q], shingles.data(), n);
+      result = PyBytes_FromStringAndSize(reinterpret_cast<const char*>(out.data()), perm * 4);
+    }
+  }
+  PyBuffer_Release(&abuf);
+  PyBuffer_Release(&bbuf);
+  return result;
+}
+
 PyMethodDef kMethods[] = {
+    {"minhash", PyMinhash, METH_VARARGS, "minhash(text, k, a, b, legacy, fmix32) -> bytes (see dedup.py)"},
     {"init", PyInit, METH_VARARGS, "init(FREQ, logtotal, start_P, trans_P, emit_P, MIN_FLOAT) -> trie nodes"},
     {"cut", PyCut, METH_O, "cut(text) -> list[str], identical to jieba.cut(text, cut_all=False, HMM=True)"},
     {"segment", PySegment, METH_O, "segment(text) -> the PanGu pre-SentencePiece string (REF Tokenizer)"},
