@@ -232,35 +232,3 @@ def verify(texts, progress_every: int = 5000) -> dict:
     return {"strings": n, "chars": chars, "differing": differing, "first_differing": first,
             "python_jieba_s": round(python_s, 2), "compiled_s": round(compiled_s, 2),
             "speedup": round(python_s / compiled_s, 1) if compiled_s else None}
-
-
-def _main(argv=None) -> int:
-    """`python -m paddle_pangu.tokenizer.fastseg [FILE ...]`: every document of both built-in corpora and
-    every line of each FILE, compiled vs python jieba; exit 1 when any string differs."""
-    import argparse
-    import json
-
-    p = argparse.ArgumentParser(prog="python -m paddle_pangu.tokenizer.fastseg", description=_main.__doc__)
-    p.add_argument("files", nargs="*", help="UTF-8 text files: each line (and each whole file) is checked")
-    args = p.parse_args(argv)
-
-    def texts():
-        from paddle_pangu.data.builtin import read_builtin
-        from paddle_pangu.data.stats import IssueLog
-
-        for source in ("builtin:peoples-daily", "builtin:reviews"):
-            for doc in read_builtin(source, IssueLog()):
-                yield doc.text
-        for path in args.files:
-            raw = Path(path).read_text(encoding="utf-8")
-            yield raw
-            yield from raw.splitlines()
-
-    result = verify(texts())
-    result["load"] = [round(x, 1) for x in os.getloadavg()]
-    print(json.dumps(result, ensure_ascii=False))
-    return 1 if result["differing"] else 0
-
-
-if __name__ == "__main__":
-    sys.exit(_main())
