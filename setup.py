@@ -49,7 +49,8 @@ setup(
     version="0.1.0",
     description="PanGu-alpha (arXiv 2104.12369) on PaddlePaddle: model, tokenizer, data, hybrid-parallel training",
     packages=find_packages(include=["paddle_pangu", "paddle_pangu.*"]),
-    package_data={"paddle_pangu.kernels": ["cpu_kernels.cc"]},  # compiled on first use (paddle_pangu/kernels)
+    # compiled on first use (paddle_pangu/kernels, paddle_pangu/tokenizer/fastseg.py)
+    package_data={"paddle_pangu.kernels": ["cpu_kernels.cc"], "paddle_pangu.tokenizer": ["jieba_exact.cc"]},
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,

@@ -20,6 +20,8 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 MB = 1e6
 
 
@@ -124,20 +126,95 @@ def _ray(corpus: Path, out: Path, workers: int, mb: float) -> dict:
     return _row("ray", workers, stats, seconds, mb, peak.peak, round(startup, 1))
 
 
-def bench_data(mb: float = 2.0, local_workers: int = 2, ray_workers=(1, 2)) -> dict:
-    """Both engines on the same N MB; rows per engine/worker count, and whether their .bin are equal."""
+def profile_stages(corpus: Path, mb: float, out: Path) -> dict:
+    """The default stages one after another in this process, on the same documents, start-up excluded
+    (dictionaries, regexes and the segmenter loaded before timing): wall and CPU seconds per stage, MB (input
+    MB) per CPU-second, their sum, and the baseline: python jieba's segmentation alone on every cleaned
+    document (before dedup: the text the pipeline was given; credited with the whole input MB, which
+    favours the baseline by the few % that cleaning drops). Also checks that the compiled segmenter's
+    output equals python jieba's on every document that reaches the tokenizer."""
+    from ..data.cleaning import Cleaner
+    from ..data.dedup import MinHashDeduplicator, minhash_from_values, minhash_values
+    from ..data.indexed_dataset import IndexedDatasetBuilder
+    from ..data.pipeline import PipelineConfig
+    from ..data.readers import read_documents
+    from ..data.stats import IssueLog, StageStats
+    from ..tokenizer import PanGuSentencePiece, fastseg
+
+    cfg = PipelineConfig(inputs=[str(corpus)], output=str(out), name="c", progress=False)
+    cleaner, codec = Cleaner(cfg.cleaning), PanGuSentencePiece()
+    cleaner._regexes()  # compiled once per process: start-up
+    seconds: dict[str, float] = {}
+    cpu: dict[str, float] = {}  # this process's CPU seconds: what a stage costs a core, whatever the load
+
+    def timed(name, fn):
+        t0, c0 = time.perf_counter(), time.process_time()
+        value = fn()
+        seconds[name], cpu[name] = time.perf_counter() - t0, time.process_time() - c0
+        return value
+
+    docs = timed("read", lambda: list(read_documents([str(corpus)], cfg.reader, IssueLog())))
+    stats = StageStats("clean")
+    kept = timed("clean", lambda: [d for d in (cleaner.clean(doc, stats) for doc in docs) if d is not None])
+    texts = [d.text for d in kept]
+    sigs = timed("minhash", lambda: [minhash_values(t, cfg.dedup) for t in texts])
+
+    def dedup():
+        index = MinHashDeduplicator(cfg.dedup)
+        for i, v in enumerate(sigs):
+            index.add(i, minhash_from_values(v, cfg.dedup))
+        return index.result()
+
+    drop = timed("dedup", dedup).drop
+    cleaned, texts = texts, [t for i, t in enumerate(texts) if i not in drop]
+    segmented = timed("segment (compiled jieba)", lambda: [codec.segment(t) for t in texts])
+    ids = timed("sentencepiece", lambda: codec.sp.encode(segmented, num_threads=1))
+
+    def pack():
+        out.mkdir(parents=True, exist_ok=True)
+        with IndexedDatasetBuilder(out / "profile", np.uint16) as builder:
+            for doc in ids:
+                builder.add_document(doc + [9])
+
+    timed("pack", pack)
+    pipeline_s, pipeline_cpu = sum(seconds.values()), sum(cpu.values())
+    # the baseline segments every cleaned document (dedup survivors or not: the text the pipeline was given)
+    reference = timed("python jieba alone", lambda: [fastseg.python_segment(t) for t in cleaned])
+    jieba_s, jieba_cpu = seconds.pop("python jieba alone"), cpu.pop("python jieba alone")
+    reference = [r for i, r in enumerate(reference) if i not in drop]
+    return {"stages": {k: {"seconds": round(v, 3), "cpu_s": round(cpu[k], 3),
+                           "mb_per_cpu_s": round(mb / cpu[k], 2) if cpu[k] else None}
+                       for k, v in seconds.items()},
+            "pipeline_s": round(pipeline_s, 2), "pipeline_cpu_s": round(pipeline_cpu, 2),
+            "pipeline_mb_per_cpu_s": round(mb / pipeline_cpu, 3),
+            "python_jieba_s": round(jieba_s, 2), "python_jieba_cpu_s": round(jieba_cpu, 2),
+            "python_jieba_mb_per_cpu_s": round(mb / jieba_cpu, 3),
+            "pipeline_vs_python_jieba": round(jieba_cpu / pipeline_cpu, 2),
+            "segmenter": fastseg.backend(), "segmentation_identical": reference == segmented,
+            "documents": len(texts), "cleaned_documents": len(cleaned)}
+
+
+def bench_data(mb: float = 2.0, local_workers: int = 2, ray_workers=(1, 2), local_1: bool = True) -> dict:
+    """Both engines on the same N MB; rows per engine/worker count, and whether their .bin are equal; the
+    in-process per-stage profile with python jieba alone as the same-run baseline (`profile_stages`)."""
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="pangu_bench_data_") as tmp:
         root = Path(tmp)
         (root / "corpus").mkdir()
         written = write_corpus(root / "corpus", mb)
-        rows = [_local(root / "corpus", root / "local", local_workers, written)]
+        profile = profile_stages(root / "corpus", written, root / "profile")
+        rows, outs = [], []
+        for w in sorted({1, local_workers} if local_1 else {local_workers}):
+            rows.append(_local(root / "corpus", root / f"local{w}", w, written))
+            outs.append(root / f"local{w}")
         for w in ray_workers:
             rows.append(_ray(root / "corpus", root / f"ray{w}", w, written))
-        ref = (root / "local" / "c.bin").read_bytes()
-        same = all((root / f"ray{w}" / "c.bin").read_bytes() == ref for w in ray_workers)
+            outs.append(root / f"ray{w}")
+        ref = (outs[0] / "c.bin").read_bytes()
+        same = all((o / "c.bin").read_bytes() == ref for o in outs[1:])
     return {"name": "data", "rows": rows, "identical_bin": same, "load_before": round(load, 1),
-            "load_after": round(os.getloadavg()[0], 1), "cpus": os.cpu_count()}
+            "load_after": round(os.getloadavg()[0], 1), "cpus": os.cpu_count(), "profile": profile,
+            "jieba_baseline_mb_per_s": round(written / profile["python_jieba_s"], 3)}
 
 
 def table(result: dict) -> str:
@@ -146,6 +223,25 @@ def table(result: dict) -> str:
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in result["rows"]:
         lines.append("| " + " | ".join("-" if r.get(c) is None else str(r.get(c)) for c in cols) + " |")
+    base = result.get("jieba_baseline_mb_per_s")
+    if base:  # per core: a row's MB/s over its worker count, against python jieba alone on one core
+        lines.append("per core vs python jieba alone (" + f"{base} MB/s): " + ", ".join(
+            f"{r['engine']} {r['workers']}: {r['mb_per_s'] / r['workers'] / base:.2f}x" for r in result["rows"]))
     lines.append(f"identical .bin across engines: {result['identical_bin']}; load {result['load_before']} -> "
                  f"{result['load_after']} on {result['cpus']} CPUs")
+    if "profile" in result:
+        lines.append(profile_table(result["profile"]))
+    return "\n".join(lines)
+
+
+def profile_table(p: dict) -> str:
+    lines = ["| stage (one process, in turn) | wall s | CPU s | MB per CPU-second |", "|---|---|---|---|"]
+    lines += [f"| {k} | {v['seconds']} | {v['cpu_s']} | {v['mb_per_cpu_s']} |" for k, v in p["stages"].items()]
+    lines.append(f"| **all stages** | {p['pipeline_s']} | {p['pipeline_cpu_s']} | {p['pipeline_mb_per_cpu_s']} |")
+    lines.append(f"| python jieba alone (baseline) | {p['python_jieba_s']} | {p['python_jieba_cpu_s']} | "
+                 f"{p['python_jieba_mb_per_cpu_s']} |")
+    lines.append(f"all stages vs python jieba alone (CPU): {p['pipeline_vs_python_jieba']}x; segmenter {p['segmenter']}, "
+                 f"identical to python jieba: {p['segmentation_identical']} "
+                 f"({p['documents']} documents tokenized; the baseline segments all {p['cleaned_documents']} "
+                 "cleaned documents)")
     return "\n".join(lines)

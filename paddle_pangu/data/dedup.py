@@ -221,13 +221,74 @@ def _empty_minhash(num_perm: int, seed: int):
     return MinHash(num_perm=num_perm, seed=seed, hashfunc=_identity)
 
 
+_MERSENNE = np.uint64((1 << 61) - 1)  # datasketch's "legacy" scheme: (a * h + b) mod (2^61 - 1), low 32 bits
+_MAX_HASH = np.uint64((1 << 32) - 1)
+
+
+@functools.lru_cache(maxsize=4)
+def _permutations(num_perm: int, seed: int):
+    """(scheme, a [1, num_perm], b [1, num_perm], empty hash values [num_perm]) of datasketch's MinHash."""
+    m = _empty_minhash(num_perm, seed)
+    a, b = m.permutations
+    return getattr(m, "scheme", "legacy"), a.reshape(1, -1), b.reshape(1, -1), m.hashvalues.copy()
+
+
+USE_COMPILED = True  # the tests turn it off to check the numpy path too
+
+
+def _compiled_minhash():
+    """`minhash` of the compiled extension (paddle_pangu/tokenizer/jieba_exact.cc), or None (numpy then)."""
+    if not USE_COMPILED:
+        return None
+    from ..tokenizer import fastseg
+
+    ext = fastseg.extension()
+    return ext.minhash if ext is not None else None
+
+
+@functools.lru_cache(maxsize=1)
+def _fmix32() -> tuple:
+    from datasketch.minhash import _FMIX_CONSTANTS
+
+    return tuple(int(c) for c in _FMIX_CONSTANTS[32])
+
+
+def minhash_values(text: str, cfg: DedupConfig) -> np.ndarray:
+    """MinHash values [num_perm] of the shingle set of `text`: the same numbers (and dtype) as datasketch's
+    `MinHash(num_perm, seed, hashfunc=identity).update_batch(shingle_hashes(...))`, computed in numpy with no
+    per-document MinHash object or Python list (worker-safe). Follows datasketch's permutation scheme
+    (2.0: "affine32" by default, "legacy" before). Compiled (the extension's `minhash`: one loop, no
+    [n, num_perm] temporaries) when the extension builds, numpy otherwise; both tested against datasketch."""
+    scheme, a, b, empty = _permutations(cfg.num_perm, cfg.seed)
+    compiled = _compiled_minhash()
+    if compiled is not None and scheme in ("legacy", "affine32"):
+        norm = normalise_for_dedup(text)
+        if not norm:
+            return empty.copy()
+        out = compiled(norm, cfg.shingle_size, a.tobytes(), b.tobytes(), scheme == "legacy", _fmix32())
+        return np.frombuffer(out, dtype=empty.dtype).copy()
+    hashes = shingle_hashes(text, cfg.shingle_size)  # [n] uint64 holding 32-bit values
+    if not len(hashes):
+        return empty.copy()
+    if scheme == "legacy":
+        y = hashes.reshape(-1, 1) * a + b  # [n, num_perm], wraps mod 2^64 as datasketch's numpy product does
+        # y mod (2^61 - 1) without numpy's slow integer division: (y & p) + (y >> 61) is congruent and < 2p
+        r = (y & _MERSENNE) + (y >> np.uint64(61))
+        r -= _MERSENNE * (r >= _MERSENNE)
+        phv = r & _MAX_HASH
+    else:  # affine: fmix pre-mix, then a * h + b mod 2^width in the scheme's dtype
+        from datasketch.minhash import _SCHEME_WIDTHS, _fmix
+
+        mixed = _fmix(hashes.astype(empty.dtype), _SCHEME_WIDTHS[scheme])  # [n]
+        phv = np.multiply(a.reshape(-1, 1), mixed.reshape(1, -1))  # [num_perm, n]: rows reduce contiguously
+        phv += b.reshape(-1, 1)
+        return np.minimum(empty, phv.min(axis=1))
+    return np.minimum(empty, phv.min(axis=0))
+
+
 def minhash_signature(text: str, cfg: DedupConfig):
     """datasketch MinHash of the shingle set of `text` under `cfg` (worker-safe)."""
-    m = _empty_minhash(cfg.num_perm, cfg.seed).copy()  # copy: permutations are drawn once
-    hashes = shingle_hashes(text, cfg.shingle_size)
-    if len(hashes):
-        m.update_batch(hashes.tolist())
-    return m
+    return minhash_from_values(minhash_values(text, cfg), cfg)
 
 
 def minhash_from_values(values: np.ndarray, cfg: DedupConfig):

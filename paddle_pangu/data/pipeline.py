@@ -34,7 +34,7 @@ from typing import Iterable, Iterator
 from ..errors import DataError
 from .builtin import BUILTIN_PREFIX, builtin_size_bytes, read_builtin
 from .cleaning import Cleaner, CleaningConfig, clean_chunk
-from .dedup import DedupConfig, MinHashDeduplicator, minhash_from_values, minhash_signature
+from .dedup import DedupConfig, MinHashDeduplicator, minhash_from_values, minhash_values
 from .indexed_dataset import IndexedDatasetBuilder, dtype_for_vocab
 from .manifest import commit_dir, partial_dir, sha256_file, write_manifest
 from .packing import DEFAULT_SPLIT, DEFAULT_SPLIT_NAMES, split_documents
@@ -129,7 +129,7 @@ def _work_chunk(docs: list[Document]):
         kept, stats = clean_chunk(cleaner, docs)
     else:
         kept, stats = docs, StageStats("clean")
-    sigs = [minhash_signature(d.text, dedup_cfg).hashvalues for d in kept] if dedup_cfg is not None else None
+    sigs = [minhash_values(d.text, dedup_cfg) for d in kept] if dedup_cfg is not None else None
     return kept, stats, sigs
 
 
@@ -284,7 +284,7 @@ def _encoder(codec, workers: int):
     from ..tokenizer import ParallelEncoder
 
     if workers <= 1:
-        return contextlib.nullcontext(lambda texts: (codec.encode_ids(t) for t in texts))
+        return contextlib.nullcontext(codec.encode_many)  # one SentencePiece call per batch
     pool = ParallelEncoder(codec.vocab_file, num_workers=workers, chunk_size=16, start_method=start_method())
 
     @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 One definition of every rule: each Ray task calls the local engine's own
 functions (`readers.read_file` / `builtin.read_builtin`, `cleaning.clean_chunk`,
-`pipeline._build_quality_filter`, `dedup.minhash_signature`, the tokenizer,
+`pipeline._build_quality_filter`, `dedup.minhash_values`, the tokenizer,
 `IndexedDatasetBuilder`, `pipeline._finish_dataset`). What is distributed:
 
   1. scan (one task per input file = shard): read, clean, quality-filter and
@@ -41,7 +41,7 @@ import numpy as np
 from ..errors import DataError, UsageError
 from .builtin import BUILTIN_PREFIX, read_builtin
 from .cleaning import Cleaner, clean_chunk
-from .dedup import DedupResult, MinHashDeduplicator, clusters_from_pairs, minhash_signature
+from .dedup import DedupResult, MinHashDeduplicator, clusters_from_pairs, minhash_values
 from .indexed_dataset import IndexedDataset, IndexedDatasetBuilder, dtype_for_vocab
 from .manifest import commit_dir, partial_dir, write_manifest
 from .readers import list_input_files, read_file
@@ -91,7 +91,7 @@ def _scan_shard(row: dict) -> dict:
                     ids.append(d.doc_id)
                     chars.append(len(d.text))
                     if "dedup" in cfg.stages:
-                        sigs.append(np.asarray(minhash_signature(d.text, cfg.dedup).hashvalues, dtype=np.uint64))
+                        sigs.append(np.asarray(minhash_values(d.text, cfg.dedup), dtype=np.uint64))
                     out.write(d.to_json() + "\n")
         error = None
     except Exception as exc:  # the shard fails alone; its partial survivors are discarded
@@ -112,40 +112,54 @@ def _scan_shard(row: dict) -> dict:
 
 
 def _band_rows(row: dict, offsets: dict, ranges: list) -> list[dict]:
-    """One row per (document, band): key = band number + the band's hash values; the signature rides along."""
+    """One row per (document, band): key = band number + the band's hash values, and the document id only.
+    The signatures stay in the scan's blocks and are joined to the candidate pairs afterwards
+    (`_verify`): a shuffle row is ~60 bytes instead of carrying the whole signature."""
     base, ids = offsets[int(row["shard"])], np.frombuffer(row["ids"], np.int64)
     sigs = np.frombuffer(row["sigs"], np.uint64).reshape(len(ids), int(row["width"]))
     out = []
     for local, sig in zip(ids, sigs):
-        blob = sig.tobytes()
         for b, (lo, hi) in enumerate(ranges):
-            out.append({"key": f"{b}:{sig[lo:hi].tobytes().hex()}", "doc": base + int(local), "sig": blob})
+            out.append({"key": f"{b}:{sig[lo:hi].tobytes().hex()}", "doc": base + int(local)})
     return out
 
 
-def _group_pairs(docs: np.ndarray, sigs: np.ndarray, threshold: float, verify: bool, out: dict) -> None:
-    """One LSH bucket: every pair of its documents (a < b), and whether its estimated Jaccard passes."""
-    order = np.argsort(docs)
-    docs, sigs = docs[order], sigs[order]
-    for i in range(len(docs)):
-        for j in range(i + 1, len(docs)):
-            out["a"].append(docs[i])
-            out["b"].append(docs[j])
-            out["ok"].append(not verify or np.count_nonzero(sigs[i] == sigs[j]) / sigs.shape[1] >= threshold)
-
-
-def _bucket_pairs(batch: dict, threshold: float, verify: bool) -> dict:
-    """A whole block of the hash shuffle on `key` (so every bucket is complete in it): pairs of each bucket."""
+def _bucket_pairs(batch: dict) -> dict:
+    """A whole block of the hash shuffle on `key` (so every bucket is complete in it): the candidate pairs
+    (a < b) of each bucket."""
     keys, docs = np.asarray(batch["key"]), np.asarray(batch["doc"], np.int64)
-    out: dict = {"a": [], "b": [], "ok": []}
+    a: list = []
+    b: list = []
     if len(keys):
         _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
         for g in np.flatnonzero(counts > 1):  # most buckets hold one document
-            idx = np.flatnonzero(inverse == g)
-            sigs = np.stack([np.frombuffer(bytes(batch["sig"][i]), np.uint64) for i in idx])  # [n, num_perm]
-            _group_pairs(docs[idx], sigs, threshold, verify, out)
-    return {"a": np.asarray(out["a"], np.int64), "b": np.asarray(out["b"], np.int64),
-            "ok": np.asarray(out["ok"], bool)}
+            members = np.sort(docs[inverse == g])
+            for i in range(len(members)):
+                for j in range(i + 1, len(members)):
+                    a.append(members[i])
+                    b.append(members[j])
+    return {"a": np.asarray(a, np.int64), "b": np.asarray(b, np.int64)}
+
+
+def _signatures_of(scanned, offsets: dict, wanted: set) -> dict:
+    """Signature [num_perm] of each document in `wanted` (global ids), read from the scan's blocks."""
+    out = {}
+    for r in scanned.select_columns(["shard", "ids", "sigs", "width"]).iter_rows():
+        base, ids = offsets[int(r["shard"])], np.frombuffer(r["ids"], np.int64)
+        sigs = np.frombuffer(r["sigs"], np.uint64).reshape(len(ids), int(r["width"]))
+        for local, sig in zip(ids, sigs):
+            if base + int(local) in wanted:
+                out[base + int(local)] = sig
+    return out
+
+
+def _verify(candidates: set, sigs: dict, threshold: float, verify: bool) -> list:
+    """The candidate pairs whose estimated Jaccard (equal signature positions) passes `threshold`."""
+    ok = []
+    for a, b in sorted(candidates):
+        if not verify or np.count_nonzero(sigs[a] == sigs[b]) / len(sigs[a]) >= threshold:
+            ok.append((a, b))
+    return ok
 
 
 def _tokenize_shard(row: dict) -> dict:
@@ -225,16 +239,17 @@ def _scan(ray, cfg, shards: list[str], work: Path, stats: PipelineStats):
 
 
 def _dedup(ray, cfg, scanned, offsets: dict, doc_chars: dict) -> tuple[DedupResult, tuple[int, int]]:
-    """Stage 2: LSH banding + bucket verification as a Ray Data group-by; clusters on the driver."""
+    """Stage 2: LSH banding as a Ray Data hash shuffle of (band key, document id); the candidate pairs are
+    verified on the driver against the signatures of their documents only; clusters on the driver."""
     lsh = MinHashDeduplicator(cfg.dedup)  # the local engine's b x r for this threshold
     ranges = list(lsh.lsh.hashranges)
     pairs = (scanned.flat_map(_band_rows, fn_kwargs={"offsets": offsets, "ranges": ranges})
              .repartition(_partitions(ray), keys=["key"])  # hash shuffle: a bucket lands in one block
-             .map_batches(_bucket_pairs, batch_size=None, batch_format="numpy",
-                          fn_kwargs={"threshold": cfg.dedup.threshold, "verify": cfg.dedup.verify})
+             .map_batches(_bucket_pairs, batch_size=None, batch_format="numpy")
              .take_all()) if doc_chars else []
     candidates = {(int(p["a"]), int(p["b"])) for p in pairs}
-    verified = sorted({(int(p["a"]), int(p["b"])) for p in pairs if p["ok"]})
+    sigs = _signatures_of(scanned, offsets, {d for pair in candidates for d in pair}) if candidates else {}
+    verified = _verify(candidates, sigs, cfg.dedup.threshold, cfg.dedup.verify)
     result = clusters_from_pairs(sorted(doc_chars), verified)
     result.candidate_pairs, result.verified_pairs = len(candidates), len(verified)
     return result, lsh.bands_rows

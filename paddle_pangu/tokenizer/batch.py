@@ -44,7 +44,7 @@ def _ping() -> bool:
 def _encode_chunk(job: tuple[int, list]) -> list[list[int]]:
     start, texts = job
     assert _worker_codec is not None, "worker used without _init_worker"
-    return [_worker_codec.encode_ids(t, source=f"texts[{start + k}]") for k, t in enumerate(texts)]
+    return _worker_codec.encode_many(texts, "texts", start)
 
 
 def default_start_method() -> str:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from . import fastseg
 from .vocab import find_vocab_file
 from paddle_pangu.errors import PanGuError, UsageError
 
@@ -122,20 +123,29 @@ class PanGuSentencePiece:
     def __init__(self, vocab_file: str | os.PathLike | None = None, check_special_ids: bool = True):
         self.vocab_file, self.sp = load_sentencepiece(vocab_file, check_special_ids)
         init_jieba()
+        fastseg.load()  # build / load the compiled segmenter before any timing or forking
 
     @property
     def vocab_size(self) -> int:
         return self.sp.get_piece_size()
 
     def segment(self, text: str) -> str:
-        """jieba segmentation joined by " ", with " "/"\\n" mapped to U+2582/U+2583 (REF)."""
-        import jieba
+        """jieba segmentation joined by " ", with " "/"\\n" mapped to U+2582/U+2583 (REF).
 
-        return " ".join(seg.translate(_TRANSLATE) for seg in jieba.cut(text, cut_all=False))
+        Computed by the exact compiled jieba (`fastseg`, identical output, ~15x faster); python jieba
+        when the build is unavailable or `PANGU_JIEBA=python`.
+        """
+        return fastseg.segment(text)
 
     def encode_ids(self, text: str | bytes, source: str = "<input>") -> list[int]:
         """Token ids of one text (no separator appended)."""
         return self.sp.encode(self.segment(ensure_text(text, source)))
+
+    def encode_many(self, texts: Sequence[str | bytes], source: str = "texts", start: int = 0) -> list[list[int]]:
+        """Token ids of each text, as `encode_ids` one by one: segmented in turn, then one SentencePiece call
+        for the batch (one thread: the caller's processes are the parallelism). Errors name `source[i]`."""
+        segmented = [self.segment(ensure_text(t, f"{source}[{start + k}]")) for k, t in enumerate(texts)]
+        return self.sp.encode(segmented, num_threads=1) if segmented else []
 
     def encode_pieces(self, text: str | bytes, source: str = "<input>") -> list[str]:
         """SentencePiece pieces of one text, one per id of `encode_ids`."""

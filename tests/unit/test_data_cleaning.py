@@ -90,3 +90,52 @@ def test_defaults_keep_most_peoples_daily_articles():
     assert len(kept) >= 0.95 * long_docs  # real news passes the 60% Chinese rule
     assert stats.dropped["low_chinese_ratio"] < 0.02 * len(docs)
     assert stats.docs_in == len(docs) and stats.docs_out == len(kept)
+
+
+class _AlwaysOpenCC(Cleaner):
+    """The rule before the OpenCC pre-check: every document goes through OpenCC."""
+
+    def _may_look_traditional(self, text, changeable):
+        return True
+
+
+def test_opencc_precheck_changes_no_output():
+    # reviews hold traditional-character documents (t2s conversions) next to simplified ones, and simplified
+    # text with characters OpenCC rewrites (乾, 著...): the pre-check must skip only calls that change nothing
+    import random
+
+    docs = list(read_builtin("builtin:reviews", IssueLog()))
+    sample = random.Random(24).sample(docs, 1500)
+    trad = [d for d in docs if "們" in d.text or "這" in d.text][:150]
+    fast, slow = Cleaner(), _AlwaysOpenCC()
+    fast_stats, slow_stats = StageStats("clean"), StageStats("clean")
+    for doc in sample + trad:
+        assert fast.clean(doc, fast_stats) == slow.clean(doc, slow_stats), doc.text[:60]
+    assert fast_stats.modified == slow_stats.modified and fast_stats.dropped == slow_stats.dropped
+    assert fast_stats.modified["t2s_converted"] >= 50  # the sample exercises the conversion
+    # and the pre-check does skip most documents (a check that always says "convert" would pass the above)
+    changeable = fast._regexes()["t2s_changeable"]
+    skipped = sum(not fast._may_look_traditional(d.text, changeable) for d in sample)
+    assert skipped >= len(sample) // 2
+
+
+def test_split_category_regex_matches_the_same_characters_as_one_class():
+    # category_regex splits its class in a BMP bitmap and a guarded supplementary part (speed): every code
+    # point must be matched exactly as by the one big class it replaces
+    import re
+    import sys
+
+    from paddle_pangu.data.cleaning import PUNCTUATION, _category_class, _category_ranges, category_regex
+
+    c = CleaningConfig()
+    for cats, keep in [(PUNCTUATION, ""), (PUNCTUATION + ("Sm", "So", "Sk", "Sc"), ""),
+                       (tuple(c.special_categories), c.keep_symbols)]:
+        # every range edge and its neighbours, the BMP / astral seam, and a stride through all code points
+        # (the one big class takes ~50 s over all 1.1M code points)
+        edges = {x for a, b in _category_ranges(cats, keep) for x in (a - 1, a, b, b + 1)}
+        points = sorted({p for p in edges | {0xFFFF, 0x10000} | set(range(0, sys.maxunicode + 1, 61))
+                         if 0 <= p <= sys.maxunicode})
+        every = "".join(map(chr, points))
+        one_class = re.compile(_category_class(cats, keep))
+        assert category_regex(cats, keep).sub("", every) == one_class.sub("", every), cats
+        assert category_regex(cats, keep).findall(every) == one_class.findall(every), cats

@@ -100,3 +100,34 @@ def test_explicit_bands_rows_and_config_errors():
     with pytest.raises(ValueError, match="added twice"):
         dedup.add("k", dedup.signature("一二三四五六七八九十"))
         dedup.add("k", dedup.signature("一二三四五六七八九十"))
+
+
+@pytest.mark.parametrize("compiled", [True, False])
+@pytest.mark.parametrize("scheme", ["affine32", "legacy"])  # datasketch 2.0's default; the only one before 2.0
+def test_vectorised_minhash_values_equal_datasketch_update_batch(monkeypatch, scheme, compiled):
+    # minhash_values replaces datasketch's per-document MinHash.update_batch: the numbers must be the same
+    import functools
+
+    from datasketch import MinHash
+
+    from paddle_pangu.data import dedup as dedup_mod
+
+    @functools.lru_cache(maxsize=4)
+    def empty(num_perm, seed):
+        return MinHash(num_perm=num_perm, seed=seed, hashfunc=dedup_mod._identity, scheme=scheme)
+
+    monkeypatch.setattr(dedup_mod, "_empty_minhash", empty)
+    monkeypatch.setattr(dedup_mod, "USE_COMPILED", compiled)
+    assert (dedup_mod._compiled_minhash() is not None) == compiled
+    dedup_mod._permutations.cache_clear()
+    docs = [d.text for d in read_builtin("builtin:reviews", IssueLog())]
+    texts = random.Random(3).sample(docs, 150) + ["", "。", "一二三", "一二三四五", "x" * 3000]
+    try:
+        for cfg in (DedupConfig(), DedupConfig(num_perm=64, seed=7, shingle_size=3)):
+            for text in texts:
+                m = MinHash(num_perm=cfg.num_perm, seed=cfg.seed, hashfunc=dedup_mod._identity, scheme=scheme)
+                m.update_batch(shingle_hashes(text, cfg.shingle_size).tolist())
+                got = dedup_mod.minhash_values(text, cfg)
+                assert got.dtype == m.hashvalues.dtype and np.array_equal(got, m.hashvalues), text[:40]
+    finally:
+        dedup_mod._permutations.cache_clear()

@@ -46,3 +46,16 @@ def test_peak_rss_sees_a_child_process():
     with PeakRSS(interval=0.05) as with_child:
         subprocess.run([sys.executable, "-c", code], check=True)
     assert with_child.peak - alone.peak > 40e6  # the child's 60 MB array is counted
+
+
+def test_stage_profile_checks_the_segmenter_against_python_jieba(tmp_path):
+    from paddle_pangu.bench.data_bench import profile_stages, profile_table
+
+    (tmp_path / "c").mkdir()
+    mb = write_corpus(tmp_path / "c", 0.05, shards=2)
+    p = profile_stages(tmp_path / "c", mb, tmp_path / "out")
+    assert p["segmenter"] == "compiled" and p["segmentation_identical"] is True and p["documents"] > 0
+    assert list(p["stages"]) == ["read", "clean", "minhash", "dedup", "segment (compiled jieba)", "sentencepiece",
+                                 "pack"]
+    assert abs(p["pipeline_cpu_s"] - sum(s["cpu_s"] for s in p["stages"].values())) < 0.01
+    assert p["python_jieba_cpu_s"] > 0 and "python jieba alone" in profile_table(p)
