@@ -49,6 +49,7 @@ class Trainer:
         self.model_config, self.par = cfg.validate(self.world_size)  # before any collective
         check_data_paths(cfg)
         self.out_dir = cfg.train.output_dir
+        _lock_output_dir(self.out_dir)  # before anything is written there: one run per output_dir
         self.step = 0
         self._setup_runtime()
         self._build()
@@ -204,6 +205,9 @@ class Trainer:
                                      run_config=to_dict(self.cfg), force=self.cfg.checkpoint.force_resume)
         self.step = int(state["step"])
         logger.info("resumed from %s at step %d", step_dir, self.step)
+        if self.rank == 0 and self.cfg.checkpoint.resume == "auto":  # say it where the user looks
+            print(f"pangu train: resuming from {step_dir} (step {self.step}), found in train.output_dir by "
+                  "checkpoint.resume=auto; to start fresh use a new output_dir or checkpoint.resume=none", flush=True)
 
     def save(self) -> str:
         par = self.par
@@ -213,6 +217,14 @@ class Trainer:
 
     def train(self, stop_after: int | None = None) -> dict:
         """Train (resuming if a checkpoint is found) to `train.max_steps`, or checkpoint and stop after `stop_after`."""
+        try:
+            return self._train(stop_after)
+        finally:
+            from ..io.outdir import release_output_dir
+
+            release_output_dir(self.out_dir)
+
+    def _train(self, stop_after: int | None) -> dict:
         cfg = self.cfg
         self.maybe_resume()
         log = TrainLogger(self.rank == 0, os.path.join(self.out_dir, "visualdl"), cfg.train.max_steps, self.step,
@@ -277,6 +289,18 @@ class Trainer:
 
 
 # ---- helpers -----------------------------------------------------------------
+def _lock_output_dir(out_dir: str) -> None:
+    """Rank 0 (or the `--nproc` launcher before it) holds `<output_dir>/.pangu.lock` for the whole run
+    (io/outdir.py): a second run into the same directory is refused with the holder's pid and host."""
+    from ..io.outdir import LOCKED_ENV, lock_output_dir
+
+    if os.environ.get("PADDLE_TRAINER_ID", "0") != "0":
+        return
+    if os.environ.get(LOCKED_ENV) == os.path.realpath(out_dir):
+        return
+    lock_output_dir(out_dir, "pangu train", "train.output_dir")
+
+
 def _distribute(model, optimizer, scaler):
     """fleet wrappers for the layout fleet.init was given (parallel/topology.py builds the strategy).
 
