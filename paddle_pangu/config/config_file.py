@@ -90,13 +90,13 @@ def available_memory_bytes() -> int | None:
     return None
 
 
-def check_fits_memory(config, what: str, bytes_per_param: int = 4) -> None:
+def check_fits_memory(config, what: str, bytes_per_param: float = 4) -> None:
     """Refuse (ConfigError) a model whose fp32 parameters alone exceed this machine's available memory."""
     if os.environ.get("PANGU_SKIP_MEMORY_CHECK", "").strip() in ("1", "true", "yes"):
         return
-    need = config.num_parameters() * bytes_per_param
+    need = int(config.num_parameters() * bytes_per_param)
     have = available_memory_bytes()
     if have is not None and need > have:
         raise ConfigError(f"{what}: {config.num_parameters() / 1e9:.2f}B parameters need {need / 2**30:.1f} GiB "
-                          f"in fp32, this machine has {have / 2**30:.1f} GiB available; use a smaller model or a "
+                          f"(fp32) here, this machine has {have / 2**30:.1f} GiB available; use a smaller model or a "
                           "parallel layout that splits it (set PANGU_SKIP_MEMORY_CHECK=1 to try anyway)")

@@ -58,8 +58,11 @@ def _load_model(model_args, training_args):
     if training_args.pipeline_parallel_degree > 1:
         model = _load_pipe(path, training_args)
     elif path.startswith("preset:"):
+        from ..config.config_file import check_fits_memory
+
         paddle.seed(training_args.seed)
         config = get_preset(path.split(":", 1)[1])
+        check_fits_memory(config, f"model_name_or_path={path}", 4 / training_args.tensor_parallel_degree)
         config.tensor_parallel_degree, config.tensor_parallel_rank = tp.values()
         model = PanGuForCausalLM(config)
     elif os.path.isfile(os.path.join(path, "config.json")):
@@ -205,7 +208,11 @@ def save_final(trainer, model, tokenizer, training_args) -> None:
                               is_main_process=training_args.should_save, safe_serialization=True)
         if training_args.should_save:
             tokenizer.save_pretrained(training_args.output_dir)
-    if training_args.should_save:  # MANIFEST.json over weights, adapters and tokenizer files (io/model_dir.py)
+    if training_args.world_size > 1:
+        import paddle.distributed as dist
+
+        dist.barrier()  # every rank's files are written before the manifest lists them
+    if training_args.should_save:  # MANIFEST.json over the weights / adapters (io/model_dir.py)
         seal_model_dir(training_args.output_dir)
 
 

@@ -119,12 +119,15 @@ class PanGuPretrainedModel(PretrainedModel):
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
 
     def save_pretrained(self, save_dir, *args, **kwargs):
-        """PaddleNLP's writer, then the directory is sealed with MANIFEST.json (sizes + hashes of every
-        file, `io/model_dir.py`) so every loader can verify it; main process only."""
+        """PaddleNLP's writer, then the directory is sealed with MANIFEST.json (sizes + hashes of the weight
+        files, `io/model_dir.py`) so every loader can verify it. One process only: with several, other
+        ranks may still be writing their shards; the commands seal those directories after a barrier."""
+        import paddle.distributed as dist
+
         from paddle_pangu.io.model_dir import seal_model_dir
 
         result = super().save_pretrained(save_dir, *args, **kwargs)
-        if kwargs.get("is_main_process", True) and os.path.isdir(str(save_dir)):
+        if dist.get_world_size() == 1 and kwargs.get("is_main_process", True) and os.path.isdir(str(save_dir)):
             seal_model_dir(str(save_dir))
         return result
 
