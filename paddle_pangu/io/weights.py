@@ -295,6 +295,9 @@ def iter_safetensors(files: list[str]) -> dict[str, LazyTensor]:
 def load_plain_weights(path: str) -> dict[str, np.ndarray]:
     """Every tensor of a model directory or a `.pdparams` file, loaded (for starting a run from weights)."""
     if os.path.isdir(path):
+        from .model_dir import verify_model_dir
+
+        verify_model_dir(path)  # a sealed directory (final_model/, convert output) is checked before use
         return {k: t.load() for k, t in read_weight_files(path).items()}
     if os.path.isfile(path):
         return read_pdparams(path)

@@ -462,3 +462,11 @@ def test_evaluate_perplexity_on_a_directory_that_is_not_a_dataset_is_one_line(se
     line = _one_line(capsys, ["evaluate", "--model", sealed_dir, "--perplexity", str(notdata), "--shots", "0",
                               "--num-eval", "2"])
     assert str(notdata) in line and "not a prepared dataset" in line, line
+
+
+def test_train_init_from_a_damaged_sealed_directory_is_one_line(sealed_dir, tmp_path, capsys):
+    d = _copy(sealed_dir, tmp_path / "m")
+    _flip(os.path.join(d, "model_state.pdparams"))
+    line = _one_line(capsys, ["train", "--config", TINY_RUN, "--output-dir", str(tmp_path / "o"), "--max-steps", "1",
+                              "--set", f"model.init_from={d}"])
+    assert "model_state.pdparams" in line and "hash differs" in line, line
