@@ -464,9 +464,30 @@ def test_evaluate_perplexity_on_a_directory_that_is_not_a_dataset_is_one_line(se
     assert str(notdata) in line and "not a prepared dataset" in line, line
 
 
-def test_train_init_from_a_damaged_sealed_directory_is_one_line(sealed_dir, tmp_path, capsys):
-    d = _copy(sealed_dir, tmp_path / "m")
+def test_train_init_from_a_damaged_sealed_directory_is_one_line(tmp_path, capsys):
+    d = str(tmp_path / "m")
+    paddle.seed(0)
+    PanGuForCausalLM(get_preset("tiny")).save_pretrained(d)  # the run config's model: loads when intact
     _flip(os.path.join(d, "model_state.pdparams"))
     line = _one_line(capsys, ["train", "--config", TINY_RUN, "--output-dir", str(tmp_path / "o"), "--max-steps", "1",
                               "--set", f"model.init_from={d}"])
     assert "model_state.pdparams" in line and "hash differs" in line, line
+
+
+def test_train_on_a_dataset_whose_split_has_no_tokens_is_one_line(tmp_path, capsys):
+    from paddle_pangu.data.indexed_dataset import IndexedDatasetBuilder
+    from paddle_pangu.data.manifest import sha256_file, write_manifest
+    from paddle_pangu.tokenizer.vocab import find_vocab_file
+
+    data = tmp_path / "data"
+    data.mkdir()
+    with IndexedDatasetBuilder(data / "c") as b:
+        for i in range(40):
+            b.add_document([100 + i] * 5 + [9])
+    vocab = find_vocab_file(None)
+    write_manifest(data, {"prefix": "c", "num_documents": 40, "split": [1, 0, 0], "separator_id": 9,
+                          "vocab_size": 40000, "vocab_sha256": sha256_file(vocab), "vocab_file": str(vocab),
+                          "split_seed": 1234, "files": ["c.bin", "c.idx"]})  # every document in train
+    line = _one_line(capsys, ["train", "--config", TINY_RUN, "--output-dir", str(tmp_path / "o"), "--max-steps", "1",
+                              "--set", "data.synthetic=null", "--set", f"data.paths=[{data}]"])
+    assert "the split has no tokens" in line and str(data) in line, line
