@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from paddlenlp.transformers.configuration_utils import PretrainedConfig
 
+from ..errors import ConfigError
+
 ACTIVATIONS = ("gelu_tanh", "gelu", "fast_gelu")
 
 
@@ -88,19 +90,21 @@ class PanGuConfig(PretrainedConfig):
         return self.num_layers - 1
 
     def validate(self) -> None:
-        """Raise ValueError naming the field when the shape is impossible."""
+        """Raise ConfigError (a ValueError) naming the field when the shape is impossible."""
         if self.hidden_act not in ACTIVATIONS:
-            raise ValueError(f"PanGuConfig.hidden_act={self.hidden_act!r}: expected one of {ACTIVATIONS}")
+            raise ConfigError(f"PanGuConfig.hidden_act={self.hidden_act!r}: expected one of {ACTIVATIONS}")
         if self.num_layers < 1:
-            raise ValueError(f"PanGuConfig.num_layers={self.num_layers}: need >= 1 (the query layer counts)")
+            raise ConfigError(f"PanGuConfig.num_layers={self.num_layers}: need >= 1 (the query layer counts)")
+        if self.num_attention_heads < 1:
+            raise ConfigError(f"PanGuConfig.num_attention_heads={self.num_attention_heads}: must be positive")
         if self.hidden_size % self.num_attention_heads:
-            raise ValueError(
+            raise ConfigError(
                 f"PanGuConfig.hidden_size={self.hidden_size} is not divisible by "
                 f"num_attention_heads={self.num_attention_heads}"
             )
         for name in ("vocab_size", "hidden_size", "ffn_hidden_size", "max_position_embeddings"):
             if getattr(self, name) <= 0:
-                raise ValueError(f"PanGuConfig.{name}={getattr(self, name)}: must be positive")
+                raise ConfigError(f"PanGuConfig.{name}={getattr(self, name)}: must be positive")
 
     def num_parameters(self) -> int:
         """Closed-form parameter count (tied head: no extra LM-head matrix)."""

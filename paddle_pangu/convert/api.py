@@ -18,6 +18,7 @@ from .common import (
     PlainTensor,
     check_shapes,
     map_names,
+    refuse_overlap,
     resolve_config,
     save_model_dir,
     shape_hints,
@@ -43,6 +44,7 @@ def convert_checkpoint(fmt: str, src: str, out_dir: str, preset: str | None = No
                        dtype: str = "float32", max_shard_bytes: int = DEFAULT_SHARD_BYTES, trust_pickle: bool = False):
     """Convert `src` and write a `PanGuForCausalLM.from_pretrained`-loadable directory; returns the config."""
     module = FORMATS.get(fmt)
+    refuse_overlap(src, out_dir, f"convert --from {fmt}")
     tensors, hints = read_source(fmt, src, trust_pickle)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
     canonical = [module.ALIASES.get(n, n) for n in tensors]

@@ -32,6 +32,8 @@ from ..io.weights import (  # noqa: F401  (the weight-file formats live in io/we
     stream_safetensors,
     write_safetensors,
 )
+from ..io.durable import atomic_write
+from ..io.model_dir import same_or_nested, seal_model_dir, verify_model_dir
 from ..model.weight_tables import NameRule, plain_param_shapes
 
 logger = logging.getLogger("paddle_pangu.convert")
@@ -179,8 +181,31 @@ def save_model_dir(out_dir: str, config: PanGuConfig, tensors: dict[str, "PlainT
     os.makedirs(out_dir, exist_ok=True)
     config.architectures = ["PanGuForCausalLM"]
     config.dtype = dtype
-    config.save_pretrained(out_dir)
-    return write_safetensors(out_dir, tensors, dtype, max_shard_bytes)
+    save_config(config, out_dir)
+    files = write_safetensors(out_dir, tensors, dtype, max_shard_bytes)
+    seal_model_dir(out_dir)  # MANIFEST.json: every loader verifies sizes and hashes (io/model_dir.py)
+    return files
+
+
+def save_config(config, out_dir: str) -> None:
+    """config.json as save_pretrained writes it, but atomically (a planted symlink is replaced, not followed)."""
+    atomic_write(os.path.join(out_dir, "config.json"), config.to_json_file)
+
+
+def refuse_overlap(src: str, out_dir: str, what: str) -> None:
+    """An output that is, contains or lies inside the input would overwrite or shadow what is being read."""
+    if same_or_nested(src, out_dir):
+        raise ConversionError(f"{what}: --output {out_dir!r} is, contains or lies inside the input {src!r}; writing "
+                              "there would overwrite the weights being read; choose a separate directory")
+
+
+def open_model_config(path: str) -> PanGuConfig:
+    """config.json of a model directory, validated (one-line ConfigError), after its MANIFEST.json verified."""
+    from ..config.config_file import read_config_file
+
+    read_config_file(os.path.join(path, "config.json"))
+    verify_model_dir(path)
+    return PanGuConfig.from_pretrained(path)
 
 
 # ----------------------------------------------------------------------------- reading
@@ -192,7 +217,7 @@ def load_model_dir(path: str) -> tuple[PanGuConfig, dict[str, LazyTensor]]:
         raise ConversionError(f"{path}: expected a model directory (config.json + weights)")
     if not os.path.exists(os.path.join(path, "config.json")):
         raise ConversionError(f"{path}: no config.json; is this a model directory?")
-    config = PanGuConfig.from_pretrained(path)
+    config = open_model_config(path)
     return config, read_weight_files(path)
 
 

@@ -150,9 +150,12 @@ def hf_config_dict(config) -> dict:
 
 def export_hf(model_dir: str, out_dir: str, dtype: str = "float32", max_shard_bytes: int | None = None) -> list[str]:
     """Write a checkpoint of this project (any mp/pp layout) as gpt_pangu safetensors + config.json, streamed."""
-    from .common import DEFAULT_SHARD_BYTES, write_safetensors
+    from ..io.durable import atomic_write_text
+    from ..io.model_dir import seal_model_dir
+    from .common import DEFAULT_SHARD_BYTES, refuse_overlap, write_safetensors
     from .reshard import ShardedCheckpoint
 
+    refuse_overlap(model_dir, out_dir, "convert --to hf")
     ckpt = ShardedCheckpoint(model_dir)  # checks names and shapes against config.json
     config, plain = ckpt.config, ckpt.lazy_full()
     tensors = {}
@@ -163,9 +166,10 @@ def export_hf(model_dir: str, out_dir: str, dtype: str = "float32", max_shard_by
     os.makedirs(out_dir, exist_ok=True)
     cfg = hf_config_dict(config)
     cfg["torch_dtype"] = dtype
-    with open(os.path.join(out_dir, "config.json"), "w", encoding="utf-8") as f:
-        json.dump(cfg, f, indent=2)
-    return write_safetensors(out_dir, tensors, dtype, max_shard_bytes or DEFAULT_SHARD_BYTES, metadata_format="pt")
+    atomic_write_text(os.path.join(out_dir, "config.json"), json.dumps(cfg, indent=2))  # replaces a planted link
+    files = write_safetensors(out_dir, tensors, dtype, max_shard_bytes or DEFAULT_SHARD_BYTES, metadata_format="pt")
+    seal_model_dir(out_dir)
+    return files
 
 
 def _transposed(t: LazyTensor) -> LazyTensor:

@@ -51,10 +51,14 @@ from .common import (
     LazyTensor,
     check_shapes,
     load_model_dir,
+    open_model_config,
     read_weight_files,
+    refuse_overlap,
+    save_config,
     save_model_dir,
     stream_safetensors,
 )
+from ..io.model_dir import seal_model_dir
 
 logger = logging.getLogger("paddle_pangu.convert")
 _VARIANT = re.compile(r"^(model|model_state)\.(tp(\d+))?_?(pp(\d+))?\.(safetensors|pdparams)$")
@@ -117,7 +121,7 @@ class ShardedCheckpoint:
             self.config, plain = load_model_dir(path)
             self.ranks = {(0, 0): plain}
         else:
-            self.config = PanGuConfig.from_pretrained(path)
+            self.config = open_model_config(path)
             self.ranks = {k: read_weight_files(path, variant=_variant_of(fn)) for k, fn in files.items()}
         self.rules = tensor_parallel_rules(self.config)
         self._check()
@@ -196,8 +200,7 @@ def _check_divisible(config: PanGuConfig, mp: int, pp: int) -> None:
 def reshard(src: str, dst: str, mp: int, pp: int, dtype: str | None = None,
             max_shard_bytes: int = DEFAULT_SHARD_BYTES) -> list[str]:
     """Rewrite checkpoint `src` (any layout) as an mp x pp layout in `dst`; returns the written files."""
-    if os.path.abspath(src) == os.path.abspath(dst):
-        raise ConversionError(f"reshard: --output must differ from the source ({src})")
+    refuse_overlap(src, dst, "reshard")
     ckpt = ShardedCheckpoint(src)
     config = ckpt.config
     _check_divisible(config, mp, pp)
@@ -209,7 +212,7 @@ def reshard(src: str, dst: str, mp: int, pp: int, dtype: str | None = None,
     _clear_rank_files(dst)
     if mp == 1 and pp == 1:
         return save_model_dir(dst, config, ckpt.lazy_full(), dtype, max_shard_bytes)
-    config.save_pretrained(dst)
+    save_config(config, dst)
     write_layout(dst, mp, pp)
     written = []
     for stage in range(pp):
@@ -219,6 +222,7 @@ def reshard(src: str, dst: str, mp: int, pp: int, dtype: str | None = None,
             stream_safetensors(os.path.join(dst, fname), tensors, DTYPES[dtype], {"format": "np"})
             written.append(fname)
             logger.info("wrote %s (%d tensors)", fname, len(tensors))
+    seal_model_dir(dst)
     return written
 
 

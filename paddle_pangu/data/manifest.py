@@ -16,6 +16,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from ..errors import DataError, PanGuError
+
 MANIFEST = "manifest.json"
 FORMAT = "paddle_pangu.indexed_dataset/v1"
 
@@ -42,20 +44,25 @@ def write_manifest(directory: Path, fields: dict[str, Any]) -> dict[str, Any]:
     return manifest
 
 
+class NotADatasetError(PanGuError, FileNotFoundError):
+    """A directory given as a prepared dataset has no manifest (a one-line `pangu` error, and a FileNotFoundError)."""
+
+
 def read_manifest(directory: str | os.PathLike, verify_checksums: bool = False) -> dict[str, Any]:
     """Load and check a prepared dataset's manifest; raise naming what is wrong."""
     d = Path(directory)
     path = d / MANIFEST
     if not path.is_file():
-        raise FileNotFoundError(
+        raise NotADatasetError(
             f"{d}: no {MANIFEST} - not a prepared dataset, or an incomplete one (rerun `pangu prepare-data`)"
         )
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
-    if manifest.get("format") != FORMAT or manifest.get("complete") is not True:
-        raise ValueError(f"{path}: format {manifest.get('format')!r} / complete={manifest.get('complete')!r}, expected {FORMAT!r} / true")
+        raise DataError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT or manifest.get("complete") is not True:
+        manifest = manifest if isinstance(manifest, dict) else {}
+        raise DataError(f"{path}: format {manifest.get('format')!r} / complete={manifest.get('complete')!r}, expected {FORMAT!r} / true")
     for name, entry in manifest.get("files", {}).items():
         f = d / name
         if not f.is_file() or f.stat().st_size != entry["bytes"]:

@@ -22,6 +22,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..errors import DataError
 from .indexed_dataset import IndexedDataset
 from .contract import check_manifest, manifest_split_seed
 from .manifest import read_manifest
@@ -71,7 +72,8 @@ class GPTSampleDataset:
         lengths = np.asarray(indexed.lengths, dtype=np.int64)
         tokens_per_epoch = int(lengths[doc_indices].sum()) if len(doc_indices) else 0
         if tokens_per_epoch == 0:
-            raise ValueError(f"dataset {name or indexed.prefix}: the split has no tokens; cannot draw {num_samples} samples")
+            raise DataError(f"dataset {name or indexed.prefix}: the split has no tokens; cannot draw {num_samples} "
+                            "samples (give that split a share of the documents with data.splits, or more data)")
         needed = num_samples * self.seq_len + 1
         self.num_epochs = math.ceil(needed / tokens_per_epoch)
         rng = np.random.RandomState(seed)
@@ -131,8 +133,8 @@ def open_prepared(path: str | os.PathLike, verify_checksums: bool = False) -> tu
     if p.is_dir():
         manifest = read_manifest(p, verify_checksums)
         if not manifest.get("prefix"):
-            raise ValueError(f"{p}: holds {manifest.get('kind', 'no token data')} (prepared without the tokenize "
-                             "stage), not a .bin/.idx dataset")
+            raise DataError(f"{p}: holds {manifest.get('kind', 'no token data')} (prepared without the tokenize "
+                            "stage), not a .bin/.idx dataset")
         return IndexedDataset(p / manifest["prefix"]), manifest
     return IndexedDataset(p), {}
 

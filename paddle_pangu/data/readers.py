@@ -19,6 +19,7 @@ import dataclasses
 import gzip
 import json
 import os
+import sys
 import zlib
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -107,6 +108,9 @@ def _raw_lines(path: Path, issues: IssueLog, progress: ProgressTracker) -> Itera
                 yield lineno, line
         except (EOFError, OSError, zlib.error) as exc:  # truncated / not gzip / unreadable
             issues.add("unreadable_file", str(path), lineno + 1, f"{type(exc).__name__}: {exc}")
+            # said where the user looks, not only in stats.txt (issue 29): the rest of the file is lost
+            print(f"pangu prepare-data: warning: {path}: unreadable after line {lineno} ({type(exc).__name__}: "
+                  f"{exc}); the rest of this file was skipped", file=sys.stderr, flush=True)
             return
     if lineno == 0:
         issues.add("empty_file", str(path), None, "no lines")

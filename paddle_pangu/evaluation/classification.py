@@ -12,6 +12,7 @@ import random
 from dataclasses import dataclass, field
 
 from ..data.builtin import builtin_files
+from ..errors import UsageError
 from ..utils.jsonl import iter_jsonl
 
 
@@ -27,9 +28,9 @@ class ClassificationTask:
 
     def __post_init__(self):
         if "{text}" not in self.template or not self.template.rstrip().endswith("{label}"):
-            raise ValueError(f"task {self.name}: template must contain {{text}} and end with {{label}}, got {self.template!r}")
+            raise UsageError(f"task {self.name}: template must contain {{text}} and end with {{label}}, got {self.template!r}")
         if len(self.labels) < 2:
-            raise ValueError(f"task {self.name}: need at least two labels, got {self.labels}")
+            raise UsageError(f"task {self.name}: need at least two labels, got {self.labels}")
 
     def render(self, text: str, label: int) -> str:
         return self.template.format(text=text, label=self.labels[label])
@@ -64,14 +65,21 @@ def reviews_task(max_chars: int = 120) -> ClassificationTask:
 
 def jsonl_task(path: str, labels: list[str], template: str) -> ClassificationTask:
     """A task from a JSONL file of {"text": ..., "label": <index or label string>}."""
+    from ..errors import DataError
+
     examples = []
     for lineno, row in iter_jsonl(path):
-        try:
-            label = row["label"]
-            label = labels.index(label) if isinstance(label, str) else int(label)
-            examples.append((str(row["text"]), label))
-        except (ValueError, KeyError) as exc:
-            raise ValueError(f"{path}:{lineno}: expected {{\"text\": str, \"label\": one of {labels} or index}}: {exc}") from exc
+        label = row.get("label")
+        if isinstance(label, str) and label in labels:
+            label = labels.index(label)
+        elif isinstance(label, bool) or not isinstance(label, int) or not 0 <= label < len(labels):
+            raise DataError(f"{path}:{lineno}: label {str(label)[:40]!r} is not one of --labels {labels} "
+                            f"nor an index 0..{len(labels) - 1}")
+        if not isinstance(row.get("text"), str):
+            raise DataError(f"{path}:{lineno}: expected a \"text\" string field")
+        examples.append((row["text"], label))
+    if not examples:
+        raise DataError(f"{path}: no examples (expected JSON lines with \"text\" and \"label\")")
     return ClassificationTask(path, labels=labels, template=template, examples=examples)
 
 

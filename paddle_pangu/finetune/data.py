@@ -88,16 +88,35 @@ def row_segments(row: dict, fields) -> tuple[list | None, str | None]:
                   f"{fields.messages_field!r} or a 'text' field, got {sorted(row)}")
 
 
+def _has_lone_surrogate(value) -> bool:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return True
+        return False
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
+
+
 def read_rows(path: str, fields) -> list[Row]:
     """Every usable row of a JSONL file. Bad rows (invalid JSON, missing or mistyped fields) are all
     collected and raised together as one DataError: the count, then `file:line: reason` for each."""
     rows, errors = [], []
     try:
-        fh = open(path, encoding="utf-8")
+        fh = open(path, "rb")  # decoded per line: binary content is a bad row, not a UnicodeDecodeError traceback
     except OSError as exc:
         raise DataError(f"{path}: cannot read the fine-tuning file ({exc.strerror})") from exc
     with fh:
-        for lineno, line in enumerate(fh, 1):
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                errors.append(f"{path}:{lineno}: not UTF-8 text (byte {exc.start} of the line)")
+                continue
             if not line.strip():
                 continue
             try:
@@ -107,6 +126,10 @@ def read_rows(path: str, fields) -> list[Row]:
                 continue
             if not isinstance(row, dict):
                 errors.append(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
+                continue
+            if _has_lone_surrogate(row):
+                errors.append(f"{path}:{lineno}: a string holds a lone UTF-16 surrogate escape (e.g. \\ud800), "
+                              "which is not text")
                 continue
             segments, problem = row_segments(row, fields)
             if problem:

@@ -32,6 +32,7 @@ def apply_lora(model, model_args, training_args):
     if training_args.pipeline_parallel_degree > 1:
         raise ConfigError("lora with pipeline_parallel_degree > 1 is not supported here; use tensor parallelism")
     if model_args.lora_path:
+        check_adapter_dir(model_args.lora_path, "lora_path")
         return LoRAModel.from_pretrained(model, model_args.lora_path)
     config = LoRAConfig(
         target_modules=target_patterns(model_args.lora_target_modules), r=model_args.lora_rank,
@@ -43,6 +44,18 @@ def apply_lora(model, model_args, training_args):
     if not any(p.name for p in lora_model.parameters() if not p.stop_gradient):
         raise ConfigError(f"lora_target_modules={model_args.lora_target_modules!r} matched no PanGu layer")
     return lora_model
+
+
+def check_adapter_dir(lora: str, what: str) -> None:
+    """The adapter directory verifies (MANIFEST.json) and holds adapter weights: PEFT would otherwise load
+    no adapters at all and the "merged" model would be the base model."""
+    from ..io.model_dir import verify_model_dir
+
+    verify_model_dir(lora)
+    weights = [f for f in os.listdir(lora) if f.startswith("lora_model_state") and f.endswith((".pdparams", ".safetensors"))]
+    if not weights:
+        raise CheckpointError(f"{what} {lora}: no lora_model_state*.pdparams / .safetensors (the adapter weights); "
+                              "nothing to merge or load")
 
 
 def merged_model(lora_model):
@@ -71,11 +84,19 @@ def merge_lora(base: str, lora: str, output: str) -> str:
         raise CheckpointError(f"--lora {lora}: no lora_config.json (expected the output_dir of a lora fine-tune)")
     if not os.path.isfile(os.path.join(base, "config.json")):
         raise CheckpointError(f"--base {base}: no config.json (expected the model directory the LoRA was trained on)")
+    from ..io.model_dir import same_or_nested, seal_model_dir
+
+    for name, src in (("--base", base), ("--lora", lora)):
+        if same_or_nested(src, output):
+            raise ConfigError(f"--output {output!r} is, contains or lies inside {name} {src!r}; the merged weights "
+                              "would overwrite or shadow it; choose a separate directory")
+    check_adapter_dir(lora, "--lora")
     with paddle.no_grad():
         lora_model = LoRAModel.from_pretrained(PanGuForCausalLM.from_pretrained(base), lora)
         plain = merged_model(lora_model)
     plain.save_pretrained(output, safe_serialization=True)
     load_tokenizer(lora if os.path.exists(os.path.join(lora, "vocab.model")) else base).save_pretrained(output)
+    seal_model_dir(output)
     return output
 
 

@@ -58,8 +58,11 @@ def _load_model(model_args, training_args):
     if training_args.pipeline_parallel_degree > 1:
         model = _load_pipe(path, training_args)
     elif path.startswith("preset:"):
+        from ..config.config_file import check_fits_memory
+
         paddle.seed(training_args.seed)
         config = get_preset(path.split(":", 1)[1])
+        check_fits_memory(config, f"model_name_or_path={path}", 4 / training_args.tensor_parallel_degree)
         config.tensor_parallel_degree, config.tensor_parallel_rank = tp.values()
         model = PanGuForCausalLM(config)
     elif os.path.isfile(os.path.join(path, "config.json")):
@@ -195,14 +198,22 @@ def build_trainer(model, tokenizer, training_args, train_examples, eval_examples
 def save_final(trainer, model, tokenizer, training_args) -> None:
     """output_dir becomes a plain model directory (tensor-parallel shards merged, safetensors);
     LoRA runs save the adapters (merge them with `pangu merge-lora`)."""
+    from ..io.model_dir import seal_model_dir
+
     merge = training_args.tensor_parallel_degree > 1
     if hasattr(model, "lora_config") or training_args.pipeline_parallel_degree > 1:
         trainer.save_model(merge_tensor_parallel=merge)
-        return
-    model.save_pretrained(training_args.output_dir, merge_tensor_parallel=merge,
-                          is_main_process=training_args.should_save, safe_serialization=True)
-    if training_args.should_save:
-        tokenizer.save_pretrained(training_args.output_dir)
+    else:
+        model.save_pretrained(training_args.output_dir, merge_tensor_parallel=merge,
+                              is_main_process=training_args.should_save, safe_serialization=True)
+        if training_args.should_save:
+            tokenizer.save_pretrained(training_args.output_dir)
+    if training_args.world_size > 1:
+        import paddle.distributed as dist
+
+        dist.barrier()  # every rank's files are written before the manifest lists them
+    if training_args.should_save:  # MANIFEST.json over the weights / adapters (io/model_dir.py)
+        seal_model_dir(training_args.output_dir)
 
 
 def run_finetune(model_args, data_args, training_args, callbacks=()) -> dict:
@@ -214,8 +225,17 @@ def run_finetune(model_args, data_args, training_args, callbacks=()) -> dict:
     same names as the run that saved them, whatever else the process built before."""
     import paddle
 
-    with paddle.utils.unique_name.guard():
-        return _run_finetune(model_args, data_args, training_args, callbacks)
+    from ..io.outdir import lock_output_dir, release_output_dir
+
+    out = training_args.output_dir
+    if training_args.process_index == 0:  # one fine-tune per output_dir (io/outdir.py), before anything is written
+        lock_output_dir(out, "pangu finetune", "output_dir")
+    try:
+        with paddle.utils.unique_name.guard():
+            return _run_finetune(model_args, data_args, training_args, callbacks)
+    finally:
+        if training_args.process_index == 0:
+            release_output_dir(out)
 
 
 def _run_finetune(model_args, data_args, training_args, callbacks) -> dict:
@@ -229,8 +249,14 @@ def _run_finetune(model_args, data_args, training_args, callbacks) -> dict:
     pipelined = training_args.pipeline_parallel_degree > 1
     pad_to = resolve_max_length(data_args, model.config) if pipelined else None
     history: list = []
-    trainer = build_trainer(model, tokenizer, training_args, train, evals, pad_to, history, callbacks)
-    result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+    from .resume import choose_checkpoint, manifest_on_save
+
+    trainer = build_trainer(model, tokenizer, training_args, train, evals, pad_to, history,
+                            [manifest_on_save(), *callbacks])
+    resume = training_args.resume_from_checkpoint
+    if training_args.world_size == 1:  # verified, falling back past damaged ones (finetune/resume.py)
+        resume = choose_checkpoint(training_args.output_dir, resume)
+    result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(result.metrics)
     if evals:
         metrics.update(trainer.evaluate())

@@ -91,12 +91,31 @@ def export_model(model, output_dir: str, tokenizer_dir: str | None = None, dtype
     float16 ops on a CPU place) and the dtype is recorded in the metadata; on gpu / npu the predictor is
     created with that precision, so Paddle Inference's mixed-precision pass casts weights and ops at load
     time while inputs and outputs (ids, float32 logits, the KV cache) keep their types (predictor_settings)."""
-    from ..errors import UsageError
+    from ..errors import CheckpointError, UsageError
+    from ..io.model_dir import publish_files, seal_model_dir, staging_dir
 
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r}: expected one of {DTYPES}")
     model.eval()
-    os.makedirs(output_dir, exist_ok=True)
+    # every file is written into a staging directory first, then renamed into output_dir (a full disk leaves
+    # nothing half-written there; a planted symlink is replaced, not written through) and sealed with a
+    # MANIFEST.json the predictor verifies (io/model_dir.py)
+    final = output_dir
+    output_dir = staging_dir(final)
+    shutil.rmtree(output_dir, ignore_errors=True)
+    try:
+        os.makedirs(output_dir)
+        meta = _write_export(model, output_dir, tokenizer_dir, dtype, head_copy)
+    except OSError as exc:
+        shutil.rmtree(output_dir, ignore_errors=True)
+        raise CheckpointError(f"export to {final} failed: {exc.strerror or exc} ({getattr(exc, 'filename', '') or final}); "
+                              "nothing was written there") from exc
+    publish_files(output_dir, final)
+    seal_model_dir(final)
+    return meta
+
+
+def _write_export(model, output_dir: str, tokenizer_dir, dtype: str, head_copy: bool) -> dict:
     with paddle.no_grad():  # one transpose of the embedding for both graphs
         head_t = model.get_input_embeddings().weight.t().contiguous() if head_copy else None
     for name, wrapper, with_cache in (("prefill", _Prefill, False), ("decode", _Decode, True)):
@@ -183,7 +202,11 @@ class InferenceStepper:
                 f"(expected prefill.json/.pdiparams and decode.json/.pdiparams)"
             )
         from ..config import PanGuConfig
+        from ..config.config_file import read_config_file
+        from ..io.model_dir import verify_model_dir
 
+        verify_model_dir(export_dir)  # sizes + hashes of the graphs and weights, when `pangu export` sealed it
+        read_config_file(os.path.join(export_dir, "config.json"))
         self.config = PanGuConfig.from_pretrained(export_dir)
         meta = read_meta(export_dir)
         self.dtype = meta.get("dtype", "float32")

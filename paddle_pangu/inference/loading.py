@@ -21,8 +21,16 @@ def load_model_and_tokenizer(model: str, tokenizer: str | None = None, seed: int
     from ..model import PanGuForCausalLM
 
     if model.startswith("preset:"):
+        from ..config.config_file import check_fits_memory
+        from ..errors import UsageError
+
+        try:
+            config = get_preset(model.split(":", 1)[1])
+        except KeyError as exc:
+            raise UsageError(f"--model {model!r}: {exc.args[0]}") from None
+        check_fits_memory(config, f"--model {model}")  # before allocating a single parameter
         paddle.seed(seed)
-        net = PanGuForCausalLM(get_preset(model.split(":", 1)[1]))
+        net = PanGuForCausalLM(config)
     elif os.path.isdir(model) and os.path.exists(os.path.join(model, "config.json")):
         net = PanGuForCausalLM.from_pretrained(model)
     else:
@@ -31,4 +39,17 @@ def load_model_and_tokenizer(model: str, tokenizer: str | None = None, seed: int
             f"(from `pangu train`, `pangu convert` or save_pretrained) or preset:NAME"
         )
     net.eval()
-    return net, load_tokenizer(model, tokenizer)
+    tok = load_tokenizer(model, tokenizer)
+    check_tokenizer_fits(tok, net.config, tokenizer or model)
+    return net, tok
+
+
+def check_tokenizer_fits(tok, config, where: str) -> None:
+    """A tokenizer whose ids reach past the model's embedding rows would index out of range (or be served
+    as garbage): config.json's vocab_size vs the weights is checked at load, this checks the tokenizer."""
+    from ..errors import ConfigError
+
+    size = int(getattr(tok, "vocab_size", 0))
+    if size > config.vocab_size:
+        raise ConfigError(f"{where}: the tokenizer has {size} tokens but the model's vocab_size is "
+                          f"{config.vocab_size} (config.json); they do not belong together")

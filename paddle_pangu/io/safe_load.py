@@ -14,6 +14,13 @@ vouches: `--trust-pickle` on a `pangu` command or `PANGU_TRUST_PICKLE=1`.
 (PaddleNLP's `from_pretrained`, LoRA loading) while it is active:
 `PanGuPretrainedModel.from_pretrained` and every `pangu` command use it.
 Safetensors files are preferred wherever both exist.
+
+What the arrays-only unpickler builds is bounded before anything walks it:
+pickle memo references let a few hundred bytes describe a tree of shared
+lists with 2^30 leaves (a 341-byte file made every loader hang past 3.9 GB).
+`_arrays_only` walks the tree as its consumers will (expanded) and refuses it
+past `MAX_DEPTH` levels, `MAX_OBJECTS` objects or array bytes beyond the file
+size (arrays in a pickle carry their bytes, so more means shared references).
 """
 from __future__ import annotations
 
@@ -36,8 +43,34 @@ _ALLOWED = {
 }
 
 
+MAX_DEPTH = 16  # a state dict is 1-3 levels deep (optimizer: accumulators, master weights, LR scheduler)
+MAX_OBJECTS = 2_000_000  # ~100x the tensors of a 200B-parameter state dict
+
+
 class UntrustedPickleError(CheckpointError):
     """A pickle-based file holds more than arrays and the user did not pass --trust-pickle."""
+
+
+class _Budget:
+    def __init__(self, path: str, max_bytes: int):
+        self.path, self.objects, self.bytes, self.max_bytes = path, 0, 0, max_bytes
+
+    def take(self, obj, depth: int) -> None:
+        self.objects += 1
+        if depth > MAX_DEPTH:
+            _refuse_shape(self.path, f"nesting deeper than {MAX_DEPTH} levels")
+        if self.objects > MAX_OBJECTS:
+            _refuse_shape(self.path, f"more than {MAX_OBJECTS} objects once shared references are expanded")
+        if isinstance(obj, np.ndarray):
+            self.bytes += obj.nbytes
+            if self.bytes > self.max_bytes:
+                _refuse_shape(self.path, f"arrays totalling more than the file's {self.max_bytes} bytes "
+                                         "(shared references)")
+
+
+def _refuse_shape(path: str, why: str):
+    raise CheckpointError(f"{path}: refused to load a pickle with {why}; a model state dict is a flat mapping of "
+                          "arrays (crafted or corrupt file?)") from None
 
 
 def pickle_trusted() -> bool:
@@ -63,15 +96,16 @@ def _refuse(path: str, why: str):
         f"rerun with --trust-pickle (or {TRUST_ENV}=1), or convert it to safetensors") from None
 
 
-def _arrays_only(obj, path: str):
+def _arrays_only(obj, path: str, budget: _Budget, depth: int = 0):
+    budget.take(obj, depth)
     if isinstance(obj, np.ndarray) and obj.dtype == object:
         _refuse(path, "an object array")
     if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], np.ndarray):
         return obj[1]  # older paddle.save: a tensor pickled as (name, ndarray)
     if isinstance(obj, dict):
-        return OrderedDict((k, _arrays_only(v, path)) for k, v in obj.items())
+        return OrderedDict((k, _arrays_only(v, path, budget, depth + 1)) for k, v in obj.items())
     if isinstance(obj, (list, tuple)):
-        return type(obj)(_arrays_only(v, path) for v in obj)
+        return type(obj)(_arrays_only(v, path, budget, depth + 1) for v in obj)
     return obj
 
 
@@ -87,8 +121,13 @@ def load_pdparams(path: str, return_numpy: bool = True, keep_name_table: bool = 
     with open(path, "rb") as f:
         data = f.read()
     try:
-        obj = _arrays_only(_ArraysOnly(io.BytesIO(data), encoding="latin1").load(), path)
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError, ValueError) as exc:
+        obj = _ArraysOnly(io.BytesIO(data), encoding="latin1").load()
+    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError, ValueError,
+            KeyError, MemoryError, OverflowError, RecursionError) as exc:  # crafted opcodes: refuse, never crash
+        _refuse(path, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__)
+    try:
+        obj = _arrays_only(obj, path, _Budget(path, len(data) + (1 << 20)))
+    except (TypeError, ValueError) as exc:
         _refuse(path, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__)
     if isinstance(obj, dict):
         from paddle.framework.io import _pack_loaded_dict  # re-joins params paddle.save split (> 4 GB), arrays only

@@ -27,6 +27,8 @@ from typing import Callable
 import numpy as np
 
 from ..errors import PanGuError
+from .durable import atomic_write, atomic_write_json
+from .model_dir import read_safetensors_header
 
 logger = logging.getLogger("paddle_pangu.io")
 
@@ -106,8 +108,7 @@ def rank_file_name(mp_rank: int, pp_stage: int, mp: int, pp: int) -> str:
 
 def write_layout(dst: str, mp: int, pp: int) -> None:
     """Record the degrees of the rank files in `dst` (read back by `read_layout`)."""
-    with open(os.path.join(dst, LAYOUT_FILE), "w", encoding="utf-8") as f:
-        json.dump({"mp_degree": mp, "pp_degree": pp}, f)
+    atomic_write_json(os.path.join(dst, LAYOUT_FILE), {"mp_degree": mp, "pp_degree": pp})
 
 
 def read_layout(path: str) -> tuple[int, int] | None:
@@ -115,9 +116,16 @@ def read_layout(path: str) -> tuple[int, int] | None:
     layout_file = os.path.join(path, LAYOUT_FILE)
     if not os.path.exists(layout_file):
         return None
-    with open(layout_file, encoding="utf-8") as f:
-        layout = json.load(f)
-    return int(layout["mp_degree"]), int(layout["pp_degree"])
+    try:
+        with open(layout_file, encoding="utf-8") as f:
+            layout = json.load(f)
+        mp, pp = int(layout["mp_degree"]), int(layout["pp_degree"])
+        if not (1 <= mp <= 4096 and 1 <= pp <= 4096):
+            raise ValueError("degree out of range")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise WeightFileError(f"{layout_file}: expected {{\"mp_degree\": N, \"pp_degree\": M}} with 1 <= N, M <= 4096 "
+                              f"({type(exc).__name__})") from None
+    return mp, pp
 
 
 # ----------------------------------------------------------------------------- writing
@@ -156,8 +164,8 @@ def write_safetensors(out_dir: str, tensors: dict, dtype: str, max_shard_bytes: 
                                     {"format": metadata_format}, progress)
         weight_map.update({n: fname for n in names})
     if len(files) > 1:
-        with open(os.path.join(out_dir, SAFE_WEIGHTS_INDEX_NAME), "w", encoding="utf-8") as f:
-            json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+        atomic_write_json(os.path.join(out_dir, SAFE_WEIGHTS_INDEX_NAME),
+                          {"metadata": {"total_size": total}, "weight_map": weight_map})
     _remove_stale(out_dir, files + ([SAFE_WEIGHTS_INDEX_NAME] if len(files) > 1 else []))
     return files
 
@@ -178,18 +186,22 @@ def stream_safetensors(path: str, tensors: dict, np_dtype, metadata: dict, progr
         offset += nbytes
     blob = json.dumps(header, separators=(",", ":")).encode("utf-8")
     blob += b" " * (-len(blob) % 8)  # safetensors aligns the data start to 8 bytes
-    with open(path, "wb") as f:
-        f.write(len(blob).to_bytes(8, "little"))
-        f.write(blob)
-        for name, t in tensors.items():
-            arr = _load_as(t, np_dtype)
-            if tuple(arr.shape) != tuple(t.shape):
-                raise WeightFileError(f"{name}: loaded shape {arr.shape} differs from the declared {tuple(t.shape)}")
-            if bf16:
-                arr = to_bfloat16_bits(arr)
-            f.write(np.ascontiguousarray(arr).data)  # no extra copy
-            if progress is not None:
-                progress.step(name)
+
+    def write(tmp):  # atomic: a temporary name in the same directory, fsynced, renamed over `path`
+        with open(tmp, "wb") as f:
+            f.write(len(blob).to_bytes(8, "little"))
+            f.write(blob)
+            for name, t in tensors.items():
+                arr = _load_as(t, np_dtype)
+                if tuple(arr.shape) != tuple(t.shape):
+                    raise WeightFileError(f"{name}: loaded shape {arr.shape} differs from the declared {tuple(t.shape)}")
+                if bf16:
+                    arr = to_bfloat16_bits(arr)
+                f.write(np.ascontiguousarray(arr).data)  # no extra copy
+                if progress is not None:
+                    progress.step(name)
+
+    atomic_write(path, write)
     return offset
 
 
@@ -197,7 +209,7 @@ def save_numpy_safetensors(path: str, arrays: dict[str, np.ndarray]) -> None:
     """One safetensors file of in-memory numpy arrays (metadata format 'np', as the streaming writer)."""
     from safetensors.numpy import save_file
 
-    save_file(arrays, path, metadata={"format": "np"})
+    atomic_write(path, lambda tmp: save_file(arrays, tmp, metadata={"format": "np"}))
 
 
 def save_pdparams(path: str, arrays: dict[str, np.ndarray]) -> None:
@@ -205,7 +217,7 @@ def save_pdparams(path: str, arrays: dict[str, np.ndarray]) -> None:
     import paddle
 
     weights = {k: paddle.to_tensor(np.asarray(v, dtype="float32")) for k, v in sorted(arrays.items())}
-    paddle.save(weights, path)
+    atomic_write(path, lambda tmp: paddle.save(weights, tmp))
 
 
 def _load_as(t, np_dtype) -> np.ndarray:
@@ -253,8 +265,14 @@ def read_weight_files(path: str, variant: str | None = None) -> dict[str, LazyTe
 
     index = os.path.join(path, name(SAFE_WEIGHTS_INDEX_NAME))
     if os.path.exists(index):
-        with open(index, encoding="utf-8") as f:
-            files = sorted(set(json.load(f)["weight_map"].values()))
+        try:
+            with open(index, encoding="utf-8") as f:
+                files = sorted(set(json.load(f)["weight_map"].values()))
+            if not all(isinstance(fn, str) and os.path.basename(fn) == fn for fn in files):
+                raise TypeError("file names with directories")
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            raise WeightFileError(f"{index}: not a safetensors index with a weight_map of file names "
+                                  f"({type(exc).__name__})") from None
         return iter_safetensors([os.path.join(path, fn) for fn in files])
     single = os.path.join(path, name(SAFE_WEIGHTS_NAME))
     if os.path.exists(single):
@@ -284,30 +302,31 @@ def iter_safetensors(files: list[str]) -> dict[str, LazyTensor]:
 
     out = {}
     for fn in files:
+        header = read_safetensors_header(fn)  # bounded and validated before anything trusts it
         with open(fn, "rb") as f:
-            size = int.from_bytes(f.read(8), "little")
-            header = json.loads(f.read(size))
-        for key, meta in header.items():
-            if key == "__metadata__":
-                continue
-            if meta["dtype"] not in _ST_DTYPES:
-                raise WeightFileError(f"{fn}: tensor {key} has dtype {meta['dtype']}; expected one of {sorted(_ST_DTYPES)}")
+            start = 8 + int.from_bytes(f.read(8), "little")  # the data section follows the header
+        for key, (dtype, shape, offsets) in header.items():
+            if dtype not in _ST_DTYPES:
+                raise WeightFileError(f"{fn}: tensor {key} has dtype {dtype}; expected one of {sorted(_ST_DTYPES)}")
 
-            def load(fn=fn, key=key, meta=meta, start=8 + size):
-                if meta["dtype"] == "BF16":  # numpy has no bfloat16: the raw bits, widened to float32
-                    begin, end = meta["data_offsets"]
+            def load(fn=fn, key=key, dtype=dtype, shape=shape, offsets=offsets, start=start):
+                if dtype == "BF16":  # numpy has no bfloat16: the raw bits, widened to float32
+                    begin, end = offsets
                     bits = np.fromfile(fn, dtype="<u2", count=(end - begin) // 2, offset=start + begin)
-                    return from_bfloat16_bits(bits).reshape(meta["shape"])
+                    return from_bfloat16_bits(bits).reshape(shape)
                 with safe_open(fn, framework="np") as g:
                     return g.get_tensor(key)
 
-            out[key] = LazyTensor(tuple(meta["shape"]), np.dtype(_ST_DTYPES[meta["dtype"]]), load, fn)
+            out[key] = LazyTensor(shape, np.dtype(_ST_DTYPES[dtype]), load, fn)
     return out
 
 
 def load_plain_weights(path: str) -> dict[str, np.ndarray]:
     """Every tensor of a model directory or a `.pdparams` file, loaded (for starting a run from weights)."""
     if os.path.isdir(path):
+        from .model_dir import verify_model_dir
+
+        verify_model_dir(path)  # a sealed directory (final_model/, convert output) is checked before use
         return {k: t.load() for k, t in read_weight_files(path).items()}
     if os.path.isfile(path):
         return read_pdparams(path)

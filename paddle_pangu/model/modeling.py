@@ -102,15 +102,34 @@ class PanGuPretrainedModel(PretrainedModel):
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """PaddleNLP's loader, but a `.pdparams` file is unpickled only as arrays unless --trust-pickle
-        (`paddle_pangu/io/safe_load.py`); safetensors are preferred when the directory has both."""
+        (`paddle_pangu/io/safe_load.py`); safetensors are preferred when the directory has both. A local
+        directory is verified first (`model/verify.py`): config.json fields, the MANIFEST.json hashes, or
+        without a manifest every tensor's name and shape against config.json."""
         from paddle_pangu.io.safe_load import safe_paddle_load
 
+        from .verify import check_model_dir
+
         path = str(pretrained_model_name_or_path)
+        if os.path.isdir(path) and os.path.isfile(os.path.join(path, "config.json")):
+            check_model_dir(path)
         if os.path.isdir(path) and any(f.endswith(".safetensors") or f.endswith(".safetensors.index.json")
                                        for f in os.listdir(path)):
             kwargs.setdefault("use_safetensors", True)
         with safe_paddle_load():
             return super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+
+    def save_pretrained(self, save_dir, *args, **kwargs):
+        """PaddleNLP's writer, then the directory is sealed with MANIFEST.json (sizes + hashes of the weight
+        files, `io/model_dir.py`) so every loader can verify it. One process only: with several, other
+        ranks may still be writing their shards; the commands seal those directories after a barrier."""
+        import paddle.distributed as dist
+
+        from paddle_pangu.io.model_dir import seal_model_dir
+
+        result = super().save_pretrained(save_dir, *args, **kwargs)
+        if dist.get_world_size() == 1 and kwargs.get("is_main_process", True) and os.path.isdir(str(save_dir)):
+            seal_model_dir(str(save_dir))
+        return result
 
     @classmethod
     def _get_tensor_parallel_mappings(cls, config, is_split=True):

@@ -92,7 +92,7 @@ def load_sentencepiece(vocab_file=None, check_special_ids: bool = True) -> tuple
     try:
         sp.Load(str(path))
     except (OSError, RuntimeError) as err:
-        raise ValueError(f"{path}: not a loadable SentencePiece model ({err})") from None
+        raise TokenizerInputError(f"{path}: not a loadable SentencePiece model ({err})") from None
     if check_special_ids:
         found = {i: sp.id_to_piece(i) for i in SPECIAL_PIECES if i < sp.get_piece_size()}
         if found != SPECIAL_PIECES:

@@ -114,6 +114,11 @@ def _launch(args) -> int:
         raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
     cfg = _load_config(args, args.nproc)
     cfg.validate(args.nproc)
+    from ..io.outdir import LOCKED_ENV, lock_output_dir
+
+    # the launcher holds the output_dir lock for its workers (before its logs go there)
+    lock_output_dir(cfg.train.output_dir, f"pangu train --nproc {args.nproc}", "train.output_dir")
+    os.environ[LOCKED_ENV] = os.path.realpath(cfg.train.output_dir)
     log_dir = os.path.join(cfg.train.output_dir, "launch_logs")
     return run_launched(_train_argv(args), args.nproc, log_dir, verbose=args.verbose)
 

@@ -12,7 +12,11 @@
   holds the whole model; `pangu reshard final_model -o DIR --mp 1 --pp 1`
   merges them.
 
-The file formats are those of `paddle_pangu/io/weights.py`.
+The file formats are those of `paddle_pangu/io/weights.py`. The directory is
+written as `final_model.partial/`, sealed with a `MANIFEST.json` (sizes and
+hashes, `io/model_dir.py`) and renamed into place: a full disk or a kill never
+leaves a half-written model under the final name, and a symlink planted in an
+earlier `final_model/` is replaced with the directory, never written through.
 """
 from __future__ import annotations
 
@@ -21,6 +25,10 @@ import os
 
 import paddle.distributed as dist
 
+import shutil
+
+from ..errors import CheckpointError
+from ..io.model_dir import publish_dir, seal_model_dir, staging_dir
 from ..io.weights import PADDLE_WEIGHTS_NAME, rank_file_name, save_numpy_safetensors, save_pdparams, write_layout
 
 logger = logging.getLogger("paddle_pangu.training")
@@ -32,21 +40,33 @@ def save_final_model(model, model_config, par, topo, cfg) -> str:
     `model` is the (possibly fleet-wrapped) trained model, `par` the validated
     ParallelConfig, `topo` this process's Topology, `cfg` the RunConfig.
     """
-    out = os.path.join(cfg.train.output_dir, "final_model")
+    final = os.path.join(cfg.train.output_dir, "final_model")
+    out = staging_dir(final)
     split = par.mp_degree * par.pp_degree > 1
     per_rank = split and model_config.num_parameters() > cfg.checkpoint.consolidate_max_params
-    if topo.rank == 0:
-        os.makedirs(out, exist_ok=True)
-        model_config.save_pretrained(out)
-        _save_tokenizer(cfg, out)
-    if topo.world_size > 1:
-        dist.barrier()  # the directory exists before any rank writes into it
-    if per_rank:
-        _write_rank_weights(model, par, topo, out)
-    else:
-        _write_consolidated_weights(model, topo, out)
-    if topo.world_size > 1:
-        dist.barrier()
+    try:
+        if topo.rank == 0:
+            shutil.rmtree(out, ignore_errors=True)  # left by a run killed while writing its final model
+            os.makedirs(out)
+            model_config.save_pretrained(out)
+            _save_tokenizer(cfg, out)
+        if topo.world_size > 1:
+            dist.barrier()  # the directory exists before any rank writes into it
+        if per_rank:
+            _write_rank_weights(model, par, topo, out)
+        else:
+            _write_consolidated_weights(model, topo, out)
+        if topo.world_size > 1:
+            dist.barrier()
+        if topo.rank == 0:
+            seal_model_dir(out)
+            publish_dir(out, final)
+    except OSError as exc:
+        shutil.rmtree(out, ignore_errors=True)
+        raise CheckpointError(f"writing the final model failed: {exc.strerror or exc} "
+                              f"({getattr(exc, 'filename', None) or out}); nothing was left under {final} by this "
+                              "run (the checkpoints are intact: fix the disk and rerun to write it)") from exc
+    out = final
     if topo.rank == 0:
         logger.info("final model written to %s%s", out,
                     f" per rank (mp{par.mp_degree} pp{par.pp_degree}); merge with `pangu reshard {out} "

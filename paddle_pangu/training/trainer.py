@@ -47,8 +47,10 @@ class Trainer:
 
         self.world_size = launched_world_size()
         self.model_config, self.par = cfg.validate(self.world_size)  # before any collective
+        _check_memory(self.model_config, self.par, self.world_size)
         check_data_paths(cfg)
         self.out_dir = cfg.train.output_dir
+        _lock_output_dir(self.out_dir)  # before anything is written there: one run per output_dir
         self.step = 0
         self._setup_runtime()
         self._build()
@@ -204,6 +206,9 @@ class Trainer:
                                      run_config=to_dict(self.cfg), force=self.cfg.checkpoint.force_resume)
         self.step = int(state["step"])
         logger.info("resumed from %s at step %d", step_dir, self.step)
+        if self.rank == 0 and self.cfg.checkpoint.resume == "auto":  # say it where the user looks
+            print(f"pangu train: resuming from {step_dir} (step {self.step}), found in train.output_dir by "
+                  "checkpoint.resume=auto; to start fresh use a new output_dir or checkpoint.resume=none", flush=True)
 
     def save(self) -> str:
         par = self.par
@@ -213,6 +218,14 @@ class Trainer:
 
     def train(self, stop_after: int | None = None) -> dict:
         """Train (resuming if a checkpoint is found) to `train.max_steps`, or checkpoint and stop after `stop_after`."""
+        try:
+            return self._train(stop_after)
+        finally:
+            from ..io.outdir import release_output_dir
+
+            release_output_dir(self.out_dir)
+
+    def _train(self, stop_after: int | None) -> dict:
         cfg = self.cfg
         self.maybe_resume()
         log = TrainLogger(self.rank == 0, os.path.join(self.out_dir, "visualdl"), cfg.train.max_steps, self.step,
@@ -256,8 +269,7 @@ class Trainer:
         log.log_step(metrics["step"], metrics["loss"], metrics["lr"], metrics["grad_norm"], metrics["time"])
         if self.rank == 0:
             os.makedirs(self.out_dir, exist_ok=True)
-            with open(os.path.join(self.out_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
-                f.write(json.dumps({"type": "train", **metrics}) + "\n")
+            _append_line(os.path.join(self.out_dir, "metrics.jsonl"), json.dumps({"type": "train", **metrics}))
 
     def _record_eval(self, log: TrainLogger) -> dict:
         result = self.evaluate()
@@ -266,8 +278,8 @@ class Trainer:
         log.info(f"eval step {self.step}: loss {result['loss']:.4f} perplexity {result['ppl']:.2f}")
         log.scalars("eval", result, self.step)
         if self.rank == 0:
-            with open(os.path.join(self.out_dir, "metrics.jsonl"), "a", encoding="utf-8") as f:
-                f.write(json.dumps({"type": "eval", "step": self.step, **result}) + "\n")
+            _append_line(os.path.join(self.out_dir, "metrics.jsonl"),
+                         json.dumps({"type": "eval", "step": self.step, **result}))
         return result
 
     # ---- export ----------------------------------------------------------
@@ -277,6 +289,39 @@ class Trainer:
 
 
 # ---- helpers -----------------------------------------------------------------
+def _check_memory(model_config, par, world: int) -> None:
+    """Refuse before allocating a model whose fp32 weights cannot fit: each process on this node holds at
+    least its 1/(mp x pp) share of them (a lower bound: gradients and Adam moments come on top)."""
+    from ..config.config_file import check_fits_memory
+
+    local = int(os.environ.get("PADDLE_LOCAL_SIZE") or world)
+    per_node = 4 * local / (par.mp_degree * par.pp_degree)
+    check_fits_memory(model_config, "model (fp32 weights of the processes on this node)", bytes_per_param=per_node)
+
+
+def _append_line(path: str, line: str) -> None:
+    """Append to a log file of the output dir; a symlink planted under its name is removed first (its
+    target is never written), so the log is always our own regular file."""
+    if os.path.islink(path):
+        logger.warning("%s was a symlink; replaced by a regular file (its target is left untouched)", path)
+        os.remove(path)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+    with os.fdopen(fd, "a", encoding="utf-8") as f:
+        f.write(line + "\n")
+
+
+def _lock_output_dir(out_dir: str) -> None:
+    """Rank 0 (or the `--nproc` launcher before it) holds `<output_dir>/.pangu.lock` for the whole run
+    (io/outdir.py): a second run into the same directory is refused with the holder's pid and host."""
+    from ..io.outdir import LOCKED_ENV, lock_output_dir
+
+    if os.environ.get("PADDLE_TRAINER_ID", "0") != "0":
+        return
+    if os.environ.get(LOCKED_ENV) == os.path.realpath(out_dir):
+        return
+    lock_output_dir(out_dir, "pangu train", "train.output_dir")
+
+
 def _distribute(model, optimizer, scaler):
     """fleet wrappers for the layout fleet.init was given (parallel/topology.py builds the strategy).
 

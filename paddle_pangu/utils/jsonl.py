@@ -10,8 +10,16 @@ from paddle_pangu.errors import DataError
 
 def iter_jsonl(path: str) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) for each non-blank line; invalid JSON or a non-object raises DataError."""
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
+    try:
+        fh = open(path, "rb")  # decoded per line: binary content names its line instead of a traceback
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    with fh:
+        for lineno, raw in enumerate(fh, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise DataError(f"{path}:{lineno}: not UTF-8 text (byte {exc.start} of the line)") from None
             if not line.strip():
                 continue
             try:

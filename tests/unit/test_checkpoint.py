@@ -220,7 +220,8 @@ def test_keep_last_keeps_the_new_checkpoint_after_a_fallback(run_dir):
     fresh.out_dir = out
     fresh.step(1)
     fresh.save(2, keep_last=1)
-    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["latest", "step_00000002"]
+    # the rejected step 2 is kept for the user (issue 29), never pruned
+    assert sorted(os.listdir(os.path.join(out, "checkpoints"))) == ["latest", "step_00000002", "step_00000002.rejected"]
     assert ckpt.find_resume_dir(out, "auto") == _step_dir(out, 2)
 
 

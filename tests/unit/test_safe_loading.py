@@ -41,6 +41,7 @@ def planted(tmp_path_factory):
     state["zz_payload"] = _Payload(marker)
     with open(weights, "wb") as f:
         pickle.dump(state, f, protocol=4)
+    os.remove(model_dir / "MANIFEST.json")  # an attacker drops the manifest too: the unpickler is the last line
     single = root / "init.pdparams"
     single.write_bytes(weights.read_bytes())
     return str(model_dir), str(single), marker

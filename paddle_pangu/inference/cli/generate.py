@@ -46,11 +46,26 @@ def sampling_config(args, config):
     )
 
 
+def check_arguments(args) -> None:
+    """What argparse cannot see, refused before the model is loaded (one line, exit 2)."""
+    from ...errors import UsageError
+
+    if not 0 <= args.seed < 2**63:
+        raise UsageError(f"--seed {args.seed}: expected an integer in [0, 2^63)")
+    for i, prompt in enumerate(args.prompt):
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError as exc:  # invalid UTF-8 bytes in argv arrive as lone surrogates
+            raise UsageError(f"--prompt #{i + 1}: not valid UTF-8 text (byte/character at offset {exc.start}); "
+                             "pass the prompt as UTF-8") from None
+
+
 def run(args) -> int:
     from ..backend import open_backend
     from ..decoding import BatchDecoder, Row
     from ..streaming import TextStream
 
+    check_arguments(args)
     stepper, config, tok = open_backend(args.model, args.device, args.tokenizer, seed=args.seed)
     cfg = sampling_config(args, config)
     live = len(args.prompt) == 1 and not args.no_stream

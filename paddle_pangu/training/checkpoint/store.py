@@ -127,7 +127,10 @@ def _steps(root: str) -> list[int]:
 
 
 def _prune(root: str, saved_step: int, keep_last: int) -> None:
-    """Keep the checkpoint just written and the `keep_last - 1` newest before it; drop rejected ones.
+    """Keep the checkpoint just written and the `keep_last - 1` newest before it.
+
+    Rejected checkpoints (`*.rejected*`) are kept until the user removes them: a damaged COMPLETE or
+    run_config.json may leave intact weights someone wants back.
 
     The one just written was hashed from disk, so the newest verified checkpoint is never deleted.
     Checkpoints newer than it (another timeline, after an explicit older resume) are left alone.
@@ -139,9 +142,6 @@ def _prune(root: str, saved_step: int, keep_last: int) -> None:
     if newer:
         logger.warning("checkpoints newer than step %d remain from an earlier run: %s", saved_step,
                        ", ".join(step_dir_name(s) for s in newer))
-    for name in os.listdir(root):
-        if name.endswith(REJECTED):
-            shutil.rmtree(os.path.join(root, name), ignore_errors=True)
 
 
 # ---- verify and choose -----------------------------------------------------------------
@@ -253,7 +253,12 @@ def _reject(skipped, latest, chosen) -> None:
         logger.warning("skipping checkpoint %s: %s", step_dir, reason)
     if rank == 0:
         for step_dir, _ in skipped:
-            os.replace(step_dir, step_dir + REJECTED)
+            target, n = step_dir + REJECTED, 1
+            while os.path.lexists(target):  # an earlier rejection of the same step is kept too
+                n += 1
+                target = f"{step_dir}{REJECTED}-{n}"
+            os.replace(step_dir, target)
+            logger.warning("kept %s for inspection (remove it when done)", target)
     if skipped and chosen is None:
         logger.warning("no checkpoint verified; starting from step 0 (rejected: %s)",
                        ", ".join(os.path.basename(d) for d, _ in skipped))
