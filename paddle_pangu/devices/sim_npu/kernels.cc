@@ -1,0 +1,280 @@
+// Low-precision kernels of the simulated `npu` device: the bf16 / fp16 kernels mixed-precision
+// training, the loss scaler, export and decode need on `npu` and that Paddle's CPU build lacks
+// (Paddle falls back to a CPU kernel for an op on a custom place only where the CPU registers that
+// dtype; PLATFORM.md "Custom devices, bf16 and GPUs").
+//
+// Numerics: every kernel widens its bf16 / fp16 inputs to fp32, computes in fp32 and rounds ONCE
+// to the output dtype (round-to-nearest-even, phi::dtype conversions), the contract of Ascend's
+// Cube unit (fp16 / bf16 operands, fp32 accumulation). A mixed-precision run on this device is
+// therefore a faithful model of the device's rounding, not of its speed: the loops are plain and
+// single-threaded, sized for the tiny test model.
+//
+// Which kernels: found by running bf16 / fp16 O1 and O2 `pangu train --device npu`, the GradScaler,
+// `pangu export` and decode, one failure at a time (`kernel ... is not registered and fail to
+// fallback to CPU one`); docs/DEVICES.md lists them with the op that needed each.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+#include "paddle/phi/extension.h"
+
+namespace pangu_npu {
+
+using bf16 = phi::dtype::bfloat16;
+using fp16 = phi::dtype::float16;
+
+template <typename T>
+inline auto widen(T v) { if constexpr (std::is_same<T, double>::value) return v; else return static_cast<float>(v); }
+
+template <typename T>
+std::vector<float> to_f32(const phi::DenseTensor& t) {
+  const T* p = t.data<T>();
+  std::vector<float> out(t.numel());
+  for (int64_t i = 0; i < t.numel(); ++i) out[i] = widen(p[i]);
+  return out;
+}
+
+template <typename T>
+void store(const std::vector<float>& src, T* dst) {
+  for (size_t i = 0; i < src.size(); ++i) dst[i] = static_cast<T>(src[i]);  // the one rounding
+}
+
+// ---- matmul (matmul_v2): [..., M, K] x [..., K, N] with batch broadcasting -----------------------
+struct MatmulShape {
+  int64_t M, N, K;
+  int64_t xr, xc, yr, yc;               // stored matrix shape of x and y (before transpose)
+  std::vector<int64_t> batch;           // broadcast batch dims of out
+  std::vector<int64_t> xbatch, ybatch;  // each operand's batch dims, right-aligned to `batch`
+  int64_t nbatch() const {
+    int64_t n = 1;
+    for (auto d : batch) n *= d;
+    return n;
+  }
+  // flat batch index of an operand for output batch b (broadcast dims of size 1 repeat)
+  static int64_t operand_index(int64_t b, const std::vector<int64_t>& out, const std::vector<int64_t>& opd) {
+    int64_t idx = 0, stride = 1;
+    for (int64_t i = static_cast<int64_t>(out.size()) - 1; i >= 0; --i) {
+      int64_t coord = b % out[i];
+      b /= out[i];
+      int64_t d = opd[i];
+      idx += (d == 1 ? 0 : coord) * stride;
+      stride *= d;
+    }
+    return idx;
+  }
+};
+
+MatmulShape matmul_shape(const phi::DDim& xd, const phi::DDim& yd, bool tx, bool ty) {
+  MatmulShape s;
+  std::vector<int64_t> xv = phi::vectorize(xd), yv = phi::vectorize(yd);
+  if (xv.size() == 1) xv = tx ? std::vector<int64_t>{xv[0], 1} : std::vector<int64_t>{1, xv[0]};
+  if (yv.size() == 1) yv = ty ? std::vector<int64_t>{1, yv[0]} : std::vector<int64_t>{yv[0], 1};
+  s.xr = xv[xv.size() - 2];
+  s.xc = xv.back();
+  s.yr = yv[yv.size() - 2];
+  s.yc = yv.back();
+  s.M = tx ? s.xc : s.xr;
+  s.K = tx ? s.xr : s.xc;
+  s.N = ty ? s.yr : s.yc;
+  PADDLE_ENFORCE_EQ((ty ? s.yc : s.yr), s.K,
+                    phi::errors::InvalidArgument("sim npu matmul: inner dimensions differ"));
+  std::vector<int64_t> xb(xv.begin(), xv.end() - 2), yb(yv.begin(), yv.end() - 2);
+  size_t nb = std::max(xb.size(), yb.size());
+  xb.insert(xb.begin(), nb - xb.size(), 1);
+  yb.insert(yb.begin(), nb - yb.size(), 1);
+  s.batch.resize(nb);
+  for (size_t i = 0; i < nb; ++i) s.batch[i] = std::max(xb[i], yb[i]);
+  s.xbatch = xb;
+  s.ybatch = yb;
+  return s;
+}
+
+// C[M, N] (+)= op(A)[M, K] * op(B)[K, N] in fp32; A stored [ar, ac], B stored [br, bc]
+void gemm(const float* A, bool ta, int64_t ac, const float* B, bool tb, int64_t bc, float* C, int64_t M,
+          int64_t N, int64_t K, bool accumulate) {
+  if (!accumulate) std::fill(C, C + M * N, 0.0f);
+  for (int64_t m = 0; m < M; ++m) {
+    float* crow = C + m * N;
+    for (int64_t k = 0; k < K; ++k) {
+      float a = ta ? A[k * ac + m] : A[m * ac + k];
+      if (a == 0.0f) continue;
+      if (!tb) {
+        const float* brow = B + k * bc;
+        for (int64_t n = 0; n < N; ++n) crow[n] += a * brow[n];
+      } else {
+        for (int64_t n = 0; n < N; ++n) crow[n] += a * B[n * bc + k];
+      }
+    }
+  }
+}
+
+template <typename T, typename Context>
+void MatmulKernel(const Context& dev_ctx, const phi::DenseTensor& x, const phi::DenseTensor& y, bool transpose_x,
+                  bool transpose_y, phi::DenseTensor* out) {
+  MatmulShape s = matmul_shape(x.dims(), y.dims(), transpose_x, transpose_y);
+  T* o = dev_ctx.template Alloc<T>(out);
+  std::vector<float> xf = to_f32<T>(x), yf = to_f32<T>(y), of(s.nbatch() * s.M * s.N);
+  for (int64_t b = 0; b < s.nbatch(); ++b) {
+    int64_t xi = MatmulShape::operand_index(b, s.batch, s.xbatch);
+    int64_t yi = MatmulShape::operand_index(b, s.batch, s.ybatch);
+    gemm(xf.data() + xi * s.xr * s.xc, transpose_x, s.xc, yf.data() + yi * s.yr * s.yc, transpose_y, s.yc,
+         of.data() + b * s.M * s.N, s.M, s.N, s.K, false);
+  }
+  store(of, o);
+}
+
+template <typename T, typename Context>
+void MatmulGradKernel(const Context& dev_ctx, const phi::DenseTensor& x, const phi::DenseTensor& y,
+                      const phi::DenseTensor& dout, bool transpose_x, bool transpose_y, phi::DenseTensor* dx,
+                      phi::DenseTensor* dy) {
+  MatmulShape s = matmul_shape(x.dims(), y.dims(), transpose_x, transpose_y);
+  std::vector<float> xf = to_f32<T>(x), yf = to_f32<T>(y), gf = to_f32<T>(dout);
+  // broadcast batch dims accumulate in fp32 across the batch, then one rounding
+  std::vector<float> dxf(dx ? x.numel() : 0, 0.0f), dyf(dy ? y.numel() : 0, 0.0f);
+  std::vector<float> tmp;
+  for (int64_t b = 0; b < s.nbatch(); ++b) {
+    int64_t xi = MatmulShape::operand_index(b, s.batch, s.xbatch);
+    int64_t yi = MatmulShape::operand_index(b, s.batch, s.ybatch);
+    const float* X = xf.data() + xi * s.xr * s.xc;
+    const float* Y = yf.data() + yi * s.yr * s.yc;
+    const float* G = gf.data() + b * s.M * s.N;  // [M, N]
+    if (dx) {
+      float* DX = dxf.data() + xi * s.xr * s.xc;  // stored [xr, xc]
+      if (!transpose_x)  // dX[M, K] += G[M, N] * op(Y)^T
+        gemm(G, false, s.N, Y, !transpose_y, s.yc, DX, s.M, s.K, s.N, true);
+      else  // dX[K, M] += op(Y)[K, N] * G^T
+        gemm(Y, transpose_y, s.yc, G, true, s.N, DX, s.K, s.M, s.N, true);
+    }
+    if (dy) {
+      float* DY = dyf.data() + yi * s.yr * s.yc;
+      if (!transpose_y)  // dY[K, N] += op(X)^T * G
+        gemm(X, !transpose_x, s.xc, G, false, s.N, DY, s.K, s.N, s.M, true);
+      else  // dY[N, K] += G^T * op(X)
+        gemm(G, true, s.N, X, transpose_x, s.xc, DY, s.N, s.K, s.M, true);
+    }
+  }
+  if (dx) store(dxf, dev_ctx.template Alloc<T>(dx));
+  if (dy) store(dyf, dev_ctx.template Alloc<T>(dy));
+}
+
+
+// ---- cast: every dtype pair, on the device ------------------------------------------------------
+// Registered for all types, not only the half ones: the CPU fallback of an int64 / bool -> float32
+// cast returned a tensor whose buffer a later backward found empty ("memory's size is 0" in
+// multiply_grad of the loss mask, paddle 3.3.1), so no cast on `npu` may go through the fallback.
+template <typename T>
+constexpr bool is_half() { return std::is_same<T, bf16>::value || std::is_same<T, fp16>::value; }
+
+template <typename T, typename O>
+inline O convert(T v) {
+  using W = std::conditional_t<is_half<T>(), float, T>;  // a half input widens exactly to fp32
+  W w = static_cast<W>(v);
+  if constexpr (std::is_same<O, bool>::value) return w != W(0);
+  else if constexpr (is_half<O>()) return static_cast<O>(static_cast<float>(w));  // one rounding
+  else return static_cast<O>(w);
+}
+
+template <typename T, typename O, typename Context>
+void cast_to(const Context& dev_ctx, const phi::DenseTensor& x, phi::DenseTensor* out) {
+  const T* in = x.data<T>();
+  O* o = dev_ctx.template Alloc<O>(out);
+  for (int64_t i = 0; i < x.numel(); ++i) o[i] = convert<T, O>(in[i]);
+}
+
+template <typename T, typename Context>
+void CastKernel(const Context& dev_ctx, const phi::DenseTensor& x, phi::DataType out_dtype, phi::DenseTensor* out) {
+  switch (out_dtype) {
+    case phi::DataType::FLOAT32: return cast_to<T, float>(dev_ctx, x, out);
+    case phi::DataType::FLOAT64: return cast_to<T, double>(dev_ctx, x, out);
+    case phi::DataType::BFLOAT16: return cast_to<T, bf16>(dev_ctx, x, out);
+    case phi::DataType::FLOAT16: return cast_to<T, fp16>(dev_ctx, x, out);
+    case phi::DataType::INT64: return cast_to<T, int64_t>(dev_ctx, x, out);
+    case phi::DataType::INT32: return cast_to<T, int32_t>(dev_ctx, x, out);
+    case phi::DataType::INT16: return cast_to<T, int16_t>(dev_ctx, x, out);
+    case phi::DataType::INT8: return cast_to<T, int8_t>(dev_ctx, x, out);
+    case phi::DataType::UINT8: return cast_to<T, uint8_t>(dev_ctx, x, out);
+    case phi::DataType::BOOL: return cast_to<T, bool>(dev_ctx, x, out);
+    default:
+      PADDLE_THROW(phi::errors::Unimplemented("sim npu cast: output dtype %s", phi::DataTypeToString(out_dtype)));
+  }
+}
+
+
+// ---- multiply_grad: registered for fp32 too ------------------------------------------------------
+// When only one operand of `x * y` needs a gradient, Paddle 3.3.1 saves the other without its buffer
+// (it is not needed for that gradient), but the CPU MultiplyGradKernel the `npu` place falls back to
+// reads both: "Tensor's dimension is out of bound ... memory's size is 0" in the loss mask's backward.
+// This kernel reads an operand only for the gradient that needs it.
+// Broadcasting: Paddle's elementwise rule (shapes right-aligned unless `axis` says where y starts).
+struct Broadcast {
+  std::vector<int64_t> out, xs, ys;  // out dims; x and y dims aligned to out (1 where broadcast)
+  int64_t numel = 1;
+  static std::vector<int64_t> align(const std::vector<int64_t>& d, size_t rank, int64_t start) {
+    std::vector<int64_t> a(rank, 1);
+    for (size_t i = 0; i < d.size(); ++i) a[start + i] = d[i];
+    return a;
+  }
+  Broadcast(const phi::DDim& xd, const phi::DDim& yd, int axis) {
+    auto xv = phi::vectorize(xd), yv = phi::vectorize(yd);
+    size_t rank = std::max(xv.size(), yv.size());
+    int64_t xstart = rank - xv.size(), ystart = rank - yv.size();
+    if (axis >= 0 && xv.size() >= yv.size()) ystart = axis;
+    if (axis >= 0 && yv.size() > xv.size()) xstart = axis;
+    xs = align(xv, rank, xstart);
+    ys = align(yv, rank, ystart);
+    out.resize(rank);
+    for (size_t i = 0; i < rank; ++i) out[i] = std::max(xs[i], ys[i]);
+    for (auto d : out) numel *= d;
+  }
+  // flat index into an operand of aligned dims `d` for flat output index `o`
+  int64_t index(int64_t o, const std::vector<int64_t>& d) const {
+    int64_t idx = 0, stride = 1;
+    for (int64_t i = static_cast<int64_t>(out.size()) - 1; i >= 0; --i) {
+      int64_t coord = o % out[i];
+      o /= out[i];
+      idx += (d[i] == 1 ? 0 : coord) * stride;
+      stride *= d[i];
+    }
+    return idx;
+  }
+};
+
+template <typename T, typename Context>
+void MultiplyGradKernel(const Context& dev_ctx, const phi::DenseTensor& x, const phi::DenseTensor& y,
+                        const phi::DenseTensor& dout, int axis, phi::DenseTensor* dx, phi::DenseTensor* dy) {
+  Broadcast b(x.dims(), y.dims(), axis);
+  const T* g = dout.data<T>();
+  if (dx) {  // dx = reduce_to_x(dout * y), accumulated in fp32 (double for fp64), rounded once
+    using Acc = std::conditional_t<std::is_same<T, double>::value, double, float>;
+    const T* yp = y.data<T>();
+    std::vector<Acc> acc(x.numel(), Acc(0));
+    for (int64_t o = 0; o < b.numel; ++o)
+      acc[b.index(o, b.xs)] += static_cast<Acc>(widen(g[o])) * static_cast<Acc>(widen(yp[b.index(o, b.ys)]));
+    T* out = dev_ctx.template Alloc<T>(dx);
+    for (int64_t i = 0; i < x.numel(); ++i) out[i] = static_cast<T>(acc[i]);
+  }
+  if (dy) {
+    using Acc = std::conditional_t<std::is_same<T, double>::value, double, float>;
+    const T* xp = x.data<T>();
+    std::vector<Acc> acc(y.numel(), Acc(0));
+    for (int64_t o = 0; o < b.numel; ++o)
+      acc[b.index(o, b.ys)] += static_cast<Acc>(widen(g[o])) * static_cast<Acc>(widen(xp[b.index(o, b.xs)]));
+    T* out = dev_ctx.template Alloc<T>(dy);
+    for (int64_t i = 0; i < y.numel(); ++i) out[i] = static_cast<T>(acc[i]);
+  }
+}
+
+}  // namespace pangu_npu
+
+PD_REGISTER_PLUGIN_KERNEL(matmul, npu, ALL_LAYOUT, pangu_npu::MatmulKernel, phi::dtype::bfloat16,
+                          phi::dtype::float16) {}
+PD_REGISTER_PLUGIN_KERNEL(matmul_grad, npu, ALL_LAYOUT, pangu_npu::MatmulGradKernel, phi::dtype::bfloat16,
+                          phi::dtype::float16) {}
+PD_REGISTER_PLUGIN_KERNEL(cast, npu, ALL_LAYOUT, pangu_npu::CastKernel, float, double, phi::dtype::bfloat16,
+                          phi::dtype::float16, int64_t, int32_t, int16_t, int8_t, uint8_t, bool) {
+  kernel->OutputAt(0).SetDataType(phi::DataType::UNDEFINED);
+}
+PD_REGISTER_PLUGIN_KERNEL(multiply_grad, npu, ALL_LAYOUT, pangu_npu::MultiplyGradKernel, float, double,
+                          phi::dtype::bfloat16, phi::dtype::float16) {}
