@@ -11,8 +11,12 @@
 //
 // Which kernels: found by running bf16 / fp16 O1 and O2 `pangu train --device npu`, the GradScaler,
 // `pangu export` and decode, one failure at a time (`kernel ... is not registered and fail to
-// fallback to CPU one`); docs/DEVICES.md lists them with the op that needed each.
+// fallback to CPU one`); docs/DEVICES.md lists them with the op that needed each. One file registers
+// a kernel name (the registration macro defines one symbol per name).
+#include <dlfcn.h>
+
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
@@ -91,21 +95,39 @@ MatmulShape matmul_shape(const phi::DDim& xd, const phi::DDim& yd, bool tx, bool
   return s;
 }
 
-// C[M, N] (+)= op(A)[M, K] * op(B)[K, N] in fp32; A stored [ar, ac], B stored [br, bc]
+// The fp32 GEMM: MKL's cblas_sgemm from the libmklml_intel.so Paddle has already loaded (the library
+// Paddle's own CPU fp32 matmul calls, so a bf16 matmul here is exactly the CPU fp32 matmul of the
+// rounded operands, rounded once); a plain loop where that library is absent (a non-MKL Paddle build).
+using SgemmFn = void (*)(int, int, int, int, int, int, float, const float*, int, const float*, int, float, float*,
+                         int);
+SgemmFn find_sgemm() {
+  void* sym = dlsym(RTLD_DEFAULT, "cblas_sgemm");
+  if (!sym) {
+    void* lib = dlopen("libmklml_intel.so", RTLD_NOW | RTLD_NOLOAD);
+    if (lib) sym = dlsym(lib, "cblas_sgemm");
+  }
+  return reinterpret_cast<SgemmFn>(sym);
+}
+
+// C[M, N] (+)= op(A)[M, K] * op(B)[K, N] in fp32; A stored [*, ac] row-major, B stored [*, bc]
 void gemm(const float* A, bool ta, int64_t ac, const float* B, bool tb, int64_t bc, float* C, int64_t M,
           int64_t N, int64_t K, bool accumulate) {
+  static const SgemmFn sgemm = find_sgemm();
+  if (sgemm && M < INT32_MAX && N < INT32_MAX && K < INT32_MAX) {
+    constexpr int kRowMajor = 101, kNoTrans = 111, kTrans = 112;  // CBLAS enums
+    sgemm(kRowMajor, ta ? kTrans : kNoTrans, tb ? kTrans : kNoTrans, static_cast<int>(M), static_cast<int>(N),
+          static_cast<int>(K), 1.0f, A, static_cast<int>(ac), B, static_cast<int>(bc), accumulate ? 1.0f : 0.0f,
+          C, static_cast<int>(N));
+    return;
+  }
   if (!accumulate) std::fill(C, C + M * N, 0.0f);
-  for (int64_t m = 0; m < M; ++m) {
-    float* crow = C + m * N;
-    for (int64_t k = 0; k < K; ++k) {
+  std::vector<float> bk(N);
+  for (int64_t k = 0; k < K; ++k) {
+    for (int64_t n = 0; n < N; ++n) bk[n] = tb ? B[n * bc + k] : B[k * bc + n];  // row k of op(B)
+    for (int64_t m = 0; m < M; ++m) {
       float a = ta ? A[k * ac + m] : A[m * ac + k];
-      if (a == 0.0f) continue;
-      if (!tb) {
-        const float* brow = B + k * bc;
-        for (int64_t n = 0; n < N; ++n) crow[n] += a * brow[n];
-      } else {
-        for (int64_t n = 0; n < N; ++n) crow[n] += a * B[n * bc + k];
-      }
+      float* crow = C + m * N;
+      for (int64_t n = 0; n < N; ++n) crow[n] += a * bk[n];
     }
   }
 }
@@ -157,48 +179,6 @@ void MatmulGradKernel(const Context& dev_ctx, const phi::DenseTensor& x, const p
   }
   if (dx) store(dxf, dev_ctx.template Alloc<T>(dx));
   if (dy) store(dyf, dev_ctx.template Alloc<T>(dy));
-}
-
-
-// ---- cast: every dtype pair, on the device ------------------------------------------------------
-// Registered for all types, not only the half ones: the CPU fallback of an int64 / bool -> float32
-// cast returned a tensor whose buffer a later backward found empty ("memory's size is 0" in
-// multiply_grad of the loss mask, paddle 3.3.1), so no cast on `npu` may go through the fallback.
-template <typename T>
-constexpr bool is_half() { return std::is_same<T, bf16>::value || std::is_same<T, fp16>::value; }
-
-template <typename T, typename O>
-inline O convert(T v) {
-  using W = std::conditional_t<is_half<T>(), float, T>;  // a half input widens exactly to fp32
-  W w = static_cast<W>(v);
-  if constexpr (std::is_same<O, bool>::value) return w != W(0);
-  else if constexpr (is_half<O>()) return static_cast<O>(static_cast<float>(w));  // one rounding
-  else return static_cast<O>(w);
-}
-
-template <typename T, typename O, typename Context>
-void cast_to(const Context& dev_ctx, const phi::DenseTensor& x, phi::DenseTensor* out) {
-  const T* in = x.data<T>();
-  O* o = dev_ctx.template Alloc<O>(out);
-  for (int64_t i = 0; i < x.numel(); ++i) o[i] = convert<T, O>(in[i]);
-}
-
-template <typename T, typename Context>
-void CastKernel(const Context& dev_ctx, const phi::DenseTensor& x, phi::DataType out_dtype, phi::DenseTensor* out) {
-  switch (out_dtype) {
-    case phi::DataType::FLOAT32: return cast_to<T, float>(dev_ctx, x, out);
-    case phi::DataType::FLOAT64: return cast_to<T, double>(dev_ctx, x, out);
-    case phi::DataType::BFLOAT16: return cast_to<T, bf16>(dev_ctx, x, out);
-    case phi::DataType::FLOAT16: return cast_to<T, fp16>(dev_ctx, x, out);
-    case phi::DataType::INT64: return cast_to<T, int64_t>(dev_ctx, x, out);
-    case phi::DataType::INT32: return cast_to<T, int32_t>(dev_ctx, x, out);
-    case phi::DataType::INT16: return cast_to<T, int16_t>(dev_ctx, x, out);
-    case phi::DataType::INT8: return cast_to<T, int8_t>(dev_ctx, x, out);
-    case phi::DataType::UINT8: return cast_to<T, uint8_t>(dev_ctx, x, out);
-    case phi::DataType::BOOL: return cast_to<T, bool>(dev_ctx, x, out);
-    default:
-      PADDLE_THROW(phi::errors::Unimplemented("sim npu cast: output dtype %s", phi::DataTypeToString(out_dtype)));
-  }
 }
 
 
@@ -272,9 +252,5 @@ PD_REGISTER_PLUGIN_KERNEL(matmul, npu, ALL_LAYOUT, pangu_npu::MatmulKernel, phi:
                           phi::dtype::float16) {}
 PD_REGISTER_PLUGIN_KERNEL(matmul_grad, npu, ALL_LAYOUT, pangu_npu::MatmulGradKernel, phi::dtype::bfloat16,
                           phi::dtype::float16) {}
-PD_REGISTER_PLUGIN_KERNEL(cast, npu, ALL_LAYOUT, pangu_npu::CastKernel, float, double, phi::dtype::bfloat16,
-                          phi::dtype::float16, int64_t, int32_t, int16_t, int8_t, uint8_t, bool) {
-  kernel->OutputAt(0).SetDataType(phi::DataType::UNDEFINED);
-}
 PD_REGISTER_PLUGIN_KERNEL(multiply_grad, npu, ALL_LAYOUT, pangu_npu::MultiplyGradKernel, float, double,
                           phi::dtype::bfloat16, phi::dtype::float16) {}
