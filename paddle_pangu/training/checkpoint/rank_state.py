@@ -86,10 +86,17 @@ def _save_tensors(path: str, tensors: dict) -> None:
 def _load_tensors(path: str) -> dict:
     from safetensors.paddle import load_file
 
+    # safetensors builds its CPU tensors with frombuffer + a dtype view, a stride kernel: the NPU
+    # environment turns stride kernels off (FLAGS_use_stride_kernel=0, devices.NPU_ENV_DEFAULTS), and
+    # every resume on `npu` failed ("kernel `view_dtype` is not registered"); on only for the load
+    stride = paddle.get_flags(["FLAGS_use_stride_kernel"])["FLAGS_use_stride_kernel"]
     try:
+        paddle.set_flags({"FLAGS_use_stride_kernel": True})
         return load_file(path)
     except Exception as exc:  # a header that verified but does not parse: still a checkpoint problem
         raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc)[:160]})") from None
+    finally:
+        paddle.set_flags({"FLAGS_use_stride_kernel": stride})
 
 
 def write_rank_files(rank_dir: str, model, optimizer, state: dict) -> None:
@@ -99,7 +106,8 @@ def write_rank_files(rank_dir: str, model, optimizer, state: dict) -> None:
     if bad:
         raise CheckpointError(f"model state entries that are not tensors: {bad[:5]}")
     _save_tensors(os.path.join(rank_dir, MODEL_FILE), dict(model_sd))
-    opt_state = rename_optimizer_state(optimizer.state_dict(), _unique_to_structured(model))
+    opt_state = optimizer.state_dict()
+    opt_state = rename_optimizer_state(opt_state, {**_unique_to_structured(model), **_master_names(opt_state, model)})
     skeleton, opt_tensors = split_tensors(opt_state)
     _save_tensors(os.path.join(rank_dir, OPTIMIZER_FILE), opt_tensors)
     doc = {**{k: to_json(v) for k, v in state.items()}, "optimizer": skeleton}
@@ -118,5 +126,26 @@ def read_rank_files(rank_dir: str, model, optimizer) -> dict:
     opt_tensors = _load_tensors(os.path.join(rank_dir, OPTIMIZER_FILE))
     opt_state = join_tensors(state.pop("optimizer"), opt_tensors, path)
     structured_to_unique = {v: k for k, v in _unique_to_structured(model).items()}
-    optimizer.set_state_dict(rename_optimizer_state(opt_state, structured_to_unique))
+    opt_state = rename_optimizer_state(opt_state, structured_to_unique)
+    for unique, master in opt_state.get("master_weights", {}).items():
+        # the loaded master is a new tensor: give it the name its moments are stored under
+        master.name = unique + MASTER
+    opt_state = rename_optimizer_state(opt_state, {structured + MASTER: structured_to_unique[structured] + MASTER
+                                                   for structured in structured_to_unique})
+    optimizer.set_state_dict(opt_state)
     return state
+
+
+MASTER = ".fp32_master"  # structured name suffix of an fp32 master weight (AMP O2, multi_precision)
+
+
+def _master_names(opt_state: dict, model) -> dict:
+    """{master weight's unique name: `<structured param name>.fp32_master`}.
+
+    With master weights (AMP O2), AdamW keys the moments by the *master* tensor's name
+    (`eager_tmp_5_moment1_0`), a process-global unique name that a resuming process does not
+    reproduce; an O2 resume failed with "eager_tmp_0_moment1_0 should in state dict".
+    """
+    structured = _unique_to_structured(model)
+    return {master.name: structured[unique] + MASTER
+            for unique, master in opt_state.get("master_weights", {}).items() if unique in structured}
