@@ -136,6 +136,35 @@ def _registered_kernels() -> set[str]:
         return set()
 
 
+_PLUGIN_OPS_LOADED: list[str] = []
+
+
+def register_npu_plugin_ops() -> list[str]:
+    """Register the custom ops (`flash_attention_npu`) of the loaded npu plugin, once per process.
+
+    Paddle loads a plugin's kernels with the device but not its custom ops: paddle-custom-npu registers
+    them when `paddle_custom_device.npu.ops` is imported (its generated module calls
+    `load_op_meta_info_and_register_op` on each library in CUSTOM_DEVICE_ROOT); the same is done here
+    for any other plugin there (the simulated npu, devices/sim_npu). Returns the op names registered.
+    """
+    if _PLUGIN_OPS_LOADED:
+        return _PLUGIN_OPS_LOADED
+    try:
+        import paddle_custom_device.npu.ops  # noqa: F401  (Ascend: registers its ops on import)
+        _PLUGIN_OPS_LOADED.append("paddle_custom_device.npu.ops")
+        return _PLUGIN_OPS_LOADED
+    except ImportError:
+        pass
+    import paddle.utils.cpp_extension  # noqa: F401
+
+    root = os.environ.get("CUSTOM_DEVICE_ROOT", "")
+    for name in sorted(os.listdir(root)) if root and os.path.isdir(root) else []:
+        if name.endswith(".so"):
+            _PLUGIN_OPS_LOADED.extend(
+                paddle.utils.cpp_extension.load_op_meta_info_and_register_op(os.path.join(root, name)))
+    return _PLUGIN_OPS_LOADED
+
+
 def fused_attention_available(device: DeviceInfo | str) -> str | None:
     """Which fused (flash) attention kernel the attention code may use.
 
@@ -148,6 +177,7 @@ def fused_attention_available(device: DeviceInfo | str) -> str | None:
     """
     dev_type = device if isinstance(device, str) else device.type
     if dev_type == "npu":
+        register_npu_plugin_ops()
         return "npu" if "flash_attention_npu" in _registered_kernels() else None
     if dev_type == "gpu":
         has_fa = hasattr(paddle.nn.functional, "flash_attention")
