@@ -118,6 +118,9 @@ def main(work):
     report = {"device": str(paddle.get_device()), "matmul_excess": {d: check_matmul(d) for d in UNIT_ROUNDOFF}}
     ref = Trainer(config(os.path.join(work, "fp32")))
     report["sensitivity"] = first_step_sensitivity(ref)
+    from paddle_pangu.model.layers import PanGuAttention
+
+    report["attention_impl"] = sorted({m.impl for m in ref.model.sublayers() if isinstance(m, PanGuAttention)})
     ref.train()
     report["fp32"] = losses(os.path.join(work, "fp32"))
     for dtype, level in (("bfloat16", "O1"), ("bfloat16", "O2"), ("float16", "O2")):

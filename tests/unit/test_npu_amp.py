@@ -56,6 +56,7 @@ def amp_report(tmp_path_factory):
 
 def test_plugin_matmul_is_the_fp32_matmul_of_the_rounded_operands_rounded_once(amp_report):
     assert amp_report["device"] == "npu:0"
+    assert amp_report["attention_impl"] == ["npu"]  # the Trainer runs the Ascend attention op on npu
     # excess over u |ref| (+ fp32 summation-order slack) of out, dx, dy on transposed / broadcast shapes
     assert amp_report["matmul_excess"]["bfloat16"] <= 0 and amp_report["matmul_excess"]["float16"] <= 0
 
