@@ -11,7 +11,7 @@
 //
 // Which kernels: found by running bf16 / fp16 O1 and O2 `pangu train --device npu`, the GradScaler,
 // `pangu export` and decode, one failure at a time (`kernel ... is not registered and fail to
-// fallback to CPU one`); docs/DEVICES.md lists them with the op that needed each. One file registers
+// fallback to CPU one`); docs/NPU_KERNELS.md lists them with the run that needed each. One file registers
 // a kernel name (the registration macro defines one symbol per name).
 #include <dlfcn.h>
 
