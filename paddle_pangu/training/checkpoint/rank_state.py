@@ -58,18 +58,26 @@ def capture_rng_state() -> dict:
     """Every RNG a step can draw from (dropout in mp regions uses fleet's tracker)."""
     from paddle.distributed.fleet.meta_parallel import get_rng_state_tracker
 
-    return {
+    state = {
         "paddle": paddle.get_rng_state(),
         "tracker": get_rng_state_tracker().get_states_tracker(),
         "numpy": np.random.get_state(),
         "python": random.getstate(),
     }
+    if not paddle.get_device().startswith("cpu"):
+        # on a custom device `get_rng_state()` is that device's generators, but an op without a device
+        # kernel runs Paddle's CPU kernel, which draws from the CPU generator (dropout on the simulated
+        # npu: resume replayed different dropout masks until this was saved too)
+        state["paddle_cpu"] = paddle.get_rng_state("cpu")
+    return state
 
 
 def restore_rng_state(state: dict) -> None:
     from paddle.distributed.fleet.meta_parallel import get_rng_state_tracker
 
     paddle.set_rng_state(list(state["paddle"]))
+    if state.get("paddle_cpu") is not None:
+        paddle.set_rng_state(list(state["paddle_cpu"]), "cpu")
     if state.get("tracker"):
         get_rng_state_tracker().set_states_tracker(state["tracker"])
     np.random.set_state(state["numpy"])
