@@ -62,7 +62,7 @@ REFERENCE = {"micro_batch_size": 2, "accumulate_steps": 2}
 # reference by the same rules (its fp32 kernels are Paddle's CPU kernels, summed in a different order
 # than the fused CPU kernels the CPU runs use: within the rules' fp32 floors, not bit-identical)
 NPU_ENV = {"PANGU_TEST_NPU": "1", "PADDLE_DISTRI_BACKEND": "xccl"}
-NPU_LAYOUTS = ("dp2", "mp2_recompute")
+NPU_LAYOUTS = ("dp2", "mp2_recompute", "pp2_4micro")  # sharding2: see README "Devices"
 
 
 @pytest.fixture(scope="module")
