@@ -26,6 +26,12 @@ Paddle's CPU wheel bundles Intel MKL (`paddle/libs/libmklml_intel.so`). MKL read
   +15% (the heap keeps its high-water mark). Skipped when the user set any `MALLOC_*` variable or
   the C library is not glibc. README "Platform notes" / "Benchmarks" have the numbers.
 
+- Devices: `PANGU_TEST_NPU=1` builds (once, cached) and loads the simulated Ascend device plugin
+  (`devices/sim_npu`, via Paddle's `CUSTOM_DEVICE_ROOT`), and whenever an `npu` device will be loaded
+  (that switch, or paddle-custom-npu installed) the NPU recipe's environment (`devices.NPU_ENV_DEFAULTS`:
+  `FLAGS_*` Paddle reads only at import, `HCCL_*`) is set where the user has not set it. Both must happen
+  before `import paddle`, and the processes `pangu train --nproc N` launches inherit them.
+
 `PANGU_NO_RUNTIME_TUNING=1` leaves the environment and the allocator untouched. The decision is a pure
 function (`decide`) so it is unit-tested per vendor; `apply()` runs it once per process
 and logs one line to stderr (`PANGU_QUIET_RUNTIME=1` silences the line only).
@@ -200,7 +206,9 @@ def apply(log: bool = True) -> Decision:
         _APPLIED = Decision(notes=["paddle already imported: environment left as is"])
         return _APPLIED
     libc = _glibc()
+    devices_note = _devices()
     _APPLIED = decide(cpu, os.environ, paddle_bundles_mkl(), glibc=libc is not None)
+    _APPLIED.notes += devices_note
     for key in _APPLIED.unset_env:
         os.environ.pop(key, None)
     os.environ.update(_APPLIED.set_env)
@@ -208,3 +216,23 @@ def apply(log: bool = True) -> Decision:
     if log and os.environ.get(QUIET_ENV) != "1":
         print(_APPLIED.summary(cpu), file=sys.stderr)
     return _APPLIED
+
+
+def _devices() -> list:
+    """Load the simulated npu when switched on, and the NPU environment when an npu will be loaded (before
+    paddle is imported). A failed plugin build ends the process with one line naming the build log."""
+    from . import devices  # the device plugins (layer 0b); allowed by tests/unit/test_architecture.py
+    from .devices import sim_npu
+
+    notes = []
+    if sim_npu.enabled():
+        try:
+            notes.append(f"simulated npu plugin {sim_npu.enable()}")
+        except sim_npu.PluginBuildError as err:
+            print(f"pangu: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+    if devices.npu_plugin_expected():
+        applied = devices.apply_npu_env()
+        if applied:
+            notes.append("NPU environment " + " ".join(f"{k}={v}" for k, v in applied.items()))
+    return notes

@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--perplexity", default=None, metavar="DATA_DIR", help="also report perplexity on this prepared dataset's test split")
     p.add_argument("--ppl-samples", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", choices=("cpu", "gpu", "npu"), default="cpu",
+                   help="where the model runs (a missing device is a one-line error)")
     p.add_argument("--json", action="store_true", help="print JSON only")
 
 
@@ -110,6 +112,7 @@ def _jobs(args):
 
 
 def run(args) -> int:
+    from ..inference.backend import use_device
     from ..inference.loading import load_model_and_tokenizer
     from .report import format_table, plot_scores, write_json
     from .runner import evaluate_task
@@ -117,6 +120,7 @@ def run(args) -> int:
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1) or min(args.shots) < 0:
         raise UsageError("--batch-size and --limit must be >= 1 and --shots >= 0")
     jobs = _jobs(args)  # data problems surface before the model loads
+    use_device(args.device, dygraph=True)
     model, tok = load_model_and_tokenizer(args.model, seed=args.seed)
     results = []
     if args.perplexity:

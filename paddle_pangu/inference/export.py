@@ -171,7 +171,15 @@ def predictor_settings(device: str = "cpu", threads: int = 0, dtype: str = "floa
 
 def predictor_config(model_file: str, params_file: str, device: str = "cpu", threads: int = 0,
                      dtype: str = "float32"):
-    """The paddle.inference.Config for one graph on `device` (see predictor_settings)."""
+    """The paddle.inference.Config for one graph on `device` (see predictor_settings).
+
+    npu needs the device plugin loaded in this process: without it Paddle Inference accepts the config
+    and then aborts the whole process in create_predictor ("No allocator found for the place,
+    Place(npu:0)"), so a missing plugin is a one-line DeviceError here instead."""
+    if device == "npu":
+        from ..parallel.device import select_device
+
+        select_device("npu")  # DeviceError naming the missing plugin
     cfg = paddle.inference.Config(model_file, params_file)
     for method, args in predictor_settings(device, threads, dtype):
         getattr(cfg, method)(*args)

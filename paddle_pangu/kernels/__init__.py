@@ -18,8 +18,9 @@ import os
 import sys
 from pathlib import Path
 
+from .native_build import CACHE_ENV, build_lock, cache_root, failure_line
+
 DISABLE_ENV = "PANGU_NO_CPU_KERNELS"
-CACHE_ENV = "PANGU_KERNEL_CACHE"
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
 # no -ffast-math (NaN / inf must propagate), no FMA contraction (the reference order of operations);
 # no -march: the AVX2 paths are chosen at run time, so one build serves every x86-64 CPU
@@ -37,8 +38,7 @@ def _tag() -> str:
 
 
 def build_dir() -> Path:
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "paddle_pangu", "kernels")
-    return Path(root) / _tag()
+    return cache_root("kernels") / _tag()
 
 
 def _ldflags() -> list[str]:
@@ -87,16 +87,12 @@ class _Ops:
 
 
 def _build():
-    import fcntl
-
     from paddle.utils import cpp_extension
 
     where = build_dir()
-    where.mkdir(parents=True, exist_ok=True)
     name = f"pangu_cpu_kernels_{where.name}"
     library = where / name / f"{name}.so"
-    with open(where / "lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # the other processes of a launch wait for the one build
+    with build_lock(where):  # the other processes of a launch wait for the one build
         if library.exists():
             try:
                 cpp_extension.load_op_meta_info_and_register_op(str(library))
@@ -123,8 +119,7 @@ def load():
     try:
         _STATE["module"] = _build()
     except Exception as exc:  # no compiler, no headers, a read-only cache: Paddle's kernels then
-        _STATE["reason"] = f"build failed ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}; " \
-                           f"log {build_dir() / 'build.log'})"
+        _STATE["reason"] = failure_line(exc, build_dir() / "build.log")
         print(f"pangu kernels: {_STATE['reason']}; using Paddle's kernels", file=sys.stderr)
     return _STATE["module"]
 

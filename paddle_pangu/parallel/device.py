@@ -13,6 +13,7 @@ import logging
 import os
 
 import paddle
+from paddle_pangu.devices import NPU_ENV_DEFAULTS as _NPU_ENV_DEFAULTS
 from paddle_pangu.errors import PanGuError
 
 logger = logging.getLogger(__name__)
@@ -23,19 +24,11 @@ DEVICE_CHOICES = ("auto", "cpu", "gpu", "npu")
 # process group, which dispatches to the plugin's HCCL on Ascend.
 _BACKENDS = {"cpu": "gloo", "gpu": "nccl", "npu": "xccl"}
 
-# Environment the PaddleNLP Ascend LLM recipes export before training:
-# PaddleNLP llm/npu/llama/llama_npu_ppt_N1C8.sh and llama_npu_opt_ppt.sh
-# (FLAGS_* are Paddle / paddle-custom-npu flags, HCCL_* the Ascend collective
-# library, MULTI_STREAM_MEMORY_REUSE the CANN runtime).
-NPU_ENV_DEFAULTS = {
-    "FLAGS_npu_storage_format": "1",  # keep weights in NPU-private (NZ) layout
-    "FLAGS_use_stride_kernel": "0",  # strided views are slow / unsupported on NPU
-    "FLAGS_allocator_strategy": "naive_best_fit",
-    "HCCL_OP_BASE_FFTS_MODE_ENABLE": "TRUE",
-    "HCCL_INTRA_PCIE_ENABLE": "0",  # intra-node traffic over RoCE, not PCIe
-    "HCCL_INTRA_ROCE_ENABLE": "1",
-    "MULTI_STREAM_MEMORY_REUSE": "1",
-}
+# The NPU recipe environment lives in `devices` (set before paddle is imported, by `runtime.apply`).
+NPU_ENV_DEFAULTS = _NPU_ENV_DEFAULTS
+# The Paddle flags of NPU_ENV_DEFAULTS that Paddle also takes after import (`paddle.set_flags`), for a
+# process that imported paddle before `runtime.apply` could set the environment (a library user)
+_RUNTIME_FLAGS = {"FLAGS_use_stride_kernel": False}
 
 
 class DeviceError(PanGuError, RuntimeError):
@@ -109,9 +102,12 @@ def npu_env_defaults(device: DeviceInfo | str, environ: dict | None = None) -> d
     """Set the NPU recipe flags (NPU_ENV_DEFAULTS) in `environ` when device is npu.
 
     Values the user already exported win. Returns the flags actually set;
-    does nothing (returns {}) on other devices. Flags read at import time by
-    the plugin must be in the environment before paddle initialises the
-    device, so call this first thing in the launched process.
+    does nothing (returns {}) on other devices. Paddle reads FLAGS_* from the
+    environment only when it is imported, so `paddle_pangu.runtime.apply` sets
+    them before that in every pangu process; here (paddle imported) the
+    HCCL_* variables still take effect (read when the communicator is
+    created), and the flags Paddle accepts at run time (`_RUNTIME_FLAGS`)
+    are set with `paddle.set_flags` unless the user exported them.
     """
     dev_type = device if isinstance(device, str) else device.type
     if dev_type != "npu":
@@ -122,6 +118,12 @@ def npu_env_defaults(device: DeviceInfo | str, environ: dict | None = None) -> d
         if key not in environ:
             environ[key] = value
             applied[key] = value
+    if environ is os.environ:
+        user_set = set(environ) - set(applied)
+        for flag, value in _RUNTIME_FLAGS.items():
+            if flag not in user_set and paddle.get_flags([flag])[flag] != value:
+                paddle.set_flags({flag: value})
+                applied[flag] = str(int(value))
     if applied:
         logger.info("NPU environment defaults applied: %s", applied)
     return applied
@@ -132,6 +134,35 @@ def _registered_kernels() -> set[str]:
         return set(paddle.base.core._get_all_register_op_kernels("all"))
     except (AttributeError, RuntimeError, TypeError):
         return set()
+
+
+_PLUGIN_OPS_LOADED: list[str] = []
+
+
+def register_npu_plugin_ops() -> list[str]:
+    """Register the custom ops (`flash_attention_npu`) of the loaded npu plugin, once per process.
+
+    Paddle loads a plugin's kernels with the device but not its custom ops: paddle-custom-npu registers
+    them when `paddle_custom_device.npu.ops` is imported (its generated module calls
+    `load_op_meta_info_and_register_op` on each library in CUSTOM_DEVICE_ROOT); the same is done here
+    for any other plugin there (the simulated npu, devices/sim_npu). Returns the op names registered.
+    """
+    if _PLUGIN_OPS_LOADED:
+        return _PLUGIN_OPS_LOADED
+    try:
+        import paddle_custom_device.npu.ops  # noqa: F401  (Ascend: registers its ops on import)
+        _PLUGIN_OPS_LOADED.append("paddle_custom_device.npu.ops")
+        return _PLUGIN_OPS_LOADED
+    except ImportError:
+        pass
+    import paddle.utils.cpp_extension  # noqa: F401
+
+    root = os.environ.get("CUSTOM_DEVICE_ROOT", "")
+    for name in sorted(os.listdir(root)) if root and os.path.isdir(root) else []:
+        if name.endswith(".so"):
+            _PLUGIN_OPS_LOADED.extend(
+                paddle.utils.cpp_extension.load_op_meta_info_and_register_op(os.path.join(root, name)))
+    return _PLUGIN_OPS_LOADED
 
 
 def fused_attention_available(device: DeviceInfo | str) -> str | None:
@@ -146,6 +177,7 @@ def fused_attention_available(device: DeviceInfo | str) -> str | None:
     """
     dev_type = device if isinstance(device, str) else device.type
     if dev_type == "npu":
+        register_npu_plugin_ops()
         return "npu" if "flash_attention_npu" in _registered_kernels() else None
     if dev_type == "gpu":
         has_fa = hasattr(paddle.nn.functional, "flash_attention")

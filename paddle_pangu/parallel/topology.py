@@ -32,7 +32,7 @@ import paddle.distributed as dist
 
 from ..config.parallel_config import ParallelConfig, ParallelConfigError
 from .context import PLAIN, ParallelContext
-from .device import DeviceInfo, npu_env_defaults, select_device
+from .device import DeviceError, DeviceInfo, npu_env_defaults, select_device
 
 logger = logging.getLogger(__name__)
 
@@ -147,9 +147,37 @@ def seed_everything(seed: int, mp_rank: int = 0, pp_rank: int = 0, pp_degree: in
     paddle.seed(seed)
 
 
-def _init_fleet(parallel_config: ParallelConfig, device: DeviceInfo, force_cpu_backend: bool) -> Topology:
+def collective_env(device: DeviceInfo, local_rank: int, environ=None) -> dict:
+    """Point `paddle.distributed.init_parallel_env` (which reads these variables) at this device's backend.
+
+    `paddle.distributed.launch` sets them from the devices *it* sees: xccl + `FLAGS_selected_npus` for every
+    worker when it has a custom device, gloo when it has none. Both can disagree with the run's device: a
+    launcher started without the plugin loaded (`python -m paddle.distributed.launch tools/train.py` with
+    `PANGU_TEST_NPU=1`: the workers load it, the launcher does not) gave gloo and a CPU place to an `npu`
+    run, which then trained on the CPU without a word; `--device cpu` on a machine with an NPU plugin got
+    xccl for CPU tensors. Returns what was changed.
+    """
+    environ = os.environ if environ is None else environ
+    if device.type == "gpu":  # nccl: Paddle's default when the variable is unset; left as launched
+        return {}
+    want = {"PADDLE_DISTRI_BACKEND": device.backend}
+    if device.type == "npu":
+        want["PADDLE_XCCL_BACKEND"] = "npu"
+        selected = environ.get("FLAGS_selected_npus", "")
+        if not selected or "," in selected:  # the launcher's list for one process per node, or none
+            want["FLAGS_selected_npus"] = str(local_rank)
+    changed = {k: v for k, v in want.items() if environ.get(k) != v}
+    environ.update(changed)
+    return changed
+
+
+def _init_fleet(parallel_config: ParallelConfig, device: DeviceInfo, force_cpu_backend: bool,
+                local_rank: int = 0) -> Topology:
     from paddle.distributed import fleet
 
+    changed = collective_env(device, local_rank)
+    if changed:
+        logger.info("process-group environment for %s: %s", device.type, changed)
     on_cpu = device.type == "cpu"
     if on_cpu:  # the adapter must be in place before fleet.init creates the groups
         from . import cpu_backend  # the one import of the gloo adapter (LAYOUT.md)
@@ -158,6 +186,10 @@ def _init_fleet(parallel_config: ParallelConfig, device: DeviceInfo, force_cpu_b
     fleet.init(is_collective=True, strategy=build_strategy(parallel_config, device.type))
     hcg = fleet.get_hybrid_communicate_group()
     active = cpu_backend.install(hcg, force=force_cpu_backend) if on_cpu else False
+    placed = paddle.get_device()  # fleet.init sets the place from the environment above
+    if placed.split(":")[0] != device.type:
+        raise DeviceError(f"fleet placed this {device.type} run on {placed!r} "
+                          f"(PADDLE_DISTRI_BACKEND={os.environ.get('PADDLE_DISTRI_BACKEND')})")
     return Topology(
         parallel_config=parallel_config,
         device=device,
@@ -202,7 +234,7 @@ def init_topology(parallel_config: ParallelConfig, device: DeviceInfo | str = "a
     if world_size == 1:
         topo = Topology(parallel_config=parallel_config, device=device)
     else:
-        topo = _init_fleet(parallel_config, device, force_cpu_backend)
+        topo = _init_fleet(parallel_config, device, force_cpu_backend, local_rank)
     seed_everything(parallel_config.seed, topo.mp_rank, topo.pp_rank, parallel_config.pp_degree)
     logger.info("topology: %s", topo.describe())
     return topo

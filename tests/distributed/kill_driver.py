@@ -1,6 +1,6 @@
 """Driver of test_kill_resume: train, SIGKILL the trainer at random points (many of them mid-save), resume.
 
-Run as a fresh process (`python kill_driver.py WORKDIR KILLS SEED`): it imports the
+Run as a fresh process (`python kill_driver.py WORKDIR KILLS SEED [BUDGET_S [DEVICE [ATTENTION_DROPOUT]]]`): it imports the
 project once and forks every training process from that state, so a restart costs
 no interpreter start-up; the driver itself never runs a Paddle op (a forked child
 of a process with live OpenMP threads could deadlock). Each life is a real
@@ -20,6 +20,10 @@ import time
 
 import yaml
 
+from paddle_pangu import runtime
+
+runtime.apply(log=False)  # before paddle, as `pangu` does: under PANGU_TEST_NPU=1 the children have the npu device
+
 import paddle.distributed.fleet.meta_parallel  # noqa: F401  (everything a child imports, once, before any fork)
 import safetensors.paddle  # noqa: F401
 import xxhash  # noqa: F401
@@ -32,6 +36,8 @@ import paddle_pangu.training.trainer  # noqa: F401
 from paddle_pangu.training.run_config import load_run_config
 
 MAX_STEPS = 100
+DEVICE = sys.argv[5] if len(sys.argv) > 5 else "cpu"  # npu: the simulated Ascend device (PANGU_TEST_NPU=1)
+ATTENTION_DROPOUT = float(sys.argv[6]) if len(sys.argv) > 6 else None  # the preset's unless given
 CONFIG = {
     "model": {"preset": "tiny", "overrides": {"num_layers": 2, "vocab_size": 512, "max_position_embeddings": 16}},
     "data": {"seq_len": 16, "synthetic": {"num_samples": 64}},
@@ -47,6 +53,9 @@ CONFIG = {
 
 def _write_config(root: str, name: str) -> str:
     cfg = json.loads(json.dumps(CONFIG))
+    cfg["train"]["device"] = DEVICE
+    if ATTENTION_DROPOUT is not None:
+        cfg["model"]["overrides"]["attention_probs_dropout_prob"] = ATTENTION_DROPOUT
     cfg["train"]["output_dir"] = os.path.join(root, name)
     path = os.path.join(root, f"{name}.yaml")
     with open(path, "w") as f:

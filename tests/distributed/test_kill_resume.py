@@ -24,9 +24,11 @@ DRIVER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "kill_driver.p
 KILLS = 20
 
 
-def _run_driver(root):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PANGU_NO_RUNTIME_TUNING": "1"}
-    proc = subprocess.run([sys.executable, DRIVER, str(root), str(KILLS), "7", "400"], capture_output=True,
+def _run_driver(root, kills=KILLS, device="cpu", extra_env=None, extra_args=()):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PANGU_NO_RUNTIME_TUNING": "1",
+           **(extra_env or {})}
+    proc = subprocess.run([sys.executable, DRIVER, str(root), str(kills), "7", "400", device, *extra_args],
+                          capture_output=True,
                           text=True, timeout=480, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -43,13 +45,29 @@ def _last_losses(out):
 
 
 def test_many_kills_resume_from_verified_checkpoints_to_the_same_weights(tmp_path):
-    report = _run_driver(tmp_path)
+    _check(_run_driver(tmp_path), tmp_path, KILLS, min_progress=15)
+
+
+def test_kills_on_the_simulated_npu_resume_bit_exact(tmp_path):
+    """The same machinery on `--device npu` (README "Devices"): two kills (one mid-save), resume: auto,
+    every step's loss and the final weights equal the uninterrupted npu run's exactly. Hidden dropout on
+    (drawn from the CPU generator by Paddle's fallback kernels: restored since this test found it was not);
+    attention dropout off: the plugin's flash_attention_npu test op draws its dropout from a counter of its
+    own, not from Paddle's npu generator, so no checkpoint can restore it (reported, not yet fixed)."""
+    report = _run_driver(tmp_path, kills=2, device="npu", extra_env={"PANGU_TEST_NPU": "1"}, extra_args=("0.0",))
+    _check(report, tmp_path, 2, min_progress=1)
+    for log in ("straight.log", "killed.000.log"):
+        with open(tmp_path / log, errors="replace") as f:
+            assert "topology: rank 0/1 on npu" in f.read(), log
+
+
+def _check(report, tmp_path, kills, min_progress):
     lives = report["lives"]
     killed = [life for life in lives if life.get("killed")]
-    assert len(killed) >= KILLS and sum(life["mid_save"] for life in killed) >= KILLS // 3, lives
+    assert len(killed) >= kills and sum(life["mid_save"] for life in killed) >= kills // 3, lives
     assert report["reference"]["exit"] == 0 and lives[-1]["mode"] == "finish" and lives[-1]["exit"] == 0, lives
     assert not any(life.get("timeout") for life in lives)
-    assert max(life["expect_resume"] for life in lives) >= 15  # the run made progress through the kills
+    assert max(life["expect_resume"] for life in lives) >= min_progress  # the run made progress through the kills
     for i, life in enumerate(lives):
         with open(tmp_path / f"killed.{i:03d}.log", errors="replace") as f:
             log = f.read()

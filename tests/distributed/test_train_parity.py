@@ -57,6 +57,12 @@ LAYOUTS = {
                                     "accumulate_steps": 1, "recompute_interval": 1}),
 }
 REFERENCE = {"micro_batch_size": 2, "accumulate_steps": 2}
+# The simulated Ascend device (paddle_pangu/devices/sim_npu, README "Devices"): the same runs on `--device
+# npu`, fleet's xccl process groups over the plugin's shared-memory collectives, against the same CPU
+# reference by the same rules (its fp32 kernels are Paddle's CPU kernels, summed in a different order
+# than the fused CPU kernels the CPU runs use: within the rules' fp32 floors, not bit-identical)
+NPU_ENV = {"PANGU_TEST_NPU": "1", "PADDLE_DISTRI_BACKEND": "xccl"}
+NPU_LAYOUTS = ("dp2", "mp2_recompute", "pp2_4micro")  # sharding2: see README "Devices"
 
 
 @pytest.fixture(scope="module")
@@ -120,14 +126,35 @@ def test_recompute_matches_single_process(workdir, reference):
     assert_same_run(out, reference, OPTIM)
 
 
+def _run_layout(name, workdir, device="cpu"):
+    root, init = workdir
+    nproc, parallel = LAYOUTS[name]
+    out = os.path.join(root, f"{device}_{name}")
+    run_launch(write_config(os.path.join(root, f"{device}_{name}.yaml"), init, out, parallel, train={"device": device}),
+               nproc, timeout=600, script=CAPTURE_PY, env=NPU_ENV if device == "npu" else None)
+    return out
+
+
 @pytest.mark.parametrize("name", list(LAYOUTS))
 def test_layout_matches_single_process(name, workdir, reference):
     """Rules 1-3 of the module docstring against the one-process run."""
+    assert_same_run(_run_layout(name, workdir), reference, OPTIM)
+
+
+def test_npu_one_process_matches_cpu(workdir, reference):
+    """`--device npu` on one process (every op through the plugin's device: its memory, copies and kernels)
+    against the CPU reference, rules 1-3."""
     root, init = workdir
-    nproc, parallel = LAYOUTS[name]
-    out = os.path.join(root, name)
-    run_launch(write_config(os.path.join(root, f"{name}.yaml"), init, out, parallel), nproc, timeout=400,
-               script=CAPTURE_PY)
+    out = os.path.join(root, "npu_single")
+    run_single(write_config(os.path.join(root, "npu_single.yaml"), init, out, REFERENCE, train={"device": "npu"}),
+               script=CAPTURE_PY, env=NPU_ENV)
+    assert_same_run(out, reference, OPTIM)
+
+
+@pytest.mark.parametrize("name", NPU_LAYOUTS)
+def test_npu_layout_matches_single_process(name, workdir, reference):
+    """The layout on `npu` through the xccl process group, rules 1-3 against the one-process CPU run."""
+    out = _run_layout(name, workdir, device="npu")
     assert_same_run(out, reference, OPTIM)
 
 

@@ -24,8 +24,12 @@ import os
 import pickle
 import sys
 
-from paddle_pangu.cli import main
-from paddle_pangu.training import trainer as trainer_module
+from paddle_pangu import runtime
+
+runtime.apply()  # as `pangu`: before paddle is imported (the simulated npu under PANGU_TEST_NPU=1, the MKL set-up)
+
+from paddle_pangu.cli import main  # noqa: E402
+from paddle_pangu.training import trainer as trainer_module  # noqa: E402
 
 GRAD_STEPS_ENV = "PANGU_TEST_GRAD_STEPS"
 _state: dict = {"trainer": None, "calls": 0, "grads": {}}

@@ -58,18 +58,26 @@ def capture_rng_state() -> dict:
     """Every RNG a step can draw from (dropout in mp regions uses fleet's tracker)."""
     from paddle.distributed.fleet.meta_parallel import get_rng_state_tracker
 
-    return {
+    state = {
         "paddle": paddle.get_rng_state(),
         "tracker": get_rng_state_tracker().get_states_tracker(),
         "numpy": np.random.get_state(),
         "python": random.getstate(),
     }
+    if not paddle.get_device().startswith("cpu"):
+        # on a custom device `get_rng_state()` is that device's generators, but an op without a device
+        # kernel runs Paddle's CPU kernel, which draws from the CPU generator (dropout on the simulated
+        # npu: resume replayed different dropout masks until this was saved too)
+        state["paddle_cpu"] = paddle.get_rng_state("cpu")
+    return state
 
 
 def restore_rng_state(state: dict) -> None:
     from paddle.distributed.fleet.meta_parallel import get_rng_state_tracker
 
     paddle.set_rng_state(list(state["paddle"]))
+    if state.get("paddle_cpu") is not None:
+        paddle.set_rng_state(list(state["paddle_cpu"]), "cpu")
     if state.get("tracker"):
         get_rng_state_tracker().set_states_tracker(state["tracker"])
     np.random.set_state(state["numpy"])
@@ -86,10 +94,17 @@ def _save_tensors(path: str, tensors: dict) -> None:
 def _load_tensors(path: str) -> dict:
     from safetensors.paddle import load_file
 
+    # safetensors builds its CPU tensors with frombuffer + a dtype view, a stride kernel: the NPU
+    # environment turns stride kernels off (FLAGS_use_stride_kernel=0, devices.NPU_ENV_DEFAULTS), and
+    # every resume on `npu` failed ("kernel `view_dtype` is not registered"); on only for the load
+    stride = paddle.get_flags(["FLAGS_use_stride_kernel"])["FLAGS_use_stride_kernel"]
     try:
+        paddle.set_flags({"FLAGS_use_stride_kernel": True})
         return load_file(path)
     except Exception as exc:  # a header that verified but does not parse: still a checkpoint problem
         raise CheckpointError(f"{path}: not a readable safetensors file ({str(exc)[:160]})") from None
+    finally:
+        paddle.set_flags({"FLAGS_use_stride_kernel": stride})
 
 
 def write_rank_files(rank_dir: str, model, optimizer, state: dict) -> None:
@@ -99,7 +114,8 @@ def write_rank_files(rank_dir: str, model, optimizer, state: dict) -> None:
     if bad:
         raise CheckpointError(f"model state entries that are not tensors: {bad[:5]}")
     _save_tensors(os.path.join(rank_dir, MODEL_FILE), dict(model_sd))
-    opt_state = rename_optimizer_state(optimizer.state_dict(), _unique_to_structured(model))
+    opt_state = optimizer.state_dict()
+    opt_state = rename_optimizer_state(opt_state, {**_unique_to_structured(model), **_master_names(opt_state, model)})
     skeleton, opt_tensors = split_tensors(opt_state)
     _save_tensors(os.path.join(rank_dir, OPTIMIZER_FILE), opt_tensors)
     doc = {**{k: to_json(v) for k, v in state.items()}, "optimizer": skeleton}
@@ -118,5 +134,26 @@ def read_rank_files(rank_dir: str, model, optimizer) -> dict:
     opt_tensors = _load_tensors(os.path.join(rank_dir, OPTIMIZER_FILE))
     opt_state = join_tensors(state.pop("optimizer"), opt_tensors, path)
     structured_to_unique = {v: k for k, v in _unique_to_structured(model).items()}
-    optimizer.set_state_dict(rename_optimizer_state(opt_state, structured_to_unique))
+    opt_state = rename_optimizer_state(opt_state, structured_to_unique)
+    for unique, master in opt_state.get("master_weights", {}).items():
+        # the loaded master is a new tensor: give it the name its moments are stored under
+        master.name = unique + MASTER
+    opt_state = rename_optimizer_state(opt_state, {structured + MASTER: structured_to_unique[structured] + MASTER
+                                                   for structured in structured_to_unique})
+    optimizer.set_state_dict(opt_state)
     return state
+
+
+MASTER = ".fp32_master"  # structured name suffix of an fp32 master weight (AMP O2, multi_precision)
+
+
+def _master_names(opt_state: dict, model) -> dict:
+    """{master weight's unique name: `<structured param name>.fp32_master`}.
+
+    With master weights (AMP O2), AdamW keys the moments by the *master* tensor's name
+    (`eager_tmp_5_moment1_0`), a process-global unique name that a resuming process does not
+    reproduce; an O2 resume failed with "eager_tmp_0_moment1_0 should in state dict".
+    """
+    structured = _unique_to_structured(model)
+    return {master.name: structured[unique] + MASTER
+            for unique, master in opt_state.get("master_weights", {}).items() if unique in structured}

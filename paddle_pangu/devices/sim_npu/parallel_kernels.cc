@@ -1,0 +1,64 @@
+// Kernels the tensor-parallel path needs on `npu` where Paddle's CPU fallback behaves unlike the device
+// (NPU-A's file; the AMP kernels are in kernels.cc: each (op, dtype) may be registered in one file only).
+//
+// one_hot: Paddle's custom-device c_softmax_with_cross_entropy_grad (paddle 3.3.1, the vocab-parallel
+// cross entropy of fleet's ParallelCrossEntropy on every custom device) one-hots `label - start_index`
+// on each mp rank, so labels owned by another rank are out of [0, depth). The device kernels (CUDA,
+// Ascend's OneHot) give an all-zero row there; Paddle's CPU OneHotKernel, which the `npu` place fell back
+// to, refuses them ("Illegal index value ... less than 0"), so no mp2 backward ran on npu. Out-of-range
+// indices give a zero row here too; in-range ones a single 1.0.
+//
+// embedding_grad: Paddle's CPU fallback left the dense weight gradient on the CPU place (found: after one
+// backward on npu the word, position and top-query embedding gradients were Place(cpu)); the pipeline's
+// shared-weight all-reduce and the sharding optimizer's gradient reduce then failed in xccl ("interface
+// not found": no device for a CPU place). This kernel writes it on the device, accumulating the rows of
+// out_grad in index order as Paddle's CPU kernel does (bit-identical); padding_idx rows get no gradient.
+#include <cstring>
+#include <vector>
+
+#include "paddle/phi/extension.h"
+
+namespace pangu_npu_parallel {
+
+template <typename T, typename Context>
+void OneHotKernel(const Context& dev_ctx, const phi::DenseTensor& x, const phi::Scalar& num_classes,
+                  phi::DenseTensor* out) {
+  int64_t depth = num_classes.to<int64_t>();
+  auto dims = x.dims();
+  std::vector<int64_t> shape(dims.size() + 1);
+  for (int i = 0; i < dims.size(); ++i) shape[i] = dims[i];
+  shape[dims.size()] = depth;
+  out->Resize(phi::make_ddim(shape));  // x [...] -> out [..., depth], float32
+  float* o = dev_ctx.template Alloc<float>(out);
+  const T* in = x.data<T>();
+  int64_t n = x.numel();
+  std::memset(o, 0, sizeof(float) * n * depth);
+  for (int64_t i = 0; i < n; ++i) {
+    if (in[i] >= 0 && static_cast<int64_t>(in[i]) < depth) o[i * depth + static_cast<int64_t>(in[i])] = 1.0f;
+  }
+}
+
+template <typename T, typename Context>
+void EmbeddingGradKernel(const Context& dev_ctx, const phi::DenseTensor& input, const phi::DenseTensor& weight,
+                         const phi::DenseTensor& out_grad, int64_t padding_idx, phi::DenseTensor* weight_grad) {
+  // input [N...] int ids, weight [V, H], out_grad [N..., H] -> weight_grad [V, H]
+  weight_grad->Resize(weight.dims());
+  T* g = dev_ctx.template Alloc<T>(weight_grad);
+  const int64_t vocab = weight.dims()[0], hidden = weight.dims()[1], n = input.numel();
+  std::memset(g, 0, sizeof(T) * vocab * hidden);
+  const T* og = out_grad.data<T>();
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t id = input.dtype() == phi::DataType::INT32 ? input.data<int32_t>()[i] : input.data<int64_t>()[i];
+    if (id == padding_idx) continue;
+    PADDLE_ENFORCE_EQ(id >= 0 && id < vocab, true,
+                      phi::errors::InvalidArgument("sim npu embedding_grad: id %ld outside [0, %ld)", id, vocab));
+    for (int64_t h = 0; h < hidden; ++h) g[id * hidden + h] += og[i * hidden + h];
+  }
+}
+
+}  // namespace pangu_npu_parallel
+
+PD_REGISTER_PLUGIN_KERNEL(one_hot, npu, ALL_LAYOUT, pangu_npu_parallel::OneHotKernel, int, int64_t) {
+  kernel->OutputAt(0).SetDataType(phi::DataType::FLOAT32);
+}
+PD_REGISTER_PLUGIN_KERNEL(embedding_grad, npu, ALL_LAYOUT, pangu_npu_parallel::EmbeddingGradKernel, float, double) {}
