@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 
 from ..export import DEVICES
+from .generate import add_weights_argument
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -16,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond the batch; more get HTTP 503")
     p.add_argument("--truncate", choices=("error", "left"), default="error",
                    help="over-long prompts: HTTP 400 (default) or keep their end")
+    add_weights_argument(p)
     p.add_argument("--threads", type=int, default=0, help="predictor CPU math threads (0 = paddle's default)")
 
 
@@ -27,5 +29,5 @@ def run(args) -> int:
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     serve(args.model, args.host, args.port, args.device, args.tokenizer, args.max_batch, args.max_queue,
-          args.truncate, args.threads)
+          args.truncate, args.threads, weights=args.weights)
     return 0

@@ -161,19 +161,21 @@ async def _chat_events(job, rid, model, include_usage=False):
 
 
 def load_engine(model: str, device: str = "cpu", tokenizer: str | None = None, max_batch: int = 8,
-                max_queue: int = 64, threads: int = 0) -> Engine:
-    """A model directory / preset:NAME (dygraph) or a `pangu export` directory (Paddle Inference)."""
+                max_queue: int = 64, threads: int = 0, weights: str | None = None) -> Engine:
+    """A model directory / preset:NAME (dygraph) or a `pangu export` directory (Paddle Inference);
+    weights: `--weights` (fp32 / int8 / bf16, see inference.quantize)."""
     from ..backend import open_backend
 
-    stepper, config, tok = open_backend(model, device, tokenizer, threads)
+    stepper, config, tok = open_backend(model, device, tokenizer, threads, weights=weights)
     return Engine(stepper, config, tok, max_batch, max_queue)
 
 
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", tokenizer: str | None = None,
-          max_batch: int = 8, max_queue: int = 64, truncate: str = "error", threads: int = 0) -> None:
+          max_batch: int = 8, max_queue: int = 64, truncate: str = "error", threads: int = 0,
+          weights: str | None = None) -> None:
     import uvicorn
 
-    engine = load_engine(model, device, tokenizer, max_batch, max_queue, threads).start()
+    engine = load_engine(model, device, tokenizer, max_batch, max_queue, threads, weights).start()
     name = model if model.startswith("preset:") else os.path.basename(os.path.normpath(model))
     app = create_app(engine, name, truncate)
     print(f"pangu serve: {name} on http://{host}:{port} (OpenAI API under /v1, web page at /; "
