@@ -200,6 +200,11 @@ def int8_linear(x, qweight, scale, bias, threads: int | None = None):
     return load_int8().pangu_int8_linear(x, qweight, scale, bias, int(threads))[0]
 
 
+def stream_read(x, threads: int):
+    """Sum of a large fp32 CPU tensor read once over `threads` threads (the benchmark's bandwidth probe)."""
+    return load_int8().pangu_stream_read(x, int(threads))[0]
+
+
 def reason() -> str | None:
     return _STATE["reason"]
 

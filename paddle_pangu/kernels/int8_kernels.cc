@@ -278,3 +278,40 @@ PD_BUILD_OP(pangu_int8_isa)
     .SetKernelFn(PD_KERNEL(Int8Isa))
     .SetInferShapeFn(PD_INFER_SHAPE(Int8IsaShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(Int8IsaDtype));
+
+// ------------------------------------------------------------------------------------------------
+// The machine's read bandwidth for `pangu bench generate`'s roofline: sum a large fp32 buffer over
+// `threads` threads (each reads a contiguous slice once, as decode streams its weights). Returns the
+// sum [1] (so the reads cannot be optimised away).
+std::vector<paddle::Tensor> StreamRead(const paddle::Tensor& x, int threads) {
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, "stream read: a float32 CPU tensor");
+  const float* p = x.data<float>();
+  const int64_t n = x.numel();
+  double total = 0.0;
+  const int nt = std::max(1, threads);
+#pragma omp parallel num_threads(nt) reduction(+ : total)
+  {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num(), cnt = omp_get_num_threads();
+#else
+    const int tid = 0, cnt = 1;
+#endif
+    const int64_t lo = n * tid / cnt, hi = n * (tid + 1) / cnt;
+    float acc[16] = {0};
+    int64_t i = lo;
+    for (; i + 16 <= hi; i += 16)
+#pragma omp simd
+      for (int j = 0; j < 16; ++j) acc[j] += p[i + j];
+    for (; i < hi; ++i) acc[0] += p[i];
+    for (float a : acc) total += a;
+  }
+  auto out = paddle::empty({1}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  out.data<float>()[0] = static_cast<float>(total);
+  return {out};
+}
+
+PD_BUILD_OP(pangu_stream_read)
+    .Inputs({"X"})
+    .Outputs({"Out"})
+    .Attrs({"threads: int"})
+    .SetKernelFn(PD_KERNEL(StreamRead));
