@@ -41,7 +41,7 @@ namespace {
 enum Level { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
 const char* const kLevelNames[] = {"scalar", "avx2", "avx512"};
 constexpr int64_t kParallelBytes = 1 << 18;  // 256 KiB of int8 weights (512 x 512): below, one thread
-constexpr int64_t kRows = 4;                 // output channels per block (4 accumulators share each x load)
+constexpr int64_t kRows = 4;                 // output channels per thread-split block (a multiple of R)
 
 int CpuLevel() {
   static const int level = [] {
@@ -93,92 +93,114 @@ __attribute__((target("avx2,fma"))) inline __m256 Load8i8(const int8_t* p) {
   return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
 }
 
-// One row block [i, i + r) (r <= kRows), x rows read from `x` with stride k; weights dequantised on the fly
-// (batch 1) or from the fp32 copy `wf` [r, k] made once per block (batch > 1, shared by the M rows).
-__attribute__((target("avx2,fma"))) void BlockAvx2(const float* x, int64_t m_rows, int64_t k, const int8_t* q,
-                                                   const float* wf, const float* s, const float* b, float* y,
-                                                   int64_t n, int64_t i, int64_t r) {
+// Micro-kernels: rows [i, i + R) of the weight for x rows [m0, m0 + MT). R and MT are compile-time, so the
+// MT x R accumulators live in registers; each weight vector is loaded and converted once and used by the
+// MT x rows (batch > 1 reads the weights once per step, not once per row of x).
+template <int R, int MT>
+__attribute__((target("avx2,fma"))) void Micro256(const float* x, int64_t k, const int8_t* q, const float* s,
+                                                  const float* b, float* y, int64_t n, int64_t i, int64_t m0) {
+  __m256 acc[MT][R];
+  for (int m = 0; m < MT; ++m)
+    for (int t = 0; t < R; ++t) acc[m][t] = _mm256_setzero_ps();
   const int64_t kv = k / 8 * 8;
-  for (int64_t m = 0; m < m_rows; ++m) {
-    const float* xm = x + m * k;
-    __m256 acc[kRows];
-    for (int64_t t = 0; t < r; ++t) acc[t] = _mm256_setzero_ps();
-    for (int64_t j = 0; j < kv; j += 8) {
-      const __m256 xv = _mm256_loadu_ps(xm + j);
-      for (int64_t t = 0; t < r; ++t) {
-        const __m256 wv = wf ? _mm256_loadu_ps(wf + t * k + j) : Load8i8(q + (i + t) * k + j);
-        acc[t] = _mm256_fmadd_ps(xv, wv, acc[t]);
-      }
+  for (int64_t j = 0; j < kv; j += 8) {
+    __m256 wv[R];
+    for (int t = 0; t < R; ++t) wv[t] = Load8i8(q + (i + t) * k + j);
+    for (int m = 0; m < MT; ++m) {
+      const __m256 xv = _mm256_loadu_ps(x + (m0 + m) * k + j);
+      for (int t = 0; t < R; ++t) acc[m][t] = _mm256_fmadd_ps(xv, wv[t], acc[m][t]);
     }
-    for (int64_t t = 0; t < r; ++t) {
-      float tail = 0.0f;
+  }
+  for (int m = 0; m < MT; ++m) {
+    const float* xm = x + (m0 + m) * k;
+    for (int t = 0; t < R; ++t) {
       const int8_t* qi = q + (i + t) * k;
+      float tail = 0.0f;
       for (int64_t j = kv; j < k; ++j) tail += xm[j] * static_cast<float>(qi[j]);
-      y[m * n + i + t] = s[i + t] * (Hsum8(acc[t]) + tail) + b[i + t];
+      y[(m0 + m) * n + i + t] = s[i + t] * (Hsum8(acc[m][t]) + tail) + b[i + t];
     }
+  }
+}
+
+template <int R>
+__attribute__((target("avx2,fma"))) void Block256(const float* x, int64_t m_rows, int64_t k, const int8_t* q,
+                                                  const float* s, const float* b, float* y, int64_t n, int64_t i) {
+  int64_t m0 = 0;
+  for (; m0 + 4 <= m_rows; m0 += 4) Micro256<R, 4>(x, k, q, s, b, y, n, i, m0);
+  switch (m_rows - m0) {
+    case 3: Micro256<R, 3>(x, k, q, s, b, y, n, i, m0); break;
+    case 2: Micro256<R, 2>(x, k, q, s, b, y, n, i, m0); break;
+    case 1: Micro256<R, 1>(x, k, q, s, b, y, n, i, m0); break;
+    default: break;
   }
 }
 
 __attribute__((target("avx2,fma"))) void RowsAvx2(const float* x, int64_t m_rows, int64_t k, const int8_t* q,
                                                   const float* s, const float* b, float* y, int64_t n, int64_t n0,
                                                   int64_t n1) {
-  std::vector<float> wf(m_rows > 1 ? kRows * k : 0);
-  for (int64_t i = n0; i < n1; i += kRows) {
-    const int64_t r = std::min(kRows, n1 - i);
-    if (m_rows > 1) {
-      for (int64_t t = 0; t < r; ++t) {
-        const int8_t* qi = q + (i + t) * k;
-        int64_t j = 0;
-        for (; j + 8 <= k; j += 8) _mm256_storeu_ps(wf.data() + t * k + j, Load8i8(qi + j));
-        for (; j < k; ++j) wf[t * k + j] = static_cast<float>(qi[j]);
-      }
-    }
-    BlockAvx2(x, m_rows, k, q, m_rows > 1 ? wf.data() : nullptr, s, b, y, n, i, r);
+  int64_t i = n0;
+  if (m_rows == 1) {
+    for (; i + 4 <= n1; i += 4) Block256<4>(x, m_rows, k, q, s, b, y, n, i);
+  } else {
+    for (; i + 2 <= n1; i += 2) Block256<2>(x, m_rows, k, q, s, b, y, n, i);
   }
+  for (; i < n1; ++i) Block256<1>(x, m_rows, k, q, s, b, y, n, i);
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 Load16i8(const int8_t* p, __mmask16 mask) {
   return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, p)));
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void BlockAvx512(const float* x, int64_t m_rows, int64_t k,
-                                                                     const int8_t* q, const float* wf,
-                                                                     const float* s, const float* b, float* y,
-                                                                     int64_t n, int64_t i, int64_t r) {
+template <int R, int MT>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void Micro512(const float* x, int64_t k, const int8_t* q,
+                                                                  const float* s, const float* b, float* y,
+                                                                  int64_t n, int64_t i, int64_t m0) {
+  __m512 acc[MT][R];
+  for (int m = 0; m < MT; ++m)
+    for (int t = 0; t < R; ++t) acc[m][t] = _mm512_setzero_ps();
   const __mmask16 tail = static_cast<__mmask16>((1u << (k % 16)) - 1);
-  for (int64_t m = 0; m < m_rows; ++m) {
-    const float* xm = x + m * k;
-    __m512 acc[kRows];
-    for (int64_t t = 0; t < r; ++t) acc[t] = _mm512_setzero_ps();
-    for (int64_t j = 0; j < k; j += 16) {
-      const __mmask16 mask = j + 16 <= k ? static_cast<__mmask16>(0xFFFF) : tail;  // masked lanes load 0
-      const __m512 xv = _mm512_maskz_loadu_ps(mask, xm + j);
-      for (int64_t t = 0; t < r; ++t) {
-        const __m512 wv = wf ? _mm512_maskz_loadu_ps(mask, wf + t * k + j) : Load16i8(q + (i + t) * k + j, mask);
-        acc[t] = _mm512_fmadd_ps(xv, wv, acc[t]);
-      }
+  for (int64_t j = 0; j < k; j += 16) {
+    const __mmask16 mask = j + 16 <= k ? static_cast<__mmask16>(0xFFFF) : tail;  // masked lanes load 0
+    __m512 wv[R];
+    for (int t = 0; t < R; ++t) wv[t] = Load16i8(q + (i + t) * k + j, mask);
+    for (int m = 0; m < MT; ++m) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + (m0 + m) * k + j);
+      for (int t = 0; t < R; ++t) acc[m][t] = _mm512_fmadd_ps(xv, wv[t], acc[m][t]);
     }
-    for (int64_t t = 0; t < r; ++t) y[m * n + i + t] = s[i + t] * _mm512_reduce_add_ps(acc[t]) + b[i + t];
+  }
+  for (int m = 0; m < MT; ++m)
+    for (int t = 0; t < R; ++t)
+      y[(m0 + m) * n + i + t] = s[i + t] * _mm512_reduce_add_ps(acc[m][t]) + b[i + t];
+}
+
+template <int R>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void Block512(const float* x, int64_t m_rows, int64_t k,
+                                                                  const int8_t* q, const float* s, const float* b,
+                                                                  float* y, int64_t n, int64_t i) {
+  int64_t m0 = 0;
+  for (; m0 + 8 <= m_rows; m0 += 8) Micro512<R, 8>(x, k, q, s, b, y, n, i, m0);
+  switch (m_rows - m0) {
+    case 7: Micro512<R, 7>(x, k, q, s, b, y, n, i, m0); break;
+    case 6: Micro512<R, 6>(x, k, q, s, b, y, n, i, m0); break;
+    case 5: Micro512<R, 5>(x, k, q, s, b, y, n, i, m0); break;
+    case 4: Micro512<R, 4>(x, k, q, s, b, y, n, i, m0); break;
+    case 3: Micro512<R, 3>(x, k, q, s, b, y, n, i, m0); break;
+    case 2: Micro512<R, 2>(x, k, q, s, b, y, n, i, m0); break;
+    case 1: Micro512<R, 1>(x, k, q, s, b, y, n, i, m0); break;
+    default: break;
   }
 }
 
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void RowsAvx512(const float* x, int64_t m_rows, int64_t k,
                                                                     const int8_t* q, const float* s, const float* b,
                                                                     float* y, int64_t n, int64_t n0, int64_t n1) {
-  std::vector<float> wf(m_rows > 1 ? kRows * k : 0);
-  const __mmask16 tail = static_cast<__mmask16>((1u << (k % 16)) - 1);
-  for (int64_t i = n0; i < n1; i += kRows) {
-    const int64_t r = std::min(kRows, n1 - i);
-    if (m_rows > 1) {
-      for (int64_t t = 0; t < r; ++t) {
-        for (int64_t j = 0; j < k; j += 16) {
-          const __mmask16 mask = j + 16 <= k ? static_cast<__mmask16>(0xFFFF) : tail;
-          _mm512_mask_storeu_ps(wf.data() + t * k + j, mask, Load16i8(q + (i + t) * k + j, mask));
-        }
-      }
-    }
-    BlockAvx512(x, m_rows, k, q, m_rows > 1 ? wf.data() : nullptr, s, b, y, n, i, r);
+  int64_t i = n0;
+  if (m_rows == 1) {  // GEMV: 4 rows share each x load
+    for (; i + 4 <= n1; i += 4) Block512<4>(x, m_rows, k, q, s, b, y, n, i);
+  } else {  // 8 x rows by 2 weight rows: 16 accumulators + 2 weight vectors of the 32 registers
+    for (; i + 2 <= n1; i += 2) Block512<2>(x, m_rows, k, q, s, b, y, n, i);
   }
+  for (; i < n1; ++i) Block512<1>(x, m_rows, k, q, s, b, y, n, i);
 }
 
 paddle::Tensor Dense(const paddle::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
