@@ -95,7 +95,10 @@ __attribute__((target("avx2,fma"))) inline __m256 Load8i8(const int8_t* p) {
 
 // Micro-kernels: rows [i, i + R) of the weight for x rows [m0, m0 + MT). R and MT are compile-time, so the
 // MT x R accumulators live in registers; each weight vector is loaded and converted once and used by the
-// MT x rows (batch > 1 reads the weights once per step, not once per row of x).
+// MT x rows (batch > 1 reads the weights once per step, not once per row of x). The next block's rows
+// (R rows further on) are prefetched: with 4 interleaved row streams the hardware prefetcher alone left
+// the 40000 x 512 head at 3 GB/s; with the prefetch and unmasked full-width loads, 20 GB/s on one thread
+// (same process, one after the other, load 4-6: 6.8 ms -> 1.0 ms per call; tools/int8_gemv_micro.py).
 template <int R, int MT>
 __attribute__((target("avx2,fma"))) void Micro256(const float* x, int64_t k, const int8_t* q, const float* s,
                                                   const float* b, float* y, int64_t n, int64_t i, int64_t m0) {
@@ -105,7 +108,10 @@ __attribute__((target("avx2,fma"))) void Micro256(const float* x, int64_t k, con
   const int64_t kv = k / 8 * 8;
   for (int64_t j = 0; j < kv; j += 8) {
     __m256 wv[R];
-    for (int t = 0; t < R; ++t) wv[t] = Load8i8(q + (i + t) * k + j);
+    for (int t = 0; t < R; ++t) {
+      if ((j & 63) == 0) _mm_prefetch(reinterpret_cast<const char*>(q + (i + t + R) * k + j), _MM_HINT_T0);
+      wv[t] = Load8i8(q + (i + t) * k + j);
+    }
     for (int m = 0; m < MT; ++m) {
       const __m256 xv = _mm256_loadu_ps(x + (m0 + m) * k + j);
       for (int t = 0; t < R; ++t) acc[m][t] = _mm256_fmadd_ps(xv, wv[t], acc[m][t]);
@@ -158,13 +164,25 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void Micro512(const float* 
   __m512 acc[MT][R];
   for (int m = 0; m < MT; ++m)
     for (int t = 0; t < R; ++t) acc[m][t] = _mm512_setzero_ps();
-  const __mmask16 tail = static_cast<__mmask16>((1u << (k % 16)) - 1);
-  for (int64_t j = 0; j < k; j += 16) {
-    const __mmask16 mask = j + 16 <= k ? static_cast<__mmask16>(0xFFFF) : tail;  // masked lanes load 0
+  const int64_t kv = k / 16 * 16;
+  for (int64_t j = 0; j < kv; j += 16) {  // plain loads; the weight rows of the next block are prefetched
     __m512 wv[R];
-    for (int t = 0; t < R; ++t) wv[t] = Load16i8(q + (i + t) * k + j, mask);
+    for (int t = 0; t < R; ++t) {
+      const int8_t* p = q + (i + t) * k + j;
+      _mm_prefetch(reinterpret_cast<const char*>(p + R * k), _MM_HINT_T0);
+      wv[t] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+    }
     for (int m = 0; m < MT; ++m) {
-      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + (m0 + m) * k + j);
+      const __m512 xv = _mm512_loadu_ps(x + (m0 + m) * k + j);
+      for (int t = 0; t < R; ++t) acc[m][t] = _mm512_fmadd_ps(xv, wv[t], acc[m][t]);
+    }
+  }
+  if (kv < k) {  // the K tail: masked lanes load 0
+    const __mmask16 mask = static_cast<__mmask16>((1u << (k - kv)) - 1);
+    __m512 wv[R];
+    for (int t = 0; t < R; ++t) wv[t] = Load16i8(q + (i + t) * k + kv, mask);
+    for (int m = 0; m < MT; ++m) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + (m0 + m) * k + kv);
       for (int t = 0; t < R; ++t) acc[m][t] = _mm512_fmadd_ps(xv, wv[t], acc[m][t]);
     }
   }

@@ -60,8 +60,12 @@ def run(args) -> int:
     from ..decoding import BatchDecoder, Row
     from ..streaming import TextStream
 
-    stepper, config, tok = open_backend(args.model, args.device, args.tokenizer, seed=args.seed,
-                                         weights=args.weights)
+    # one prompt (batch 1) on an export directory: the predictor on one math thread. Measured with
+    # `python tools/predictor_threads.py` (docs/INT8.md): at batch 1 a second thread bought no
+    # speed and cost 1.4-2.6x the CPU-seconds per token; batches keep Paddle's default (all cores).
+    threads = 1 if len(args.prompt) == 1 else 0
+    stepper, config, tok = open_backend(args.model, args.device, args.tokenizer, threads=threads, seed=args.seed,
+                                        weights=args.weights)
     cfg = sampling_config(args, config)
     live = len(args.prompt) == 1 and not args.no_stream
     streams = [TextStream(tok, args.stop) for _ in args.prompt]
