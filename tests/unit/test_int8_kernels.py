@@ -66,9 +66,10 @@ def test_quantize_rows_meets_the_half_scale_bound():
     assert (np.abs(q).max(1)[nonzero] == 127).all() and (q[~nonzero] == 0).all() and (~nonzero).sum() == 1
 
 
-# (M rows of x, K, N): batch 1 (GEMV) and small batches; K not a multiple of 8 / 16 / 64, N not of 4 / 16;
+# (M rows of x, K, N): batch 1 (GEMV), small batches and a prefill; K not a multiple of 8 / 16 / 64, N not of 4 / 16;
 # 300 x 1000 is above the kernel's parallel threshold (2^18 int8 weights), so it runs on two threads
-SHAPES = [(1, 77, 37), (1, 64, 48), (3, 130, 19), (8, 200, 61), (16, 33, 5), (1, 300, 1000), (8, 300, 1000)]
+SHAPES = [(1, 77, 37), (1, 64, 48), (3, 130, 19), (8, 200, 61), (16, 33, 5), (1, 300, 1000), (8, 300, 1000),
+          (40, 70, 33)]  # > 16 rows: the prefill path (fp32 copy of q, MKL GEMM, then scale and bias)
 
 
 @pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
@@ -212,14 +213,32 @@ def test_int8_export_and_dygraph_agree_and_cli_runs_it_in_a_fresh_process(tiny_p
 
     stepper = InferenceStepper(str(out))
     assert stepper.weights == "int8"
-    ids = np.array([[6, 6, 101, 202, 303], [11, 12, 13, 14, 15]], "int64")
-    mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], "int64")
+    # 2 x 7 = 14 rows at prefill (<= 16: the GEMV / small-batch tiles, bit for bit), then one decode step
+    ids = np.array([[6, 6, 101, 202, 303, 404, 505], [11, 12, 13, 14, 15, 16, 17]], "int64")
+    mask = (ids != 6).astype("int64")
     pos = np.clip(np.cumsum(mask, 1) - 1, 0, None)
-    logits, _ = stepper(ids, pos, mask, None)
+    logits, cache = stepper(ids, pos, mask, None)
     with paddle.no_grad():
         ref = int8(paddle.to_tensor(ids), position_ids=paddle.to_tensor(pos), attention_mask=paddle.to_tensor(mask))
     # the same phi kernels on the same inputs in the same order (oneDNN off in the fp32 predictor)
     np.testing.assert_array_equal(logits, ref[:, -1].numpy())
+    step = np.array([[808], [20]], "int64")
+    mask2 = np.concatenate([mask, np.ones([2, 1], "int64")], 1)
+    logits2, _ = stepper(step, pos[:, -1:] + 1, mask2, cache)
+    with paddle.no_grad():
+        ref2 = int8(paddle.to_tensor(np.concatenate([ids, step], 1)), position_ids=paddle.to_tensor(
+            np.concatenate([pos, pos[:, -1:] + 1], 1)), attention_mask=paddle.to_tensor(mask2))
+    # decode with the cache against a full forward: different kernels for the new row (GEMV vs GEMM), so
+    # only the greedy pick is compared here; the logits' closeness is the per-layer bound's job
+    assert (logits2.argmax(-1) == ref2[:, -1].numpy().argmax(-1)).all()
+    # prompts of 2 x 40 rows take the kernel's GEMM path (MKL: the predictor's blocking may differ from
+    # dygraph's, so no bit equality); the greedy continuations must still agree
+    from paddle_pangu.inference.export import SamplingConfig, generate_with_predictor
+    from paddle_pangu.inference.generation import generate
+
+    long = [list(range(100, 140)), list(range(300, 340))]
+    assert generate_with_predictor(str(out), long, SamplingConfig(max_new_tokens=4)) == \
+        generate(int8, long, max_new_tokens=4)
 
     tok = load_tokenizer("preset:tiny")
     tok.save_pretrained(str(out))
