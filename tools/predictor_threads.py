@@ -4,7 +4,7 @@ threads, batch 1 and 8, interleaved rounds; tok/s and tok/CPU-s (hidden 512, 4 l
 
     python tools/predictor_threads.py [ROUNDS]
 """
-import json, os, sys, tempfile
+import json, os, shutil, sys, tempfile
 from paddle_pangu.bench.decode_bench import pangu_model, stepper_fn, _prompts
 from paddle_pangu.bench.harness import interleave, summarize
 from paddle_pangu.bench.train_bench import Shape
@@ -30,3 +30,4 @@ for batch in (1, 8):
                                 "load": s["load"]}
         print(f"batch {batch} {n}: {s['tokens_per_s']:.1f} tok/s {s['tokens_per_cpu_s']:.1f} tok/CPU-s load {s['load']}", flush=True)
 print(json.dumps(out))
+shutil.rmtree(tmp)  # the two exports (~250 MB)
