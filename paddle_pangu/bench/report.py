@@ -27,8 +27,11 @@ def _system_line(name: str, s: dict) -> str:
                  f"{s['gflop_per_cpu_s']:.1f} = {100 * s['peak_fraction_cpu']:.0f}%")
     if "first_token_s" in s:
         extra = f"  first token {span(s['first_token_s'], 1000, '{:.0f}')} ms"
+    if "weight_bytes" in s:
+        roof = f" = {100 * s['roofline_fraction']:.0f}% of read bw" if "roofline_fraction" in s else ""
+        extra += f"  weights {s['weight_bytes'] / 1e6:.1f} MB/step, {s['achieved_gb_s']:.1f} GB/s{roof}"
     mem = f"  peak RSS {s['peak_rss_mb']:.0f} MB (+{s['step_extra_mb']:.0f})" if "peak_rss_mb" in s else ""
-    return (f"  {name:<16}{rate:>9.1f} tok/s  {s['tokens_per_cpu_s']:>8.1f} tok/CPU-s  "
+    return (f"  {name:<21}{rate:>9.1f} tok/s  {s['tokens_per_cpu_s']:>8.1f} tok/CPU-s  "
             f"call {span(s['wall_s'], 1000, '{:.0f}')} ms  load {loads(s['load'])}{extra}{mem}")
 
 
@@ -56,6 +59,11 @@ def table(results: list[dict]) -> str:
         if r["name"] == "train":
             lines += _train(r)
         elif r["name"] == "generate":
+            bw = r.get("bandwidth")
+            if bw:
+                lines.append(f"memory bandwidth (same run, {bw['mb']} MB): read {bw['read_gb_s']:.1f} GB/s "
+                             f"({bw['threads']} threads), numpy copy {bw['copy_gb_s']:.1f} GB/s (1 thread, read + "
+                             f"write), load {bw['load']}")
             for b in r["batches"]:
                 lines += _block(f"generate  {r['config']}  batch {b['batch']}  threads {r['threads']}",
                                 b["systems"], b["ratios"])

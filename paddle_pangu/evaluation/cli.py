@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shots", type=int, nargs="+", default=[0, 1], help="demonstrations per query, e.g. 0 1 4")
     p.add_argument("--limit", type=int, default=None, help="evaluate a seeded sample of N examples per task")
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass / prompts per generate call")
+    p.add_argument("--weights", choices=("fp32", "int8", "bf16"), default="fp32",
+                   help="weight precision of the scoring model on the CPU: int8 = weight-only per-channel int8 "
+                        "(inference.quantize), bf16 only on CPUs with avx512_bf16")
     p.add_argument("--output", default=None, help="results JSON (a PNG of score vs shots is written beside it)")
     p.add_argument("--log-samples", default=None, help="JSON lines, one per evaluated example")
     p.add_argument("--labels", default=None, help="comma-separated verbalised labels (JSONL tasks)")
@@ -119,9 +122,13 @@ def run(args) -> int:
 
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1) or min(args.shots) < 0:
         raise UsageError("--batch-size and --limit must be >= 1 and --shots >= 0")
+    from ..inference.quantize import check_weights, quantize_model
+
+    check_weights(args.weights)  # a refusal (bf16 without avx512_bf16) before anything loads
     jobs = _jobs(args)  # data problems surface before the model loads
     use_device(args.device, dygraph=True)
     model, tok = load_model_and_tokenizer(args.model, seed=args.seed)
+    quantize_model(model, args.weights)  # once, after loading (fp32: unchanged)
     results = []
     if args.perplexity:
         results.append(_perplexity(args, model, tok))

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 
-from ..errors import CheckpointError
+from ..errors import CheckpointError, UsageError
 
 
 def is_export_dir(path: str) -> bool:
@@ -26,20 +26,31 @@ def use_device(device: str, dygraph: bool) -> None:
         paddle.set_device(info.paddle_device())
 
 
-def open_backend(model: str, device: str = "cpu", tokenizer: str | None = None, threads: int = 0, seed: int = 0):
-    """(stepper, config, tokenizer) for a model directory, preset:NAME or an export directory."""
+def open_backend(model: str, device: str = "cpu", tokenizer: str | None = None, threads: int = 0, seed: int = 0,
+                 weights: str | None = None):
+    """(stepper, config, tokenizer) for a model directory, preset:NAME or an export directory.
+
+    weights (`--weights`, inference.quantize): fp32 / int8 / bf16 for a model directory (None = fp32, quantised
+    once here, after loading); an export directory runs the weights it was exported with (None or the same)."""
     from .generation import DygraphStepper
     from .loading import load_model_and_tokenizer, load_tokenizer
+    from .quantize import check_weights, quantize_model
 
     exported = is_export_dir(model)
+    if weights is not None:
+        check_weights(weights, device)  # a refusal (bf16 without avx512_bf16, say) before anything loads
     use_device(device, dygraph=not exported)
     try:
         if exported:
             from .export import InferenceStepper
 
             stepper = InferenceStepper(model, device, threads)
+            if weights is not None and weights != stepper.weights:
+                raise UsageError(f"--weights {weights}: {model} was exported with {stepper.weights} weights; "
+                                 f"re-export with `pangu export --weights {weights}` or drop --weights")
             return stepper, stepper.config, load_tokenizer(model, tokenizer)
         net, tok = load_model_and_tokenizer(model, tokenizer, seed)
     except FileNotFoundError as err:
         raise CheckpointError(str(err)) from None
+    quantize_model(net, weights or "fp32")
     return DygraphStepper(net, frozen=True), net.config, tok  # served / CLI weights never change

@@ -82,7 +82,7 @@ def _specs(config, with_cache: bool):
 
 
 def export_model(model, output_dir: str, tokenizer_dir: str | None = None, dtype: str = "float32",
-                 head_copy: bool = True) -> dict:
+                 head_copy: bool = True, weights: str = "fp32") -> dict:
     """Write prefill/decode graphs (`.json` + `.pdiparams`), the model config and tokenizer files to output_dir.
 
     head_copy: store an [H, V] copy of the tied head in each graph (see _Graph); off for device memory.
@@ -94,18 +94,26 @@ def export_model(model, output_dir: str, tokenizer_dir: str | None = None, dtype
     from ..errors import CheckpointError, UsageError
     from ..io.model_dir import publish_files, seal_model_dir, staging_dir
 
+    from .quantize import check_weights, quantize_model
+
     if dtype not in DTYPES:
         raise UsageError(f"--dtype {dtype!r}: expected one of {DTYPES}")
+    check_weights(weights)
+    if weights != "fp32" and dtype != "float32":
+        raise UsageError(f"--weights {weights} exports run on the CPU predictor in float32: drop --dtype {dtype}")
     model.eval()
     # every file is written into a staging directory first, then renamed into output_dir (a full disk leaves
     # nothing half-written there; a planted symlink is replaced, not written through) and sealed with a
     # MANIFEST.json the predictor verifies (io/model_dir.py)
     final = output_dir
+    if weights != "fp32":  # quantised once here; the graphs hold the int8 buffers and the custom op
+        quantize_model(model, weights)
+        head_copy = False  # the head reads its int8 copy, not an fp32 [H, V] one
     output_dir = staging_dir(final)
     shutil.rmtree(output_dir, ignore_errors=True)
     try:
         os.makedirs(output_dir)
-        meta = _write_export(model, output_dir, tokenizer_dir, dtype, head_copy)
+        meta = _write_export(model, output_dir, tokenizer_dir, dtype, head_copy, weights)
     except OSError as exc:
         shutil.rmtree(output_dir, ignore_errors=True)
         raise CheckpointError(f"export to {final} failed: {exc.strerror or exc} ({getattr(exc, 'filename', '') or final}); "
@@ -115,7 +123,7 @@ def export_model(model, output_dir: str, tokenizer_dir: str | None = None, dtype
     return meta
 
 
-def _write_export(model, output_dir: str, tokenizer_dir, dtype: str, head_copy: bool) -> dict:
+def _write_export(model, output_dir: str, tokenizer_dir, dtype: str, head_copy: bool, weights: str) -> dict:
     with paddle.no_grad():  # one transpose of the embedding for both graphs
         head_t = model.get_input_embeddings().weight.t().contiguous() if head_copy else None
     for name, wrapper, with_cache in (("prefill", _Prefill, False), ("decode", _Decode, True)):
@@ -129,7 +137,7 @@ def _write_export(model, output_dir: str, tokenizer_dir, dtype: str, head_copy: 
             src = os.path.join(tokenizer_dir, fname)
             if os.path.exists(src) and not os.path.exists(os.path.join(output_dir, fname)):
                 shutil.copy(src, output_dir)
-    meta = {"format": FORMAT, "graphs": list(GRAPHS), "dtype": dtype, "head_copy": head_copy,
+    meta = {"format": FORMAT, "graphs": list(GRAPHS), "dtype": dtype, "head_copy": head_copy, "weights": weights,
             "kv_layout": "past_key_i, past_value_i per layer: [batch, heads, tokens, head_dim]"}
     with open(os.path.join(output_dir, META_FILE), "w") as f:
         json.dump(meta, f, indent=2)
@@ -218,6 +226,11 @@ class InferenceStepper:
         self.config = PanGuConfig.from_pretrained(export_dir)
         meta = read_meta(export_dir)
         self.dtype = meta.get("dtype", "float32")
+        self.weights = meta.get("weights", "fp32")
+        if self.weights == "int8":  # the graphs call pangu_int8_linear: register it before the predictors load
+            from .. import kernels
+
+            kernels.load_int8()
         self.predictors = {g: self._create(export_dir, g, device, threads, self.dtype) for g in GRAPHS}
 
     @staticmethod

@@ -171,7 +171,7 @@ class DygraphStepper:
         model.eval()
         self.head_t = None
         weight = model.get_input_embeddings().weight
-        if frozen and weight.place.is_cpu_place():
+        if frozen and weight.place.is_cpu_place() and getattr(model, "quantized_head", None) is None:
             with paddle.no_grad():
                 self.head_t = weight.t().contiguous()
 

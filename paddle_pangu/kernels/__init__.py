@@ -22,23 +22,25 @@ from .native_build import CACHE_ENV, build_lock, cache_root, failure_line
 
 DISABLE_ENV = "PANGU_NO_CPU_KERNELS"
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
+INT8_SOURCE = Path(__file__).with_name("int8_kernels.cc")  # weight-only int8 decode (issue 25), a library of its own
 # no -ffast-math (NaN / inf must propagate), no FMA contraction (the reference order of operations);
 # no -march: the AVX2 paths are chosen at run time, so one build serves every x86-64 CPU
 CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]
 
 _STATE: dict = {"module": None, "tried": False, "reason": None}
+_INT8: dict = {"module": None, "error": None}
 
 
-def _tag() -> str:
+def _tag(source: Path = SOURCE) -> str:
     import paddle
 
-    h = hashlib.sha256(SOURCE.read_bytes())
+    h = hashlib.sha256(source.read_bytes())
     h.update(" ".join(CFLAGS + [paddle.__version__, sys.version]).encode())
     return h.hexdigest()[:12]
 
 
-def build_dir() -> Path:
-    return cache_root("kernels") / _tag()
+def build_dir(source: Path = SOURCE) -> Path:
+    return cache_root("kernels") / _tag(source)
 
 
 def _ldflags() -> list[str]:
@@ -86,11 +88,11 @@ class _Ops:
         return run
 
 
-def _build():
+def _build(source: Path = SOURCE, prefix: str = "pangu_cpu_kernels"):
     from paddle.utils import cpp_extension
 
-    where = build_dir()
-    name = f"pangu_cpu_kernels_{where.name}"
+    where = build_dir(source)
+    name = f"{prefix}_{where.name}"
     library = where / name / f"{name}.so"
     with build_lock(where):  # the other processes of a launch wait for the one build
         if library.exists():
@@ -101,9 +103,9 @@ def _build():
                 print(f"pangu kernels: the cached build {library} does not load ({type(exc).__name__}); "
                       "rebuilding it", file=sys.stderr)
                 library.unlink()
-        print(f"pangu kernels: building the fused CPU kernels in {where} (once, ~20 s)", file=sys.stderr)
+        print(f"pangu kernels: building {source.name} in {where} (once, ~20 s)", file=sys.stderr)
         with _quiet(where / "build.log"):
-            cpp_extension.load(name=name, sources=[str(SOURCE)], extra_cxx_cflags=CFLAGS,
+            cpp_extension.load(name=name, sources=[str(source)], extra_cxx_cflags=CFLAGS,
                                extra_ldflags=_ldflags(), build_directory=str(where), verbose=False)
         return _Ops()  # load() registered the ops
 
@@ -136,6 +138,68 @@ def disabled():
         _STATE["module"] = saved
 
 
+def load_int8():
+    """The int8 decode kernels (int8_kernels.cc), built and loaded once per process. There is no fallback
+    for them: a model quantised to int8 runs on these or not at all, so a failed build raises a
+    RuntimeError naming the build log (PANGU_NO_CPU_KERNELS does not apply; it is the training kernels' switch).
+    Loading also registers the op with Paddle Inference: a process loads it before creating a predictor
+    for an int8 export."""
+    if _INT8["module"] is None:
+        if _INT8["error"] is not None:
+            raise RuntimeError(_INT8["error"])
+        try:
+            _INT8["module"] = _build(INT8_SOURCE, "pangu_int8_kernels")
+        except Exception as exc:
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            _INT8["error"] = (f"the int8 kernels did not build ({type(exc).__name__}: {first}; "
+                              f"log {build_dir(INT8_SOURCE) / 'build.log'})")
+            raise RuntimeError(_INT8["error"]) from None
+    return _INT8["module"]
+
+
+def cpu_flags() -> frozenset:
+    """This CPU's feature flags from /proc/cpuinfo (empty where there is none: then no bf16 and the int8
+    kernel's own run-time check picks its level)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+INT8_LEVELS = ("scalar", "avx2", "avx512")
+INT8_ISA_ENV = "PANGU_INT8_ISA"
+
+
+def int8_isa() -> tuple[str, str]:
+    """(level the int8 kernel runs now, best level of this CPU): PANGU_INT8_ISA forces the first."""
+    import paddle
+
+    chosen, best = load_int8().pangu_int8_isa(paddle.zeros([1]))[0].numpy().tolist()
+    return INT8_LEVELS[chosen], INT8_LEVELS[best]
+
+
+def int8_linear(x, qweight, scale, bias, threads: int | None = None):
+    """x [..., K] fp32 @ (scale [N, 1] * qweight [N, K] int8)^T + bias [N] -> [..., N] fp32, accumulated in fp32.
+
+    Works in dygraph and inside `paddle.jit.to_static` (the exported graph then holds the custom op).
+    threads None: this process's math-library threads (kernels.threads()) in dygraph, 0 (the runtime's
+    default, which the predictor's set_cpu_math_library_num_threads sets) in a static graph."""
+    import paddle
+
+    if threads is None:
+        threads = kernels_threads() if paddle.in_dynamic_mode() else 0
+    return load_int8().pangu_int8_linear(x, qweight, scale, bias, int(threads))[0]
+
+
+def stream_read(x, threads: int):
+    """Sum of a large fp32 CPU tensor read once over `threads` threads (the benchmark's bandwidth probe)."""
+    return load_int8().pangu_stream_read(x, int(threads))[0]
+
+
 def reason() -> str | None:
     return _STATE["reason"]
 
@@ -147,6 +211,9 @@ def threads() -> int:
         if value.isdigit() and int(value) > 0:
             return int(value)
     return 1
+
+
+kernels_threads = threads  # int8_linear's parameter shadows the name
 
 
 def _usable(*tensors, recording: bool = True) -> bool:

@@ -263,9 +263,14 @@ class PanGuForCausalLM(PanGuPretrainedModel):
         hidden, cache = out if use_cache else (out, None)
         if logits_to_keep and labels is None:
             hidden = hidden[:, -int(logits_to_keep):]
-        weight = self.pangu.embeddings.word_embeddings.weight
-        logits = pl.tied_lm_logits(self.parallel, hidden, weight, parallel_output=labels is not None,
-                                   weight_t=head_weight_t)
+        # inference.quantize: an int8 copy of the tied head (inference only: no gradient reaches the embedding)
+        quantized_head = getattr(self, "quantized_head", None)
+        if quantized_head is not None:
+            logits = quantized_head(hidden)  # [B, S, V]
+        else:
+            weight = self.pangu.embeddings.word_embeddings.weight
+            logits = pl.tied_lm_logits(self.parallel, hidden, weight, parallel_output=labels is not None,
+                                       weight_t=head_weight_t)
         loss = self.criterion(logits, labels, loss_mask) if labels is not None else None
         if return_dict:
             return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)

@@ -9,6 +9,7 @@ import os
 import tempfile
 
 from ..export import DTYPES
+from ..quantize import WEIGHTS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -17,6 +18,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", required=True, help="directory for prefill/decode .json + .pdiparams")
     p.add_argument("--dtype", choices=DTYPES, default="float32",
                    help="precision the predictor runs at on gpu/npu (graphs traced in float32; see README)")
+    p.add_argument("--weights", choices=WEIGHTS, default="fp32",
+                   help="int8: weight-only int8 linear layers and tied head (per-channel scales, fp32 activations), "
+                        "run by this package's CPU kernel, registered as a custom op for Paddle Inference")
     p.add_argument("--no-head-copy", dest="head_copy", action="store_false",
                    help="leave out the [hidden, vocab] copy of the tied head each graph stores (2x faster head "
                         "GEMV per decode token on CPU; costs the embedding's size again, e.g. on a GPU / NPU)")
@@ -37,6 +41,9 @@ def run(args) -> int:
     from ..export import export_model
     from ..loading import load_model_and_tokenizer, load_tokenizer
 
+    from ..quantize import check_weights
+
+    check_weights(args.weights)  # a refusal before the model loads
     mp, pp = sharded_layout(args.model)
     with tempfile.TemporaryDirectory(prefix="pangu-export-merge-") as tmp:
         source = args.model
@@ -50,8 +57,9 @@ def run(args) -> int:
             model, _ = load_model_and_tokenizer(source)
         except FileNotFoundError as err:
             raise CheckpointError(str(err)) from None
-        export_model(model, args.output, dtype=args.dtype, head_copy=args.head_copy)
+        export_model(model, args.output, dtype=args.dtype, head_copy=args.head_copy, weights=args.weights)
     load_tokenizer(args.model).save_pretrained(args.output)
-    print(f"exported prefill and decode graphs ({args.dtype} predictor) to {args.output}; run them with "
+    print(f"exported prefill and decode graphs ({args.dtype} predictor, {args.weights} weights) to {args.output}; "
+          f"run them with "
           f"`pangu generate --model {args.output} --prompt ...` or `pangu serve --model {args.output}`")
     return 0

@@ -6,6 +6,7 @@ import argparse
 import sys
 
 from ..export import DEVICES
+from ..quantize import WEIGHTS
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,12 +25,20 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
                    help="a prompt longer than the context minus --max-new-tokens: error (default) or keep its end")
 
 
+def add_weights_argument(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--weights", choices=WEIGHTS, default=default,
+                   help="weight precision for CPU decoding: fp32, int8 (weight-only, per-channel, quantised once at "
+                        "load) or bf16 (CPUs with avx512_bf16); an export directory runs the weights it was "
+                        "exported with")
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
                    help="model directory, `pangu export` directory, or preset:NAME for a randomly initialised model")
     p.add_argument("--prompt", action="append", required=True, help="prompt text (repeat for a batch)")
     p.add_argument("--tokenizer", default=None, help="directory or vocab.model (default: model dir, then pcl-pangu)")
     p.add_argument("--device", choices=DEVICES, default="cpu")
+    add_weights_argument(p)
     p.add_argument("--no-stream", action="store_true", help="print a single prompt's text at the end, not as it grows")
     add_sampling_arguments(p)
 
@@ -66,7 +75,12 @@ def run(args) -> int:
     from ..streaming import TextStream
 
     check_arguments(args)
-    stepper, config, tok = open_backend(args.model, args.device, args.tokenizer, seed=args.seed)
+    # one prompt (batch 1) on an export directory: the predictor on one math thread. Measured with
+    # `python tools/predictor_threads.py` (docs/INT8.md): at batch 1 a second thread bought no
+    # speed and cost 1.4-2.6x the CPU-seconds per token; batches keep Paddle's default (all cores).
+    threads = 1 if len(args.prompt) == 1 else 0
+    stepper, config, tok = open_backend(args.model, args.device, args.tokenizer, threads=threads, seed=args.seed,
+                                        weights=args.weights)
     cfg = sampling_config(args, config)
     live = len(args.prompt) == 1 and not args.no_stream
     streams = [TextStream(tok, args.stop) for _ in args.prompt]

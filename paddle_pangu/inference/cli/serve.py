@@ -5,6 +5,7 @@ import argparse
 import os
 
 from ..export import DEVICES
+from .generate import add_weights_argument
 
 API_KEY_ENV = "PANGU_API_KEY"
 
@@ -21,6 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-queue", type=int, default=64, help="requests waiting beyond the batch; more get HTTP 503")
     p.add_argument("--truncate", choices=("error", "left"), default="error",
                    help="over-long prompts: HTTP 400 (default) or keep their end")
+    add_weights_argument(p)
     p.add_argument("--threads", type=int, default=0, help="predictor CPU math threads (0 = paddle's default)")
     p.add_argument("--api-key", default=None,
                    help=f"require `Authorization: Bearer KEY` on /v1 (default: ${API_KEY_ENV} if set; "
@@ -46,5 +48,6 @@ def run(args) -> int:
     if api_key is not None and not api_key.strip():
         raise UsageError("--api-key is empty")
     serve(args.model, args.host, args.port, args.device, args.tokenizer, args.max_batch, args.max_queue,
-          args.truncate, args.threads, api_key=api_key, max_body_bytes=max_body, port_file=args.port_file, warn=False)
+          args.truncate, args.threads, api_key=api_key, max_body_bytes=max_body, port_file=args.port_file, warn=False,
+          weights=args.weights)
     return 0

@@ -339,11 +339,12 @@ async def _chat_events(job, rid, model, include_usage=False):
 
 
 def load_engine(model: str, device: str = "cpu", tokenizer: str | None = None, max_batch: int = 8,
-                max_queue: int = 64, threads: int = 0) -> Engine:
-    """A model directory / preset:NAME (dygraph) or a `pangu export` directory (Paddle Inference)."""
+                max_queue: int = 64, threads: int = 0, weights: str | None = None) -> Engine:
+    """A model directory / preset:NAME (dygraph) or a `pangu export` directory (Paddle Inference);
+    weights: `--weights` (fp32 / int8 / bf16, see inference.quantize)."""
     from ..backend import open_backend
 
-    stepper, config, tok = open_backend(model, device, tokenizer, threads)
+    stepper, config, tok = open_backend(model, device, tokenizer, threads, weights=weights)
     return Engine(stepper, config, tok, max_batch, max_queue)
 
 
@@ -381,7 +382,7 @@ def bind(host: str, port: int) -> socket.socket:
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", tokenizer: str | None = None,
           max_batch: int = 8, max_queue: int = 64, truncate: str = "error", threads: int = 0,
           api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-          port_file: str | None = None, warn: bool = True) -> None:
+          port_file: str | None = None, warn: bool = True, weights: str | None = None) -> None:
     """Bind first (a taken port fails before the model loads), load, then report the bound port: the line
     `pangu serve: listening on http://HOST:PORT` and, with `port_file`, the port written atomically there."""
     import uvicorn
@@ -390,7 +391,7 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "
         warn_if_open(host, api_key)
     sock = bind(host, port)
     try:
-        engine = load_engine(model, device, tokenizer, max_batch, max_queue, threads).start()
+        engine = load_engine(model, device, tokenizer, max_batch, max_queue, threads, weights).start()
     except BaseException:
         sock.close()
         raise

@@ -1,0 +1,389 @@
+// Weight-only int8 linear layers for decoding (issue 25), built on first use by
+// paddle_pangu/kernels/__init__.py (load_int8) through paddle.utils.cpp_extension.
+//
+// Why: batch-1 decode reads every weight once per token, so its speed is bandwidth / weight bytes.
+// int8 weights are a quarter of fp32's bytes. Paddle 3.3.1 has no CPU weight-only kernel
+// (weight_quantize / weight_only_linear are GPU / XPU only).
+//
+// Math (per output channel i, symmetric, quantised once at load by paddle_pangu.inference.quantize):
+//   w[i, j] ~ s[i] * q[i, j],  q int8 in [-127, 127],  s[i] = max_j |w[i, j]| / 127
+//   y[m, i] = s[i] * (sum_j x[m, j] * q[i, j]) + b[i]
+// Activations stay fp32, the sum is accumulated in fp32 (no -ffast-math, no FMA contraction in the
+// scalar path), then scaled once. The error against the fp32 weights is at most
+// sum_j |x_j| * s_i / 2 (quantisation) plus fp32 accumulation rounding;
+// tests/unit/test_int8_kernels.py checks every dispatch level against that bound in float64.
+//
+// Dispatch (run time, one build for every x86-64 CPU): avx512 (F + BW + VL: 16 lanes, masked tails),
+// avx2 (+ FMA: 8 lanes), scalar. PANGU_INT8_ISA=scalar|avx2|avx512 forces a level (tests run every level
+// this CPU has); forcing one the CPU lacks is an error, never a silent fallback. AVX-512 VNNI is not used:
+// its dot products multiply int8 weights by 8-bit integer activations, and this kernel keeps fp32
+// activations (quantising them would add an activation error the bound above does not cover).
+//
+// Layout: q [N, K] (one row per output channel, contiguous in K), so a row is one streaming read and
+// the tied head's word embedding [V, H] quantises without a transpose.
+// Threads: rows are split over `threads` OpenMP threads (0 = the runtime's default) when the weight is
+// large enough to amortise a parallel region (>= kParallelBytes of int8); the 40k x H head always is.
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
+
+#include "paddle/extension.h"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace {
+
+enum Level { kScalar = 0, kAvx2 = 1, kAvx512 = 2 };
+const char* const kLevelNames[] = {"scalar", "avx2", "avx512"};
+constexpr int64_t kParallelBytes = 1 << 18;  // 256 KiB of int8 weights (512 x 512): below, one thread
+constexpr int64_t kGemmRows = 16;            // more x rows than this: PrefillGemm
+constexpr int64_t kRows = 4;                 // output channels per thread-split block (a multiple of R)
+
+int CpuLevel() {
+  static const int level = [] {
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl"))
+      return kAvx512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return kAvx2;
+    return kScalar;
+  }();
+  return level;
+}
+
+// The level to run: PANGU_INT8_ISA if set (read per call, so a test can switch it), else the CPU's best.
+int ChosenLevel() {
+  const char* env = std::getenv("PANGU_INT8_ISA");
+  if (env == nullptr || *env == '\0') return CpuLevel();
+  for (int l = kScalar; l <= kAvx512; ++l) {
+    if (std::strcmp(env, kLevelNames[l]) == 0) {
+      PD_CHECK(l <= CpuLevel(), "PANGU_INT8_ISA=", env, ": this CPU supports at most ", kLevelNames[CpuLevel()]);
+      return l;
+    }
+  }
+  PD_THROW("PANGU_INT8_ISA=", env, ": expected scalar, avx2 or avx512");
+}
+
+// ------------------------------------------------------------------------------------------------
+// Each kernel computes rows [n0, n1) of y [M, N] for all M rows of x [M, K].
+
+void RowsScalar(const float* x, int64_t m_rows, int64_t k, const int8_t* q, const float* s, const float* b,
+                float* y, int64_t n, int64_t n0, int64_t n1) {
+  for (int64_t i = n0; i < n1; ++i) {
+    const int8_t* qi = q + i * k;
+    for (int64_t m = 0; m < m_rows; ++m) {
+      const float* xm = x + m * k;
+      float acc = 0.0f;
+      for (int64_t j = 0; j < k; ++j) acc += xm[j] * static_cast<float>(qi[j]);
+      y[m * n + i] = s[i] * acc + b[i];
+    }
+  }
+}
+
+__attribute__((target("avx2,fma"))) inline float Hsum8(__m256 v) {
+  __m128 lo = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  lo = _mm_add_ps(lo, _mm_movehl_ps(lo, lo));
+  lo = _mm_add_ss(lo, _mm_movehdup_ps(lo));
+  return _mm_cvtss_f32(lo);
+}
+
+__attribute__((target("avx2,fma"))) inline __m256 Load8i8(const int8_t* p) {
+  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+}
+
+// Micro-kernels: rows [i, i + R) of the weight for x rows [m0, m0 + MT). R and MT are compile-time, so the
+// MT x R accumulators live in registers; each weight vector is loaded and converted once and used by the
+// MT x rows (batch > 1 reads the weights once per step, not once per row of x). The next block's rows
+// (R rows further on) are prefetched: with 4 interleaved row streams the hardware prefetcher alone left
+// the 40000 x 512 head at 3 GB/s; with the prefetch and unmasked full-width loads, 20 GB/s on one thread
+// (same process, one after the other, load 4-6: 6.8 ms -> 1.0 ms per call; tools/int8_gemv_micro.py).
+template <int R, int MT>
+__attribute__((target("avx2,fma"))) void Micro256(const float* x, int64_t k, const int8_t* q, const float* s,
+                                                  const float* b, float* y, int64_t n, int64_t i, int64_t m0) {
+  __m256 acc[MT][R];
+  for (int m = 0; m < MT; ++m)
+    for (int t = 0; t < R; ++t) acc[m][t] = _mm256_setzero_ps();
+  const int64_t kv = k / 8 * 8;
+  for (int64_t j = 0; j < kv; j += 8) {
+    __m256 wv[R];
+    for (int t = 0; t < R; ++t) {
+      if ((j & 63) == 0) _mm_prefetch(reinterpret_cast<const char*>(q + (i + t + R) * k + j), _MM_HINT_T0);
+      wv[t] = Load8i8(q + (i + t) * k + j);
+    }
+    for (int m = 0; m < MT; ++m) {
+      const __m256 xv = _mm256_loadu_ps(x + (m0 + m) * k + j);
+      for (int t = 0; t < R; ++t) acc[m][t] = _mm256_fmadd_ps(xv, wv[t], acc[m][t]);
+    }
+  }
+  for (int m = 0; m < MT; ++m) {
+    const float* xm = x + (m0 + m) * k;
+    for (int t = 0; t < R; ++t) {
+      const int8_t* qi = q + (i + t) * k;
+      float tail = 0.0f;
+      for (int64_t j = kv; j < k; ++j) tail += xm[j] * static_cast<float>(qi[j]);
+      y[(m0 + m) * n + i + t] = s[i + t] * (Hsum8(acc[m][t]) + tail) + b[i + t];
+    }
+  }
+}
+
+template <int R>
+__attribute__((target("avx2,fma"))) void Block256(const float* x, int64_t m_rows, int64_t k, const int8_t* q,
+                                                  const float* s, const float* b, float* y, int64_t n, int64_t i) {
+  int64_t m0 = 0;
+  for (; m0 + 4 <= m_rows; m0 += 4) Micro256<R, 4>(x, k, q, s, b, y, n, i, m0);
+  switch (m_rows - m0) {
+    case 3: Micro256<R, 3>(x, k, q, s, b, y, n, i, m0); break;
+    case 2: Micro256<R, 2>(x, k, q, s, b, y, n, i, m0); break;
+    case 1: Micro256<R, 1>(x, k, q, s, b, y, n, i, m0); break;
+    default: break;
+  }
+}
+
+__attribute__((target("avx2,fma"))) void RowsAvx2(const float* x, int64_t m_rows, int64_t k, const int8_t* q,
+                                                  const float* s, const float* b, float* y, int64_t n, int64_t n0,
+                                                  int64_t n1) {
+  int64_t i = n0;
+  if (m_rows == 1) {
+    for (; i + 4 <= n1; i += 4) Block256<4>(x, m_rows, k, q, s, b, y, n, i);
+  } else {
+    for (; i + 2 <= n1; i += 2) Block256<2>(x, m_rows, k, q, s, b, y, n, i);
+  }
+  for (; i < n1; ++i) Block256<1>(x, m_rows, k, q, s, b, y, n, i);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 Load16i8(const int8_t* p, __mmask16 mask) {
+  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, p)));
+}
+
+template <int R, int MT>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void Micro512(const float* x, int64_t k, const int8_t* q,
+                                                                  const float* s, const float* b, float* y,
+                                                                  int64_t n, int64_t i, int64_t m0) {
+  __m512 acc[MT][R];
+  for (int m = 0; m < MT; ++m)
+    for (int t = 0; t < R; ++t) acc[m][t] = _mm512_setzero_ps();
+  const int64_t kv = k / 16 * 16;
+  for (int64_t j = 0; j < kv; j += 16) {  // plain loads; the weight rows of the next block are prefetched
+    __m512 wv[R];
+    for (int t = 0; t < R; ++t) {
+      const int8_t* p = q + (i + t) * k + j;
+      _mm_prefetch(reinterpret_cast<const char*>(p + R * k), _MM_HINT_T0);
+      wv[t] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+    }
+    for (int m = 0; m < MT; ++m) {
+      const __m512 xv = _mm512_loadu_ps(x + (m0 + m) * k + j);
+      for (int t = 0; t < R; ++t) acc[m][t] = _mm512_fmadd_ps(xv, wv[t], acc[m][t]);
+    }
+  }
+  if (kv < k) {  // the K tail: masked lanes load 0
+    const __mmask16 mask = static_cast<__mmask16>((1u << (k - kv)) - 1);
+    __m512 wv[R];
+    for (int t = 0; t < R; ++t) wv[t] = Load16i8(q + (i + t) * k + kv, mask);
+    for (int m = 0; m < MT; ++m) {
+      const __m512 xv = _mm512_maskz_loadu_ps(mask, x + (m0 + m) * k + kv);
+      for (int t = 0; t < R; ++t) acc[m][t] = _mm512_fmadd_ps(xv, wv[t], acc[m][t]);
+    }
+  }
+  for (int m = 0; m < MT; ++m)
+    for (int t = 0; t < R; ++t)
+      y[(m0 + m) * n + i + t] = s[i + t] * _mm512_reduce_add_ps(acc[m][t]) + b[i + t];
+}
+
+template <int R>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void Block512(const float* x, int64_t m_rows, int64_t k,
+                                                                  const int8_t* q, const float* s, const float* b,
+                                                                  float* y, int64_t n, int64_t i) {
+  int64_t m0 = 0;
+  for (; m0 + 8 <= m_rows; m0 += 8) Micro512<R, 8>(x, k, q, s, b, y, n, i, m0);
+  switch (m_rows - m0) {
+    case 7: Micro512<R, 7>(x, k, q, s, b, y, n, i, m0); break;
+    case 6: Micro512<R, 6>(x, k, q, s, b, y, n, i, m0); break;
+    case 5: Micro512<R, 5>(x, k, q, s, b, y, n, i, m0); break;
+    case 4: Micro512<R, 4>(x, k, q, s, b, y, n, i, m0); break;
+    case 3: Micro512<R, 3>(x, k, q, s, b, y, n, i, m0); break;
+    case 2: Micro512<R, 2>(x, k, q, s, b, y, n, i, m0); break;
+    case 1: Micro512<R, 1>(x, k, q, s, b, y, n, i, m0); break;
+    default: break;
+  }
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void RowsAvx512(const float* x, int64_t m_rows, int64_t k,
+                                                                    const int8_t* q, const float* s, const float* b,
+                                                                    float* y, int64_t n, int64_t n0, int64_t n1) {
+  int64_t i = n0;
+  if (m_rows == 1) {  // GEMV: 4 rows share each x load
+    for (; i + 4 <= n1; i += 4) Block512<4>(x, m_rows, k, q, s, b, y, n, i);
+  } else {  // 8 x rows by 2 weight rows: 16 accumulators + 2 weight vectors of the 32 registers
+    for (; i + 2 <= n1; i += 2) Block512<2>(x, m_rows, k, q, s, b, y, n, i);
+  }
+  for (; i < n1; ++i) Block512<1>(x, m_rows, k, q, s, b, y, n, i);
+}
+
+paddle::Tensor Dense(const paddle::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
+
+// Many rows (prefill: batch x prompt tokens): the weights are converted to fp32 once for the call and MKL's
+// blocked GEMM computes sum_j x_j q_j (exact q in fp32; any summation order is within the same gamma(K + 2)
+// bound), then y = s * acc + b. The register-tiled decode kernel reads x from cache once per two weight
+// rows, which at hundreds of rows was slower than the fp32 GEMM (first token 585 vs 363 ms at batch 8).
+paddle::Tensor PrefillGemm(const paddle::Tensor& x, const paddle::Tensor& qweight, const paddle::Tensor& scale,
+                           const paddle::Tensor& bias, int64_t m_rows, int threads,
+                           const std::vector<int64_t>& out_shape) {
+  const int64_t n = qweight.shape()[0], k = qweight.shape()[1];
+  auto qf = paddle::empty({n, k}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const int8_t* qp = qweight.data<int8_t>();
+  float* fp = qf.data<float>();
+  int nt = 1;
+#ifdef _OPENMP
+  nt = threads > 0 ? threads : omp_get_max_threads();
+#endif
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t r = 0; r < n; ++r)
+    for (int64_t j = 0; j < k; ++j) fp[r * k + j] = static_cast<float>(qp[r * k + j]);
+  auto acc = paddle::experimental::matmul(paddle::experimental::reshape(x, {m_rows, k}), qf, false, true);  // [M, N]
+  auto y = paddle::empty(out_shape, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const float* a = acc.data<float>();
+  const float* sp = scale.data<float>();
+  const float* bp = bias.data<float>();
+  float* yp = y.data<float>();
+#pragma omp parallel for num_threads(nt) schedule(static)
+  for (int64_t m = 0; m < m_rows; ++m)
+    for (int64_t i = 0; i < n; ++i) yp[m * n + i] = sp[i] * a[m * n + i] + bp[i];
+  return y;
+}
+
+}  // namespace
+
+// x [..., K] fp32, qweight [N, K] int8, scale [N] fp32, bias [N] fp32 -> [..., N] fp32
+std::vector<paddle::Tensor> Int8LinearForward(const paddle::Tensor& x_in, const paddle::Tensor& qweight_in,
+                                              const paddle::Tensor& scale, const paddle::Tensor& bias, int threads) {
+  const auto x = Dense(x_in), qweight = Dense(qweight_in);
+  PD_CHECK(x.is_cpu() && qweight.is_cpu() && scale.is_cpu() && bias.is_cpu(), "int8 linear: CPU tensors only");
+  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32, "int8 linear: x must be float32");
+  PD_CHECK(qweight.dtype() == paddle::DataType::INT8, "int8 linear: qweight must be int8");
+  PD_CHECK(scale.dtype() == paddle::DataType::FLOAT32 && bias.dtype() == paddle::DataType::FLOAT32,
+           "int8 linear: scale and bias must be float32");
+  const auto xs = x.shape();
+  PD_CHECK(qweight.shape().size() == 2, "int8 linear: qweight must be [N, K]");
+  const int64_t n = qweight.shape()[0], k = qweight.shape()[1];
+  PD_CHECK(!xs.empty() && xs.back() == k, "int8 linear: x [..., K] with K = ", k, " expected, got last dim ",
+           xs.empty() ? -1 : xs.back());
+  PD_CHECK(scale.numel() == n && bias.numel() == n, "int8 linear: scale and bias must have N = ", n, " entries");
+  auto out_shape = xs;
+  out_shape.back() = n;
+  auto y = paddle::empty(out_shape, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const int64_t m_rows = k ? x.numel() / k : 0;
+  if (m_rows == 0 || n == 0) return {y};
+  const int level = ChosenLevel();
+  if (m_rows > kGemmRows) return {PrefillGemm(x, qweight, scale, bias, m_rows, threads, out_shape)};
+  const float* xp = x.data<float>();
+  const int8_t* qp = qweight.data<int8_t>();
+  const float* sp = scale.data<float>();
+  const float* bp = bias.data<float>();
+  float* yp = y.data<float>();
+  auto rows = [&](int64_t n0, int64_t n1) {
+    if (level == kAvx512) RowsAvx512(xp, m_rows, k, qp, sp, bp, yp, n, n0, n1);
+    else if (level == kAvx2) RowsAvx2(xp, m_rows, k, qp, sp, bp, yp, n, n0, n1);
+    else RowsScalar(xp, m_rows, k, qp, sp, bp, yp, n, n0, n1);
+  };
+  int nt = 1;
+#ifdef _OPENMP
+  if (n * k >= kParallelBytes) nt = threads > 0 ? threads : omp_get_max_threads();
+#endif
+  const int64_t blocks = (n + kRows - 1) / kRows;
+  nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, blocks)));
+  if (nt == 1) {
+    rows(0, n);
+    return {y};
+  }
+#pragma omp parallel num_threads(nt)
+  {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num(), cnt = omp_get_num_threads();
+#else
+    const int tid = 0, cnt = 1;
+#endif
+    // contiguous block ranges (each thread streams its own slice of the weight)
+    const int64_t b0 = blocks * tid / cnt, b1 = blocks * (tid + 1) / cnt;
+    rows(std::min(n, b0 * kRows), std::min(n, b1 * kRows));
+  }
+  return {y};
+}
+
+std::vector<std::vector<int64_t>> Int8LinearShape(const std::vector<int64_t>& x, const std::vector<int64_t>& q,
+                                                  const std::vector<int64_t>&, const std::vector<int64_t>&) {
+  auto s = x;
+  s.back() = q[0];
+  return {s};
+}
+
+std::vector<paddle::DataType> Int8LinearDtype(const paddle::DataType& x, const paddle::DataType&,
+                                              const paddle::DataType&, const paddle::DataType&) {
+  return {x};
+}
+
+PD_BUILD_OP(pangu_int8_linear)
+    .Inputs({"X", "QWeight", "Scale", "Bias"})
+    .Outputs({"Out"})
+    .Attrs({"threads: int"})
+    .SetKernelFn(PD_KERNEL(Int8LinearForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(Int8LinearShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(Int8LinearDtype));
+
+// The level pangu_int8_linear would run now (0 scalar, 1 avx2, 2 avx512) as an int32 [2] tensor together
+// with the CPU's best level: lets the tests confirm that forcing PANGU_INT8_ISA really switched the path.
+std::vector<paddle::Tensor> Int8Isa(const paddle::Tensor& any) {
+  auto out = paddle::empty({2}, paddle::DataType::INT32, paddle::CPUPlace());
+  out.data<int32_t>()[0] = ChosenLevel();
+  out.data<int32_t>()[1] = CpuLevel();
+  return {out};
+}
+
+std::vector<std::vector<int64_t>> Int8IsaShape(const std::vector<int64_t>&) { return {{2}}; }
+std::vector<paddle::DataType> Int8IsaDtype(const paddle::DataType&) { return {paddle::DataType::INT32}; }
+
+PD_BUILD_OP(pangu_int8_isa)
+    .Inputs({"X"})
+    .Outputs({"Out"})
+    .SetKernelFn(PD_KERNEL(Int8Isa))
+    .SetInferShapeFn(PD_INFER_SHAPE(Int8IsaShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(Int8IsaDtype));
+
+// ------------------------------------------------------------------------------------------------
+// The machine's read bandwidth for `pangu bench generate`'s roofline: sum a large fp32 buffer over
+// `threads` threads (each reads a contiguous slice once, as decode streams its weights). Returns the
+// sum [1] (so the reads cannot be optimised away).
+std::vector<paddle::Tensor> StreamRead(const paddle::Tensor& x, int threads) {
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, "stream read: a float32 CPU tensor");
+  const float* p = x.data<float>();
+  const int64_t n = x.numel();
+  double total = 0.0;
+  const int nt = std::max(1, threads);
+#pragma omp parallel num_threads(nt) reduction(+ : total)
+  {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num(), cnt = omp_get_num_threads();
+#else
+    const int tid = 0, cnt = 1;
+#endif
+    const int64_t lo = n * tid / cnt, hi = n * (tid + 1) / cnt;
+    float acc[16] = {0};
+    int64_t i = lo;
+    for (; i + 16 <= hi; i += 16)
+#pragma omp simd
+      for (int j = 0; j < 16; ++j) acc[j] += p[i + j];
+    for (; i < hi; ++i) acc[0] += p[i];
+    for (float a : acc) total += a;
+  }
+  auto out = paddle::empty({1}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  out.data<float>()[0] = static_cast<float>(total);
+  return {out};
+}
+
+PD_BUILD_OP(pangu_stream_read)
+    .Inputs({"X"})
+    .Outputs({"Out"})
+    .Attrs({"threads: int"})
+    .SetKernelFn(PD_KERNEL(StreamRead));
