@@ -31,6 +31,7 @@ directory, which on a real cluster must be shared storage (docs/DATA.md).
 from __future__ import annotations
 
 import json
+import logging
 import pickle
 import shutil
 import time
@@ -46,6 +47,8 @@ from .indexed_dataset import IndexedDataset, IndexedDatasetBuilder, dtype_for_vo
 from .manifest import commit_dir, partial_dir, write_manifest
 from .readers import list_input_files, read_file
 from .stats import IssueLog, PipelineStats, StageStats
+
+logger = logging.getLogger(__name__)
 
 
 def shard_specs(inputs) -> list[str]:
@@ -203,10 +206,17 @@ def _connect(address: str | None, workers: int):
 
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            except (ConnectionError, RuntimeError) as exc:  # unreachable GCS, wrong auth token (a ConnectionError)
+                raise UsageError(f"prepare-data --ray-address {address}: cannot join the Ray cluster "
+                                 f"({' '.join(str(exc).split())[:300]}); start it with `ray start --head` and "
+                                 "pass the address it prints (with its RAY_AUTH_TOKEN if token auth is on)") from None
         else:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    logger.info("prepare-data --engine ray: %s Ray cluster %s, %d CPUs", "joined" if address else "started",
+                ray.get_runtime_context().gcs_address, int(ray.cluster_resources().get("CPU", 0)))
     return ray
 
 
