@@ -18,6 +18,7 @@ import time
 import pytest
 
 from paddle_pangu.data.builtin import read_builtin
+from paddle_pangu.data.indexed_dataset import IndexedDataset
 from paddle_pangu.data.stats import IssueLog
 
 import ray  # noqa: F401,E402  (the `ray` extra, part of `test`: fails loudly if missing)
@@ -53,7 +54,7 @@ def cluster_env():
             time.sleep(0.5)
         yield address, env
     finally:
-        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
             try:
                 os.killpg(proc.pid, sig)
             except ProcessLookupError:
@@ -88,24 +89,65 @@ def _prepare(inp, out, env, *extra):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
-def test_joins_a_separately_started_cluster_and_writes_the_local_bytes(cluster_env, tmp_path):
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    """(input dir, the local engine's output dir) of `pangu prepare-data --engine local` on the corpus."""
+    root = tmp_path_factory.mktemp("ray_cluster")
+    inp = _corpus(root / "in")
+    run = _prepare(inp, root / "local", dict(os.environ))
+    assert run.returncode == 0, run.stderr[-3000:]
+    return inp, root / "local"
+
+
+def _same_bytes(out, local_out):
+    for suffix in (".bin", ".idx"):
+        assert (out / f"news{suffix}").read_bytes() == (local_out / f"news{suffix}").read_bytes(), suffix
+
+
+def test_joins_a_separately_started_cluster_and_writes_the_local_bytes(cluster_env, local, tmp_path):
     address, env = cluster_env
-    inp = _corpus(tmp_path / "in")
-    local = _prepare(inp, tmp_path / "local", env)
-    assert local.returncode == 0, local.stderr[-3000:]
+    inp, local_out = local
     remote = _prepare(inp, tmp_path / "ray", env, "--engine", "ray", "--ray-address", address)
     assert remote.returncode == 0, remote.stderr[-3000:]
     assert f"joined Ray cluster {address}, 2 CPUs" in remote.stderr  # not a fresh local instance
-    for suffix in (".bin", ".idx"):
-        assert (tmp_path / "ray" / f"news{suffix}").read_bytes() == (tmp_path / "local" / f"news{suffix}").read_bytes()
+    _same_bytes(tmp_path / "ray", local_out)
     stats = json.loads((tmp_path / "ray" / "stats.json").read_text())
     assert stats["stages"]["dedup"]["dropped"] == {"near_duplicate": 1}  # the planted cross-shard near-dup
     assert json.loads((tmp_path / "ray" / "manifest.json").read_text())["engine"] == "ray"
 
 
-def test_a_wrong_token_is_a_one_line_error(cluster_env, tmp_path):
+def test_failed_shards_are_retried_and_logged(cluster_env, local, tmp_path):
+    """Shard 1's scan raises once, shard 0's tokenization twice (SHARD_ATTEMPTS = 3): same bytes, 3 retries logged."""
     address, env = cluster_env
-    inp = _corpus(tmp_path / "in")
+    inp, local_out = local
+    run = _prepare(inp, tmp_path / "ray", {**env, "PANGU_RAY_TEST_FAULT": "scan:1:1,tokenize:0:2"},
+                   "--engine", "ray", "--ray-address", address)
+    assert run.returncode == 0, run.stderr[-3000:]
+    _same_bytes(tmp_path / "ray", local_out)
+    retries = [ln for ln in run.stderr.splitlines() if "retried" in ln]
+    assert len(retries) == 3, run.stderr[-3000:]
+    assert sum("scan of shard" in ln and "b.jsonl" in ln for ln in retries) == 1
+    assert sum("tokenize of shard" in ln and "a.jsonl" in ln for ln in retries) == 2
+    stats = json.loads((tmp_path / "ray" / "stats.json").read_text())
+    assert stats["issues"] == json.loads((local_out / "stats.json").read_text())["issues"]  # no shard_failed
+
+
+def test_a_shard_failing_every_attempt_is_reported(cluster_env, local, tmp_path):
+    address, env = cluster_env
+    inp, local_out = local
+    run = _prepare(inp, tmp_path / "ray", {**env, "PANGU_RAY_TEST_FAULT": "scan:0:3"},
+                   "--engine", "ray", "--ray-address", address)
+    assert run.returncode == 2, run.stderr[-3000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert "1 shard(s) failed" in last and "a.jsonl" in last and "injected fault" in last, last
+    assert "Traceback" not in run.stderr
+    # shard b's 6 articles and its near-dup of an a article (whose original is now gone) are kept
+    assert len(IndexedDataset(tmp_path / "ray" / "news")) == 7
+
+
+def test_a_wrong_token_is_a_one_line_error(cluster_env, local, tmp_path):
+    address, env = cluster_env
+    inp, _ = local
     bad = _prepare(inp, tmp_path / "ray", {**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)},
                    "--engine", "ray", "--ray-address", address)
     assert bad.returncode == 2, bad.stderr[-3000:]
