@@ -21,8 +21,9 @@ functions (`readers.read_file` / `builtin.read_builtin`, `cleaning.clean_chunk`,
      into `<name>.bin/.idx` (byte-identical to the local engine's) and writes
      the manifest (with the shard list).
 
-A shard whose task raises is reported (`shard_failed` issue: file and line)
-and contributes nothing; the other shards' output is kept. A corrupt gzip is
+A shard whose task raises is run again (SHARD_ATTEMPTS in all, each failure
+logged); if its last attempt fails too it is reported (`shard_failed` issue:
+file and line) and contributes nothing; the other shards' output is kept. A corrupt gzip is
 handled by the reader itself, as locally (`unreadable_file`, file and line).
 `--ray-address` joins a running cluster; otherwise a local one is started
 with `num_workers` CPUs. The work files live under the output's partial
@@ -335,7 +336,8 @@ def _tokenize(ray, cfg, shards, offsets, work: Path, shards_dir: Path, result: D
     items, fault = [], os.environ.get(FAULT_ENV, "")
     for k in range(len(shards)):
         lo, hi = offsets[k], offsets.get(k + 1, np.iinfo(np.int64).max)
-        items.append({"shard": k, "cfg": blob, "work_dir": str(work), "shards_dir": str(shards_dir), "offset": lo, "fault": fault,
+        items.append({"shard": k, "cfg": blob, "work_dir": str(work), "shards_dir": str(shards_dir), "offset": lo,
+                      "fault": fault,
                       "drop": drop[(drop >= lo) & (drop < hi)].tobytes(),
                       "wanted": wanted[(wanted >= lo) & (wanted < hi)].tobytes()})
     st = stats.start("tokenize")
