@@ -21,8 +21,9 @@ functions (`readers.read_file` / `builtin.read_builtin`, `cleaning.clean_chunk`,
      into `<name>.bin/.idx` (byte-identical to the local engine's) and writes
      the manifest (with the shard list).
 
-A shard whose task raises is reported (`shard_failed` issue: file and line)
-and contributes nothing; the other shards' output is kept. A corrupt gzip is
+A shard whose task raises is run again (SHARD_ATTEMPTS in all, each failure
+logged); if its last attempt fails too it is reported (`shard_failed` issue:
+file and line) and contributes nothing; the other shards' output is kept. A corrupt gzip is
 handled by the reader itself, as locally (`unreadable_file`, file and line).
 `--ray-address` joins a running cluster; otherwise a local one is started
 with `num_workers` CPUs. The work files live under the output's partial
@@ -31,6 +32,8 @@ directory, which on a real cluster must be shared storage (docs/DATA.md).
 from __future__ import annotations
 
 import json
+import logging
+import os
 import pickle
 import shutil
 import time
@@ -47,6 +50,8 @@ from .manifest import commit_dir, partial_dir, write_manifest
 from .readers import list_input_files, read_file
 from .stats import IssueLog, PipelineStats, StageStats
 
+logger = logging.getLogger(__name__)
+
 
 def shard_specs(inputs) -> list[str]:
     """One shard per input file (directories expanded, sorted as the local reader does) or builtin spec."""
@@ -62,8 +67,37 @@ def _shard_documents(spec: str, cfg, issues: IssueLog):
     return read_file(Path(spec), cfg.reader, issues)
 
 
+SHARD_ATTEMPTS = 3  # a shard whose task raises is run again, at most this many times in all, then reported
+FAULT_ENV = "PANGU_RAY_TEST_FAULT"  # tests only: "<stage>:<shard>:<times>[,...]": that shard raises <times> times
+
+
+def _injected_fault(row: dict, stage: str, attempt: int) -> None:
+    """The test hook (`FAULT_ENV`, read on the driver and shipped in the row): raise on the first attempts."""
+    for fault in filter(None, row.get("fault", "").split(",")):
+        want_stage, shard, times = fault.split(":")
+        if want_stage == stage and int(shard) == int(row["shard"]) and attempt < int(times):
+            raise OSError(f"injected fault ({FAULT_ENV}={fault}, attempt {attempt + 1})")
+
+
 def _scan_shard(row: dict) -> dict:
-    """Task: read + clean + quality + MinHash one shard; survivors to its work file, metadata back."""
+    """Task: `_scan_attempt`, run again when it raises, at most SHARD_ATTEMPTS times in all; the failed
+    attempts' errors travel back (the driver logs them) and only the last attempt's output and stats count."""
+    retried: list[str] = []
+    for attempt in range(SHARD_ATTEMPTS):
+        try:
+            out = _scan_attempt(row, attempt, final=attempt == SHARD_ATTEMPTS - 1)
+        except Exception as exc:  # noqa: BLE001 - an attempt before the last one: retried
+            retried.append(f"{type(exc).__name__}: {exc}")
+            continue
+        out["retried"] = json.dumps(retried)
+        return out
+    raise AssertionError("unreachable: the last attempt never raises")
+
+
+def _scan_attempt(row: dict, attempt: int = 0, final: bool = True) -> dict:
+    """Read + clean + quality + MinHash one shard; survivors to its work file, metadata back.
+    An attempt that is not the `final` one raises its error (to be retried); the final one reports it as the
+    shard's (`shard_failed`, with file and line) and keeps nothing of the shard."""
     from .pipeline import CHUNK_DOCS, _build_quality_filter, _chunks
 
     cfg, k = pickle.loads(row["cfg"]), int(row["shard"])
@@ -77,6 +111,7 @@ def _scan_shard(row: dict) -> dict:
         qdir.mkdir(exist_ok=True)
         qfilter = _build_quality_filter(cfg, qdir, scores_fh)
         n = 0
+        _injected_fault(row, "scan", attempt)
         with open(work / f"{k:05d}.jsonl", "w", encoding="utf-8") as out:
             for chunk in _chunks(_shard_documents(row["spec"], cfg, issues), CHUNK_DOCS):
                 for doc in chunk:
@@ -96,6 +131,8 @@ def _scan_shard(row: dict) -> dict:
         error = None
     except Exception as exc:  # the shard fails alone; its partial survivors are discarded
         where = f" (after {last})" if last else ""
+        if not final:
+            raise
         error, n, ids, chars, sigs = f"{type(exc).__name__}: {exc}{where}", 0, [], [], []
         (work / f"{k:05d}.jsonl").write_text("", encoding="utf-8")
         read, clean, quality = StageStats("read"), StageStats("clean"), StageStats("quality")
@@ -163,7 +200,24 @@ def _verify(candidates: set, sigs: dict, threshold: float, verify: bool) -> list
 
 
 def _tokenize_shard(row: dict) -> dict:
-    """Task: drop the shard's duplicates, tokenize the rest into shards/<k>.bin/.idx."""
+    """Task: `_tokenize_attempt`, run again when it raises, at most SHARD_ATTEMPTS times in all (each attempt
+    rewrites the shard's .bin/.idx from the start); the last attempt's error fails the run."""
+    retried: list[str] = []
+    for attempt in range(SHARD_ATTEMPTS):
+        try:
+            out = _tokenize_attempt(row, attempt)
+        except Exception as exc:  # noqa: BLE001
+            if attempt == SHARD_ATTEMPTS - 1:
+                raise
+            retried.append(f"{type(exc).__name__}: {exc}")
+            continue
+        out["retried"] = json.dumps(retried)
+        return out
+    raise AssertionError("unreachable")
+
+
+def _tokenize_attempt(row: dict, attempt: int = 0) -> dict:
+    """Drop the shard's duplicates, tokenize the rest into shards/<k>.bin/.idx."""
     from ..tokenizer import PanGuSentencePiece
     from .pipeline import write_document
 
@@ -173,6 +227,7 @@ def _tokenize_shard(row: dict) -> dict:
     codec = PanGuSentencePiece(cfg.vocab_file)
     st, lengths, refs = StageStats("tokenize"), [], {}
     prefix = Path(row["shards_dir"]) / f"{k:05d}"
+    _injected_fault(row, "tokenize", attempt)
     with open(work / f"{k:05d}.jsonl", encoding="utf-8") as fh, \
             IndexedDatasetBuilder(prefix, dtype_for_vocab(codec.vocab_size)) as builder:
         for line in fh:
@@ -184,6 +239,15 @@ def _tokenize_shard(row: dict) -> dict:
                 continue
             write_document(builder, st, lengths, rec["text"], codec.encode_ids(rec["text"]), cfg.separator_id)
     return {"shard": k, "lengths": np.asarray(lengths, np.int64).tobytes(), "stats": pickle.dumps((st, refs))}
+
+
+def _log_retries(stage: str, spec: str, retried: str, stats: PipelineStats) -> None:
+    errors = json.loads(retried)
+    for i, err in enumerate(errors):
+        logger.warning("prepare-data --engine ray: %s of shard %s failed (attempt %d of %d: %s); retried",
+                       stage, spec, i + 1, SHARD_ATTEMPTS, err)
+    if errors:
+        stats.summary["shard retries"] = stats.summary.get("shard retries", 0) + len(errors)
 
 
 def _merge_issues(into: IssueLog, other: IssueLog) -> None:
@@ -203,10 +267,17 @@ def _connect(address: str | None, workers: int):
 
     if not ray.is_initialized():
         if address:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            try:
+                ray.init(address=address, include_dashboard=False, log_to_driver=False)
+            except (ConnectionError, RuntimeError) as exc:  # unreachable GCS, wrong auth token (a ConnectionError)
+                raise UsageError(f"prepare-data --ray-address {address}: cannot join the Ray cluster "
+                                 f"({' '.join(str(exc).split())[:300]}); start it with `ray start --head` and "
+                                 "pass the address it prints (with its RAY_AUTH_TOKEN if token auth is on)") from None
         else:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
     ray.data.DataContext.get_current().enable_progress_bars = False
+    logger.info("prepare-data --engine ray: %s Ray cluster %s, %d CPUs", "joined" if address else "started",
+                ray.get_runtime_context().gcs_address, int(ray.cluster_resources().get("CPU", 0)))
     return ray
 
 
@@ -218,12 +289,14 @@ def _partitions(ray) -> int:
 def _scan(ray, cfg, shards: list[str], work: Path, stats: PipelineStats):
     """Stage 1 on Ray; merges the shard stats in input order; returns (scan dataset, offsets, doc_chars)."""
     blob = pickle.dumps(cfg)
-    items = [{"shard": k, "spec": s, "cfg": blob, "work_dir": str(work)} for k, s in enumerate(shards)]
+    fault = os.environ.get(FAULT_ENV, "")
+    items = [{"shard": k, "spec": s, "cfg": blob, "work_dir": str(work), "fault": fault} for k, s in enumerate(shards)]
     scanned = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map(_scan_shard).materialize()
-    meta = sorted(scanned.select_columns(["shard", "n_read", "ids", "chars", "stats"]).take_all(),
+    meta = sorted(scanned.select_columns(["shard", "n_read", "ids", "chars", "stats", "retried"]).take_all(),
                   key=lambda r: r["shard"])
     offsets, doc_chars, total = {}, {}, 0
     for r in meta:
+        _log_retries("scan", shards[int(r["shard"])], r["retried"], stats)
         offsets[int(r["shard"])] = total
         s = pickle.loads(r["stats"])
         for name in ("read", "clean", "quality"):
@@ -260,10 +333,11 @@ def _tokenize(ray, cfg, shards, offsets, work: Path, shards_dir: Path, result: D
     blob = pickle.dumps(cfg)
     drop = np.asarray(sorted(result.drop), np.int64)
     wanted = np.asarray(sorted({d for c in result.clusters for d in c}), np.int64)
-    items = []
+    items, fault = [], os.environ.get(FAULT_ENV, "")
     for k in range(len(shards)):
         lo, hi = offsets[k], offsets.get(k + 1, np.iinfo(np.int64).max)
         items.append({"shard": k, "cfg": blob, "work_dir": str(work), "shards_dir": str(shards_dir), "offset": lo,
+                      "fault": fault,
                       "drop": drop[(drop >= lo) & (drop < hi)].tobytes(),
                       "wanted": wanted[(wanted >= lo) & (wanted < hi)].tobytes()})
     st = stats.start("tokenize")
@@ -271,6 +345,7 @@ def _tokenize(ray, cfg, shards, offsets, work: Path, shards_dir: Path, result: D
                   key=lambda r: r["shard"])
     lengths, refs = [], {}
     for r in rows:
+        _log_retries("tokenize", shards[int(r["shard"])], r["retried"], stats)
         shard_st, shard_refs = pickle.loads(r["stats"])
         st.merge(shard_st)
         refs.update(shard_refs)

@@ -1,0 +1,156 @@
+"""`pangu prepare-data --engine ray --ray-address ADDR` against a separately started cluster (`ray start --head`).
+
+The cluster is a real `ray start --head --block` process group (2 CPUs, its own temp dir, token
+authentication on with a token of this test's own, so no file under ~/.ray is read or written);
+`pangu prepare-data` runs as a subprocess that joins it, and its `.bin/.idx` must be byte-identical
+to the local engine's (`pangu prepare-data --engine local`) on the same input. The cluster's whole
+process group is killed in a finally.
+"""
+import json
+import os
+import re
+import secrets
+import signal
+import subprocess
+import tempfile
+import time
+
+import pytest
+
+from paddle_pangu.data.builtin import read_builtin
+from paddle_pangu.data.indexed_dataset import IndexedDataset
+from paddle_pangu.data.stats import IssueLog
+
+import ray  # noqa: F401,E402  (the `ray` extra, part of `test`: fails loudly if missing)
+
+RAY_START_SECONDS = 120  # start-up on a loaded 2-core machine took ~15 s
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster_env():
+    """(address, env) of a `ray start --head` cluster in its own process group; killed afterwards."""
+    temp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's unix socket paths must stay < 108 bytes
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    log = open(os.path.join(temp, "ray_start.log"), "w")
+    proc = subprocess.Popen(
+        ["ray", "start", "--head", "--block", f"--port={_free_port()}", "--num-cpus=2", f"--temp-dir={temp}",
+         "--include-dashboard=false", "--disable-usage-stats"],
+        stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        address, deadline = None, time.monotonic() + RAY_START_SECONDS
+        while address is None:
+            m = re.search(r"ray start --address='([^']+)'", open(log.name).read())
+            address = m.group(1) if m else None
+            assert proc.poll() is None, f"ray start exited early:\n{open(log.name).read()[-2000:]}"
+            assert time.monotonic() < deadline, f"ray start not up in {RAY_START_SECONDS}s"
+            time.sleep(0.5)
+        yield address, env
+    finally:
+        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(wait)
+                if sig == signal.SIGKILL:
+                    break
+            except subprocess.TimeoutExpired:
+                continue
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # the raylet's workers stay in the group after `ray start` exits
+        except ProcessLookupError:
+            pass
+        log.close()
+
+
+def _corpus(root):
+    arts = [d.text for d in read_builtin("builtin:peoples-daily", IssueLog()) if 300 <= len(d.text) <= 900][:12]
+    a = [json.dumps({"text": t}, ensure_ascii=False) for t in arts[:6]]
+    b = [json.dumps({"text": t}, ensure_ascii=False) for t in arts[6:]]
+    b.append(json.dumps({"text": arts[2] + "这是后来插入的一句话。"}, ensure_ascii=False))  # near-dup across shards
+    root.mkdir()
+    (root / "a.jsonl").write_text("\n".join(a) + "\n", encoding="utf-8")
+    (root / "b.jsonl").write_text("\n".join(b) + "\n", encoding="utf-8")
+    return root
+
+
+def _prepare(inp, out, env, *extra):
+    cmd = ["pangu", "prepare-data", "--input", str(inp), "--output", str(out),
+           "--name", "news", "--workers", "1", "--no-progress", *extra]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory):
+    """(input dir, the local engine's output dir) of `pangu prepare-data --engine local` on the corpus."""
+    root = tmp_path_factory.mktemp("ray_cluster")
+    inp = _corpus(root / "in")
+    run = _prepare(inp, root / "local", dict(os.environ))
+    assert run.returncode == 0, run.stderr[-3000:]
+    return inp, root / "local"
+
+
+def _same_bytes(out, local_out):
+    for suffix in (".bin", ".idx"):
+        assert (out / f"news{suffix}").read_bytes() == (local_out / f"news{suffix}").read_bytes(), suffix
+
+
+def test_joins_a_separately_started_cluster_and_writes_the_local_bytes(cluster_env, local, tmp_path):
+    address, env = cluster_env
+    inp, local_out = local
+    remote = _prepare(inp, tmp_path / "ray", env, "--engine", "ray", "--ray-address", address)
+    assert remote.returncode == 0, remote.stderr[-3000:]
+    assert f"joined Ray cluster {address}, 2 CPUs" in remote.stderr  # not a fresh local instance
+    _same_bytes(tmp_path / "ray", local_out)
+    stats = json.loads((tmp_path / "ray" / "stats.json").read_text())
+    assert stats["stages"]["dedup"]["dropped"] == {"near_duplicate": 1}  # the planted cross-shard near-dup
+    assert json.loads((tmp_path / "ray" / "manifest.json").read_text())["engine"] == "ray"
+
+
+def test_failed_shards_are_retried_and_logged(cluster_env, local, tmp_path):
+    """Shard 1's scan raises once, shard 0's tokenization twice (SHARD_ATTEMPTS = 3): same bytes, 3 retries logged."""
+    address, env = cluster_env
+    inp, local_out = local
+    run = _prepare(inp, tmp_path / "ray", {**env, "PANGU_RAY_TEST_FAULT": "scan:1:1,tokenize:0:2"},
+                   "--engine", "ray", "--ray-address", address)
+    assert run.returncode == 0, run.stderr[-3000:]
+    _same_bytes(tmp_path / "ray", local_out)
+    retries = [ln for ln in run.stderr.splitlines() if "retried" in ln]
+    assert len(retries) == 3, run.stderr[-3000:]
+    assert sum("scan of shard" in ln and "b.jsonl" in ln for ln in retries) == 1
+    assert sum("tokenize of shard" in ln and "a.jsonl" in ln for ln in retries) == 2
+    stats = json.loads((tmp_path / "ray" / "stats.json").read_text())
+    assert stats["issues"] == json.loads((local_out / "stats.json").read_text())["issues"]  # no shard_failed
+
+
+def test_a_shard_failing_every_attempt_is_reported(cluster_env, local, tmp_path):
+    address, env = cluster_env
+    inp, local_out = local
+    run = _prepare(inp, tmp_path / "ray", {**env, "PANGU_RAY_TEST_FAULT": "scan:0:3"},
+                   "--engine", "ray", "--ray-address", address)
+    assert run.returncode == 2, run.stderr[-3000:]
+    last = run.stderr.strip().splitlines()[-1]
+    assert "1 shard(s) failed" in last and "a.jsonl" in last and "injected fault" in last, last
+    assert "Traceback" not in run.stderr
+    # shard b's 6 articles and its near-dup of an a article (whose original is now gone) are kept
+    assert len(IndexedDataset(tmp_path / "ray" / "news")) == 7
+
+
+def test_a_wrong_token_is_a_one_line_error(cluster_env, local, tmp_path):
+    address, env = cluster_env
+    inp, _ = local
+    bad = _prepare(inp, tmp_path / "ray", {**env, "RAY_AUTH_TOKEN": secrets.token_hex(32)},
+                   "--engine", "ray", "--ray-address", address)
+    assert bad.returncode == 2, bad.stderr[-3000:]
+    last = bad.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"pangu prepare-data: error: prepare-data --ray-address {address}: cannot join"), last
+    assert "Traceback" not in bad.stderr and not (tmp_path / "ray").exists()
