@@ -1,0 +1,83 @@
+"""`pangu finetune` the way a user drives it: the command in a subprocess, the files it writes
+opened as a user would (resume from its checkpoints, generate / evaluate on its outputs)."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+def pangu(*args, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "paddle_pangu.cli", *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def ok(proc):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
+def one_line_error(proc, command):
+    """The process failed with exit 2 and exactly one `pangu <command>: error:` line, no traceback."""
+    assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [l for l in proc.stderr.splitlines() if l.startswith(f"pangu {command}: error:")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """A tiny model directory (dropout off, so runs are deterministic)."""
+    import paddle
+
+    from paddle_pangu.config import get_preset
+    from paddle_pangu.model import PanGuForCausalLM
+    from paddle_pangu.tokenizer import PanGuTokenizer
+
+    out = tmp_path_factory.mktemp("base")
+    paddle.seed(7)
+    model = PanGuForCausalLM(get_preset("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    model.save_pretrained(str(out), safe_serialization=True)
+    PanGuTokenizer.from_default().save_pretrained(str(out))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory, base_dir):
+    root = tmp_path_factory.mktemp("ft")
+    rows = [{"prompt": f"评论：{t}\n顾客对商品", "response": r} for t, r in
+            [("很好用", "满意"), ("质量太差", "不满意"), ("物流很快", "满意"), ("坏了", "不满意")] * 4]
+    data = root / "sft.jsonl"
+    data.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    cfg = root / "ft.yaml"
+    cfg.write_text(f"model_name_or_path: {base_dir}\ntrain_file: {data}\nmax_steps: 6\n"
+                   "per_device_train_batch_size: 4\nlearning_rate: 1.0e-3\nlogging_steps: 1\nsave_steps: 3\n"
+                   "seed: 42\n", encoding="utf-8")
+    return str(cfg)
+
+
+def losses(out_dir):
+    with open(os.path.join(out_dir, "finetune_history.json"), encoding="utf-8") as fh:
+        return {h["step"]: h["loss"] for h in json.load(fh) if "loss" in h}
+
+
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory, config):
+    out = tmp_path_factory.mktemp("full")
+    ok(pangu("finetune", config, "--output_dir", out))
+    return str(out)
+
+
+def test_cli_resume_from_a_checkpoint_continues_the_same_losses(full_run, config, tmp_path):
+    """The Trainer's rng_state.pth (paddle GeneratorState inside) loads without --trust-pickle."""
+    full = losses(full_run)
+    assert sorted(full) == [1, 2, 3, 4, 5, 6] and os.path.isfile(f"{full_run}/checkpoint-3/rng_state.pth")
+    resumed_dir = tmp_path / "resumed"
+    ok(pangu("finetune", config, "--output_dir", resumed_dir, "--resume_from_checkpoint", f"{full_run}/checkpoint-3"))
+    resumed = losses(resumed_dir)
+    assert sorted(resumed) == [4, 5, 6]
+    # same process count, same kernels, same batches: the resumed steps are the same computation
+    np.testing.assert_array_equal([resumed[s] for s in (4, 5, 6)], [full[s] for s in (4, 5, 6)])
