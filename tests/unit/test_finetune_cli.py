@@ -81,3 +81,75 @@ def test_cli_resume_from_a_checkpoint_continues_the_same_losses(full_run, config
     assert sorted(resumed) == [4, 5, 6]
     # same process count, same kernels, same batches: the resumed steps are the same computation
     np.testing.assert_array_equal([resumed[s] for s in (4, 5, 6)], [full[s] for s in (4, 5, 6)])
+
+
+@pytest.fixture(scope="module")
+def lora_run(tmp_path_factory, config):
+    out = tmp_path_factory.mktemp("lora")
+    ok(pangu("finetune", config, "--output_dir", out, "--lora", "true", "--max_steps", "2", "--save_steps", "100",
+             "--learning_rate", "1e-2"))
+    return str(out)
+
+
+@pytest.fixture(scope="module")
+def train_final(tmp_path_factory):
+    """`pangu train` on synthetic tokens (tiny preset): the final_model a first run ends with."""
+    out = tmp_path_factory.mktemp("train")
+    ok(pangu("train", "--config", "configs/pretrain/tiny_cpu_single.yaml", "--output-dir", out, "--max-steps", "1",
+             "--set", "data.synthetic.num_samples=16", "--set", "data.seq_len=16"))
+    return str(out / "final_model")
+
+
+AUTO_CHECK = r"""
+import json, sys
+import numpy as np
+import paddle_pangu  # only this and paddlenlp: registration must not need paddle_pangu.model imported by hand
+from paddlenlp.transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+import paddle
+out = {}
+for d in sys.argv[1:]:
+    config, model, tok = AutoConfig.from_pretrained(d), AutoModelForCausalLM.from_pretrained(d), AutoTokenizer.from_pretrained(d)
+    model.eval()
+    ids = tok.encode_ids("中国科学院")
+    result = model(paddle.to_tensor([ids]))
+    logits = result.logits if hasattr(result, "logits") else result
+    out[d] = [type(config).__name__, type(model).__name__, type(tok).__name__, ids, logits.numpy().tolist()]
+print("AUTO" + json.dumps(out))
+"""
+
+
+def plain_logits(model_dir, ids):
+    import paddle
+
+    from paddle_pangu.model import PanGuForCausalLM
+
+    model = PanGuForCausalLM.from_pretrained(model_dir)
+    model.eval()
+    out = model(paddle.to_tensor([ids]))
+    return (out.logits if hasattr(out, "logits") else out).numpy()
+
+
+def test_every_model_directory_opens_with_the_auto_classes_and_generate(full_run, lora_run, train_final, base_dir,
+                                                                        tmp_path):
+    from paddle_pangu.tokenizer import PanGuTokenizer
+
+    merged, resharded, hf, converted = (tmp_path / n for n in ("merged", "resharded", "hf", "converted"))
+    ok(pangu("merge-lora", "--base", base_dir, "--lora", lora_run, "--output", merged))
+    ok(pangu("reshard", train_final, "--output", resharded, "--mp", "1"))
+    ok(pangu("convert", "--to", "hf", train_final, "--output", hf))
+    ok(pangu("convert", "--from", "hf", hf, "--output", converted))
+    dirs = [train_final, full_run, str(merged), str(resharded), str(converted)]
+    for d in dirs:
+        assert json.load(open(os.path.join(d, "config.json")))["architectures"] == ["PanGuForCausalLM"], d
+    proc = ok(subprocess.run([sys.executable, "-c", AUTO_CHECK, *dirs], capture_output=True, text=True, timeout=600))
+    opened = json.loads(proc.stdout.split("AUTO", 1)[1])
+    expected_ids = PanGuTokenizer.from_default().encode_ids("中国科学院")
+    for d in dirs:
+        config_cls, model_cls, tok_cls, ids, logits = opened[d]
+        assert (config_cls, model_cls, tok_cls) == ("PanGuConfig", "PanGuForCausalLM", "PanGuTokenizer"), d
+        assert ids == expected_ids, d
+        # the Auto class loaded this directory's weights (a fresh init would differ in every logit)
+        np.testing.assert_array_equal(np.asarray(logits, "float32"), plain_logits(d, ids), err_msg=d)
+    for d in (train_final, str(converted)):
+        gen = ok(pangu("generate", "--model", d, "--prompt", "北京", "--max-new-tokens", "2"))
+        assert gen.stdout.strip(), d
