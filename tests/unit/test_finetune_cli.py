@@ -153,3 +153,26 @@ def test_every_model_directory_opens_with_the_auto_classes_and_generate(full_run
     for d in (train_final, str(converted)):
         gen = ok(pangu("generate", "--model", d, "--prompt", "北京", "--max-new-tokens", "2"))
         assert gen.stdout.strip(), d
+
+
+def test_a_layout_needing_more_processes_is_refused_with_the_nproc_command(config, tmp_path):
+    """tensor_parallel_degree 2 on one process used to train without tensor parallelism, silently."""
+    proc = pangu("finetune", config, "--tensor_parallel_degree", "2", "--learning_rate", "1e-4",
+                 "--output_dir", tmp_path / "out")
+    line = one_line_error(proc, "finetune")
+    assert "tensor_parallel_degree=2 needs 2 processes" in line and config in line, line
+    suggested = line.split("run `", 1)[1].rstrip("`")
+    assert suggested == (f"pangu finetune {config} --tensor_parallel_degree 2 --learning_rate 0.0001 "
+                         f"--output_dir {tmp_path / 'out'} --nproc 2"), line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("field", ["do_export", "do_predict", "sequence_parallel"])
+def test_fields_pangu_finetune_would_ignore_are_refused(config, tmp_path, capsys, field):
+    from paddle_pangu.cli import main
+
+    code = main(["finetune", config, f"--{field}", "true", "--output_dir", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2, err[-2000:]
+    assert f"pangu finetune: error: {config}: {field}=True is not supported" in err, err[-2000:]
+    assert not (tmp_path / "out").exists()
