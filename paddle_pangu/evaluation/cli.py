@@ -117,7 +117,10 @@ def run(args) -> int:
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1) or min(args.shots) < 0:
         raise UsageError("--batch-size and --limit must be >= 1 and --shots >= 0")
     jobs = _jobs(args)  # data problems surface before the model loads
-    model, tok = load_model_and_tokenizer(args.model, seed=args.seed)
+    try:
+        model, tok = load_model_and_tokenizer(args.model, seed=args.seed)
+    except FileNotFoundError as err:  # not a model directory: one line, as generate says it
+        raise UsageError(str(err)) from None
     results = []
     if args.perplexity:
         results.append(_perplexity(args, model, tok))

@@ -176,3 +176,12 @@ def test_fields_pangu_finetune_would_ignore_are_refused(config, tmp_path, capsys
     assert code == 2, err[-2000:]
     assert f"pangu finetune: error: {config}: {field}=True is not supported" in err, err[-2000:]
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("command", [["generate", "--prompt", "北京"], ["evaluate", "--task", "reviews", "--limit", "2"]],
+                         ids=lambda c: c[0])
+def test_a_lora_output_directory_names_merge_lora(lora_run, base_dir, command):
+    """A LoRA fine-tune's output holds adapters only: the error names the merge-lora command (with the
+    base the adapters were trained on, from lora_config.json) instead of a raw OSError traceback."""
+    line = one_line_error(pangu(command[0], "--model", lora_run, *command[1:]), command[0])
+    assert f"`pangu merge-lora --base {base_dir} --lora {lora_run} --output {lora_run}_merged`" in line, line
