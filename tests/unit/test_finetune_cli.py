@@ -4,9 +4,12 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def pangu(*args, env=None, timeout=600):
@@ -95,8 +98,8 @@ def lora_run(tmp_path_factory, config):
 def train_final(tmp_path_factory):
     """`pangu train` on synthetic tokens (tiny preset): the final_model a first run ends with."""
     out = tmp_path_factory.mktemp("train")
-    ok(pangu("train", "--config", "configs/pretrain/tiny_cpu_single.yaml", "--output-dir", out, "--max-steps", "1",
-             "--set", "data.synthetic.num_samples=16", "--set", "data.seq_len=16"))
+    ok(pangu("train", "--config", ROOT / "configs" / "pretrain" / "tiny_cpu_single.yaml", "--output-dir", out,
+             "--max-steps", "1", "--set", "data.synthetic.num_samples=16", "--set", "data.seq_len=16"))
     return str(out / "final_model")
 
 
