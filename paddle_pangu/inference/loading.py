@@ -42,7 +42,10 @@ def load_model_dir(path: str):
     mp, pp, files = detect_layout(path)
     if not files:
         return PanGuForCausalLM.from_pretrained(path)
-    print(f"{path} is saved per rank (mp{mp} pp{pp}); merging the {len(files)} rank files in memory", flush=True)
+    import sys
+
+    print(f"{path} is saved per rank (mp{mp} pp{pp}); merging the {len(files)} rank files in memory",
+          file=sys.stderr, flush=True)  # stdout stays the generated text
     config, state = merge_to_plain(path)
     net = PanGuForCausalLM(config)
     missing, unexpected = net.set_state_dict(state)
