@@ -8,6 +8,7 @@ stream tensor by tensor into safetensors shards.
 from __future__ import annotations
 
 import logging
+import os
 
 from ..model.weight_tables import WORD_EMBEDDING
 from . import hf, megatron, mindspore
@@ -63,7 +64,18 @@ def convert_checkpoint(fmt: str, src: str, out_dir: str, preset: str | None = No
     logger.info("converting %s (%s) -> %s: %d tensors, %.1fM parameters, hidden_act=%s, dtype=%s",
                 src, fmt, out_dir, len(plain), config.num_parameters() / 1e6, config.hidden_act, dtype)
     save_model_dir(out_dir, config, plain, dtype, max_shard_bytes)
+    _write_tokenizer(src, out_dir, config.vocab_size)
     return config
+
+
+def _write_tokenizer(src: str, out_dir: str, vocab_size: int) -> None:
+    """The source directory's vocab.model if it has one (HF releases do), else pcl-pangu's: every
+    PanGu-alpha release uses the same 40000-piece SentencePiece model (REF "Tokenizer")."""
+    from ..tokenizer import save_tokenizer_files, tokenizer_source
+
+    source = tokenizer_source(src) if os.path.isdir(src) else None
+    if not save_tokenizer_files(out_dir, source, vocab_size):
+        logger.info("no tokenizer files written: vocab_size %d is smaller than the tokenizer's", vocab_size)
 
 
 def _megatron_vocab(rows: int, overrides: dict) -> int:

@@ -210,8 +210,10 @@ def reshard(src: str, dst: str, mp: int, pp: int, dtype: str | None = None,
     logger.info("resharding %s: mp%d pp%d -> mp%d pp%d", src, ckpt.mp, ckpt.pp, mp, pp)
     os.makedirs(dst, exist_ok=True)
     _clear_rank_files(dst)
+    _copy_tokenizer(src, dst, config.vocab_size)
     if mp == 1 and pp == 1:
         return save_model_dir(dst, config, ckpt.lazy_full(), dtype, max_shard_bytes)
+    config.architectures = ["PanGuForCausalLM"]
     save_config(config, dst)
     write_layout(dst, mp, pp)
     written = []
@@ -224,6 +226,14 @@ def reshard(src: str, dst: str, mp: int, pp: int, dtype: str | None = None,
             logger.info("wrote %s (%d tensors)", fname, len(tensors))
     seal_model_dir(dst)
     return written
+
+
+def _copy_tokenizer(src: str, dst: str, vocab_size: int) -> None:
+    """The source's tokenizer files (else pcl-pangu's), so AutoTokenizer opens the output too."""
+    from ..tokenizer import save_tokenizer_files, tokenizer_source
+
+    if not save_tokenizer_files(dst, tokenizer_source(src), vocab_size):
+        logger.info("no tokenizer files written to %s: vocab_size %d is smaller than the tokenizer's", dst, vocab_size)
 
 
 def _clear_rank_files(dst: str) -> None:

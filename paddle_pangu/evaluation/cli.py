@@ -127,7 +127,10 @@ def run(args) -> int:
     check_weights(args.weights)  # a refusal (bf16 without avx512_bf16) before anything loads
     jobs = _jobs(args)  # data problems surface before the model loads
     use_device(args.device, dygraph=True)
-    model, tok = load_model_and_tokenizer(args.model, seed=args.seed)
+    try:
+        model, tok = load_model_and_tokenizer(args.model, seed=args.seed)
+    except FileNotFoundError as err:  # not a model directory: one line, as generate says it
+        raise UsageError(str(err)) from None
     quantize_model(model, args.weights)  # once, after loading (fp32: unchanged)
     results = []
     if args.perplexity:

@@ -15,7 +15,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..errors import ConfigError
+from ..errors import ConfigError, UsageError
 
 TRUNCATION_POLICIES = ("left", "drop")
 
@@ -125,8 +125,12 @@ def read_config_file(path: str) -> dict:
 
 def _to_argv(values: dict) -> list[str]:
     """PdArgumentParser.read_json's flattening (lists as several values, dicts as JSON); None = unset."""
+    import enum
+
     argv: list[str] = []
     for key, value in values.items():
+        if isinstance(value, enum.Enum):
+            value = value.value
         if value is None:
             continue
         if isinstance(value, (list, tuple)):
@@ -147,6 +151,7 @@ def parse_finetune_args(config: str | None = None, overrides: dict | None = None
 
     values = read_config_file(config) if config else {}
     values.update(overrides or {})
+    check_world_size(values, config, overrides or {})
     if values.get("eval_steps") and "evaluation_strategy" not in values:
         values["evaluation_strategy"] = "steps"  # eval_steps alone means "evaluate every eval_steps"
     _install_cpu_backend()  # before TrainingArguments, whose __post_init__ runs fleet.init
@@ -165,6 +170,40 @@ def parse_finetune_args(config: str | None = None, overrides: dict | None = None
     return model_args, data_args, training_args
 
 
+PARALLEL_DEGREES = ("tensor_parallel_degree", "pipeline_parallel_degree", "sharding_parallel_degree")
+
+
+def processes_needed(values: dict) -> int:
+    """Processes the layout's degrees multiply to (PaddleNLP's data-parallel degree fills the rest)."""
+    needed = 1
+    for key in PARALLEL_DEGREES:
+        needed *= max(int(values.get(key) or 1), 1)
+    return needed
+
+
+def command_line(config: str | None, overrides: dict, nproc: int | None = None) -> str:
+    """The `pangu finetune` command that reruns these settings (the user's overrides kept)."""
+    import shlex
+
+    argv = ["pangu", "finetune", *([config] if config else []), *_to_argv(overrides)]
+    return shlex.join(argv + (["--nproc", str(nproc)] if nproc else []))
+
+
+def check_world_size(values: dict, config: str | None, overrides: dict, world: int | None = None) -> None:
+    """A layout that does not fit the processes started is refused with the command that runs it.
+
+    PaddleNLP would otherwise reset e.g. tensor_parallel_degree=2 on one process to -1 and train
+    without tensor parallelism, saying nothing."""
+    world = int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) if world is None else world
+    needed = processes_needed(values)
+    if world % needed == 0:
+        return
+    layout = ", ".join(f"{k}={values[k]}" for k in PARALLEL_DEGREES if int(values.get(k) or 1) > 1)
+    where = config or "command line"
+    raise UsageError(f"{where}: {layout} needs {needed} processes (or a multiple) but this run has {world}; run "
+                     f"`{command_line(config, overrides, needed)}`")
+
+
 def _install_cpu_backend() -> None:
     """Multi-process CPU runs: fleet's mp / pp / sharding paths need the gloo adapter before fleet.init."""
     if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
@@ -181,6 +220,11 @@ def validate(model_args, data_args, training_args, where: str) -> None:
         raise ConfigError(f"{where}: train_file is required (JSONL or builtin:instructions)")
     if data_args.truncation not in TRUNCATION_POLICIES:
         raise ConfigError(f"{where}: truncation={data_args.truncation!r}: expected one of {TRUNCATION_POLICIES}")
+    for name, instead in (("do_export", "run `pangu export --model OUTPUT_DIR --output DIR` on the fine-tuned model"),
+                          ("do_predict", "run `pangu generate` or `pangu evaluate --model OUTPUT_DIR`"),
+                          ("sequence_parallel", "PanGu has no sequence-parallel layers; use tensor_parallel_degree")):
+        if getattr(training_args, name, False):
+            raise ConfigError(f"{where}: {name}=True is not supported by pangu finetune (it would be ignored); {instead}")
     if not 0.0 <= data_args.eval_ratio < 1.0:
         raise ConfigError(f"{where}: eval_ratio={data_args.eval_ratio}: expected 0 <= eval_ratio < 1")
     if data_args.max_length is not None and data_args.max_length < 2:

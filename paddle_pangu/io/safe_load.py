@@ -28,6 +28,7 @@ import contextlib
 import io
 import os
 import pickle
+import re
 from collections import OrderedDict
 
 import numpy as np
@@ -45,6 +46,19 @@ _ALLOWED = {
 
 MAX_DEPTH = 16  # a state dict is 1-3 levels deep (optimizer: accumulators, master weights, LR scheduler)
 MAX_OBJECTS = 2_000_000  # ~100x the tensors of a 200B-parameter state dict
+
+
+# What the PaddleNLP Trainer's checkpoints add in `rng_state.pth` / `rng_state_<world>.pth` (its
+# `_save_checkpoint`): paddle's generator states (CPU / device generators and fleet's model-parallel
+# RNG tracker), next to python `random` and numpy states that are plain tuples / arrays. A
+# GeneratorState is restored from a tuple of ints through pybind's `__setstate__`; it runs no code.
+_RNG_STATE_FILE = re.compile(r"rng_state(_\d+)?\.pth\Z")
+_RNG_STATE_CLASSES = frozenset({("paddle.base.libpaddle", "GeneratorState")})
+
+
+def _extra_allowed(path: str) -> frozenset:
+    """Classes allowed beyond arrays for this file: the generator state, in the Trainer's RNG files only."""
+    return _RNG_STATE_CLASSES if _RNG_STATE_FILE.match(os.path.basename(path)) else frozenset()
 
 
 class UntrustedPickleError(CheckpointError):
@@ -84,8 +98,12 @@ def trust_pickle(flag: bool = True) -> None:
 
 
 class _ArraysOnly(pickle.Unpickler):
+    def __init__(self, file, extra: frozenset = frozenset(), **kwargs):
+        super().__init__(file, **kwargs)
+        self.extra = extra
+
     def find_class(self, module, name):
-        if (module, name) in _ALLOWED:
+        if (module, name) in _ALLOWED or (module, name) in self.extra:
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"it references {module}.{name}")
 
@@ -121,7 +139,7 @@ def load_pdparams(path: str, return_numpy: bool = True, keep_name_table: bool = 
     with open(path, "rb") as f:
         data = f.read()
     try:
-        obj = _ArraysOnly(io.BytesIO(data), encoding="latin1").load()
+        obj = _ArraysOnly(io.BytesIO(data), _extra_allowed(path), encoding="latin1").load()
     except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError, TypeError, ValueError,
             KeyError, MemoryError, OverflowError, RecursionError) as exc:  # crafted opcodes: refuse, never crash
         _refuse(path, str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__)

@@ -18,6 +18,8 @@ from .vocab import VocabNotFoundError, default_vocab_candidates, find_vocab_file
 __all__ = [
     "PanGuTokenizer",
     "load_tokenizer",
+    "save_tokenizer_files",
+    "tokenizer_source",
     "PanGuSentencePiece",
     "ParallelEncoder",
     "batch_encode_ids",
@@ -34,7 +36,7 @@ __all__ = [
 
 
 def __getattr__(name):
-    if name in ("PanGuTokenizer", "load_tokenizer"):
+    if name in ("PanGuTokenizer", "load_tokenizer", "save_tokenizer_files", "tokenizer_source"):
         from . import tokenization
 
         return getattr(tokenization, name)

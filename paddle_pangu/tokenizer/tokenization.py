@@ -215,3 +215,20 @@ def load_tokenizer(path: str | os.PathLike | None = None, **kwargs) -> PanGuToke
         return PanGuTokenizer.from_default(**kwargs)
     find_vocab_file(path)  # raises VocabNotFoundError naming the path
     return PanGuTokenizer.from_pretrained(path, **kwargs)
+
+
+def save_tokenizer_files(out_dir: str, source: str | os.PathLike | None = None, vocab_size: int | None = None) -> bool:
+    """Write the tokenizer files (vocab.model, tokenizer_config.json, ...) into a model directory, so that
+    `AutoTokenizer.from_pretrained(out_dir)` opens it: `source`'s tokenizer (a directory or vocab.model)
+    if given, else pcl-pangu's default. Returns False, writing nothing, when the model's `vocab_size`
+    is smaller than the tokenizer's (its ids would index past the embedding)."""
+    tok = PanGuTokenizer.from_pretrained(source) if source else PanGuTokenizer.from_default()
+    if vocab_size is not None and vocab_size < tok.vocab_size:
+        return False
+    tok.save_pretrained(str(out_dir))
+    return True
+
+
+def tokenizer_source(model_dir: str | os.PathLike) -> str | None:
+    """`model_dir` if it holds a vocab.model (a directory this tokenizer can load), else None."""
+    return str(model_dir) if os.path.isfile(os.path.join(model_dir, VOCAB_MODEL_NAME)) else None

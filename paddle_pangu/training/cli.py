@@ -129,6 +129,9 @@ def _check_launched(args, cfg, world: int) -> None:
 
     needed = cfg.parallel_config().world_size
     if world == 1 and needed > 1 and not args.evaluate and not args.check_only:
+        import shlex
+
+        argv = shlex.join(_train_argv(args))  # the user's --set overrides and flags, kept
         raise UsageError(f"{args.config} needs {needed} processes (its parallel layout) but this is one process; run "
-                         f"`pangu train --config {args.config} --nproc {needed}` or `python -m "
-                         f"paddle.distributed.launch --nproc_per_node {needed} tools/train.py --config {args.config}`")
+                         f"`pangu train {argv} --nproc {needed}` or `python -m "
+                         f"paddle.distributed.launch --nproc_per_node {needed} tools/train.py {argv}`")

@@ -48,8 +48,9 @@ def save_final_model(model, model_config, par, topo, cfg) -> str:
         if topo.rank == 0:
             shutil.rmtree(out, ignore_errors=True)  # left by a run killed while writing its final model
             os.makedirs(out)
+            model_config.architectures = ["PanGuForCausalLM"]  # what AutoModelForCausalLM reads (as save_pretrained writes)
             model_config.save_pretrained(out)
-            _save_tokenizer(cfg, out)
+            _save_tokenizer(cfg, model_config.vocab_size, out)
         if topo.world_size > 1:
             dist.barrier()  # the directory exists before any rank writes into it
         if per_rank:
@@ -94,11 +95,11 @@ def _write_rank_weights(model, par, topo, out: str) -> None:
         write_layout(out, mp, pp)
 
 
-def _save_tokenizer(cfg, out: str) -> None:
-    """Copy the tokenizer files next to the model (synthetic runs have none to copy)."""
-    if cfg.data.synthetic is not None:
-        return
-    from ..tokenizer import PanGuTokenizer
+def _save_tokenizer(cfg, vocab_size: int, out: str) -> None:
+    """Copy the tokenizer files next to the model; synthetic runs get the default tokenizer (when the
+    model's vocabulary covers it), so AutoTokenizer and `pangu generate` open every final_model."""
+    from ..tokenizer import save_tokenizer_files
 
-    tok = PanGuTokenizer.from_pretrained(cfg.data.tokenizer) if cfg.data.tokenizer else PanGuTokenizer.from_default()
-    tok.save_pretrained(out)
+    source = cfg.data.tokenizer if cfg.data.synthetic is None else None
+    if not save_tokenizer_files(out, source, vocab_size):
+        logger.info("no tokenizer files written to %s: vocab_size %d is smaller than the tokenizer's", out, vocab_size)

@@ -1,4 +1,4 @@
-"""`pangu train --nproc N`: start `paddle.distributed.launch` for the user, quietly.
+"""`pangu train --nproc N` / `pangu finetune --nproc N`: start `paddle.distributed.launch` for the user, quietly.
 
 The launcher's own configuration dump (about 35 lines) and every rank's output
 go to `<log_dir>/launcher.log` and `<log_dir>/workerlog.<rank>`; the console
@@ -19,24 +19,36 @@ import time
 WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "entry", "train_worker.py")
 
 
-def launch_command(train_argv: list[str], nproc: int, log_dir: str) -> list[str]:
+def launch_command(train_argv: list[str], nproc: int, log_dir: str, worker: str = WORKER) -> list[str]:
     """The exact command line this module runs (also what the world-size error tells users to run)."""
     return [sys.executable, "-m", "paddle.distributed.launch", "--nproc_per_node", str(nproc),
-            "--log_dir", log_dir, WORKER, *train_argv]
+            "--log_dir", log_dir, worker, *train_argv]
 
 
-def _follow(path: str, stop: threading.Event, marker: str = "rank0]") -> None:
-    """Print the lines of `path` that contain `marker` as they are written, until `stop` is set."""
+def _follow(path: str, stop: threading.Event, marker: "str | re.Pattern" = "rank0]", start: int = 0) -> None:
+    """Print the lines of `path` past byte `start` that contain `marker` as they are written, until
+    `stop` is set. A compiled regex `marker` is searched and the line printed from the match (a
+    progress bar's carriage-return updates can share the line).
+
+    `start`: the log's size before this run; the launcher appends to an existing workerlog, so a
+    resumed run would otherwise print every earlier run's lines again."""
     while not os.path.exists(path) and not stop.is_set():
         time.sleep(0.2)
     if not os.path.exists(path):
         return
     with open(path, encoding="utf-8", errors="replace") as fh:
+        if start and os.path.getsize(path) >= start:
+            fh.seek(start)
         while True:
             line = fh.readline()
             if line:
-                if marker in line:
-                    print(line.rstrip("\n"), flush=True)
+                if isinstance(marker, str):
+                    shown = line if marker in line else None
+                else:
+                    found = marker.search(line)
+                    shown = line[found.start():] if found else None
+                if shown is not None:
+                    print(shown.rstrip("\n"), flush=True)
                 continue
             if stop.is_set():
                 return
@@ -51,15 +63,21 @@ def _tail(path: str, n: int = 25) -> str:
         return ""
 
 
-def run_launched(train_argv: list[str], nproc: int, log_dir: str, verbose: bool = False) -> int:
-    """Run the job under paddle.distributed.launch; return its exit code."""
+def run_launched(train_argv: list[str], nproc: int, log_dir: str, verbose: bool = False, worker: str = WORKER,
+                 marker: "str | re.Pattern" = "rank0]", command: str = "train") -> int:
+    """Run the job under paddle.distributed.launch; return its exit code.
+
+    `worker` is the per-rank script, `marker` selects the rank-0 log lines shown (see `_follow`),
+    `command` names the `pangu` subcommand in error lines."""
     os.makedirs(log_dir, exist_ok=True)
-    cmd = launch_command(train_argv, nproc, log_dir)
+    cmd = launch_command(train_argv, nproc, log_dir, worker)
+    worker_log = os.path.join(log_dir, "workerlog.0")
+    start = os.path.getsize(worker_log) if os.path.exists(worker_log) else 0
     print(f"launching {nproc} processes: logs in {log_dir}/ (workerlog.N, launcher.log)", flush=True)
     if verbose:
         return subprocess.call(cmd)
     stop = threading.Event()
-    follower = threading.Thread(target=_follow, args=(os.path.join(log_dir, "workerlog.0"), stop), daemon=True)
+    follower = threading.Thread(target=_follow, args=(worker_log, stop, marker, start), daemon=True)
     follower.start()
     with open(os.path.join(log_dir, "launcher.log"), "w") as log:
         code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -71,7 +89,7 @@ def run_launched(train_argv: list[str], nproc: int, log_dir: str, verbose: bool 
             if tail:
                 print(f"---- last lines of {os.path.join(log_dir, name)} ----\n{tail}", file=sys.stderr)
         for line in failed_ranks(os.path.join(log_dir, "launcher.log")):
-            print(f"pangu train: error: {line}", file=sys.stderr)
+            print(f"pangu {command}: error: {line}", file=sys.stderr)
     return code
 
 

@@ -104,6 +104,8 @@ class Trainer:
         set_attention_impl(model, fused_attention_available(self.topo.device) or "plain")
         if self.cfg.model.init_from:
             _load_initial_weights(model, self.cfg.model.init_from, self.topo)
+        else:
+            _seeded_initial_weights(model, self.model_config, self.par, self.topo, self.cfg)
         model.train()
         return model
 
@@ -337,6 +339,33 @@ def _distribute(model, optimizer, scaler):
     if scaler is not None:
         scaler = fleet.distributed_scaler(scaler)
     return model, optimizer, scaler
+
+
+def _seeded_initial_weights(model, model_config, par, topo, cfg) -> None:
+    """Every layout starts from the weights one process would build with the same seed.
+
+    A tensor- or pipeline-parallel model draws its shards from per-rank RNG streams, so the same
+    train.seed gave different initial weights per layout. Here each rank builds the plain model a
+    single process builds (PanGuForCausalLM right after paddle.seed(seed)), and keeps its own mp
+    shard / pp stage through the weight table (as model.init_from does). Up to
+    checkpoint.consolidate_max_params only (each rank holds the full model once, as the
+    consolidated final_model save does); above it the per-rank init stays and this is logged."""
+    if par.mp_degree * par.pp_degree == 1:
+        return  # already the plain model, built right after seed_everything(seed)
+    if model_config.num_parameters() > cfg.checkpoint.consolidate_max_params:
+        logger.info("initial weights drawn per rank (the model is above checkpoint.consolidate_max_params): the "
+                    "same train.seed gives different weights in another layout; set model.init_from to fix them")
+        return
+    from paddle_pangu.model import PanGuForCausalLM
+    from paddle_pangu.model.modeling_pp import load_plain_state_dict
+    from paddle_pangu.parallel.context import PLAIN
+
+    with paddle.utils.unique_name.guard():  # the run's own parameter names stay as they were
+        paddle.seed(par.seed)
+        plain = PanGuForCausalLM(model_config, parallel=PLAIN)
+        state = {k: v.numpy() for k, v in plain.state_dict().items()}
+        del plain
+    load_plain_state_dict(model, state, topo)
 
 
 def _load_initial_weights(model, path: str, topo) -> None:

@@ -32,6 +32,7 @@ ALLOWED = {
     ("inference/server/protocol.py", "finetune"): "the chat template the fine-tuned model was trained with",
     ("runtime.py", "devices"): "PANGU_TEST_NPU loads the device plugin before paddle is imported",
     ("devices/sim_npu/__init__.py", "kernels"): "the native-build helpers (cache, lock, failure line) kernels/ owns",
+    ("__init__.py", "model"): "registers PanGu with PaddleNLP's Auto classes once paddlenlp is imported (lazily)",
 }
 CPU_BACKEND_IMPORTERS = {"parallel/topology.py": "fleet set-up", "finetune/arguments.py": "PaddleNLP's fleet set-up"}
 PRIVATE_NAMES = ("_run_custom_op", "_c_identity", "_c_concat", "_global_norm", "_set_pipeline_name_mapping",

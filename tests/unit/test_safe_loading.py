@@ -120,3 +120,49 @@ def test_arrays_only_pdparams_load_without_trust_and_payload_runs_only_when_trus
     load_pdparams(single)  # the user vouched: full unpickling, the payload is real
     assert os.path.isdir(marker)
     os.rmdir(marker)
+
+
+def _trainer_rng_state():
+    """What PaddleNLP's Trainer._save_checkpoint puts in rng_state.pth."""
+    import random
+
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "cuda": paddle.get_rng_state(),
+            "cpu": paddle.framework.core.default_cpu_generator().get_state()}
+
+
+def test_trainer_rng_state_loads_without_trust_and_restores_the_generator(tmp_path):
+    path = str(tmp_path / "rng_state.pth")
+    paddle.seed(123)
+    paddle.save(_trainer_rng_state(), path)
+    expected = paddle.rand([4]).numpy()  # the next draw after the saved state
+    paddle.seed(999)
+    state = load_pdparams(path)
+    paddle.framework.core.default_cpu_generator().set_state(state["cpu"])
+    np.testing.assert_array_equal(paddle.rand([4]).numpy(), expected)
+    import random
+
+    random.setstate(state["python"])  # the python / numpy states keep the shapes their setters need
+    np.random.set_state(state["numpy"])
+
+
+def test_generator_state_is_allowed_only_in_rng_state_files(tmp_path):
+    other = str(tmp_path / "model_state.pdparams")
+    paddle.save({"cpu": paddle.framework.core.default_cpu_generator().get_state()}, other)
+    with pytest.raises(UntrustedPickleError, match="GeneratorState"):
+        load_pdparams(other)
+
+
+@pytest.mark.parametrize("name", ["rng_state.pth", "rng_state_2.pth"])
+def test_payload_in_an_rng_state_file_is_refused(tmp_path, name):
+    marker = str(tmp_path / "PAYLOAD_RAN")
+    state = _trainer_rng_state()
+    state["cpu"] = _Payload(marker)  # beside a real generator state, where the Trainer keeps one
+    state["cuda"] = [paddle.framework.core.default_cpu_generator().get_state()]
+    path = str(tmp_path / name)
+    with open(path, "wb") as f:
+        pickle.dump([state] if name != "rng_state.pth" else state, f, protocol=4)
+    with pytest.raises(UntrustedPickleError, match=r"rng_state.*--trust-pickle"):
+        load_pdparams(path)
+    with safe_paddle_load(), pytest.raises(UntrustedPickleError):
+        paddle.load(path, return_numpy=True)  # what the Trainer's _load_rng_state calls
+    assert not os.path.exists(marker)

@@ -20,7 +20,9 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-penalty", type=float, default=1.0, help="CTRL / HF repetition penalty (1 = off)")
     p.add_argument("--stop", action="append", default=[], help="stop string (repeat for several); cut from the output")
     p.add_argument("--stop-id", type=int, action="append", default=[], help="extra stop token id (repeat)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=None,
+                   help="with --do-sample: row i samples with seed SEED+i (default: a fresh random SEED per run, "
+                        "printed so the run can be repeated)")
     p.add_argument("--truncate", choices=("error", "left"), default="error",
                    help="a prompt longer than the context minus --max-new-tokens: error (default) or keep its end")
 
@@ -43,7 +45,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_sampling_arguments(p)
 
 
-def sampling_config(args, config):
+def sampling_config(args, config, seed: int | None = None):
     from ..generation import SamplingConfig
 
     return SamplingConfig(
@@ -51,7 +53,7 @@ def sampling_config(args, config):
         top_k=args.top_k, top_p=args.top_p, frequency_penalty=args.frequency_penalty,
         presence_penalty=args.presence_penalty, repetition_penalty=args.repetition_penalty,
         eos_token_id=config.eos_token_id, stop_token_ids=tuple(args.stop_id), pad_token_id=config.pad_token_id,
-        seed=args.seed, truncate=args.truncate,
+        seed=args.seed if seed is None else seed, truncate=args.truncate,
     )
 
 
@@ -59,7 +61,7 @@ def check_arguments(args) -> None:
     """What argparse cannot see, refused before the model is loaded (one line, exit 2)."""
     from ...errors import UsageError
 
-    if not 0 <= args.seed < 2**63:
+    if args.seed is not None and not 0 <= args.seed < 2**63:
         raise UsageError(f"--seed {args.seed}: expected an integer in [0, 2^63)")
     for i, prompt in enumerate(args.prompt):
         try:
@@ -67,6 +69,20 @@ def check_arguments(args) -> None:
         except UnicodeEncodeError as exc:  # invalid UTF-8 bytes in argv arrive as lone surrogates
             raise UsageError(f"--prompt #{i + 1}: not valid UTF-8 text (byte/character at offset {exc.start}); "
                              "pass the prompt as UTF-8") from None
+
+
+def sampling_seed(args) -> int:
+    """Row 0's seed: --seed, else (sampling) a fresh one, printed to stderr so the run can be repeated."""
+    if args.seed is not None:
+        return args.seed
+    if not args.do_sample or args.temperature == 0:
+        return 0  # greedy: the seed is unused
+    import secrets
+
+    seed = secrets.randbelow(2**31)
+    print(f"pangu generate: sampling with --seed {seed} (row i uses {seed}+i); pass it to repeat this output",
+          file=sys.stderr, flush=True)
+    return seed
 
 
 def run(args) -> int:
@@ -79,9 +95,10 @@ def run(args) -> int:
     # `python tools/predictor_threads.py` (docs/INT8.md): at batch 1 a second thread bought no
     # speed and cost 1.4-2.6x the CPU-seconds per token; batches keep Paddle's default (all cores).
     threads = 1 if len(args.prompt) == 1 else 0
-    stepper, config, tok = open_backend(args.model, args.device, args.tokenizer, threads=threads, seed=args.seed,
+    # preset:NAME weights always from seed 0, so the printed sampling seed alone repeats a run
+    stepper, config, tok = open_backend(args.model, args.device, args.tokenizer, threads=threads, seed=0,
                                         weights=args.weights)
-    cfg = sampling_config(args, config)
+    seed = sampling_seed(args)
     live = len(args.prompt) == 1 and not args.no_stream
     streams = [TextStream(tok, args.stop) for _ in args.prompt]
 
@@ -92,7 +109,9 @@ def run(args) -> int:
             return stream.stopped
         return on_token
 
-    rows = [Row(tok.encode_ids(p), cfg, echo(s) if live else s.push_stops) for p, s in zip(args.prompt, streams)]
+    # each row its own RNG stream: identical prompts in one batch get different samples
+    rows = [Row(tok.encode_ids(p), sampling_config(args, config, seed + i), echo(s) if live else s.push_stops)
+            for i, (p, s) in enumerate(zip(args.prompt, streams))]
     decoder = BatchDecoder(stepper, config)
     decoder.add(rows)  # over-long prompts fail here, before anything is printed
     if live:
