@@ -110,10 +110,12 @@ def test_mindspore_shape_mismatch_with_preset(tmp_path):
 
 
 def test_mindspore_sharded_set_is_refused_with_instructions(tmp_path):
+    src = tmp_path / "shards"  # the output beside the input, not inside it (that is refused on its own)
+    src.mkdir()
     for i in range(2):
-        save_mindspore_ckpt(str(tmp_path / f"filerted_{i}.ckpt"), {"x": np.zeros(2, np.float32)})
+        save_mindspore_ckpt(str(src / f"filerted_{i}.ckpt"), {"x": np.zeros(2, np.float32)})
     with pytest.raises(ConversionError, match="transform_checkpoints"):
-        convert_checkpoint("mindspore", str(tmp_path), str(tmp_path / "out"))
+        convert_checkpoint("mindspore", str(src), str(tmp_path / "out"))
 
 
 def test_cli_convert_and_error_exit_code(tmp_path, capsys):
