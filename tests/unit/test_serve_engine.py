@@ -53,6 +53,27 @@ def test_a_failing_step_fails_its_request_and_the_engine_keeps_serving():
         engine.stop()
 
 
+def _run_to_end(engine, jobs, loop):
+    """Start the engine with `jobs` already waiting and return each job's last event as (kind, value)."""
+    import asyncio
+
+    engine.start()
+    try:
+        async def outcome(job):
+            events = [await asyncio.wait_for(job.events.get(), 300)]
+            while events[-1][0] == "text":
+                events.append(await asyncio.wait_for(job.events.get(), 300))
+            return events[-1][:2]  # (kind, value); [2] is the token count
+
+        async def all_outcomes():
+            return await asyncio.gather(*(outcome(j) for j in jobs))
+
+        return loop.run_until_complete(all_outcomes())
+    finally:
+        engine.stop()
+        loop.close()
+
+
 def test_a_failing_prefill_fails_only_its_row_among_rows_joining_together():
     """Four rows join in one prefill; one of them makes the model raise: it alone gets the error, the other
     three (prefilled again row by row) decode to their end (issue 29: 7 of 8 streams got the error before)."""
@@ -64,21 +85,8 @@ def test_a_failing_prefill_fails_only_its_row_among_rows_joining_together():
     loop = asyncio.new_event_loop()
     cfg = SamplingConfig(max_new_tokens=3)
     jobs = [engine.submit(engine.tokenizer.encode_ids(p), cfg, (), loop) for p in ("ok", "boom", "fine", "yes")]
-    engine.start()  # not started before: all four are waiting, so they are admitted in one prefill
-    try:
-        async def outcome(job):
-            events = [await asyncio.wait_for(job.events.get(), 300)]
-            while events[-1][0] == "text":
-                events.append(await asyncio.wait_for(job.events.get(), 300))
-            return events[-1][:2]  # (kind, value); [2] is the token count
-
-        async def all_outcomes():
-            return await asyncio.gather(*(outcome(j) for j in jobs))
-
-        ends = loop.run_until_complete(all_outcomes())
-    finally:
-        engine.stop()
-        loop.close()
+    # not started before: all four are waiting, so they are admitted in one prefill
+    ends = _run_to_end(engine, jobs, loop)
     assert ends[1][0] == "error" and "device fell over" in ends[1][1]
     assert [e for i, e in enumerate(ends) if i != 1] == [("done", "length")] * 3
     assert [j.completion_tokens for j in jobs] == [3, 0, 3, 3]
@@ -104,21 +112,8 @@ def test_a_failing_decode_step_fails_only_the_row_that_fails_alone():
     loop = asyncio.new_event_loop()
     cfg = SamplingConfig(max_new_tokens=6)
     jobs = [engine.submit(engine.tokenizer.encode_ids(p), cfg, (), loop) for p in ("a" * 28, "ok")]
-    engine.start()  # both join in one prefill; row 0 decodes at positions 28, 29, then 30 fails
-    try:
-        async def outcome(job):
-            events = [await asyncio.wait_for(job.events.get(), 300)]
-            while events[-1][0] == "text":
-                events.append(await asyncio.wait_for(job.events.get(), 300))
-            return events[-1][:2]  # (kind, value); [2] is the token count
-
-        async def all_outcomes():
-            return await asyncio.gather(*(outcome(j) for j in jobs))
-
-        ends = loop.run_until_complete(all_outcomes())
-    finally:
-        engine.stop()
-        loop.close()
+    # both join in one prefill; row 0 decodes at positions 28, 29, then 30 fails
+    ends = _run_to_end(engine, jobs, loop)
     assert ends[0][0] == "error" and "position 30" in ends[0][1]
     assert ends[1] == ("done", "length") and jobs[1].completion_tokens == 6
     assert jobs[0].completion_tokens == 3  # its tokens at positions 28, 29, 30 were chosen before the failure
