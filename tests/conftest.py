@@ -28,3 +28,20 @@ def tiny_model(tiny_config):
     model = PanGuForCausalLM(tiny_config)
     model.eval()
     return model
+
+
+@pytest.fixture(scope="module")
+def base_dir(tmp_path_factory):
+    """A tiny model directory with its tokenizer (dropout off, so fine-tuning runs are deterministic)."""
+    import paddle
+
+    from paddle_pangu.config import get_preset
+    from paddle_pangu.model import PanGuForCausalLM
+    from paddle_pangu.tokenizer import PanGuTokenizer
+
+    out = tmp_path_factory.mktemp("base")
+    paddle.seed(7)
+    model = PanGuForCausalLM(get_preset("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    model.save_pretrained(str(out), safe_serialization=True)
+    PanGuTokenizer.from_default().save_pretrained(str(out))
+    return str(out)

@@ -11,21 +11,6 @@ from paddle_pangu.finetune import parse_finetune_args, run_finetune
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    """A tiny model directory (dropout off, so runs are deterministic)."""
-    from paddle_pangu.config import get_preset
-    from paddle_pangu.model import PanGuForCausalLM
-    from paddle_pangu.tokenizer import PanGuTokenizer
-
-    out = tmp_path_factory.mktemp("base")
-    paddle.seed(7)
-    model = PanGuForCausalLM(get_preset("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
-    model.save_pretrained(str(out), safe_serialization=True)
-    PanGuTokenizer.from_default().save_pretrained(str(out))
-    return str(out)
-
-
-@pytest.fixture(scope="module")
 def sft_file(tmp_path_factory):
     path = tmp_path_factory.mktemp("data") / "sft.jsonl"
     rows = [{"prompt": f"评论：{t}\n顾客对商品", "response": r} for t, r in

@@ -32,23 +32,6 @@ def one_line_error(proc, command):
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory):
-    """A tiny model directory (dropout off, so runs are deterministic)."""
-    import paddle
-
-    from paddle_pangu.config import get_preset
-    from paddle_pangu.model import PanGuForCausalLM
-    from paddle_pangu.tokenizer import PanGuTokenizer
-
-    out = tmp_path_factory.mktemp("base")
-    paddle.seed(7)
-    model = PanGuForCausalLM(get_preset("tiny", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
-    model.save_pretrained(str(out), safe_serialization=True)
-    PanGuTokenizer.from_default().save_pretrained(str(out))
-    return str(out)
-
-
-@pytest.fixture(scope="module")
 def config(tmp_path_factory, base_dir):
     root = tmp_path_factory.mktemp("ft")
     rows = [{"prompt": f"评论：{t}\n顾客对商品", "response": r} for t, r in
