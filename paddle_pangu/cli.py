@@ -38,6 +38,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+ARGV: list[str] = []  # the arguments of the running command (set by main)
+
 # commands that load models through PaddleNLP anyway (their INFO logging is silenced)
 LOADS_MODELS = {"train", "generate", "evaluate", "finetune", "merge-lora", "export", "convert", "reshard", "bench", "serve"}
 
@@ -66,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
 
     runtime.apply()  # per-CPU math-library environment, before anything imports paddle
     argv = list(sys.argv[1:] if argv is None else argv)
+    from paddle_pangu import cli as this  # the imported module, also when this file runs as __main__
+
+    this.ARGV = list(argv)  # what `--nproc N` re-runs in each launched process (training/launch.py)
     command = next((a for a in argv if not a.startswith("-")), None)
     if command is not None and command not in COMMANDS:
         build_parser().parse_args(argv)  # argparse prints the valid choices and exits 2

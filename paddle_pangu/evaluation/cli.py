@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("cpu", "gpu", "npu"), default="cpu",
                    help="where the model runs (a missing device is a one-line error)")
     p.add_argument("--json", action="store_true", help="print JSON only")
+    from ..inference.cli.generate import add_nproc_arguments
+
+    add_nproc_arguments(p)
 
 
 def _classification(args):
@@ -117,21 +120,58 @@ def _jobs(args):
 def run(args) -> int:
     from ..inference.backend import use_device
     from ..inference.loading import load_model_and_tokenizer
-    from .report import format_table, plot_scores, write_json
-    from .runner import evaluate_task
 
     if args.batch_size < 1 or (args.limit is not None and args.limit < 1) or min(args.shots) < 0:
         raise UsageError("--batch-size and --limit must be >= 1 and --shots >= 0")
     from ..inference.quantize import check_weights, quantize_model
 
     check_weights(args.weights)  # a refusal (bf16 without avx512_bf16) before anything loads
-    jobs = _jobs(args)  # data problems surface before the model loads
+    from ..inference.cli.generate import launched
+    from ..inference.tensor_parallel import launched_world
+
+    world, rank = launched_world()
+    if world == 1 and args.nproc > 1:  # the launching process: check the data here, rank 0 reports on it
+        import contextlib
+        import io
+
+        with contextlib.redirect_stderr(io.StringIO()):
+            _jobs(args)
+    jobs = _jobs(args) if rank == 0 and not (world == 1 and args.nproc > 1) else None
+    code = launched("evaluate", args, args.weights)
+    if code is not None:
+        return code
+    if world > 1:  # one rank of --nproc N: rank 0 evaluates (its forward passes mirrored), the others follow
+        return _run_rank(args, jobs)
     use_device(args.device, dygraph=True)
     try:
         model, tok = load_model_and_tokenizer(args.model, seed=args.seed)
     except FileNotFoundError as err:  # not a model directory: one line, as generate says it
         raise UsageError(str(err)) from None
     quantize_model(model, args.weights)  # once, after loading (fp32: unchanged)
+    return _evaluate(args, jobs, model, tok)
+
+
+def _run_rank(args, jobs) -> int:
+    from ..inference.generation import DygraphStepper
+    from ..inference.tensor_parallel import Channel, LeaderModel, follow, init_tensor_parallel, load_rank_model
+
+    topo = init_tensor_parallel(args.device)
+    net, tok = load_rank_model(args.model, topo.context, seed=args.seed)
+    channel = Channel(topo.group("mp"))
+    if topo.mp_rank != 0:
+        follow(net, DygraphStepper(net), channel)  # the stepper LeaderModel.make_stepper builds on rank 0
+        return 0
+    leader = LeaderModel(net, channel)
+    try:
+        return _evaluate(args, jobs, leader, tok)
+    finally:
+        leader.close()
+
+
+def _evaluate(args, jobs, model, tok) -> int:
+    from .report import format_table, plot_scores, write_json
+    from .runner import evaluate_task
+
     results = []
     if args.perplexity:
         results.append(_perplexity(args, model, tok))

@@ -223,7 +223,9 @@ def generate(model, prompts: list[list[int]], cfg: SamplingConfig | None = None,
 
     Sampling settings come from `cfg` and/or keywords: max_new_tokens, temperature, top_k, top_p, do_sample,
     seed, stop_token_ids, frequency/presence/repetition_penalty, truncate (see SamplingConfig)."""
-    return decode_loop(DygraphStepper(model), model.config, prompts, SamplingConfig.build(cfg, **sampling))
+    # a tensor-parallel leader (inference.tensor_parallel.LeaderModel) mirrors each step to the other ranks
+    step = model.make_stepper() if hasattr(model, "make_stepper") else DygraphStepper(model)
+    return decode_loop(step, model.config, prompts, SamplingConfig.build(cfg, **sampling))
 
 
 def generate_text(model, tokenizer, prompts: list[str], cfg: SamplingConfig | None = None,

@@ -280,22 +280,31 @@ def split_state_dict(state_dict: dict, mp_degree: int, mp_rank: int, rules: dict
     arrays. Names missing from `rules` fall back to `split_axis_for`. Raises
     ValueError naming the parameter when a split dimension is not divisible.
     """
-    import numpy as np
-
     if not 0 <= mp_rank < mp_degree:
         raise ValueError(f"mp_rank={mp_rank} out of range for mp_degree={mp_degree}")
     out = {}
     for name, value in state_dict.items():
-        arr, axis = _as_numpy(value), _axis(name, rules)
-        if axis is None or mp_degree == 1:
-            out[name] = arr
-            continue
-        if arr.shape[axis] % mp_degree:
-            raise ValueError(
-                f"{name}: dimension {axis} of shape {list(arr.shape)} is not divisible by mp_degree={mp_degree}"
-            )
-        out[name] = np.split(arr, mp_degree, axis=axis)[mp_rank]
+        arr = _as_numpy(value)
+        out[name] = arr[shard_index(name, arr.shape, mp_degree, mp_rank, rules)]
     return out
+
+
+def shard_index(name: str, shape, mp_degree: int, mp_rank: int, rules: dict | None = None) -> tuple:
+    """The index (a tuple of slices) of rank `mp_rank`'s part of plain parameter `name` of `shape`: the
+    `mp_rank`-th of `mp_degree` equal contiguous blocks along its split axis, everything when replicated.
+    `split_state_dict` applies it to arrays; `inference.tensor_parallel` to a safetensors slice, so a rank
+    reads only its part of a full checkpoint. Raises ValueError when the split dimension is not divisible."""
+    if not 0 <= mp_rank < mp_degree:
+        raise ValueError(f"mp_rank={mp_rank} out of range for mp_degree={mp_degree}")
+    axis = _axis(name, rules)
+    index = [slice(None)] * len(shape)
+    if axis is None or mp_degree == 1:
+        return tuple(index)
+    if shape[axis] % mp_degree:
+        raise ValueError(f"{name}: dimension {axis} of shape {list(shape)} is not divisible by mp_degree={mp_degree}")
+    part = shape[axis] // mp_degree
+    index[axis] = slice(mp_rank * part, (mp_rank + 1) * part)
+    return tuple(index)
 
 
 def merge_state_dicts(shards: list[dict], rules: dict | None = None) -> dict:

@@ -109,3 +109,130 @@ def failed_ranks(launcher_log: str) -> list[str]:
                signal.valid_signals() else f"exited with code {code}")
         out.append(f"rank {rank} {how}; the job was stopped; its log: {log}")
     return out
+
+
+# ----------------------------------------------------------------------------- any command, rank 0 on the console
+# `pangu evaluate / generate / serve --nproc N` (inference/tensor_parallel.py): the same launcher, but rank 0's
+# stdout and stderr reach the console unchanged (the generated text, the report table, the server's lines), so
+# the command looks as it does in one process; the other ranks' output stays in <log_dir>/workerlog.N.
+
+COMMAND_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "entry", "command_worker.py")
+RANK0_OUT_ENV, RANK0_ERR_ENV, RANK0_PID_ENV = "PANGU_RANK0_STDOUT", "PANGU_RANK0_STDERR", "PANGU_RANK0_PIDFILE"
+
+
+def strip_launch_flags(argv: list[str], flags: tuple[str, ...] = ("--nproc", "--launch-logs")) -> list[str]:
+    """`argv` without the options that only the launching process reads (`--nproc N`, `--nproc=N`, ...)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg in flags:
+            skip = True
+            continue
+        if any(arg.startswith(f + "=") for f in flags):
+            continue
+        out.append(arg)
+    return out
+
+
+# rank 0's stderr lines that one process does not print: fleet / gloo set-up logs, glog lines, paddle's
+# flag banner and warnings, the per-rank runtime line (all still in <log_dir>/rank0.stderr)
+_NOISE = re.compile(rb"^(\[\d{4}-\d\d-\d\d |[IWE]\d{4} \d|={5,}|FLAGS\(|\s+warnings\.warn|.*Warning: |pangu runtime: )")
+
+
+def _copy_raw(path: str, sink, stop: threading.Event, drop_noise: bool = False) -> None:
+    """Copy the bytes appended to `path` to `sink` (a binary stream) as they come, until `stop` is set and
+    everything is copied: streamed text stays streamed. `drop_noise`: whole lines, without `_NOISE`."""
+    while not os.path.exists(path) and not stop.is_set():
+        time.sleep(0.05)
+    if not os.path.exists(path):
+        return
+    pending = b""
+    with open(path, "rb") as fh:
+        while True:
+            chunk = fh.read(65536)
+            if chunk and drop_noise:
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                chunk = b"".join(line + b"\n" for line in lines if not _NOISE.match(line))
+            if chunk:
+                sink.write(chunk)
+                sink.flush()
+                continue
+            if stop.is_set():
+                if pending and not _NOISE.match(pending):
+                    sink.write(pending)
+                    sink.flush()
+                return
+            time.sleep(0.05)
+
+
+def run_command_launched(command: str, argv: list[str], nproc: int, log_dir: str) -> int:
+    """Run `pangu <command> <argv>` on `nproc` processes under paddle.distributed.launch; return its exit code.
+
+    Rank 0's stdout / stderr are copied to this process's; SIGTERM / SIGINT here are passed to rank 0 as
+    SIGTERM (a server shuts down and tells the other ranks to stop; a second signal goes to the launcher,
+    which stops every rank)."""
+    os.makedirs(log_dir, exist_ok=True)
+    paths = {env: os.path.join(log_dir, name) for env, name in
+             ((RANK0_OUT_ENV, "rank0.stdout"), (RANK0_ERR_ENV, "rank0.stderr"), (RANK0_PID_ENV, "rank0.pid"))}
+    for path in paths.values():
+        if os.path.exists(path):
+            os.remove(path)
+    cmd = launch_command([command, *argv], nproc, log_dir, COMMAND_WORKER)
+    print(f"pangu {command}: launching {nproc} tensor-parallel processes; logs in {log_dir}/ (workerlog.N, "
+          f"launcher.log)", file=sys.stderr, flush=True)
+    stop = threading.Event()
+    copiers = [threading.Thread(target=_copy_raw, args=(paths[env], sink, stop, env == RANK0_ERR_ENV), daemon=True)
+               for env, sink in ((RANK0_OUT_ENV, sys.stdout.buffer), (RANK0_ERR_ENV, sys.stderr.buffer))]
+    sys.stdout.flush()
+    sys.stderr.flush()
+    for t in copiers:
+        t.start()
+    with open(os.path.join(log_dir, "launcher.log"), "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **paths})
+        signalled = []
+
+        def forward(signum, _frame):
+            target = proc.pid
+            if not signalled:
+                try:
+                    with open(paths[RANK0_PID_ENV]) as f:
+                        target = int(f.read().strip() or proc.pid)
+                except (OSError, ValueError):
+                    pass
+            signalled.append(signum)
+            try:
+                os.kill(target, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            code = proc.wait()
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+    stop.set()
+    for t in copiers:
+        t.join(timeout=5)
+    if code != 0:
+        for r in range(1, nproc):
+            tail = _tail(os.path.join(log_dir, f"workerlog.{r}"), 10)
+            if tail:
+                print(f"---- last lines of {os.path.join(log_dir, f'workerlog.{r}')} ----\n{tail}", file=sys.stderr)
+        for line in failed_ranks(os.path.join(log_dir, "launcher.log")):
+            print(f"pangu {command}: error: {line}", file=sys.stderr)
+    return code
+
+
+def launch_for(command: str, argv: list[str], nproc: int, log_dir: str | None = None) -> int:
+    """`pangu <command> --nproc N` in the launching process: re-run the command's own arguments `argv`
+    (`paddle_pangu.cli.ARGV`; the launch flags are dropped) on N processes. Logs go to `log_dir`
+    (default: a new temporary directory, named on the console)."""
+    import tempfile
+
+    argv = strip_launch_flags(argv[1:] if argv and argv[0] == command else argv)
+    log_dir = log_dir or tempfile.mkdtemp(prefix=f"pangu-{command}-")
+    return run_command_launched(command, argv, nproc, log_dir)

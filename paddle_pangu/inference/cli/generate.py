@@ -34,6 +34,44 @@ def add_weights_argument(p: argparse.ArgumentParser, default: str | None = None)
                         "exported with")
 
 
+def add_nproc_arguments(p: argparse.ArgumentParser) -> None:
+    """`--nproc N` / `--launch-logs DIR` of evaluate, generate and serve (inference/tensor_parallel.py)."""
+    p.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="run the model split N ways (tensor parallel) on N processes of this machine, started "
+                        "with paddle.distributed.launch; rank 0 reads the inputs and writes the outputs "
+                        "(default 1: one process)")
+    p.add_argument("--launch-logs", default=None, metavar="DIR",
+                   help="with --nproc > 1: where the launcher and each rank write their logs (default: a new "
+                        "temporary directory, named on stderr)")
+
+
+def launched(command: str, args, weights: str | None = None) -> "int | None":
+    """The exit code of `--nproc N > 1` run under the launcher (this is the launching process), or None when
+    this process runs the command itself (one process, or a launched rank)."""
+    from ..tensor_parallel import check_model_for_nproc, launched_world
+
+    world, _ = launched_world()
+    if world > 1:
+        return None
+    check_model_for_nproc(args.model, args.nproc, weights)
+    if args.nproc == 1:
+        return None
+    from ... import cli
+    from ...training.launch import launch_for
+
+    return launch_for(command, cli.ARGV, args.nproc, args.launch_logs)
+
+
+def open_tensor_parallel(args):
+    """In a launched rank: (model, DygraphStepper, Channel, rank) for this rank's part of --model."""
+    from ..generation import DygraphStepper
+    from ..tensor_parallel import Channel, init_tensor_parallel, load_rank_model
+
+    topo = init_tensor_parallel(args.device)
+    net, tok = load_rank_model(args.model, topo.context, seed=0, tokenizer=args.tokenizer)
+    return net, tok, DygraphStepper(net, frozen=True), Channel(topo.group("mp")), topo.mp_rank
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True,
                    help="model directory, `pangu export` directory, or preset:NAME for a randomly initialised model")
@@ -43,6 +81,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_weights_argument(p)
     p.add_argument("--no-stream", action="store_true", help="print a single prompt's text at the end, not as it grows")
     add_sampling_arguments(p)
+    add_nproc_arguments(p)
 
 
 def sampling_config(args, config, seed: int | None = None):
@@ -87,10 +126,15 @@ def sampling_seed(args) -> int:
 
 def run(args) -> int:
     from ..backend import open_backend
-    from ..decoding import BatchDecoder, Row
-    from ..streaming import TextStream
 
     check_arguments(args)
+    code = launched("generate", args, args.weights)
+    if code is not None:
+        return code
+    from ..tensor_parallel import launched_world
+
+    if launched_world()[0] > 1:
+        return _run_rank(args)
     # one prompt (batch 1) on an export directory: the predictor on one math thread. Measured with
     # `python tools/predictor_threads.py` (docs/INT8.md): at batch 1 a second thread bought no
     # speed and cost 1.4-2.6x the CPU-seconds per token; batches keep Paddle's default (all cores).
@@ -98,6 +142,28 @@ def run(args) -> int:
     # preset:NAME weights always from seed 0, so the printed sampling seed alone repeats a run
     stepper, config, tok = open_backend(args.model, args.device, args.tokenizer, threads=threads, seed=0,
                                         weights=args.weights)
+    return _decode(args, stepper, config, tok)
+
+
+def _run_rank(args) -> int:
+    """One rank of `--nproc N`: rank 0 decodes (its steps mirrored to the others), the others follow."""
+    from ..tensor_parallel import LeaderStepper, follow
+
+    net, tok, stepper, channel, rank = open_tensor_parallel(args)
+    if rank != 0:
+        follow(net, stepper, channel)
+        return 0
+    leader = LeaderStepper(stepper, channel)
+    try:
+        return _decode(args, leader, net.config, tok)
+    finally:
+        leader.close()
+
+
+def _decode(args, stepper, config, tok) -> int:
+    from ..decoding import BatchDecoder, Row
+    from ..streaming import TextStream
+
     seed = sampling_seed(args)
     live = len(args.prompt) == 1 and not args.no_stream
     streams = [TextStream(tok, args.stop) for _ in args.prompt]

@@ -5,7 +5,7 @@ import argparse
 import os
 
 from ..export import DEVICES
-from .generate import add_weights_argument
+from .generate import add_nproc_arguments, add_weights_argument
 
 API_KEY_ENV = "PANGU_API_KEY"
 
@@ -29,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         f"/ and /health stay open)")
     p.add_argument("--max-body-bytes", type=int, default=None,
                    help="largest request body accepted; larger ones get HTTP 413 (default 1 MiB)")
+    add_nproc_arguments(p)
 
 
 def run(args) -> int:
@@ -47,7 +48,22 @@ def run(args) -> int:
         raise UsageError(f"--max-body-bytes must be >= 1, got {max_body}")
     if api_key is not None and not api_key.strip():
         raise UsageError("--api-key is empty")
+    from ..tensor_parallel import launched_world
+    from .generate import launched, open_tensor_parallel
+
+    code = launched("serve", args, args.weights)
+    if code is not None:
+        return code
+    backend = None
+    if launched_world()[0] > 1:  # one rank of --nproc N: rank 0 serves, the others mirror its steps
+        from ..tensor_parallel import LeaderStepper, follow
+
+        net, tok, stepper, channel, rank = open_tensor_parallel(args)
+        if rank != 0:
+            follow(net, stepper, channel)
+            return 0
+        backend = (LeaderStepper(stepper, channel), net.config, tok)
     serve(args.model, args.host, args.port, args.device, args.tokenizer, args.max_batch, args.max_queue,
           args.truncate, args.threads, api_key=api_key, max_body_bytes=max_body, port_file=args.port_file, warn=False,
-          weights=args.weights)
+          weights=args.weights, backend=backend)
     return 0

@@ -382,8 +382,9 @@ def bind(host: str, port: int) -> socket.socket:
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", tokenizer: str | None = None,
           max_batch: int = 8, max_queue: int = 64, truncate: str = "error", threads: int = 0,
           api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-          port_file: str | None = None, warn: bool = True, weights: str | None = None) -> None:
-    """Bind first (a taken port fails before the model loads), load, then report the bound port: the line
+          port_file: str | None = None, warn: bool = True, weights: str | None = None, backend=None) -> None:
+    """Bind first (a taken port fails before the model loads; with `backend`, the (stepper, config, tokenizer)
+    of a tensor-parallel rank 0, after it), load, then report the bound port: the line
     `pangu serve: listening on http://HOST:PORT` and, with `port_file`, the port written atomically there."""
     import uvicorn
 
@@ -391,9 +392,15 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "
         warn_if_open(host, api_key)
     sock = bind(host, port)
     try:
-        engine = load_engine(model, device, tokenizer, max_batch, max_queue, threads, weights).start()
+        if backend is not None:  # (stepper, config, tokenizer) already open: a tensor-parallel rank 0
+            engine = Engine(*backend, max_batch, max_queue).start()
+        else:
+            engine = load_engine(model, device, tokenizer, max_batch, max_queue, threads, weights).start()
     except BaseException:
         sock.close()
+        close = getattr(backend[0], "close", None) if backend is not None else None
+        if close is not None:
+            close()
         raise
     bound = sock.getsockname()[1]
     name = model if model.startswith("preset:") else os.path.basename(os.path.normpath(model))
@@ -407,8 +414,19 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "
         with open(tmp, "w") as f:
             f.write(f"{bound}\n")
         os.replace(tmp, port_file)
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    if backend is not None:
+        # a tensor-parallel rank 0: SIGTERM / SIGINT end the server and then return here, so the engine
+        # tells the other ranks to stop (uvicorn's own handling re-raises the signal once it has shut
+        # down, which would end this process before the `finally` below)
+        import contextlib
+        import signal
+
+        server.capture_signals = contextlib.nullcontext
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, server.handle_exit)
     try:
-        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+        server.run(sockets=[sock])
     finally:
         engine.stop()
         sock.close()

@@ -120,6 +120,16 @@ class Engine:
         return live
 
     def _run(self) -> None:
+        # a tensor-parallel leader stepper (inference.tensor_parallel) tells the other ranks to stop when
+        # the server stops, after this thread's last step
+        close = getattr(self.stepper, "close", None)
+        try:
+            self._loop()
+        finally:
+            if close is not None:
+                close()
+
+    def _loop(self) -> None:
         while not self._stop.is_set():
             new = self._admit()
             if not new and not self.decoder.rows:
