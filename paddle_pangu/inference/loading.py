@@ -44,7 +44,8 @@ def load_model_dir(path: str):
         return PanGuForCausalLM.from_pretrained(path)
     import sys
 
-    print(f"{path} is saved per rank (mp{mp} pp{pp}); merging the {len(files)} rank files in memory",
+    hint = f" (or run it split as saved: --nproc {mp})" if pp == 1 else ""
+    print(f"{path} is saved per rank (mp{mp} pp{pp}); merging the {len(files)} rank files in memory{hint}",
           file=sys.stderr, flush=True)  # stdout stays the generated text
     config, state = merge_to_plain(path)
     net = PanGuForCausalLM(config)

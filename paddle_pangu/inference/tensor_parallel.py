@@ -59,7 +59,7 @@ def launched_world() -> tuple[int, int]:
 
 def reshard_command(model: str, nproc: int) -> str:
     out = f"{model.rstrip(os.sep)}_mp{nproc}"
-    return f"`pangu reshard --input {model} --output {out} --mp {nproc} --pp 1`"
+    return f"`pangu reshard {model} --output {out} --mp {nproc} --pp 1`"
 
 
 def check_model_for_nproc(model: str, nproc: int, weights: str | None = None, option: str = "--model") -> None:

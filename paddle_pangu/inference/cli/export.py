@@ -1,7 +1,9 @@
 """`pangu export`: write Paddle Inference graphs (prefill + decode with a KV cache) for serving.
 
 A model directory saved per rank (mp > 1 or pp > 1) is merged to one rank first, in a temporary
-directory (`convert.reshard`, tensor by tensor): the exported predictor runs in one process."""
+directory (`convert.reshard`, tensor by tensor): the exported predictor runs in one process. A model
+larger than one device runs tensor-parallel with `pangu evaluate / generate / serve --nproc N` instead
+(inference/tensor_parallel.py)."""
 from __future__ import annotations
 
 import argparse
@@ -50,7 +52,9 @@ def run(args) -> int:
         if mp * pp > 1:
             from ...convert.reshard import reshard
 
-            print(f"{args.model} is saved per rank (mp{mp} pp{pp}); merging to one rank before export")
+            print(f"{args.model} is saved per rank (mp{mp} pp{pp}); merging to one rank before export (the "
+                  f"predictor runs in one process; a model too large for one device runs split with "
+                  f"`pangu evaluate / generate / serve --nproc N` instead)")
             reshard(args.model, tmp, 1, 1)
             source = tmp
         try:
