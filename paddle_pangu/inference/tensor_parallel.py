@@ -385,18 +385,20 @@ def _watch_parent() -> None:
             os._exit(3)
 
 
-def follow(model, stepper, channel: Channel) -> int:
+def follow(model, stepper, channel: Channel, caches: dict | None = None, watch: bool = True) -> int:
     """A follower's loop: run each step rank 0 broadcasts until "stop"; returns the number of steps.
 
     A step that fails here fails on rank 0 too (same shapes, same code): it is logged and the loop goes
-    on, as rank 0's server goes on with its other rows."""
+    on, as rank 0's server goes on with its other rows. `caches` (id -> this rank's KV cache) and
+    `watch=False` (no SIGINT change, no launcher watch) are for tests."""
     import signal
 
     import paddle
 
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 decides when the job ends (its stop message)
-    threading.Thread(target=_watch_parent, name="pangu-follower-watch", daemon=True).start()
-    caches: dict[int, object] = {}
+    if watch:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # rank 0 decides when the job ends (its stop message)
+        threading.Thread(target=_watch_parent, name="pangu-follower-watch", daemon=True).start()
+    caches = {} if caches is None else caches
     done = 0
     while True:
         op, args, arrays, free = channel.recv()

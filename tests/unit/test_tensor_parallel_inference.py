@@ -93,3 +93,64 @@ def test_launch_flags_are_not_passed_to_the_ranks():
 
     argv = ["--model", "m", "--nproc", "2", "--prompt", "a", "--launch-logs=/tmp/x", "--nproc=2", "--seed", "3"]
     assert strip_launch_flags(argv) == ["--model", "m", "--prompt", "a", "--seed", "3"]
+
+
+class _Recorder:
+    """A Channel stand-in: rank 0's side records each message, a follower's side replays them."""
+
+    def __init__(self):
+        import threading
+
+        self.lock, self.sent = threading.RLock(), []
+
+    def start_heartbeat(self):
+        return self
+
+    def send(self, op, args=None, arrays=None, free=None):
+        import json
+
+        self.sent.append((op, json.loads(json.dumps(args or {})), {k: np.array(v) for k, v in (arrays or {}).items()},
+                          list(free or [])))
+
+    def close(self, free=None):
+        self.send("stop", free=free)
+
+    def recv(self):
+        return self.sent.pop(0)
+
+
+def test_followers_mirror_the_kv_cache_through_rows_joining_and_leaving(tiny_model):
+    """The step protocol with continuous batching (rows join a running batch, leave at different steps): a
+    follower replaying rank 0's messages on its own stepper holds, under each id rank 0 still uses, the
+    same cache as rank 0, and has dropped the ones rank 0 dropped."""
+    import gc
+
+    from paddle_pangu.inference.decoding import BatchDecoder, Row
+    from paddle_pangu.inference.generation import DygraphStepper, SamplingConfig
+    from paddle_pangu.inference.tensor_parallel import LeaderStepper, follow
+
+    channel = _Recorder()
+    leader = LeaderStepper(DygraphStepper(tiny_model), channel)
+    decoder = BatchDecoder(leader, tiny_model.config)
+    cfg = lambda n: SamplingConfig(max_new_tokens=n, eos_token_id=-1, pad_token_id=tiny_model.config.pad_token_id)  # noqa: E731
+    decoder.add([Row([5, 6, 7, 8, 9], cfg(6))])
+    decoder.step()
+    decoder.step()
+    decoder.add([Row([11, 12], cfg(2)), Row(list(range(13, 22)), cfg(5))])  # pad_left + concat
+    ops_before_leave = {m[0] for m in channel.sent}
+    decoder.step()
+    decoder.step()
+    decoder.step()  # the 2-token row has left: select (+ trim_left of the columns nobody attends to)
+    gc.collect()
+    decoder.step()  # carries the ids rank 0 dropped
+    live = decoder.cache
+    leader.close()
+    ops = [m[0] for m in channel.sent]
+    assert {"step", "pad_left", "concat"} <= ops_before_leave and "select" in ops and ops[-1] == "stop"
+    assert any(m[3] for m in channel.sent)  # dropped handles were announced
+    caches = {}
+    assert follow(tiny_model, DygraphStepper(tiny_model), channel, caches=caches, watch=False) == len(ops) - 1
+    assert live.id in caches and len(caches) <= 3  # the live cache and at most the last step's inputs
+    for (k0, v0), (k1, v1) in zip(live.local, caches[live.id]):
+        np.testing.assert_array_equal(k1.numpy(), k0.numpy())
+        np.testing.assert_array_equal(v1.numpy(), v0.numpy())
