@@ -217,6 +217,14 @@ def run_command_launched(command: str, argv: list[str], nproc: int, log_dir: str
     stop.set()
     for t in copiers:
         t.join(timeout=5)
+    launcher_log = os.path.join(log_dir, "launcher.log")
+    try:
+        with open(launcher_log, errors="replace") as f:
+            failed = _FAILED.findall(f.read())
+    except OSError:
+        failed = []
+    if code != 0 and [(r, c) for r, c, _ in failed] == [("0", "2")]:
+        return 2  # rank 0 refused the input: its one `pangu <command>: error:` line is already on stderr
     if code != 0:
         for r in range(1, nproc):
             tail = _tail(os.path.join(log_dir, f"workerlog.{r}"), 10)
