@@ -126,11 +126,14 @@ def _rank_weights_of_full_dir(path: str, config, mp: int, rank: int) -> dict[str
 
     rules = tensor_parallel_rules(config)
     lazy = read_weight_files(path)
+    headers: dict[str, dict] = {}
     out = {}
     for name, tensor in lazy.items():
         index = shard_index(name, tensor.shape, mp, rank, rules)
         src = tensor.source
-        if src.endswith(".safetensors") and read_safetensors_header(src)[name][0] != "BF16":
+        if src.endswith(".safetensors") and src not in headers:
+            headers[src] = read_safetensors_header(src)
+        if src.endswith(".safetensors") and headers[src][name][0] != "BF16":
             with safe_open(src, framework="np") as g:
                 out[name] = np.ascontiguousarray(g.get_slice(name)[index])  # only this rank's bytes are read
         else:
@@ -176,14 +179,6 @@ def load_rank_model(model: str, ctx, seed: int = 0, tokenizer: str | None = None
     tok = load_tokenizer(model, tokenizer)
     check_tokenizer_fits(tok, net.config, tokenizer or model)
     return net, tok
-
-
-def get_config(model: str):
-    """The model's PanGuConfig without loading weights (for `check_model_for_nproc` callers)."""
-    from ..config import get_preset
-    from ..convert.common import open_model_config
-
-    return get_preset(model.split(":", 1)[1]) if model.startswith("preset:") else open_model_config(model)
 
 
 # ----------------------------------------------------------------------------- the step channel
