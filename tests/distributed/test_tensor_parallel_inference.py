@@ -4,7 +4,7 @@
 The model: preset tiny with N(0, 0.1) weights (seed 11), saved as a full directory (split at load, slice
 by slice) and resharded to mp2 rank files (`pangu reshard`'s function; loaded as they are). 0.1 instead of
 the reference 0.02 so the greedy tokens depend on every weight: with it, a swapped rank slice of a
-column- or row-parallel weight changes the greedy text (tests/unit/test_tensor_parallel_inference.py
+column- or row-parallel weight changes the greedy text (tests/unit/test_tp_inference_parts.py
 checks that mutation on this same model), so equal tokens here mean the split and the all-reduces are right.
 
 fp32 bound for the evaluation losses. mp2 changes only the summation order of the row-parallel matmuls

@@ -1,5 +1,5 @@
 """The model of the tensor-parallel inference tests (tests/distributed/test_tensor_parallel_inference.py and
-its one-process companion tests/unit/test_tensor_parallel_inference.py)."""
+its one-process companion tests/unit/test_tp_inference_parts.py)."""
 from __future__ import annotations
 
 from pathlib import Path
