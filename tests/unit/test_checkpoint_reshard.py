@@ -1,0 +1,130 @@
+"""The conversion behind `pangu train --reshard` (training/checkpoint/reshard.py) on a hand-built checkpoint.
+
+An old layout of dp1 mp2 sharding2 (4 ranks, fleet's rank order: mp fastest, no coordinates recorded):
+every rank holds its mp shard of every weight (with fleet's `_layers.` prefix), and ZeRO stage 1
+splits the optimizer state by parameter between the two sharding ranks. The converter must find
+each accumulator by parameter name on whichever sharding rank holds it, merge the mp shards through
+the weight table, and cut them for the new layout; beta powers stay [1]. The expected tensors are
+the full random tensors the checkpoint was cut from (np.split along the table's axis), so any
+mix-up of ranks, axes or accumulators changes the numbers. The end-to-end runs with real processes
+are tests/distributed/test_reshard_resume.py.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from paddle_pangu.config import get_preset
+from paddle_pangu.config.parallel_config import padded_vocab_size
+from paddle_pangu.errors import CheckpointError
+from paddle_pangu.model.weight_tables import WORD_EMBEDDING, plain_param_shapes, split_axis_for
+from paddle_pangu.training.checkpoint.reshard import check_reshardable, convert_rank_state
+
+CONFIG = get_preset("tiny", num_layers=2, vocab_size=1001, max_position_embeddings=16)
+OLD = {"dp_degree": 1, "mp_degree": 2, "pp_degree": 1, "sharding_degree": 2, "sharding_stage": 1,
+       "global_batch_size": 4}
+ACCUMULATORS = ("_moment1_0", "_moment2_0")
+POWERS = {"_beta1_pow_acc_0": 0.9 ** 4, "_beta2_pow_acc_0": 0.95 ** 4}
+
+
+def _padded(name, arr, mp):
+    if name == WORD_EMBEDDING and mp > 1:  # vocab-parallel: zero rows up to a size mp divides
+        rows = padded_vocab_size(arr.shape[0], mp)
+        arr = np.concatenate([arr, np.zeros((rows - arr.shape[0], arr.shape[1]), arr.dtype)])
+    return arr
+
+
+def _shard(name, arr, mp, rank):
+    axis = split_axis_for(name)
+    arr = _padded(name, arr, mp)
+    return arr if axis is None or mp == 1 else np.split(arr, mp, axis=axis)[rank]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    names = list(plain_param_shapes(CONFIG))
+    full = {}
+    for name, shape in plain_param_shapes(CONFIG).items():
+        full[name] = rng.standard_normal(shape).astype("float32")
+        for acc in ACCUMULATORS:
+            full[name + acc] = rng.standard_normal(shape).astype("float32")
+    step_dir = str(tmp_path_factory.mktemp("ckpt") / "step_00000004")
+    for rank in range(4):
+        sharding, mp = divmod(rank, 2)  # fleet's order dp, pp, sharding, mp: mp varies fastest
+        rank_dir = os.path.join(step_dir, f"rank_{rank:05d}")
+        os.makedirs(rank_dir)
+        save_file({"_layers." + n: np.ascontiguousarray(_shard(n, full[n], 2, mp)) for n in names},
+                  os.path.join(rank_dir, "model.safetensors"))
+        optim = {}
+        for i, name in enumerate(names):
+            if i % 2 != sharding:  # ZeRO stage 1: this sharding rank does not own the parameter
+                continue
+            for acc in ACCUMULATORS:
+                optim["_layers." + name + acc] = np.ascontiguousarray(_shard(name, full[name + acc], 2, mp))
+            for acc, value in POWERS.items():
+                optim["_layers." + name + acc] = np.array([value], "float32")
+        save_file(optim, os.path.join(rank_dir, "optimizer.safetensors"))
+        with open(os.path.join(rank_dir, "state.json"), "w", encoding="utf-8") as f:
+            json.dump({"step": 4, "extra": {"consumed_samples": 16}}, f)
+    return step_dir, full, names
+
+
+def _local_shapes(names, mp, rank):
+    return {n: _shard(n, np.zeros(plain_param_shapes(CONFIG)[n], "float32"), mp, rank).shape for n in names}
+
+
+@pytest.mark.parametrize("mp,rank", [(1, 0), (2, 1)])
+def test_every_shard_and_accumulator_lands_where_the_weight_table_puts_it(checkpoint, mp, rank):
+    step_dir, full, names = checkpoint
+    weights, moments, masters = convert_rank_state(step_dir, OLD, 4, CONFIG, _local_shapes(names, mp, rank), mp, rank)
+    assert sorted(weights) == sorted(names) and masters == {}
+    assert sorted(moments) == sorted(n + a for n in names for a in (*ACCUMULATORS, *POWERS))
+    for name in names:
+        np.testing.assert_array_equal(weights[name], _shard(name, full[name], mp, rank), err_msg=name)
+        for acc in ACCUMULATORS:
+            np.testing.assert_array_equal(moments[name + acc], _shard(name, full[name + acc], mp, rank),
+                                          err_msg=name + acc)
+        for acc, value in POWERS.items():
+            np.testing.assert_array_equal(moments[name + acc], np.array([value], "float32"))
+    if mp == 1:  # the vocab padding of the mp2 shards is dropped
+        assert weights[WORD_EMBEDDING].shape[0] == CONFIG.vocab_size
+
+
+def test_an_accumulator_missing_on_an_old_rank_is_named(checkpoint, tmp_path):
+    import shutil
+
+    from safetensors.numpy import load_file
+
+    step_dir, _, names = checkpoint
+    broken = str(tmp_path / "step_00000004")
+    shutil.copytree(step_dir, broken)
+    path = os.path.join(broken, "rank_00003", "optimizer.safetensors")  # sharding 1, mp 1
+    tensors = load_file(path)
+    gone = next(k for k in tensors if k.endswith("_moment2_0"))
+    del tensors[gone]
+    save_file(tensors, path)
+    with pytest.raises(CheckpointError, match="missing for old mp rank") as err:
+        convert_rank_state(broken, OLD, 4, CONFIG, _local_shapes(names, 1, 0), 1, 0)
+    assert gone[len("_layers."):] in str(err.value)
+
+
+@pytest.mark.parametrize("old,new,words", [
+    ({"pp_degree": 2, "global_batch_size": 4}, {"global_batch_size": 4}, "pipeline"),
+    ({"global_batch_size": 4}, {"sharding_degree": 2, "sharding_stage": 2, "global_batch_size": 4}, "stage 2"),
+    ({"global_batch_size": 4}, {"dp_degree": 2, "global_batch_size": 8}, "global_batch_size 8"),
+])
+def test_changes_that_cannot_be_converted_are_refused_in_one_line(old, new, words):
+    with pytest.raises(CheckpointError) as err:
+        check_reshardable("ckpt/step_00000004", old, new, 4, 16)
+    message = str(err.value)
+    assert words in message and "\n" not in message and "ckpt/step_00000004" in message
+
+
+def test_a_data_position_that_is_not_step_times_global_batch_is_refused():
+    with pytest.raises(CheckpointError, match="consumed 12 samples"):
+        check_reshardable("ckpt/step_00000004", {"global_batch_size": 4}, {"global_batch_size": 4}, 4, 12)
+    check_reshardable("ckpt/step_00000004", {"mp_degree": 2, "global_batch_size": 4},
+                      {"dp_degree": 2, "global_batch_size": 4}, 4, 16)  # a dp change at the same global batch
