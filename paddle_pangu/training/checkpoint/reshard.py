@@ -57,8 +57,9 @@ from .state_codec import from_json
 
 LAYOUT_AXES = ("dp", "mp", "pp", "sharding")
 # the run-config fields a reshard may change: the degrees and how the (unchanged) global batch is cut
-RESHARD_FIELDS = tuple(f"parallel.{k}" for k in ("dp_degree", "mp_degree", "pp_degree", "sharding_degree",
-                                                 "sharding_stage", "micro_batch_size", "accumulate_steps"))
+RESHARD_FIELDS = ("world_size",) + tuple(f"parallel.{k}" for k in ("dp_degree", "mp_degree", "pp_degree",
+                                                                    "sharding_degree", "sharding_stage",
+                                                                    "micro_batch_size", "accumulate_steps"))
 _FLEET_ORDER = ("dp", "pp", "sharding", "mp")  # fleet's default hybrid order (mp fastest), sep = 1 here
 _WRAPPER = "_layers."  # fleet's TensorParallel / ShardingParallel wrappers prefix every state-dict key
 _MASTER_DIR = "master_weights/"  # split_tensors key of an AMP O2 master weight
