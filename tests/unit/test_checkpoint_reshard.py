@@ -4,7 +4,8 @@ An old layout of dp1 mp2 sharding2 (4 ranks, fleet's rank order: mp fastest, no 
 every rank holds its mp shard of every weight (with fleet's `_layers.` prefix), and ZeRO stage 1
 splits the optimizer state by parameter between the two sharding ranks. The converter must find
 each accumulator by parameter name on whichever sharding rank holds it, merge the mp shards through
-the weight table, and cut them for the new layout; beta powers stay [1]. The expected tensors are
+the weight table, and cut them for the new layout; beta powers stay [1]; fp32 master weights (AMP O2)
+and the moments keyed by them are cut like their parameter. The expected tensors are
 the full random tensors the checkpoint was cut from (np.split along the table's axis), so any
 mix-up of ranks, axes or accumulators changes the numbers. The end-to-end runs with real processes
 are tests/distributed/test_reshard_resume.py.
@@ -27,6 +28,13 @@ OLD = {"dp_degree": 1, "mp_degree": 2, "pp_degree": 1, "sharding_degree": 2, "sh
        "global_batch_size": 4}
 ACCUMULATORS = ("_moment1_0", "_moment2_0")
 POWERS = {"_beta1_pow_acc_0": 0.9 ** 4, "_beta2_pow_acc_0": 0.95 ** 4}
+MASTER = ".fp32_master"
+
+
+def _owner(i):
+    """Every third parameter as under AMP O2: an fp32 master weight (`master_weights/<name>`) that owns the
+    moments (`<name>.fp32_master_moment1_0`, rank_state._master_names); the others as in fp32."""
+    return MASTER if i % 3 == 0 else ""
 
 
 def _padded(name, arr, mp):
@@ -49,7 +57,7 @@ def checkpoint(tmp_path_factory):
     full = {}
     for name, shape in plain_param_shapes(CONFIG).items():
         full[name] = rng.standard_normal(shape).astype("float32")
-        for acc in ACCUMULATORS:
+        for acc in (*ACCUMULATORS, MASTER):
             full[name + acc] = rng.standard_normal(shape).astype("float32")
     step_dir = str(tmp_path_factory.mktemp("ckpt") / "step_00000004")
     for rank in range(4):
@@ -62,10 +70,14 @@ def checkpoint(tmp_path_factory):
         for i, name in enumerate(names):
             if i % 2 != sharding:  # ZeRO stage 1: this sharding rank does not own the parameter
                 continue
+            key = "_layers." + name + _owner(i)
             for acc in ACCUMULATORS:
-                optim["_layers." + name + acc] = np.ascontiguousarray(_shard(name, full[name + acc], 2, mp))
+                optim[key + acc] = np.ascontiguousarray(_shard(name, full[name + acc], 2, mp))
             for acc, value in POWERS.items():
-                optim["_layers." + name + acc] = np.array([value], "float32")
+                optim[key + acc] = np.array([value], "float32")
+            if _owner(i):
+                optim["master_weights/_layers." + name] = np.ascontiguousarray(_shard(name, full[name + MASTER],
+                                                                                      2, mp))
         save_file(optim, os.path.join(rank_dir, "optimizer.safetensors"))
         with open(os.path.join(rank_dir, "state.json"), "w", encoding="utf-8") as f:
             json.dump({"step": 4, "extra": {"consumed_samples": 16}}, f)
@@ -80,15 +92,18 @@ def _local_shapes(names, mp, rank):
 def test_every_shard_and_accumulator_lands_where_the_weight_table_puts_it(checkpoint, mp, rank):
     step_dir, full, names = checkpoint
     weights, moments, masters = convert_rank_state(step_dir, OLD, 4, CONFIG, _local_shapes(names, mp, rank), mp, rank)
-    assert sorted(weights) == sorted(names) and masters == {}
-    assert sorted(moments) == sorted(n + a for n in names for a in (*ACCUMULATORS, *POWERS))
-    for name in names:
+    assert sorted(weights) == sorted(names)
+    assert sorted(masters) == sorted(n for i, n in enumerate(names) if _owner(i))
+    assert sorted(moments) == sorted(n + _owner(i) + a for i, n in enumerate(names) for a in (*ACCUMULATORS, *POWERS))
+    for i, name in enumerate(names):
         np.testing.assert_array_equal(weights[name], _shard(name, full[name], mp, rank), err_msg=name)
         for acc in ACCUMULATORS:
-            np.testing.assert_array_equal(moments[name + acc], _shard(name, full[name + acc], mp, rank),
+            np.testing.assert_array_equal(moments[name + _owner(i) + acc], _shard(name, full[name + acc], mp, rank),
                                           err_msg=name + acc)
         for acc, value in POWERS.items():
-            np.testing.assert_array_equal(moments[name + acc], np.array([value], "float32"))
+            np.testing.assert_array_equal(moments[name + _owner(i) + acc], np.array([value], "float32"))
+        if _owner(i):
+            np.testing.assert_array_equal(masters[name], _shard(name, full[name + MASTER], mp, rank), err_msg=name)
     if mp == 1:  # the vocab padding of the mp2 shards is dropped
         assert weights[WORD_EMBEDDING].shape[0] == CONFIG.vocab_size
 
