@@ -88,7 +88,7 @@ def _local_shapes(names, mp, rank):
     return {n: _shard(n, np.zeros(plain_param_shapes(CONFIG)[n], "float32"), mp, rank).shape for n in names}
 
 
-@pytest.mark.parametrize("mp,rank", [(1, 0), (2, 1)])
+@pytest.mark.parametrize("mp,rank", [(1, 0), (2, 1)])  # merged and cut; the same mp: the old shard as it is
 def test_every_shard_and_accumulator_lands_where_the_weight_table_puts_it(checkpoint, mp, rank):
     step_dir, full, names = checkpoint
     weights, moments, masters = convert_rank_state(step_dir, OLD, 4, CONFIG, _local_shapes(names, mp, rank), mp, rank)
@@ -128,6 +128,7 @@ def test_an_accumulator_missing_on_an_old_rank_is_named(checkpoint, tmp_path):
 
 @pytest.mark.parametrize("old,new,words", [
     ({"pp_degree": 2, "global_batch_size": 4}, {"global_batch_size": 4}, "pipeline"),
+    ({"pp_degree": 2, "mp_degree": 2, "global_batch_size": 4}, {"pp_degree": 2, "global_batch_size": 4}, "pipeline"),
     ({"global_batch_size": 4}, {"sharding_degree": 2, "sharding_stage": 2, "global_batch_size": 4}, "stage 2"),
     ({"global_batch_size": 4}, {"dp_degree": 2, "global_batch_size": 8}, "global_batch_size 8"),
 ])
@@ -143,3 +144,5 @@ def test_a_data_position_that_is_not_step_times_global_batch_is_refused():
         check_reshardable("ckpt/step_00000004", {"global_batch_size": 4}, {"global_batch_size": 4}, 4, 12)
     check_reshardable("ckpt/step_00000004", {"mp_degree": 2, "global_batch_size": 4},
                       {"dp_degree": 2, "global_batch_size": 4}, 4, 16)  # a dp change at the same global batch
+    check_reshardable("ckpt/step_00000004", {"pp_degree": 2, "dp_degree": 2, "global_batch_size": 4},
+                      {"pp_degree": 2, "sharding_degree": 2, "global_batch_size": 4}, 4, 16)  # dp -> sharding at pp2

@@ -31,10 +31,15 @@ sharding layout converts, in each new process on the CPU while loading:
   but not the stream the old layout would have drawn: a resharded run equals
   the uninterrupted run only while dropout is 0.
 
-Refused in one line: pipeline stages on either side (pp > 1: the pipeline
-model names its parameters by pipeline layer, not through the weight table),
-sharding stage 2 on either side (its optimizer state is per flattened slice,
-not per parameter), and a changed global batch.
+With the same mp and pp degrees on both sides (only dp / sharding change,
+e.g. a pp16 mp8 run from dp16 to dp8) each tensor is the old shard at this
+rank's (mp, pp) coordinates, read as it is from one of its old data replicas.
+
+Refused in one line: a change of pp, or of mp while pp > 1 (the pipeline model
+names its parameters by pipeline layer, not through the weight table, so
+moving them between stages needs that naming of the old layout), sharding
+stage 2 on either side (its optimizer state is per flattened slice, not per
+parameter), and a changed global batch.
 
 Why in each new process rather than a converted copy written first: no second
 copy of a large checkpoint on disk and no serial step on rank 0; the verified
@@ -87,10 +92,11 @@ def saved_parallel(step_dir: str) -> dict | None:
 def check_reshardable(step_dir: str, old: dict, new: dict, old_step: int, consumed: int | None) -> None:
     """One-line CheckpointError when `old` -> `new` (parallel sections) is a change this module cannot convert."""
     where = f"{step_dir} (written by {layout_text(old)}, resuming as {layout_text(new)})"
-    if layout_of(old)["pp"] > 1 or layout_of(new)["pp"] > 1:
-        raise CheckpointError(f"{where}: --reshard converts dp / mp / sharding layouts only, not pipeline stages "
-                              "(pp_degree 1 on both sides); merge the run with `pangu reshard` and start from "
-                              "model.init_from, or keep the checkpoint's pp_degree")
+    a, b = layout_of(old), layout_of(new)
+    if a["pp"] != b["pp"] or (a["pp"] > 1 and a["mp"] != b["mp"]):
+        raise CheckpointError(f"{where}: --reshard does not move parameters between pipeline stages: with "
+                              "pp_degree > 1 only dp / sharding may change (same pp and mp degrees); merge the run "
+                              "with `pangu reshard` and start from model.init_from, or keep pp and mp")
     for side, par in (("checkpoint", old), ("this run", new)):
         if int(par.get("sharding_degree") or 1) > 1 and int(par.get("sharding_stage") or 1) == 2:
             raise CheckpointError(f"{where}: --reshard converts sharding stage 1 only ({side} uses sharding stage 2, "
@@ -139,18 +145,25 @@ def plain_name(key: str) -> str:
 
 
 class _OldRanks:
-    """Lazy, per-tensor read access to the old ranks' files of a checkpoint, by plain name and old mp rank."""
+    """Lazy, per-tensor read access to the old ranks' files of a checkpoint, by plain name and old mp rank.
 
-    def __init__(self, step_dir: str, world: int, old: dict):
+    `same_shard`: (mp rank, pp stage) when the old and the new layout have the same mp and pp degrees:
+    only the old ranks at those coordinates are read (their data replicas), as the one "mp rank" 0."""
+
+    def __init__(self, step_dir: str, world: int, old: dict, same_shard: tuple | None = None):
         from safetensors import safe_open
 
-        self.mp = layout_of(old)["mp"]
+        self.mp = 1 if same_shard else layout_of(old)["mp"]
         self.model: dict[str, dict[int, tuple]] = {}  # plain name -> {old mp rank: (file handle, raw key)}
         self.optim: dict[str, dict[int, tuple]] = {}
         self._open = []
         for rank in range(world):  # data rank order: the first replica that holds a tensor serves it
             rank_dir = os.path.join(step_dir, f"rank_{rank:05d}")
             coords = rank_coords(rank_dir, rank, old)
+            if same_shard and (coords["mp"], coords["pp"]) != tuple(same_shard):
+                continue
+            if same_shard:
+                coords = {**coords, "mp": 0}
             for fname, table in ((MODEL_FILE, self.model), (OPTIMIZER_FILE, self.optim)):
                 handle = safe_open(os.path.join(rank_dir, fname), framework="np")
                 self._open.append(handle)
@@ -176,19 +189,22 @@ def param_of(key: str, params: list[str]) -> tuple[str, str]:
 
 
 def convert_rank_state(step_dir: str, old: dict, world: int, model_config, local_shapes: dict,
-                       mp_degree: int, mp_rank: int) -> tuple[dict, dict, dict]:
+                       mp_degree: int, mp_rank: int, pp_degree: int = 1, pp_rank: int = 0) -> tuple[dict, dict, dict]:
     """This new rank's (model tensors, optimizer tensors, master weights), numpy, under plain names.
 
-    `local_shapes`: {plain parameter name: shape on this rank} of the new model; `old`: the checkpoint's
-    `parallel` section; `world`: its process count. Every optimizer-state tensor of the checkpoint whose
-    parameter this rank holds is converted (moments and master weights split like their parameter,
-    beta powers replicated).
+    `local_shapes`: {plain parameter name: shape on this rank} of the new model (with pp > 1: its
+    pipeline names); `old`: the checkpoint's `parallel` section; `world`: its process count. Every
+    optimizer-state tensor of the checkpoint whose parameter this rank holds is converted (moments and
+    master weights split like their parameter, beta powers replicated). With the same mp and pp degrees
+    on both sides (a dp / sharding change) each tensor is the old shard at this rank's (mp, pp)
+    coordinates as it is; otherwise (pp 1 on both sides) the mp shards are merged and cut.
     """
     from paddle_pangu.convert.reshard import merge_shards, split_part
     from paddle_pangu.model.weight_tables import tensor_parallel_rules
 
     rules = tensor_parallel_rules(model_config)
-    src = _OldRanks(step_dir, world, old)
+    same_shard = (mp_rank, pp_rank) if (layout_of(old)["mp"], layout_of(old)["pp"]) == (mp_degree, pp_degree) else None
+    src = _OldRanks(step_dir, world, old, same_shard)
 
     def convert(table, name, tensor_name, param_shape):
         shards = src.shards(table, tensor_name, step_dir)
@@ -197,7 +213,10 @@ def convert_rank_state(step_dir: str, old: dict, world: int, model_config, local
                 raise CheckpointError(f"{step_dir}: {tensor_name} has shape {list(shards[0].shape)}, expected the "
                                       f"shape of {name} {list(src_shape[name])} or [1]")
             return shards[0]
-        part = split_part(name, merge_shards(name, shards, model_config, rules), mp_degree, mp_rank, rules)
+        if same_shard:
+            part = shards[0]
+        else:
+            part = split_part(name, merge_shards(name, shards, model_config, rules), mp_degree, mp_rank, rules)
         if tuple(part.shape) != tuple(param_shape):
             raise CheckpointError(f"{step_dir}: {tensor_name} converts to shape {list(part.shape)} on mp rank "
                                   f"{mp_rank} of {mp_degree}, the model expects {list(param_shape)}")

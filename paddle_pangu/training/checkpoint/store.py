@@ -363,7 +363,7 @@ def _load_resharded(step_dir, old_world, old_par, model, optimizer, scheduler, s
     key_of = {plain_name(k): k for k in local}
     weights, moments, masters = convert_rank_state(step_dir, old_par, old_world, model_config,
                                                    {n: tuple(local[k].shape) for n, k in key_of.items()},
-                                                   topo.mp_degree, topo.mp_rank)
+                                                   topo.mp_degree, topo.mp_rank, topo.pp_degree, topo.pp_rank)
     model.set_state_dict({key_of[n]: paddle.to_tensor(a, dtype=local[key_of[n]].dtype) for n, a in weights.items()})
     structured = {plain_name(s): s for s in _unique_to_structured(model).values()}
     params = sorted(structured, key=len, reverse=True)
