@@ -11,7 +11,8 @@ train.seed and the step, so it equals the uninterrupted run only without dropout
   first update there, which uses the converted AdamW moments and beta powers: zeroed moments
   (the mutation check, through reshard_zero_moments.py) change it well beyond the bound;
 * without `--reshard` the same resume is refused in one line naming the flag, exit 2, and
-  nothing is written.
+  nothing is written; with it but another global batch (the data position is step x global batch)
+  likewise.
 
 The bound is the project's loss rule for two layouts computing the same function in a different
 float32 order (parity_checks.py rule 2): 32u relative, u = 2^-24 (a log-sum-exp over the 40k
@@ -141,3 +142,15 @@ def test_layout_change_without_reshard_is_refused_in_one_line(runs, tmp_path):
     assert "Traceback" not in proc.stdout + proc.stderr
     assert sorted(os.listdir(target)) in ([], [".pangu.lock"])  # no metrics, checkpoint or model written
     assert _tree_digest(os.path.join(out["mp2"], "checkpoints")) == before  # the checkpoint is untouched
+
+
+def test_reshard_with_another_global_batch_is_refused_in_one_line(runs, tmp_path):
+    """The data position is step x global batch: with --reshard a changed global batch is refused, not guessed."""
+    root, out = runs
+    step4, target = _step4(out["mp2"]), str(tmp_path / "refused")
+    proc = pangu("train", "--config", os.path.join(root, "one.yaml"), "--output-dir", target, "--reshard",
+                 "--set", f"checkpoint.resume={step4}", "--set", "parallel.accumulate_steps=1", expect=2)
+    errors = [line for line in (proc.stdout + proc.stderr).splitlines() if line.startswith("pangu train: error:")]
+    assert len(errors) == 1 and "global_batch_size 2" in errors[0] and "4" in errors[0], proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stdout + proc.stderr
+    assert sorted(os.listdir(target)) in ([], [".pangu.lock"])
