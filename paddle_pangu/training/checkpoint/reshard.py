@@ -115,8 +115,12 @@ def rank_coords(rank_dir: str, rank: int, old: dict) -> dict:
     """{"dp", "mp", "pp", "sharding"} coordinates of old `rank`: as recorded in its state.json, else fleet's
     default order (dp, pp, sharding, mp; mp varies fastest)."""
     extra = _state(rank_dir).get("extra") or {}
-    if isinstance(extra.get("coords"), dict):
-        return {a: int(extra["coords"][a]) for a in LAYOUT_AXES}
+    if "coords" in extra:
+        coords = extra["coords"]
+        if not (isinstance(coords, dict) and all(isinstance(coords.get(a), int) for a in LAYOUT_AXES)):
+            raise CheckpointError(f"{rank_dir}/{STATE_FILE}: extra.coords {coords!r} is not "
+                                  "{dp, mp, pp, sharding} integer coordinates")
+        return {a: coords[a] for a in LAYOUT_AXES}
     degrees, out, rest = layout_of(old), {}, rank
     for axis in reversed(_FLEET_ORDER):
         rest, out[axis] = divmod(rest, degrees[axis])
