@@ -22,7 +22,7 @@ def add_arguments(parser) -> None:
                         help="resume even though the checkpoint's run config differs in more than max_steps / "
                              "logging / eval settings (the differences are logged)")
     parser.add_argument("--reshard", action="store_true",
-                        help="resume a checkpoint written by another dp / mp / sharding layout: model, optimizer "
+                        help="resume a checkpoint written by another dp / mp / pp / sharding layout: model, optimizer "
                              "moments, master weights, scheduler and loss scaler are converted to this layout "
                              "(same global batch; RNGs reseeded from train.seed and the step)")
     parser.add_argument("--evaluate", metavar="MODEL_DIR", default=None,

@@ -127,8 +127,6 @@ def test_an_accumulator_missing_on_an_old_rank_is_named(checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("old,new,words", [
-    ({"pp_degree": 2, "global_batch_size": 4}, {"global_batch_size": 4}, "pipeline"),
-    ({"pp_degree": 2, "mp_degree": 2, "global_batch_size": 4}, {"pp_degree": 2, "global_batch_size": 4}, "pipeline"),
     ({"global_batch_size": 4}, {"sharding_degree": 2, "sharding_stage": 2, "global_batch_size": 4}, "stage 2"),
     ({"global_batch_size": 4}, {"dp_degree": 2, "global_batch_size": 8}, "global_batch_size 8"),
 ])
@@ -146,3 +144,33 @@ def test_a_data_position_that_is_not_step_times_global_batch_is_refused():
                       {"dp_degree": 2, "global_batch_size": 4}, 4, 16)  # a dp change at the same global batch
     check_reshardable("ckpt/step_00000004", {"pp_degree": 2, "dp_degree": 2, "global_batch_size": 4},
                       {"pp_degree": 2, "sharding_degree": 2, "global_batch_size": 4}, 4, 16)  # dp -> sharding at pp2
+    check_reshardable("ckpt/step_00000004", {"pp_degree": 2, "mp_degree": 2, "global_batch_size": 4},
+                      {"mp_degree": 4, "global_batch_size": 4}, 4, 16)  # pp and mp change together
+
+
+def test_pipeline_names_map_to_plain_names_by_layer_index():
+    """PipelineLayer names parameters by the global index of their layer description (modeling_pp.py:
+    0 the shared embedding, 1..num_blocks the blocks, then the final layernorm and the query layer), the
+    same on every stage of every pp layout: the names below are those of a pp2 checkpoint of a 4-layer
+    model (stage 0: 1, 2 and the shared embeddings; stage 1: 3, 4, 5 and the tied word embedding)."""
+    from paddle_pangu.model.weight_tables import TOP_QUERY_EMBEDDING
+    from paddle_pangu.training.checkpoint.reshard import pipe_to_plain
+
+    config = get_preset("tiny", num_layers=4)
+    assert {k: pipe_to_plain(k, config) for k in (
+        "1.attention.k_proj.bias", "3.mlp.fc_out.weight_moment2_0", "4.weight", "5.top_query_embedding.weight",
+        "5.attention.q_proj.weight", "shared_layers.pangu_shared_weight.word_embeddings.weight",
+        "shared_layers.pangu_shared_weight.position_embeddings.weight_beta1_pow_acc_0",
+        "pangu.layers.1.attention.q_proj.bias")} == {
+        "1.attention.k_proj.bias": "pangu.layers.0.attention.k_proj.bias",
+        "3.mlp.fc_out.weight_moment2_0": "pangu.layers.2.mlp.fc_out.weight_moment2_0",
+        "4.weight": "pangu.final_layernorm.weight",
+        "5.top_query_embedding.weight": TOP_QUERY_EMBEDDING,
+        "5.attention.q_proj.weight": "pangu.query_layer.attention.q_proj.weight",
+        "shared_layers.pangu_shared_weight.word_embeddings.weight": WORD_EMBEDDING,
+        "shared_layers.pangu_shared_weight.position_embeddings.weight_beta1_pow_acc_0":
+            "pangu.embeddings.position_embeddings.weight_beta1_pow_acc_0",
+        "pangu.layers.1.attention.q_proj.bias": "pangu.layers.1.attention.q_proj.bias",  # plain already
+    }
+    with pytest.raises(CheckpointError, match="layer index 6"):
+        pipe_to_plain("6.weight", config)

@@ -25,7 +25,7 @@ what `latest` says; the ones that do not are logged with the reason and renamed
 `*.rejected`. The run config must match (contract.py) unless `--force-resume`.
 Each rank loads only its own shard, so a resume uses the same parallel layout,
 unless `--reshard` (`checkpoint.reshard: true`): then a checkpoint of another
-dp / mp / sharding layout is converted while loading (reshard.py,
+dp / mp / pp / sharding layout is converted while loading (reshard.py,
 docs/CHECKPOINTS.md); without it a layout change is refused in one line naming
 the flag. The consolidated model (`save_pretrained`) is the layout-free export.
 Multi-node jobs need `output_dir` on a filesystem every node sees.

@@ -1,7 +1,7 @@
 """Resume a checkpoint under another parallel layout (`pangu train --reshard`, `checkpoint.reshard: true`).
 
 A per-rank checkpoint (store.py) holds, per rank, that rank's shard of the
-model and of the optimizer state. Resuming it under another dp / mp /
+model and of the optimizer state. Resuming it under another dp / mp / pp /
 sharding layout converts, in each new process on the CPU while loading:
 
 * model weights, AdamW moments (`_moment1_0`, `_moment2_0`) and fp32 master
@@ -31,15 +31,16 @@ sharding layout converts, in each new process on the CPU while loading:
   but not the stream the old layout would have drawn: a resharded run equals
   the uninterrupted run only while dropout is 0.
 
-With the same mp and pp degrees on both sides (only dp / sharding change,
-e.g. a pp16 mp8 run from dp16 to dp8) each tensor is the old shard at this
-rank's (mp, pp) coordinates, read as it is from one of its old data replicas.
+Pipeline stages: the pipeline model names a parameter by the global index of
+its layer (`pipe_to_plain`, the same for every pp degree), so every old and
+new name maps to the plain name, and a parameter moves to whichever new stage
+holds it (`convert/reshard.py` `stages_of` is the same rule). With the same mp
+and pp degrees on both sides (only dp / sharding change, e.g. a pp16 mp8 run
+from dp16 to dp8) each tensor is the old shard at this rank's (mp, pp)
+coordinates, read as it is from one of its old data replicas.
 
-Refused in one line: a change of pp, or of mp while pp > 1 (the pipeline model
-names its parameters by pipeline layer, not through the weight table, so
-moving them between stages needs that naming of the old layout), sharding
-stage 2 on either side (its optimizer state is per flattened slice, not per
-parameter), and a changed global batch.
+Refused in one line: sharding stage 2 on either side (its optimizer state is
+per flattened slice, not per parameter) and a changed global batch.
 
 Why in each new process rather than a converted copy written first: no second
 copy of a large checkpoint on disk and no serial step on rank 0; the verified
@@ -92,11 +93,6 @@ def saved_parallel(step_dir: str) -> dict | None:
 def check_reshardable(step_dir: str, old: dict, new: dict, old_step: int, consumed: int | None) -> None:
     """One-line CheckpointError when `old` -> `new` (parallel sections) is a change this module cannot convert."""
     where = f"{step_dir} (written by {layout_text(old)}, resuming as {layout_text(new)})"
-    a, b = layout_of(old), layout_of(new)
-    if a["pp"] != b["pp"] or (a["pp"] > 1 and a["mp"] != b["mp"]):
-        raise CheckpointError(f"{where}: --reshard does not move parameters between pipeline stages: with "
-                              "pp_degree > 1 only dp / sharding may change (same pp and mp degrees); merge the run "
-                              "with `pangu reshard` and start from model.init_from, or keep pp and mp")
     for side, par in (("checkpoint", old), ("this run", new)):
         if int(par.get("sharding_degree") or 1) > 1 and int(par.get("sharding_stage") or 1) == 2:
             raise CheckpointError(f"{where}: --reshard converts sharding stage 1 only ({side} uses sharding stage 2, "
@@ -149,12 +145,13 @@ def plain_name(key: str) -> str:
 
 
 class _OldRanks:
-    """Lazy, per-tensor read access to the old ranks' files of a checkpoint, by plain name and old mp rank.
+    """Lazy, per-tensor read access to the old ranks' files of a checkpoint, by plain name and old mp rank
+    (any pp stage that holds the parameter: the tied word embedding is on the first and the last).
 
     `same_shard`: (mp rank, pp stage) when the old and the new layout have the same mp and pp degrees:
     only the old ranks at those coordinates are read (their data replicas), as the one "mp rank" 0."""
 
-    def __init__(self, step_dir: str, world: int, old: dict, same_shard: tuple | None = None):
+    def __init__(self, step_dir: str, world: int, old: dict, model_config, same_shard: tuple | None = None):
         from safetensors import safe_open
 
         self.mp = 1 if same_shard else layout_of(old)["mp"]
@@ -173,7 +170,8 @@ class _OldRanks:
                 self._open.append(handle)
                 for key in handle.keys():
                     master = key.startswith(_MASTER_DIR)
-                    name = _MASTER_DIR + plain_name(key[len(_MASTER_DIR):]) if master else plain_name(key)
+                    name = pipe_to_plain(plain_name(key[len(_MASTER_DIR):] if master else key), model_config)
+                    name = _MASTER_DIR + name if master else name
                     table.setdefault(name, {}).setdefault(coords["mp"], (handle, key))
 
     def shards(self, table: dict, name: str, where: str) -> list[np.ndarray]:
@@ -182,6 +180,48 @@ class _OldRanks:
         if missing:
             raise CheckpointError(f"{where}: {name} is missing for old mp rank(s) {missing}")
         return [found[m][0].get_tensor(found[m][1]) for m in range(self.mp)]
+
+
+def pipe_to_plain(key: str, model_config) -> str:
+    """A pipeline model's state-dict / optimizer key (`PanGuForCausalLMPipe`) under the plain model's name.
+
+    PipelineLayer names a parameter by the global index of its layer description, whatever the pp
+    degree (modeling_pp.py: 0 the shared embedding, 1..num_blocks the blocks, then the final layernorm
+    and the query layer; the tied head is the shared embedding again, `shared_layers.<key>.`), so the
+    names of any stage of any pp layout map to plain names by the layer index. Keys that are plain
+    already (pp 1) pass through. Checked against the live model's own mapping (`pipe_to_plain_names`)
+    by `check_pipe_names`.
+    """
+    from paddle_pangu.model.modeling_pp import SHARED_EMBEDDING_KEY
+
+    shared = f"shared_layers.{SHARED_EMBEDDING_KEY}."
+    if key.startswith(shared):
+        return "pangu.embeddings." + key[len(shared):]
+    head, dot, rest = key.partition(".")
+    if not (dot and head.isdigit()):
+        return key
+    index, blocks = int(head), model_config.num_blocks
+    if 1 <= index <= blocks:
+        return f"pangu.layers.{index - 1}.{rest}"
+    if index == blocks + 1:
+        return f"pangu.final_layernorm.{rest}"
+    if index == blocks + 2:
+        return f"pangu.query_layer.{rest}"
+    raise CheckpointError(f"pipeline parameter {key!r}: layer index {index} is not a layer of a "
+                          f"{model_config.num_layers}-layer PanGu")
+
+
+def check_pipe_names(model, model_config) -> None:
+    """Refuse when `pipe_to_plain` disagrees with a pipeline model's own name mapping (a changed naming)."""
+    inner = model
+    while not hasattr(inner, "pipe_to_plain_names") and hasattr(inner, "_layers"):
+        inner = inner._layers
+    if not hasattr(inner, "pipe_to_plain_names"):
+        return
+    wrong = {k: v for k, v in inner.pipe_to_plain_names().items() if pipe_to_plain(k, model_config) != v}
+    if wrong:
+        raise CheckpointError(f"--reshard: the pipeline model names its parameters differently from what the "
+                              f"conversion assumes: {dict(list(wrong.items())[:3])}")
 
 
 def param_of(key: str, params: list[str]) -> tuple[str, str]:
@@ -201,14 +241,14 @@ def convert_rank_state(step_dir: str, old: dict, world: int, model_config, local
     optimizer-state tensor of the checkpoint whose parameter this rank holds is converted (moments and
     master weights split like their parameter, beta powers replicated). With the same mp and pp degrees
     on both sides (a dp / sharding change) each tensor is the old shard at this rank's (mp, pp)
-    coordinates as it is; otherwise (pp 1 on both sides) the mp shards are merged and cut.
+    coordinates as it is; otherwise the old mp shards (from any stage holding the parameter) are merged and cut.
     """
     from paddle_pangu.convert.reshard import merge_shards, split_part
     from paddle_pangu.model.weight_tables import tensor_parallel_rules
 
     rules = tensor_parallel_rules(model_config)
     same_shard = (mp_rank, pp_rank) if (layout_of(old)["mp"], layout_of(old)["pp"]) == (mp_degree, pp_degree) else None
-    src = _OldRanks(step_dir, world, old, same_shard)
+    src = _OldRanks(step_dir, world, old, model_config, same_shard)
 
     def convert(table, name, tensor_name, param_shape):
         shards = src.shards(table, tensor_name, step_dir)
@@ -232,7 +272,7 @@ def convert_rank_state(step_dir: str, old: dict, world: int, model_config, local
     src_shape = {n: tuple(src.model[n][min(src.model[n])][0].get_slice(src.model[n][min(src.model[n])][1]).get_shape())
                  for n in local_shapes}
     model = {n: convert(src.model, n, n, shape) for n, shape in local_shapes.items()}
-    params = sorted(local_shapes, key=len, reverse=True)
+    every = sorted(set(local_shapes) | set(src.model), key=len, reverse=True)  # this stage's and the others'
     optim, master = {}, {}
     for key in src.optim:
         if key.startswith(_MASTER_DIR):
@@ -240,8 +280,9 @@ def convert_rank_state(step_dir: str, old: dict, world: int, model_config, local
             if name in local_shapes:
                 master[name] = convert(src.optim, name, key, local_shapes[name])
             continue
-        name, _ = param_of(key, params)
-        optim[key] = convert(src.optim, name, key, local_shapes[name])
+        name, _ = param_of(key, every)
+        if name in local_shapes:  # with pp > 1 the other parameters belong to another stage
+            optim[key] = convert(src.optim, name, key, local_shapes[name])
     return model, optim, master
 
 

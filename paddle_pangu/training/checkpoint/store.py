@@ -295,7 +295,7 @@ def load_checkpoint(step_dir: str, model, optimizer, scheduler, scaler=None, run
     """Load this rank's shard of a verified checkpoint; returns the saved state after restoring RNGs.
 
     With `run_config` the saved run config must match (contract.py) unless `force`. A checkpoint of
-    another dp / mp / sharding layout is refused in one line naming --reshard, or with `reshard` (and
+    another dp / mp / pp / sharding layout is refused in one line naming --reshard, or with `reshard` (and
     `topo`, `model_config`) converted to this layout (reshard.py); then the returned state holds
     `resharded_from` / `resharded_to` (the two layouts as text).
     """
@@ -351,21 +351,22 @@ def _load_resharded(step_dir, old_world, old_par, model, optimizer, scheduler, s
                     topo, model_config) -> dict:
     """Convert a checkpoint of another layout into this rank's model and optimizer (reshard.py)."""
     from .rank_state import apply_optimizer_state, _unique_to_structured
-    from .reshard import (RESHARD_FIELDS, check_reshardable, convert_rank_state, layout_text, param_of, plain_name,
-                          read_rank_state, reseed)
+    from .reshard import (RESHARD_FIELDS, check_pipe_names, check_reshardable, convert_rank_state, layout_text,
+                          param_of, pipe_to_plain, plain_name, read_rank_state, reseed)
 
     new_par = run_config["parallel"]
     root = read_rank_state(step_dir)  # old rank 0: step, scheduler, scaler, optimizer skeleton
     step = int(root["step"])
     check_reshardable(step_dir, old_par, new_par, step, (root.get("extra") or {}).get("consumed_samples"))
     check_run_config(step_dir, saved_cfg, run_config, force, logger.warning, also_safe=RESHARD_FIELDS)
+    check_pipe_names(model, model_config)
     local = model.state_dict()
-    key_of = {plain_name(k): k for k in local}
+    key_of = {pipe_to_plain(plain_name(k), model_config): k for k in local}  # plain name -> this model's key
     weights, moments, masters = convert_rank_state(step_dir, old_par, old_world, model_config,
                                                    {n: tuple(local[k].shape) for n, k in key_of.items()},
                                                    topo.mp_degree, topo.mp_rank, topo.pp_degree, topo.pp_rank)
     model.set_state_dict({key_of[n]: paddle.to_tensor(a, dtype=local[key_of[n]].dtype) for n, a in weights.items()})
-    structured = {plain_name(s): s for s in _unique_to_structured(model).values()}
+    structured = {pipe_to_plain(plain_name(s), model_config): s for s in _unique_to_structured(model).values()}
     params = sorted(structured, key=len, reverse=True)
     opt_state = {k: v for k, v in (root.get("optimizer") or {}).items()  # non-tensor entries (LR_Scheduler)
                  if k != "master_weights" and not (isinstance(v, dict) and "__tensor__" in v)}
