@@ -143,11 +143,8 @@ class ShardedCheckpoint:
     def full(self, name: str) -> np.ndarray:
         """The merged single-process tensor `name` (vocab padding removed)."""
         stage = stages_of(name, self.config, self.pp)[0]
-        shards = [{name: self.ranks[(t, stage)][name].load()} for t in range(self.mp)]
-        arr = merge_state_dicts(shards, self.rules)[name]
-        if name == WORD_EMBEDDING:
-            arr = arr[: self.config.vocab_size]
-        return arr
+        return merge_shards(name, [self.ranks[(t, stage)][name].load() for t in range(self.mp)], self.config,
+                            self.rules)
 
     def lazy_full(self) -> dict[str, LazyTensor]:
         shapes = plain_param_shapes(self.config)
@@ -160,13 +157,28 @@ def _variant_of(fn: str) -> str:
     return "_".join(p for p in (m.group(2), m.group(4)) if p)
 
 
-def _rank_part(ckpt: ShardedCheckpoint, name: str, mp: int, mp_rank: int) -> np.ndarray:
-    arr = ckpt.full(name)
+def merge_shards(name: str, shards: list, config: PanGuConfig, rules: dict) -> np.ndarray:
+    """The single-process tensor of plain parameter `name` from its mp shards (ordered by mp rank), the
+    word embedding's vocab padding dropped. Also for a tensor shaped like the parameter (an AdamW moment,
+    an fp32 master weight): the resume on another layout (training/checkpoint/reshard.py) goes through here."""
+    arr = merge_state_dicts([{name: s} for s in shards], rules)[name]
+    if name == WORD_EMBEDDING:
+        arr = arr[: config.vocab_size]
+    return arr
+
+
+def split_part(name: str, arr: np.ndarray, mp: int, mp_rank: int, rules: dict) -> np.ndarray:
+    """Rank `mp_rank`'s part of the full tensor `arr` of plain parameter `name` in an mp layout (the word
+    embedding padded with zero rows to `padded_vocab_size` first); the inverse of `merge_shards`."""
     if name == WORD_EMBEDDING and mp > 1:
         padded = padded_vocab_size(arr.shape[0], mp)
         if padded != arr.shape[0]:
             arr = np.concatenate([arr, np.zeros((padded - arr.shape[0],) + arr.shape[1:], arr.dtype)])
-    return split_state_dict({name: arr}, mp, mp_rank, ckpt.rules)[name]
+    return split_state_dict({name: arr}, mp, mp_rank, rules)[name]
+
+
+def _rank_part(ckpt: ShardedCheckpoint, name: str, mp: int, mp_rank: int) -> np.ndarray:
+    return split_part(name, ckpt.full(name), mp, mp_rank, ckpt.rules)
 
 
 def rank_tensors(ckpt: ShardedCheckpoint, mp: int, pp: int, mp_rank: int, stage: int) -> dict[str, LazyTensor]:
@@ -252,5 +264,5 @@ def merge_to_plain(src: str) -> tuple[PanGuConfig, dict[str, np.ndarray]]:
     return ckpt.config, state
 
 
-__all__ = ["reshard", "merge_to_plain", "rank_file_name", "write_layout", "rank_state_dict", "rank_tensors", "stages_of", "stage_names", "detect_layout",
+__all__ = ["reshard", "merge_to_plain", "merge_shards", "split_part", "rank_file_name", "write_layout", "rank_state_dict", "rank_tensors", "stages_of", "stage_names", "detect_layout",
            "ShardedCheckpoint", "variant_name"]

@@ -21,6 +21,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--force-resume", action="store_true",
                         help="resume even though the checkpoint's run config differs in more than max_steps / "
                              "logging / eval settings (the differences are logged)")
+    parser.add_argument("--reshard", action="store_true",
+                        help="resume a checkpoint written by another dp / mp / pp / sharding layout: model, optimizer "
+                             "moments, master weights, scheduler and loss scaler are converted to this layout "
+                             "(same global batch; RNGs reseeded from train.seed and the step)")
     parser.add_argument("--evaluate", metavar="MODEL_DIR", default=None,
                         help="no training: print the validation perplexity of a consolidated model directory "
                              "(e.g. <output_dir>/final_model) on this run's validation batches, in one process")
@@ -48,6 +52,8 @@ def _load_config(args, world: int = 1):
         overrides.append(f"train.max_steps={args.max_steps}")
     if getattr(args, "force_resume", False):
         overrides.append("checkpoint.force_resume=true")
+    if getattr(args, "reshard", False):
+        overrides.append("checkpoint.reshard=true")
     if getattr(args, "parallel", None) == "auto":
         import os
 
@@ -99,7 +105,8 @@ def _train_argv(args) -> list[str]:
                         ("--parallel", getattr(args, "parallel", None))):
         if value is not None:
             argv += [flag, str(value)]
-    return argv + (["--force-resume"] if getattr(args, "force_resume", False) else [])
+    return (argv + (["--force-resume"] if getattr(args, "force_resume", False) else [])
+            + (["--reshard"] if getattr(args, "reshard", False) else []))
 
 
 def _launch(args) -> int:

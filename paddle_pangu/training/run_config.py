@@ -114,6 +114,8 @@ class CheckpointSection:
     keep_last: int = 2
     resume: str = "auto"  # auto (the newest checkpoint in output_dir that verifies) | none | a checkpoint dir
     force_resume: bool = False  # resume even if the run config differs in more than max_steps / logging / eval
+    # resume a checkpoint written by another dp / mp / pp / sharding layout, converting it (training/checkpoint/reshard.py)
+    reshard: bool = False
     save_final_model: bool = True
     # above this many parameters an mp/pp job writes final_model/ as per-rank files (PaddleNLP names,
     # merged later by `pangu reshard`) instead of gathering the whole model onto rank 0

@@ -201,20 +201,29 @@ class Trainer:
 
     # ---- the loop --------------------------------------------------------
     def maybe_resume(self) -> None:
-        step_dir = ckpt.find_resume_dir(self.out_dir, self.cfg.checkpoint.resume)
+        reshard = self.cfg.checkpoint.reshard
+        step_dir = ckpt.find_resume_dir(self.out_dir, self.cfg.checkpoint.resume, reshard=reshard)
         if step_dir is None:
             return
         state = ckpt.load_checkpoint(step_dir, self.model, self.optimizer, self.scheduler, self.scaler,
-                                     run_config=to_dict(self.cfg), force=self.cfg.checkpoint.force_resume)
+                                     run_config=to_dict(self.cfg), force=self.cfg.checkpoint.force_resume,
+                                     reshard=reshard, topo=self.topo, model_config=self.model_config)
         self.step = int(state["step"])
         logger.info("resumed from %s at step %d", step_dir, self.step)
+        if state.get("resharded_from"):  # the console logger shows rank 0's line, also under --nproc
+            logger.info("resuming step %d written by %s as %s (--reshard: weights, optimizer moments, master "
+                        "weights, scheduler and loss scaler converted; RNGs reseeded from train.seed and the step)",
+                        self.step, state["resharded_from"], state["resharded_to"])
         if self.rank == 0 and self.cfg.checkpoint.resume == "auto":  # say it where the user looks
             print(f"pangu train: resuming from {step_dir} (step {self.step}), found in train.output_dir by "
                   "checkpoint.resume=auto; to start fresh use a new output_dir or checkpoint.resume=none", flush=True)
 
     def save(self) -> str:
         par = self.par
-        extra = {"consumed_samples": self.step * par.micro_batch_size * par.accumulate_steps * par.data_parallel_size}
+        topo = self.topo
+        extra = {"consumed_samples": self.step * par.micro_batch_size * par.accumulate_steps * par.data_parallel_size,
+                 # where this rank sits: a resume on another layout (--reshard) finds each old rank's shard by it
+                 "coords": {"dp": topo.dp_rank, "mp": topo.mp_rank, "pp": topo.pp_rank, "sharding": topo.sharding_rank}}
         return ckpt.save_checkpoint(self.out_dir, self.step, self.model, self.optimizer, self.scheduler, self.scaler,
                                     extra=extra, run_config=to_dict(self.cfg), keep_last=self.cfg.checkpoint.keep_last)
 

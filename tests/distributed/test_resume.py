@@ -3,10 +3,15 @@
 2-process runs WITH dropout (so the per-rank RNG states, including fleet's
 model-parallel stream, matter) whose AdamW state is split over the ranks
 (tensor parallel 2; sharding stage 2):
-  A: 6 steps straight through;
-  B: the same config, stopped after step 3 (checkpoint written), then
-     relaunched with checkpoint.resume=auto to finish steps 4..6.
-The losses, grad norms and learning rates of B's steps 1..6 must equal A's
+  A: 6 steps straight through, writing a checkpoint after step 3 on the way
+     (so saving must not disturb the run either);
+  B: a new output_dir resuming from A's step-3 checkpoint
+     (checkpoint.resume=<path>) to finish steps 4..6.
+One launch fewer than stopping a second run after step 3 and resuming it: the
+state B resumes is the same bytes (the early stop itself, --stop-after-steps
+with checkpoint.resume=auto, is tested in tests/unit/test_checkpoint_cli.py,
+and killed runs resuming by `auto` in test_kill_resume.py).
+The losses, grad norms and learning rates of B's steps 4..6 must equal A's
 bit for bit, and so must the final weights: same layout, same processes,
 same op order, so every float operation is the same one (a tolerance here
 could only hide a state that was not restored). B's data order is a pure
@@ -44,22 +49,22 @@ def test_resume_continues_the_same_run(layout, tmp_path):
     init = make_initial_weights(os.path.join(root, "init.pdparams"), DROPOUT)
     straight = os.path.join(root, "straight")
     resumed = os.path.join(root, "resumed")
-    kwargs = dict(max_steps=6, model_overrides=DROPOUT, checkpoint={"save_interval": 0, "resume": "auto"})
-    cfg_a = write_config(os.path.join(root, "a.yaml"), init, straight, LAYOUTS[layout], **kwargs)
-    cfg_b = write_config(os.path.join(root, "b.yaml"), init, resumed, LAYOUTS[layout], **kwargs)
+    step3 = os.path.join(straight, "checkpoints", "step_00000003")
+    kwargs = dict(max_steps=6, model_overrides=DROPOUT)
+    cfg_a = write_config(os.path.join(root, "a.yaml"), init, straight, LAYOUTS[layout],
+                         checkpoint={"save_interval": 3, "keep_last": 2, "resume": "auto"}, **kwargs)
+    cfg_b = write_config(os.path.join(root, "b.yaml"), init, resumed, LAYOUTS[layout],
+                         checkpoint={"save_interval": 3, "keep_last": 2, "resume": step3}, **kwargs)
 
     run_launch(cfg_a, 2)
-    run_launch(cfg_b, 2, ["--stop-after-steps", "3"])
-    first = read_metrics(resumed)
-    assert [m["step"] for m in first] == [1, 2, 3]
-    assert os.path.isfile(os.path.join(resumed, "checkpoints", "step_00000003", "COMPLETE"))
-    assert not os.path.exists(os.path.join(resumed, "final_model"))
+    assert os.path.isfile(os.path.join(step3, "COMPLETE"))
     run_launch(cfg_b, 2)
 
     a, b = read_metrics(straight), read_metrics(resumed)
-    assert [m["step"] for m in b] == [1, 2, 3, 4, 5, 6]
+    assert [m["step"] for m in a] == [1, 2, 3, 4, 5, 6]
+    assert [m["step"] for m in b] == [4, 5, 6]  # resumed at step 3, not from the start
     for key in ("loss", "grad_norm", "lr"):
-        assert [m[key] for m in b] == [m[key] for m in a], key
+        assert [m[key] for m in b] == [m[key] for m in a[3:]], key
     wa, wb = read_final_weights(straight), read_final_weights(resumed)
     assert sorted(wa) == sorted(wb)
     for name in wa:

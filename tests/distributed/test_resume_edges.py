@@ -69,5 +69,6 @@ def test_checkpoint_of_another_world_size_is_refused_in_one_line(saved_run):
     lines = [line for line in report.splitlines() if "pangu train: error:" in line]
     assert lines, report[-3000:]
     assert "step_00000002" in lines[0] and "saved by 1 process" in lines[0] and "resuming with 2" in lines[0]
+    assert "--reshard" in lines[0]  # the refusal names the flag that converts the checkpoint
     assert "Traceback" not in report
     assert not os.path.exists(os.path.join(root, "dp2", "metrics.jsonl"))  # no step was trained

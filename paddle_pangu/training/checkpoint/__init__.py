@@ -23,9 +23,12 @@ Resuming (`checkpoint.resume: auto`): the newest `step_N/` that verifies on
 every rank (COMPLETE, manifest hash, every file's size and hash), regardless of
 what `latest` says; the ones that do not are logged with the reason and renamed
 `*.rejected`. The run config must match (contract.py) unless `--force-resume`.
-Each rank loads only its own shard, so a resume uses the same parallel layout;
-the consolidated model (`save_pretrained`) is the layout-free export. Multi-node
-jobs need `output_dir` on a filesystem every node sees.
+Each rank loads only its own shard, so a resume uses the same parallel layout,
+unless `--reshard` (`checkpoint.reshard: true`): then a checkpoint of another
+dp / mp / pp / sharding layout is converted while loading (reshard.py,
+docs/CHECKPOINTS.md); without it a layout change is refused in one line naming
+the flag. The consolidated model (`save_pretrained`) is the layout-free export.
+Multi-node jobs need `output_dir` on a filesystem every node sees.
 """
 from .contract import check_run_config, config_differences
 from .files import hash_file, verify_rank_dir

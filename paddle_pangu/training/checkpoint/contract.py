@@ -30,24 +30,26 @@ def _is_safe(key: str) -> bool:
     return any(key == s or (s.endswith(".") and key.startswith(s)) for s in SAFE)
 
 
-def config_differences(saved: dict, current: dict) -> tuple[list[str], list[str]]:
-    """(safe differences, refused differences) as `key: saved -> current` lines."""
+def config_differences(saved: dict, current: dict, also_safe: tuple = ()) -> tuple[list[str], list[str]]:
+    """(safe differences, refused differences) as `key: saved -> current` lines; `also_safe`: keys allowed
+    to differ here too (the layout fields under --reshard)."""
     a, b = flatten(saved), flatten(current)
     safe, refused = [], []
     for key in sorted(set(a) | set(b)):
         old, new = a.get(key, _MISSING), b.get(key, _MISSING)
         if old == new or (isinstance(old, (int, float)) and isinstance(new, (int, float)) and float(old) == float(new)):
             continue
-        (safe if _is_safe(key) else refused).append(f"{key}: {old!r} -> {new!r}")
+        (safe if _is_safe(key) or key in also_safe else refused).append(f"{key}: {old!r} -> {new!r}")
     return safe, refused
 
 
-def check_run_config(step_dir: str, saved: dict | None, current: dict, force: bool, log) -> None:
+def check_run_config(step_dir: str, saved: dict | None, current: dict, force: bool, log,
+                     also_safe: tuple = ()) -> None:
     """Refuse (CheckpointError) or log the differences between the saved and the current run config."""
     if saved is None:
         log(f"{step_dir}: no run_config.json recorded; resuming without the config check")
         return
-    safe, refused = config_differences(saved, current)
+    safe, refused = config_differences(saved, current, also_safe)
     if safe:
         log(f"resuming {step_dir} with changed settings (allowed): " + "; ".join(safe))
     if refused and not force:

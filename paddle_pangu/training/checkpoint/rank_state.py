@@ -132,7 +132,12 @@ def read_rank_files(rank_dir: str, model, optimizer) -> dict:
         raise CheckpointError(f"{path}: unreadable checkpoint state ({str(exc)[:160]})") from None
     model.set_state_dict(_load_tensors(os.path.join(rank_dir, MODEL_FILE)))
     opt_tensors = _load_tensors(os.path.join(rank_dir, OPTIMIZER_FILE))
-    opt_state = join_tensors(state.pop("optimizer"), opt_tensors, path)
+    apply_optimizer_state(model, optimizer, join_tensors(state.pop("optimizer"), opt_tensors, path))
+    return state
+
+
+def apply_optimizer_state(model, optimizer, opt_state: dict) -> None:
+    """Load an optimizer state keyed by structured parameter names (as stored) into `optimizer`."""
     structured_to_unique = {v: k for k, v in _unique_to_structured(model).items()}
     opt_state = rename_optimizer_state(opt_state, structured_to_unique)
     for unique, master in opt_state.get("master_weights", {}).items():
@@ -141,7 +146,6 @@ def read_rank_files(rank_dir: str, model, optimizer) -> dict:
     opt_state = rename_optimizer_state(opt_state, {structured + MASTER: structured_to_unique[structured] + MASTER
                                                    for structured in structured_to_unique})
     optimizer.set_state_dict(opt_state)
-    return state
 
 
 MASTER = ".fp32_master"  # structured name suffix of an fp32 master weight (AMP O2, multi_precision)

@@ -145,27 +145,48 @@ def _prune(root: str, saved_step: int, keep_last: int) -> None:
 
 
 # ---- verify and choose -----------------------------------------------------------------
-def verify_checkpoint(step_dir: str, rank: int | None = None, world: int | None = None) -> dict:
-    """COMPLETE of `step_dir` after checking it and this rank's manifest and files (CheckpointError if not)."""
+def verify_checkpoint(step_dir: str, rank: int | None = None, world: int | None = None,
+                      reshard: bool = False) -> dict:
+    """COMPLETE of `step_dir` after checking it and this rank's manifest and files (CheckpointError if not).
+
+    With `reshard` the checkpoint may come from another process count: this rank checks the old ranks
+    rank, rank + world, ... (so every old rank is checked by exactly one new rank)."""
     cur_rank, cur_world = _world()
     rank = cur_rank if rank is None else rank
     world = cur_world if world is None else world
     complete = read_json(os.path.join(step_dir, COMPLETE), f"{COMPLETE} marker")
     saved_world = complete.get("world_size")
-    if saved_world != world:
-        raise CheckpointError(f"{step_dir}: saved by {saved_world} processes, resuming with {world}; per-rank "
-                              "checkpoints need the same parallel layout (export the final model and reshard instead)")
-    name, algo = rank_dir_name(rank), complete.get("hash", "xxh3_128")
-    manifest_path = os.path.join(step_dir, name, MANIFEST)
-    if not os.path.isfile(manifest_path):
-        raise CheckpointError(f"{manifest_path}: missing")
-    if hash_file(manifest_path, algo)[1] != complete.get("manifests", {}).get(name):
-        raise CheckpointError(f"{manifest_path}: differs from the hash recorded in {COMPLETE}")
+    if saved_world != world and not reshard:
+        raise CheckpointError(f"{step_dir}: saved by {saved_world} processes{_saved_layout(step_dir)}, resuming "
+                              f"with {world}; pass --reshard (checkpoint.reshard: true) to convert it to this "
+                              "layout, or restore the checkpoint's layout")
+    if not isinstance(saved_world, int) or saved_world < 1:
+        raise CheckpointError(f"{step_dir}/{COMPLETE}: world_size {saved_world!r} is not a process count")
+    algo = complete.get("hash", "xxh3_128")
     run_cfg = os.path.join(step_dir, RUN_CONFIG)
     if complete.get("run_config") and (not os.path.isfile(run_cfg) or hash_file(run_cfg, algo)[1] != complete["run_config"]):
         raise CheckpointError(f"{run_cfg}: missing or differs from the hash recorded in {COMPLETE}")
-    verify_rank_dir(os.path.join(step_dir, name), {"step": complete.get("step"), "rank": rank, "world_size": world})
+    for old_rank in (range(rank, saved_world, world) if reshard else [rank]):
+        name = rank_dir_name(old_rank)
+        manifest_path = os.path.join(step_dir, name, MANIFEST)
+        if not os.path.isfile(manifest_path):
+            raise CheckpointError(f"{manifest_path}: missing")
+        if hash_file(manifest_path, algo)[1] != complete.get("manifests", {}).get(name):
+            raise CheckpointError(f"{manifest_path}: differs from the hash recorded in {COMPLETE}")
+        verify_rank_dir(os.path.join(step_dir, name),
+                        {"step": complete.get("step"), "rank": old_rank, "world_size": saved_world})
     return complete
+
+
+def _saved_layout(step_dir: str) -> str:
+    """` (dp1 mp2 pp1 sharding1)` of a checkpoint's recorded run config, or nothing."""
+    from .reshard import layout_text, saved_parallel
+
+    try:
+        par = saved_parallel(step_dir)
+    except CheckpointError:
+        return ""
+    return f" ({layout_text(par)})" if par else ""
 
 
 def _clean_leftovers(root: str) -> None:
@@ -198,20 +219,21 @@ def _read_latest(root: str) -> str | None:
     return text
 
 
-def find_resume_dir(output_dir: str, resume: str | None) -> str | None:
+def find_resume_dir(output_dir: str, resume: str | None, reshard: bool = False) -> str | None:
     """The checkpoint to resume from, verified on every rank.
 
     `none`: None. A path: that checkpoint, or CheckpointError if it is missing or does not
     verify. `auto`: the newest checkpoint under `output_dir` that verifies on every rank;
     newer ones that do not are renamed `*.rejected` and logged with the reason. None if
-    there is no checkpoint at all.
+    there is no checkpoint at all. `reshard`: checkpoints of another process count are verified too
+    (every old rank by one new rank) instead of refused.
     """
     if resume in (None, "", "none"):
         return None
     if resume != "auto":
         if not os.path.isdir(resume):
             raise CheckpointError(f"checkpoint.resume={resume!r}: no such checkpoint directory")
-        reason = _verify_everywhere(resume)
+        reason = _verify_everywhere(resume, reshard)
         if reason:
             raise CheckpointError(f"checkpoint.resume={resume!r} does not verify: {reason}")
         return resume
@@ -224,7 +246,7 @@ def find_resume_dir(output_dir: str, resume: str | None) -> str | None:
     skipped = []
     for step in reversed(_steps(root)):
         step_dir = os.path.join(root, step_dir_name(step))
-        reason = _verify_everywhere(step_dir)
+        reason = _verify_everywhere(step_dir, reshard)
         if reason is None:
             _reject(skipped, latest, step_dir)
             return step_dir
@@ -233,13 +255,13 @@ def find_resume_dir(output_dir: str, resume: str | None) -> str | None:
     return None
 
 
-def _verify_everywhere(step_dir: str) -> str | None:
+def _verify_everywhere(step_dir: str, reshard: bool = False) -> str | None:
     """None if `step_dir` verifies on every rank, else the reason (this rank's, or 'on another rank')."""
     try:
-        verify_checkpoint(step_dir)
+        verify_checkpoint(step_dir, reshard=reshard)
         reason = None
     except CheckpointError as exc:
-        if "processes, resuming with" in str(exc):
+        if "pass --reshard" in str(exc):  # a layout change: the same one-line refusal on every rank
             raise
         reason = str(exc)
     if not _all_ranks_ok(reason is None):
@@ -269,15 +291,36 @@ def _reject(skipped, latest, chosen) -> None:
 
 # ---- load ----------------------------------------------------------------------------
 def load_checkpoint(step_dir: str, model, optimizer, scheduler, scaler=None, run_config: dict | None = None,
-                    force: bool = False) -> dict:
+                    force: bool = False, reshard: bool = False, topo=None, model_config=None) -> dict:
     """Load this rank's shard of a verified checkpoint; returns the saved state after restoring RNGs.
 
-    With `run_config` the saved run config must match (contract.py) unless `force`.
+    With `run_config` the saved run config must match (contract.py) unless `force`. A checkpoint of
+    another dp / mp / pp / sharding layout is refused in one line naming --reshard, or with `reshard` (and
+    `topo`, `model_config`) converted to this layout (reshard.py); then the returned state holds
+    `resharded_from` / `resharded_to` (the two layouts as text).
     """
-    rank, _ = _world()
+    from .reshard import layout_of, layout_text, saved_parallel
+
+    rank, world = _world()
+    saved = os.path.join(step_dir, RUN_CONFIG)
+    saved_cfg = read_json(saved, "run config") if os.path.isfile(saved) else None
+    old_par = saved_parallel(step_dir)
+    new_par = (run_config or {}).get("parallel")
+    old_world = read_json(os.path.join(step_dir, COMPLETE), f"{COMPLETE} marker").get("world_size")
+    changed = old_world != world or (old_par is not None and new_par is not None
+                                     and layout_of(old_par) != layout_of(new_par))
+    if changed and not reshard:
+        was = layout_text(old_par) if old_par else f"{old_world} processes"
+        now = layout_text(new_par) if new_par else f"{world} processes"
+        raise CheckpointError(f"{step_dir}: written by {was}, this run is {now}; pass --reshard "
+                              "(checkpoint.reshard: true) to convert it to this layout, or restore the checkpoint's layout")
+    if changed:
+        if old_par is None or new_par is None or topo is None or model_config is None:
+            raise CheckpointError(f"{step_dir}: no run_config.json recorded, so the layout it was written by is "
+                                  "unknown; --reshard needs it")
+        return _load_resharded(step_dir, old_world, old_par, model, optimizer, scheduler, scaler, saved_cfg,
+                               run_config, force, topo, model_config)
     if run_config is not None:
-        saved = os.path.join(step_dir, RUN_CONFIG)
-        saved_cfg = read_json(saved, "run config") if os.path.isfile(saved) else None
         check_run_config(step_dir, saved_cfg, run_config, force, logger.warning)
     _check_shapes(os.path.join(step_dir, rank_dir_name(rank)), model)
     state = read_rank_files(os.path.join(step_dir, rank_dir_name(rank)), model, optimizer)
@@ -302,3 +345,40 @@ def _check_shapes(rank_dir: str, model) -> None:
     if diffs:
         raise CheckpointError(f"{path}: the model differs from the checkpoint's ({len(diffs)} tensors): "
                               + "; ".join(diffs[:5]))
+
+
+def _load_resharded(step_dir, old_world, old_par, model, optimizer, scheduler, scaler, saved_cfg, run_config, force,
+                    topo, model_config) -> dict:
+    """Convert a checkpoint of another layout into this rank's model and optimizer (reshard.py)."""
+    from .rank_state import apply_optimizer_state, _unique_to_structured
+    from .reshard import (RESHARD_FIELDS, check_pipe_names, check_reshardable, convert_rank_state, layout_text,
+                          param_of, pipe_to_plain, plain_name, read_rank_state, reseed)
+
+    new_par = run_config["parallel"]
+    root = read_rank_state(step_dir)  # old rank 0: step, scheduler, scaler, optimizer skeleton
+    step = int(root["step"])
+    check_reshardable(step_dir, old_par, new_par, step, (root.get("extra") or {}).get("consumed_samples"))
+    check_run_config(step_dir, saved_cfg, run_config, force, logger.warning, also_safe=RESHARD_FIELDS)
+    check_pipe_names(model, model_config)
+    local = model.state_dict()
+    key_of = {pipe_to_plain(plain_name(k), model_config): k for k in local}  # plain name -> this model's key
+    weights, moments, masters = convert_rank_state(step_dir, old_par, old_world, model_config,
+                                                   {n: tuple(local[k].shape) for n, k in key_of.items()},
+                                                   topo.mp_degree, topo.mp_rank, topo.pp_degree, topo.pp_rank)
+    model.set_state_dict({key_of[n]: paddle.to_tensor(a, dtype=local[key_of[n]].dtype) for n, a in weights.items()})
+    structured = {pipe_to_plain(plain_name(s), model_config): s for s in _unique_to_structured(model).values()}
+    params = sorted(structured, key=len, reverse=True)
+    opt_state = {k: v for k, v in (root.get("optimizer") or {}).items()  # non-tensor entries (LR_Scheduler)
+                 if k != "master_weights" and not (isinstance(v, dict) and "__tensor__" in v)}
+    for key, arr in moments.items():
+        name, suffix = param_of(key, params)
+        opt_state[structured[name] + suffix] = paddle.to_tensor(arr)
+    if masters:
+        opt_state["master_weights"] = {structured[n]: paddle.to_tensor(a) for n, a in masters.items()}
+    apply_optimizer_state(model, optimizer, opt_state)
+    scheduler.set_state_dict(root["scheduler"])
+    if scaler is not None and root.get("scaler") is not None:
+        scaler.load_state_dict(root["scaler"])
+    reseed(topo.parallel_config.seed, step, topo)
+    return {**root, "resharded_from": layout_text(old_par), "resharded_to": layout_text(new_par)}
+

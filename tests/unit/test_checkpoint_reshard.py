@@ -1,0 +1,176 @@
+"""The conversion behind `pangu train --reshard` (training/checkpoint/reshard.py) on a hand-built checkpoint.
+
+An old layout of dp1 mp2 sharding2 (4 ranks, fleet's rank order: mp fastest, no coordinates recorded):
+every rank holds its mp shard of every weight (with fleet's `_layers.` prefix), and ZeRO stage 1
+splits the optimizer state by parameter between the two sharding ranks. The converter must find
+each accumulator by parameter name on whichever sharding rank holds it, merge the mp shards through
+the weight table, and cut them for the new layout; beta powers stay [1]; fp32 master weights (AMP O2)
+and the moments keyed by them are cut like their parameter. The expected tensors are
+the full random tensors the checkpoint was cut from (np.split along the table's axis), so any
+mix-up of ranks, axes or accumulators changes the numbers. The end-to-end runs with real processes
+are tests/distributed/test_reshard_resume.py.
+"""
+import json
+import os
+
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+from paddle_pangu.config import get_preset
+from paddle_pangu.config.parallel_config import padded_vocab_size
+from paddle_pangu.errors import CheckpointError
+from paddle_pangu.model.weight_tables import WORD_EMBEDDING, plain_param_shapes, split_axis_for
+from paddle_pangu.training.checkpoint.reshard import check_reshardable, convert_rank_state
+
+CONFIG = get_preset("tiny", num_layers=2, vocab_size=1001, max_position_embeddings=16)
+OLD = {"dp_degree": 1, "mp_degree": 2, "pp_degree": 1, "sharding_degree": 2, "sharding_stage": 1,
+       "global_batch_size": 4}
+ACCUMULATORS = ("_moment1_0", "_moment2_0")
+POWERS = {"_beta1_pow_acc_0": 0.9 ** 4, "_beta2_pow_acc_0": 0.95 ** 4}
+MASTER = ".fp32_master"
+
+
+def _owner(i):
+    """Every third parameter as under AMP O2: an fp32 master weight (`master_weights/<name>`) that owns the
+    moments (`<name>.fp32_master_moment1_0`, rank_state._master_names); the others as in fp32."""
+    return MASTER if i % 3 == 0 else ""
+
+
+def _padded(name, arr, mp):
+    if name == WORD_EMBEDDING and mp > 1:  # vocab-parallel: zero rows up to a size mp divides
+        rows = padded_vocab_size(arr.shape[0], mp)
+        arr = np.concatenate([arr, np.zeros((rows - arr.shape[0], arr.shape[1]), arr.dtype)])
+    return arr
+
+
+def _shard(name, arr, mp, rank):
+    axis = split_axis_for(name)
+    arr = _padded(name, arr, mp)
+    return arr if axis is None or mp == 1 else np.split(arr, mp, axis=axis)[rank]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    names = list(plain_param_shapes(CONFIG))
+    full = {}
+    for name, shape in plain_param_shapes(CONFIG).items():
+        full[name] = rng.standard_normal(shape).astype("float32")
+        for acc in (*ACCUMULATORS, MASTER):
+            full[name + acc] = rng.standard_normal(shape).astype("float32")
+    step_dir = str(tmp_path_factory.mktemp("ckpt") / "step_00000004")
+    for rank in range(4):
+        sharding, mp = divmod(rank, 2)  # fleet's order dp, pp, sharding, mp: mp varies fastest
+        rank_dir = os.path.join(step_dir, f"rank_{rank:05d}")
+        os.makedirs(rank_dir)
+        save_file({"_layers." + n: np.ascontiguousarray(_shard(n, full[n], 2, mp)) for n in names},
+                  os.path.join(rank_dir, "model.safetensors"))
+        optim = {}
+        for i, name in enumerate(names):
+            if i % 2 != sharding:  # ZeRO stage 1: this sharding rank does not own the parameter
+                continue
+            key = "_layers." + name + _owner(i)
+            for acc in ACCUMULATORS:
+                optim[key + acc] = np.ascontiguousarray(_shard(name, full[name + acc], 2, mp))
+            for acc, value in POWERS.items():
+                optim[key + acc] = np.array([value], "float32")
+            if _owner(i):
+                optim["master_weights/_layers." + name] = np.ascontiguousarray(_shard(name, full[name + MASTER],
+                                                                                      2, mp))
+        save_file(optim, os.path.join(rank_dir, "optimizer.safetensors"))
+        with open(os.path.join(rank_dir, "state.json"), "w", encoding="utf-8") as f:
+            json.dump({"step": 4, "extra": {"consumed_samples": 16}}, f)
+    return step_dir, full, names
+
+
+def _local_shapes(names, mp, rank):
+    return {n: _shard(n, np.zeros(plain_param_shapes(CONFIG)[n], "float32"), mp, rank).shape for n in names}
+
+
+@pytest.mark.parametrize("mp,rank", [(1, 0), (2, 1)])  # merged and cut; the same mp: the old shard as it is
+def test_every_shard_and_accumulator_lands_where_the_weight_table_puts_it(checkpoint, mp, rank):
+    step_dir, full, names = checkpoint
+    weights, moments, masters = convert_rank_state(step_dir, OLD, 4, CONFIG, _local_shapes(names, mp, rank), mp, rank)
+    assert sorted(weights) == sorted(names)
+    assert sorted(masters) == sorted(n for i, n in enumerate(names) if _owner(i))
+    assert sorted(moments) == sorted(n + _owner(i) + a for i, n in enumerate(names) for a in (*ACCUMULATORS, *POWERS))
+    for i, name in enumerate(names):
+        np.testing.assert_array_equal(weights[name], _shard(name, full[name], mp, rank), err_msg=name)
+        for acc in ACCUMULATORS:
+            np.testing.assert_array_equal(moments[name + _owner(i) + acc], _shard(name, full[name + acc], mp, rank),
+                                          err_msg=name + acc)
+        for acc, value in POWERS.items():
+            np.testing.assert_array_equal(moments[name + _owner(i) + acc], np.array([value], "float32"))
+        if _owner(i):
+            np.testing.assert_array_equal(masters[name], _shard(name, full[name + MASTER], mp, rank), err_msg=name)
+    if mp == 1:  # the vocab padding of the mp2 shards is dropped
+        assert weights[WORD_EMBEDDING].shape[0] == CONFIG.vocab_size
+
+
+def test_an_accumulator_missing_on_an_old_rank_is_named(checkpoint, tmp_path):
+    import shutil
+
+    from safetensors.numpy import load_file
+
+    step_dir, _, names = checkpoint
+    broken = str(tmp_path / "step_00000004")
+    shutil.copytree(step_dir, broken)
+    path = os.path.join(broken, "rank_00003", "optimizer.safetensors")  # sharding 1, mp 1
+    tensors = load_file(path)
+    gone = next(k for k in tensors if k.endswith("_moment2_0"))
+    del tensors[gone]
+    save_file(tensors, path)
+    with pytest.raises(CheckpointError, match="missing for old mp rank") as err:
+        convert_rank_state(broken, OLD, 4, CONFIG, _local_shapes(names, 1, 0), 1, 0)
+    assert gone[len("_layers."):] in str(err.value)
+
+
+@pytest.mark.parametrize("old,new,words", [
+    ({"global_batch_size": 4}, {"sharding_degree": 2, "sharding_stage": 2, "global_batch_size": 4}, "stage 2"),
+    ({"global_batch_size": 4}, {"dp_degree": 2, "global_batch_size": 8}, "global_batch_size 8"),
+])
+def test_changes_that_cannot_be_converted_are_refused_in_one_line(old, new, words):
+    with pytest.raises(CheckpointError) as err:
+        check_reshardable("ckpt/step_00000004", old, new, 4, 16)
+    message = str(err.value)
+    assert words in message and "\n" not in message and "ckpt/step_00000004" in message
+
+
+def test_a_data_position_that_is_not_step_times_global_batch_is_refused():
+    with pytest.raises(CheckpointError, match="consumed 12 samples"):
+        check_reshardable("ckpt/step_00000004", {"global_batch_size": 4}, {"global_batch_size": 4}, 4, 12)
+    check_reshardable("ckpt/step_00000004", {"mp_degree": 2, "global_batch_size": 4},
+                      {"dp_degree": 2, "global_batch_size": 4}, 4, 16)  # a dp change at the same global batch
+    check_reshardable("ckpt/step_00000004", {"pp_degree": 2, "dp_degree": 2, "global_batch_size": 4},
+                      {"pp_degree": 2, "sharding_degree": 2, "global_batch_size": 4}, 4, 16)  # dp -> sharding at pp2
+    check_reshardable("ckpt/step_00000004", {"pp_degree": 2, "mp_degree": 2, "global_batch_size": 4},
+                      {"mp_degree": 4, "global_batch_size": 4}, 4, 16)  # pp and mp change together
+
+
+def test_pipeline_names_map_to_plain_names_by_layer_index():
+    """PipelineLayer names parameters by the global index of their layer description (modeling_pp.py:
+    0 the shared embedding, 1..num_blocks the blocks, then the final layernorm and the query layer), the
+    same on every stage of every pp layout: the names below are those of a pp2 checkpoint of a 4-layer
+    model (stage 0: 1, 2 and the shared embeddings; stage 1: 3, 4, 5 and the tied word embedding)."""
+    from paddle_pangu.model.weight_tables import TOP_QUERY_EMBEDDING
+    from paddle_pangu.training.checkpoint.reshard import pipe_to_plain
+
+    config = get_preset("tiny", num_layers=4)
+    assert {k: pipe_to_plain(k, config) for k in (
+        "1.attention.k_proj.bias", "3.mlp.fc_out.weight_moment2_0", "4.weight", "5.top_query_embedding.weight",
+        "5.attention.q_proj.weight", "shared_layers.pangu_shared_weight.word_embeddings.weight",
+        "shared_layers.pangu_shared_weight.position_embeddings.weight_beta1_pow_acc_0",
+        "pangu.layers.1.attention.q_proj.bias")} == {
+        "1.attention.k_proj.bias": "pangu.layers.0.attention.k_proj.bias",
+        "3.mlp.fc_out.weight_moment2_0": "pangu.layers.2.mlp.fc_out.weight_moment2_0",
+        "4.weight": "pangu.final_layernorm.weight",
+        "5.top_query_embedding.weight": TOP_QUERY_EMBEDDING,
+        "5.attention.q_proj.weight": "pangu.query_layer.attention.q_proj.weight",
+        "shared_layers.pangu_shared_weight.word_embeddings.weight": WORD_EMBEDDING,
+        "shared_layers.pangu_shared_weight.position_embeddings.weight_beta1_pow_acc_0":
+            "pangu.embeddings.position_embeddings.weight_beta1_pow_acc_0",
+        "pangu.layers.1.attention.q_proj.bias": "pangu.layers.1.attention.q_proj.bias",  # plain already
+    }
+    with pytest.raises(CheckpointError, match="layer index 6"):
+        pipe_to_plain("6.weight", config)
