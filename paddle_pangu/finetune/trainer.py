@@ -148,12 +148,21 @@ def _trainer_class():
       single-process `BatchSampler` draws from the global RNG, which resume restores only after the
       interrupted epoch's order was drawn);
     * `save_total_limit` also rotates checkpoints (3.0.0b4 rotates only when local_rank == 0, and it
-      is -1 in a plain run).
+      is -1 in a plain run);
+    * `unified_checkpoint`: one process loads every file of a checkpoint several processes wrote
+      (`unified.py`; 3.0.0b4 reads only the first).
     """
     from paddle.io import DistributedBatchSampler
     from paddlenlp.trainer import Trainer
 
     class PanGuSFTTrainer(Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if self.args.unified_checkpoint:
+                from .unified import handler_class
+
+                self.unified_checkpoint_handler = handler_class()(self.args)
+
         def _get_train_sampler(self):
             if self.args.world_size > 1 or self.train_dataset is None:
                 return super()._get_train_sampler()
