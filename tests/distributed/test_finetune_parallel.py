@@ -97,21 +97,46 @@ def test_tp2_run_stopped_after_a_checkpoint_resumes_to_the_same_losses(setup, si
         np.testing.assert_allclose(losses(rank_out["history"]), losses(single["history"])[2:], rtol=LOSS_RTOL)
 
 
-@pytest.mark.parametrize("layout", [dict(pipeline_parallel_degree=2), dict(sharding="stage1", sharding_parallel_degree=2)],
-                         ids=["pp2", "sharding2_stage1"])
-def test_pp2_and_sharding_stage1_trainer_equal_one_process(setup, layout):
-    """Both with 2 micro-batches of 2 (pp: accumulate_steps; sharding: 2 replicas of batch 2), so the
-    reference is one process with batch 2 x gradient_accumulation_steps 2 (the same 4 rows per step)."""
+@pytest.fixture(scope="module")
+def ref_acc2(setup):
+    """One process with batch 2 x gradient_accumulation_steps 2: the reference of pp2 and sharding stage1."""
     ref_fields = fields(setup, setup / "ref_acc2", per_device_train_batch_size=2, gradient_accumulation_steps=2,
                         model_name_or_path=str(setup / "base4"))
-    ref = run_finetune(*parse_finetune_args(None, ref_fields))
-    extra = dict(layout, per_device_train_batch_size=2, model_name_or_path=str(setup / "base4"))
-    if "pipeline_parallel_degree" in layout:
-        extra["gradient_accumulation_steps"] = 2
-    name = "pp2" if "pipeline_parallel_degree" in layout else "sharding2"
-    run = launch(WORKER, nproc=2, args=[json.dumps(fields(setup, setup / name, **extra))], timeout=600)
+    return run_finetune(*parse_finetune_args(None, ref_fields))
+
+
+def test_pp2_trainer_equals_one_process(setup, ref_acc2):
+    """2 micro-batches of 2 (accumulate_steps): the same 4 rows per step as the reference."""
+    extra = dict(pipeline_parallel_degree=2, per_device_train_batch_size=2, gradient_accumulation_steps=2,
+                 model_name_or_path=str(setup / "base4"))
+    run = launch(WORKER, nproc=2, args=[json.dumps(fields(setup, setup / "pp2", **extra))], timeout=600)
     for out in run.outputs():
-        np.testing.assert_allclose(losses(out["history"]), losses(ref["history"]), rtol=LOSS_RTOL)
+        np.testing.assert_allclose(losses(out["history"]), losses(ref_acc2["history"]), rtol=LOSS_RTOL)
+
+
+def test_sharding_stage1_equals_one_process_and_resumes_from_its_unified_checkpoint(setup, ref_acc2):
+    """2 replicas of batch 2 = the reference's 4 rows per step; with unified_checkpoint the run saves
+    PaddleNLP's merged format (the optimizer states of both sharding ranks in one index) and a second
+    2-process run resumed from checkpoint-2 repeats steps 3-4 exactly (same processes, same math)."""
+    from paddle_pangu.config import PanGuConfig
+    from paddle_pangu.model.weight_tables import plain_parameter_names
+
+    out = setup / "sharding2"
+    extra = dict(sharding="stage1", sharding_parallel_degree=2, per_device_train_batch_size=2,
+                 model_name_or_path=str(setup / "base4"), unified_checkpoint=True)
+    first = [r["history"] for r in launch(WORKER, nproc=2, args=[json.dumps(fields(setup, out, **extra))],
+                                          timeout=600).outputs()]
+    for history in first:
+        np.testing.assert_allclose(losses(history), losses(ref_acc2["history"]), rtol=LOSS_RTOL)
+    ckpt = out / "checkpoint-2"
+    index = json.loads((ckpt / "optimizer.safetensors.index.json").read_text(encoding="utf-8"))["weight_map"]
+    names = set(plain_parameter_names(PanGuConfig.from_pretrained(str(setup / "base4"))))
+    assert set(json.loads((ckpt / "model.safetensors.index.json").read_text(encoding="utf-8"))["weight_map"]) == names
+    assert {k.split("/")[0] for k in index} == names  # every parameter's moments, whichever rank held them
+    resumed = launch(WORKER, nproc=2, args=[json.dumps(fields(setup, out, **extra, resume_from_checkpoint=str(ckpt)))],
+                     timeout=600).outputs()
+    for history, again in zip(first, resumed):
+        np.testing.assert_array_equal(losses(again["history"]), losses(history)[2:])
 
 
 def test_lora_under_tp2_trains_only_the_adapters(setup):
