@@ -10,7 +10,9 @@ PaddleNLP's own parser). What this module adds around it:
   packing without the document-reset mask, bf16/fp16 on CPU where paddle 3.3.1 neither autocasts
   nor has a bf16 matmul kernel);
 * the data (`data.py`, `examples.py`, `builtin.py`) and its truncation counts in the log;
-* the final save: one plain model directory (tensor-parallel shards merged back).
+* the final save: one plain model directory (tensor-parallel shards merged back);
+* `unified_checkpoint`: PaddleNLP's own save / load, plus the one-process load of a checkpoint that
+  several processes wrote (`unified.py`, docs/FINETUNE.md).
 
 PLATFORM.md: the Paddle team moved LLM work to `paddleformers` (argument names differ, e.g.
 tensor_model_parallel_size); keeping the Trainer here makes a later switch one place.

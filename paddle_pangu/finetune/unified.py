@@ -26,6 +26,7 @@ import os
 from ..errors import CheckpointError
 
 MODEL_INDEX = "model.safetensors.index.json"
+PEFT_INDEX = "peft_model.safetensors.index.json"  # a LoRA run's adapters (PaddleNLP's SAFE_PEFT_WEIGHTS_INDEX_NAME)
 OPTIMIZER_INDEX = "optimizer.safetensors.index.json"
 MASTER_INDEX = "master_weights.safetensors.index.json"
 FP32_MASTER = "fp32_master_0"  # PaddleNLP's suffix of master-weight accumulators (unified_checkpoint/utils.py)
@@ -78,11 +79,14 @@ def load_model_one_process(model, checkpoint: str) -> None:
     import paddle
     from paddlenlp.trainer.unified_checkpoint.utils import get_expected_state_dict
 
-    weight_map = read_index(checkpoint, MODEL_INDEX)
-    expected = get_expected_state_dict(model)  # the trainable / saved parameters, as PaddleNLP keys them
+    from paddlenlp.peft import LoRAModel, PrefixModelForCausalLM
+
+    index_name = PEFT_INDEX if isinstance(model, (LoRAModel, PrefixModelForCausalLM)) else MODEL_INDEX
+    weight_map = read_index(checkpoint, index_name)
+    expected = get_expected_state_dict(model)  # the saved parameters (LoRA: the adapters), as PaddleNLP keys them
     missing = sorted(set(expected) - set(weight_map))
     if missing:
-        raise CheckpointError(f"{os.path.join(checkpoint, MODEL_INDEX)}: no {missing[:3]} "
+        raise CheckpointError(f"{os.path.join(checkpoint, index_name)}: no {missing[:3]} "
                               f"({len(missing)} parameters of the model missing)")
     tensors = read_indexed_tensors(checkpoint, {k: weight_map[k] for k in expected})
     for key, param in expected.items():
