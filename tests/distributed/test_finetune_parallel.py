@@ -139,14 +139,53 @@ def test_sharding_stage1_equals_one_process_and_resumes_from_its_unified_checkpo
         np.testing.assert_array_equal(losses(again["history"]), losses(history)[2:])
 
 
-def test_lora_under_tp2_trains_only_the_adapters(setup):
-    run = launch(WORKER, nproc=2, args=[json.dumps(fields(setup, setup / "tp2_lora", tensor_parallel_degree=2,
-                                                          lora=True, lora_rank=4, learning_rate=1e-2))], timeout=600)
-    for out in run.outputs():
+def test_lora_under_tp2_trains_only_the_adapters_and_its_unified_checkpoint_resumes_on_one_process(setup, tmp_path):
+    """With unified_checkpoint the tp2 LoRA run writes PaddleNLP's peft_model-* files with each adapter
+    merged from the two ranks' shards (exactly); one process resumes from its checkpoint-2 (steps 3-4
+    within LOSS_RTOL of tp2, as everywhere in this module) and `pangu merge-lora` folds the output in."""
+    from safetensors import safe_open
+
+    from paddle_pangu.finetune.lora import merge_lora
+
+    out_dir = setup / "tp2_lora"
+    lora = dict(lora=True, lora_rank=4, learning_rate=1e-2, unified_checkpoint=True)
+    run = launch(WORKER, nproc=2, args=[json.dumps(fields(setup, out_dir, tensor_parallel_degree=2, **lora))],
+                 timeout=600)
+    outs = run.outputs()
+    for out in outs:
         history = losses(out["history"])
         assert len(history) == 4 and history[-1] < history[0], history
         final = out["final"]
         assert any("lora_A" in k for k in final) and any("lora_B" in k and abs(v).max() > 0 for k, v in final.items())
         q_proj = next(v for k, v in final.items() if k.endswith("layers.0.attention.q_proj.weight"))
         np.testing.assert_array_equal(q_proj, out["shards"]["q_proj"])  # the base shard did not move
-    assert (setup / "tp2_lora" / "lora_config.json").exists()
+    assert (out_dir / "lora_config.json").exists()
+    index = json.loads((out_dir / "peft_model.safetensors.index.json").read_text(encoding="utf-8"))["weight_map"]
+    saved = {}
+    for file in set(index.values()):
+        with safe_open(str(out_dir / file), framework="np") as fh:
+            saved.update({k: fh.get_tensor(k) for k in fh.keys()})
+    # column-parallel q_proj: lora_B holds the rank's output columns; row-parallel out_proj: lora_A its input rows
+    for name, axis in (("layers.0.attention.q_proj.lora_B", 1), ("layers.0.attention.out_proj.lora_A", 0),
+                       ("layers.0.attention.q_proj.lora_A", None)):
+        for out in outs:
+            local = next(v for k, v in out["final"].items() if k.endswith(name))
+            full = saved[f"pangu.{name}"]
+            part = full if axis is None else np.split(full, 2, axis=axis)[out["tp_rank"]]
+            np.testing.assert_array_equal(part, local, err_msg=name)
+
+    one = run_finetune(*parse_finetune_args(None, fields(setup, tmp_path / "tp1_lora", **lora,
+                                                         resume_from_checkpoint=str(out_dir / "checkpoint-2"))))
+    np.testing.assert_allclose(losses(one["history"]), losses(outs[0]["history"])[2:], rtol=LOSS_RTOL)
+    merged = merge_lora(str(setup / "base"), str(out_dir), str(tmp_path / "merged"))
+    with safe_open(str(tmp_path / "merged" / "model.safetensors"), framework="np") as fh, \
+            safe_open(str(setup / "base" / "model.safetensors"), framework="np") as base:
+        w = "pangu.layers.0.attention.q_proj.weight"
+        a, b = saved["pangu.layers.0.attention.q_proj.lora_A"], saved["pangu.layers.0.attention.q_proj.lora_B"]
+        scale = 16 / 4  # lora_alpha default 16 / lora_rank 4
+        expected = base.get_tensor(w) + scale * (a @ b)
+        # fp32: a length-4 dot product, a scale and an add, rounded in paddle and again here: 2 x (4 + 2) u
+        # of the magnitudes involved
+        bound = 12 * 2.0 ** -24 * (np.abs(base.get_tensor(w)) + scale * (np.abs(a) @ np.abs(b)))
+        assert (np.abs(fh.get_tensor(w) - expected) <= bound).all(), merged
+        assert not np.array_equal(fh.get_tensor(w), base.get_tensor(w))
