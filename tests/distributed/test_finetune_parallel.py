@@ -1,6 +1,7 @@
 """Fine-tuning through the real PaddleNLP Trainer on 2 real CPU processes (gloo) equals one process:
-tensor parallel 2 (checkpoint split at load, merged at save), and a tp2 run stopped after a
-checkpoint and resumed with resume_from_checkpoint.
+tensor parallel 2 (checkpoint split at load, merged at save), a second tp2 run resumed from the
+first one's checkpoint with resume_from_checkpoint, pp2, sharding stage 1 and LoRA under tp2, the
+last two also with PaddleNLP's unified_checkpoint (docs/FINETUNE.md).
 
 Tolerances: the same fp32 math with the mp all-reduce summing partial products in a different
 order; the per-token loss differences are float32 rounding (~1e-6 relative), and over 4 AdamW steps
@@ -58,13 +59,19 @@ def single(setup):
     return run_finetune(*parse_finetune_args(None, fields(setup, setup / "single")))
 
 
-def test_tp2_trainer_equals_one_process_and_round_trips_the_checkpoint(setup, single):
+@pytest.fixture(scope="module")
+def tp2_outputs(setup):
+    """One tp2 run (4 steps, Trainer checkpoints at 2 and 4): checked against one process, and the
+    checkpoint-2 a second tp2 run resumes from."""
+    return launch(WORKER, nproc=2, args=[json.dumps(fields(setup, setup / "tp2", tensor_parallel_degree=2))],
+                  timeout=600).outputs()
+
+
+def test_tp2_trainer_equals_one_process_and_round_trips_the_checkpoint(setup, single, tp2_outputs):
     from paddle_pangu.model import PanGuForCausalLM
     from paddle_pangu.model.weight_tables import split_state_dict
 
-    run = launch(WORKER, nproc=2, args=[json.dumps(fields(setup, setup / "tp2", tensor_parallel_degree=2))],
-                 timeout=600)
-    outs = run.outputs()
+    outs = tp2_outputs
     ref = losses(single["history"])
     assert len(ref) == 4
     for out in outs:
@@ -86,12 +93,13 @@ def test_tp2_trainer_equals_one_process_and_round_trips_the_checkpoint(setup, si
             np.testing.assert_array_equal(split[name], value, err_msg=name)
 
 
-def test_tp2_run_stopped_after_a_checkpoint_resumes_to_the_same_losses(setup, single):
-    out = setup / "tp2_resume"
-    launch(WORKER, nproc=2, args=[json.dumps(fields(setup, out, tensor_parallel_degree=2)), 2], timeout=600)
-    assert (out / "checkpoint-2").is_dir()
-    run = launch(WORKER, nproc=2, args=[json.dumps(fields(setup, out, tensor_parallel_degree=2,
-                                                          resume_from_checkpoint=str(out / "checkpoint-2")))],
+def test_tp2_run_resumed_from_its_checkpoint_gives_the_same_losses(setup, single, tp2_outputs):
+    """A second tp2 job resumes from the first one's checkpoint-2 (the Trainer's own format, not unified;
+    what a job stopped after step 2 leaves: nothing after the save reaches the checkpoint)."""
+    ckpt = setup / "tp2" / "checkpoint-2"
+    assert ckpt.is_dir() and not (ckpt / "model.safetensors.index.json").exists()
+    run = launch(WORKER, nproc=2, args=[json.dumps(fields(setup, setup / "tp2_resume", tensor_parallel_degree=2,
+                                                          resume_from_checkpoint=str(ckpt)))],
                  timeout=600)
     for rank_out in run.outputs():
         np.testing.assert_allclose(losses(rank_out["history"]), losses(single["history"])[2:], rtol=LOSS_RTOL)
