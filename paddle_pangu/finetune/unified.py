@@ -106,9 +106,10 @@ def load_optimizer_one_process(model, optimizer, checkpoint: str) -> dict:
     from paddlenlp.utils.nested import nested_copy
 
     state = nested_copy(optimizer.state_dict())
+    weight_map = read_index(checkpoint, OPTIMIZER_INDEX)  # a CheckpointError when absent or not an index
     with open(os.path.join(checkpoint, OPTIMIZER_INDEX), encoding="utf-8") as fh:
         has_master = bool(json.load(fh).get("master_weights", False))
-    moments = read_indexed_tensors(checkpoint, read_index(checkpoint, OPTIMIZER_INDEX))
+    moments = read_indexed_tensors(checkpoint, weight_map)
     params = get_expected_state_dict(model)
     static = {k: v.name for k, v in params.items()}  # plain name -> the parameter's static name
     for key, value in moments.items():
