@@ -140,6 +140,10 @@ def handler_class():
                 return super().load_unified_checkpoint(model, resume_from_checkpoint)
             load_model_one_process(model, resume_from_checkpoint)
             print(f"pangu finetune: loaded the unified checkpoint {resume_from_checkpoint} on one process", flush=True)
+            written = sorted(f for f in os.listdir(resume_from_checkpoint) if f.startswith("rng_state"))
+            if "rng_state.pth" not in written:  # the Trainer keeps one RNG file per world size and skips it quietly
+                print(f"pangu finetune: {resume_from_checkpoint} has no one-process RNG state ({', '.join(written) or 'none'}"
+                      "): dropout draws other masks than the run that saved it would have", flush=True)
 
         def load_unified_optimizer(self, model, optimizer, resume_from_checkpoint):
             if paddle.distributed.get_world_size() > 1:
