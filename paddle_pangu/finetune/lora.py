@@ -4,7 +4,8 @@ Targets (`ModelArguments.lora_target_modules`): the attention projections `q_pro
 `v_proj`, `out_proj` and the FFN `fc_in`, `fc_out` of every block and of the query layer. Under
 tensor parallelism PEFT swaps fleet's Column/RowParallelLinear for its parallel LoRA layers (on
 CPU their mp ops run through `parallel/cpu_backend`). Only the adapters train; the Trainer saves
-them as `lora_model_state*.pdparams` + `lora_config.json`.
+them as `lora_model_state*.pdparams` + `lora_config.json` (with `unified_checkpoint`: PaddleNLP's
+`peft_model-0000k-of-0000n.safetensors` + `peft_model.safetensors.index.json`, which PEFT loads too).
 
 `pangu merge-lora --base DIR --lora DIR --output DIR` folds W + (alpha/r) * A @ B into the base
 weights and writes a plain PanGu model directory (config, safetensors, tokenizer).
@@ -52,9 +53,12 @@ def check_adapter_dir(lora: str, what: str) -> None:
     from ..io.model_dir import verify_model_dir
 
     verify_model_dir(lora)
-    weights = [f for f in os.listdir(lora) if f.startswith("lora_model_state") and f.endswith((".pdparams", ".safetensors"))]
+    # lora_model_state*: PEFT's own save; peft_model-0000k-of-0000n.safetensors + index: a unified_checkpoint run's
+    weights = [f for f in os.listdir(lora) if f.startswith(("lora_model_state", "peft_model"))
+               and f.endswith((".pdparams", ".safetensors"))]
     if not weights:
-        raise CheckpointError(f"{what} {lora}: no lora_model_state*.pdparams / .safetensors (the adapter weights); "
+        raise CheckpointError(f"{what} {lora}: no lora_model_state*.pdparams / .safetensors or peft_model-*.safetensors "
+                              "(the adapter weights); "
                               "nothing to merge or load")
 
 

@@ -10,7 +10,9 @@ PaddleNLP's own parser). What this module adds around it:
   packing without the document-reset mask, bf16/fp16 on CPU where paddle 3.3.1 neither autocasts
   nor has a bf16 matmul kernel);
 * the data (`data.py`, `examples.py`, `builtin.py`) and its truncation counts in the log;
-* the final save: one plain model directory (tensor-parallel shards merged back).
+* the final save: one plain model directory (tensor-parallel shards merged back);
+* `unified_checkpoint`: PaddleNLP's own save / load, plus the one-process load of a checkpoint that
+  several processes wrote (`unified.py`, docs/FINETUNE.md).
 
 PLATFORM.md: the Paddle team moved LLM work to `paddleformers` (argument names differ, e.g.
 tensor_model_parallel_size); keeping the Trainer here makes a later switch one place.
@@ -148,12 +150,21 @@ def _trainer_class():
       single-process `BatchSampler` draws from the global RNG, which resume restores only after the
       interrupted epoch's order was drawn);
     * `save_total_limit` also rotates checkpoints (3.0.0b4 rotates only when local_rank == 0, and it
-      is -1 in a plain run).
+      is -1 in a plain run);
+    * `unified_checkpoint`: one process loads every file of a checkpoint several processes wrote
+      (`unified.py`; 3.0.0b4 reads only the first).
     """
     from paddle.io import DistributedBatchSampler
     from paddlenlp.trainer import Trainer
 
     class PanGuSFTTrainer(Trainer):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            if self.args.unified_checkpoint:
+                from .unified import handler_class
+
+                self.unified_checkpoint_handler = handler_class()(self.args)
+
         def _get_train_sampler(self):
             if self.args.world_size > 1 or self.train_dataset is None:
                 return super()._get_train_sampler()
