@@ -345,6 +345,12 @@ def load_engine(model: str, device: str = "cpu", tokenizer: str | None = None, m
     from ..backend import open_backend
 
     stepper, config, tok = open_backend(model, device, tokenizer, threads, weights=weights)
+    if weights in ("int8", "bf16") and hasattr(stepper, "model"):
+        from ..quantize import set_threads
+
+        # the one decode thread runs every request's rows in one batched step, one kernel call at a time:
+        # --threads (0: the math library's, all cores this process may use) is the kernels' whole budget
+        set_threads(stepper.model, threads)
     return Engine(stepper, config, tok, max_batch, max_queue)
 
 
