@@ -335,11 +335,13 @@ def test_bf16_export_matches_dygraph_and_cli_generate_runs_it(tiny_pair, tiny_bf
     np.testing.assert_array_equal(logits, ref[:, -1].numpy())  # same kernel, same inputs, same order
 
     # a prompt whose greedy text differs between bf16 and fp32 (a run in fp32 under a bf16 label would fail)
+    def text(model, p):
+        return generate_text(model, tok, [p], max_new_tokens=8)[0]
+
     prompt = next((p for p in ("北京是中国的", "长江", "今天天气", "我们的", "经济发展", "中国人民")
-                   if generate_text(bf16, tok, [p], max_new_tokens=8) != generate_text(fp32, tok, [p], max_new_tokens=8)),
-                  None)
+                   if text(bf16, p) != text(fp32, p)), None)
     assert prompt is not None, "bf16 = fp32 on every prompt here: untestable"
-    want = generate_text(bf16, tok, [prompt], max_new_tokens=8)[0]
+    want = text(bf16, prompt)
     run = subprocess.run([sys.executable, "-m", "paddle_pangu.cli", "generate", "--model", str(out), "--prompt",
                           prompt, "--max-new-tokens", "8", "--no-stream"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
