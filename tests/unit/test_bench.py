@@ -134,6 +134,24 @@ def test_bench_generate_compare_measures_dynamic_predictor_int8_bf16_and_hf(tmp_
     assert r["bandwidth"]["read_gb_s"] > 0 and r["bandwidth"]["copy_gb_s"] > 0
 
 
+def test_bench_serve_runs_a_bf16_server_beside_offline_decode(tmp_path, capsys):
+    """`pangu bench serve --weights bf16`: a real `pangu serve --weights bf16` subprocess (its log names the
+    flag), the offline decode of the same prompts in the same round, and served / offline from those two."""
+    log = tmp_path / "serve.log"
+    from paddle_pangu.bench import serve_bench
+
+    r = serve_bench.bench_serve("tiny", clients=(1, 2), prompt_len=4, new_tokens=2, rounds=1, max_batch=2,
+                                log_path=str(log), weights=("bf16",))
+    assert r["weights"] == ["bf16"] and [(p["weights"], p["clients"]) for p in r["points"]] == [("bf16", 1), ("bf16", 2)]
+    for p in r["points"]:
+        (served,), (off,) = p["samples"], p["offline"]["samples"]
+        assert 0 < served["tokens"] <= 2 * p["clients"]  # a stop token may end a served row early
+        assert off["tokens_per_s"] == pytest.approx(2 * p["clients"] / off["wall_s"])
+        assert p["served_over_offline"]["median"] == pytest.approx(served["tokens_per_s"] / off["tokens_per_s"])
+    assert "served/offline" in serve_bench.table(r)
+    assert "bf16 weights" in log.read_text()  # the server's banner: it was started with --weights bf16
+
+
 def test_bench_rejects_bad_sizes(capsys):
     assert main(["bench", "train", "--preset", "tiny", "--heads", "5"]) == 2
     assert "not divisible" in capsys.readouterr().err

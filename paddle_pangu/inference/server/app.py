@@ -406,7 +406,7 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "
     app = create_app(engine, name, truncate, api_key, max_body_bytes)
     shown = f"[{host}]" if ":" in host else host
     print(f"pangu serve: {name} (OpenAI API under /v1, web page at /; batch <= {max_batch}, queue <= {max_queue}"
-          f"{', API key required' if api_key else ''})", flush=True)
+          f"{f', {weights} weights' if weights else ''}{', API key required' if api_key else ''})", flush=True)
     print(f"pangu serve: listening on http://{shown}:{bound}", flush=True)
     if port_file:
         tmp = f"{port_file}.{os.getpid()}.tmp"
