@@ -46,6 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-batches", default="1,8", help="generate: comma-separated batch sizes")
     p.add_argument("--no-predictor", action="store_true", help="generate: skip the exported-predictor decode")
     p.add_argument("--clients", default="1,8", help="serve: comma-separated concurrent client counts")
+    p.add_argument("--weights", default="fp32",
+                   help="serve: comma-separated --weights modes (fp32,int8,bf16), one server each, interleaved")
+    p.add_argument("--no-offline", action="store_true",
+                   help="serve: skip the offline batch decode measured beside each client count")
     p.add_argument("--seqs", default="256,512,1024,2048", help="scaling: sequence lengths")
     p.add_argument("--tokens", type=int, default=2048, help="scaling: tokens per step (batch = tokens / seq)")
     p.add_argument("--mb", type=float, default=2.0, help="tokenize: corpus size in MB")
@@ -126,7 +130,9 @@ def _measure(args, target: str, given: dict | None = None) -> dict:
         from .serve_bench import bench_serve
 
         clients = _ints(args.clients, "--clients")
-        return bench_serve(args.preset, clients, args.prompt_len, args.new_tokens, args.rounds, max(clients))
+        weights = [w.strip() for w in args.weights.split(",") if w.strip()]
+        return bench_serve(args.preset, clients, args.prompt_len, args.new_tokens, args.rounds, max(clients),
+                           weights=weights or ["fp32"], offline=not args.no_offline)
     if target == "tokenize":
         return _tokenize(args)
     if target == "data":  # prepare-data, local vs Ray engine (bench/data_bench.py)

@@ -1,6 +1,7 @@
 """Decode benchmark: PanGu with its KV cache (dygraph), the exported Paddle Inference predictor, both again
-with weight-only int8 weights (`--weights int8`), and PyTorch + HF `GPT2LMHeadModel.generate` (fp32, and
-bf16 weights where the CPU has AVX512_BF16) — greedy, same size, same prompt, same new-token count.
+with weight-only int8 weights (`--weights int8`) and with bf16-stored weights (`--weights bf16`: fp32
+arithmetic, half the bytes; any x86 CPU), and PyTorch + HF `GPT2LMHeadModel.generate` (fp32, and bf16
+weights where the CPU has AVX512_BF16) — greedy, same size, same prompt, same new-token count.
 
 Roofline (issue 25): batch-1 decode reads every weight once per step, so a step cannot beat weight bytes /
 memory bandwidth. Per system: `weight_bytes` read per decode step (the linear layers, layernorms and the
@@ -151,7 +152,10 @@ def _with_onednn(stepper, export_dir: str):
     return stepper
 
 
-def _backends(shape: Shape, max_len: int, compare: bool, predictor: bool, tmp: str, int8: bool = True):
+CONVERTED = ("int8", "bf16")  # --weights modes measured beside fp32: systems pangu_<mode>, pangu_predictor_<mode>
+
+
+def _backends(shape: Shape, max_len: int, compare: bool, predictor: bool, tmp: str, converted=CONVERTED):
     """({name: (make_fn, object)}, {name: weight bytes per decode step})."""
     import os
 
@@ -161,11 +165,11 @@ def _backends(shape: Shape, max_len: int, compare: bool, predictor: bool, tmp: s
     model = pangu_model(shape, max_len)
     backends = {"pangu_dynamic": (stepper_fn, DygraphStepper(model, frozen=True))}
     nbytes = {"pangu_dynamic": pangu_weight_bytes(model)}
-    quantized = None
-    if int8:  # the same weights (same seed), quantised once
-        quantized = quantize_model(pangu_model(shape, max_len), "int8")
-        backends["pangu_int8"] = (stepper_fn, DygraphStepper(quantized, frozen=True))
-        nbytes["pangu_int8"] = pangu_weight_bytes(quantized)
+    quantized = {}
+    for mode in converted:  # the same weights (same seed), converted once
+        quantized[mode] = quantize_model(pangu_model(shape, max_len), mode)
+        backends[f"pangu_{mode}"] = (stepper_fn, DygraphStepper(quantized[mode], frozen=True))
+        nbytes[f"pangu_{mode}"] = pangu_weight_bytes(quantized[mode])
     if predictor:
         from ..inference.export import InferenceStepper, export_model
 
@@ -173,11 +177,11 @@ def _backends(shape: Shape, max_len: int, compare: bool, predictor: bool, tmp: s
         backends["pangu_predictor"] = (stepper_fn, InferenceStepper(tmp, threads=bench_threads()))
         backends["predictor_onednn"] = (stepper_fn, _with_onednn(InferenceStepper(tmp, threads=bench_threads()), tmp))
         nbytes["pangu_predictor"] = nbytes["predictor_onednn"] = nbytes["pangu_dynamic"]
-        if quantized is not None:
-            export_model(quantized, os.path.join(tmp, "int8"), weights="int8")
-            backends["pangu_predictor_int8"] = (stepper_fn, InferenceStepper(os.path.join(tmp, "int8"),
-                                                                             threads=bench_threads()))
-            nbytes["pangu_predictor_int8"] = nbytes["pangu_int8"]
+        for mode, q in quantized.items():
+            export_model(q, os.path.join(tmp, mode), weights=mode)
+            backends[f"pangu_predictor_{mode}"] = (stepper_fn, InferenceStepper(os.path.join(tmp, mode),
+                                                                                threads=bench_threads()))
+            nbytes[f"pangu_predictor_{mode}"] = nbytes[f"pangu_{mode}"]
     if compare:
         hf = hf_model(shape, max_len)
         if hf is not None:
@@ -214,7 +218,8 @@ def _one_batch(backends: dict, shape: Shape, batch: int, prompt_len: int, new_to
         systems[name] = s
     ratios = {f"pangu_dynamic/{b}": pair_ratio(full_runs["pangu_dynamic"], full_runs[b]) for b in backends
               if b != "pangu_dynamic"}
-    for pred in ("pangu_predictor", "predictor_onednn", "pangu_int8", "pangu_predictor_int8"):
+    for pred in ("pangu_predictor", "predictor_onednn") + tuple(f"pangu{p}_{m}" for m in CONVERTED
+                                                               for p in ("", "_predictor")):
         if pred in backends:  # against the fp32 dynamic model and HF
             ratios[f"{pred}/pangu_dynamic"] = pair_ratio(full_runs[pred], full_runs["pangu_dynamic"])
             for hf in ("hf_generate", "hf_generate_bf16"):

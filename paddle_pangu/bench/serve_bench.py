@@ -5,6 +5,12 @@ count); per client count and round: first-token latency (request sent -> first t
 clients) and aggregate tokens/s (all completion tokens / wall time of the round). Rounds interleave the
 client counts; the load average is recorded beside each sample. Request loops are bounded (one
 request per client per round) and the server is stopped at the end.
+
+`weights` (`pangu bench serve --weights fp32,int8,bf16`): one server per mode (`pangu serve --weights`), all
+started first and idle while another is measured, the rounds interleaving modes and client counts. With
+`offline` (default), the same round also runs offline batch decode in this process on the same model and
+weights (preset:NAME, seed 0; the same prompt ids at batch N = the client count, N x new tokens, no stop):
+`served / offline` per round is the continuous batcher's cost (HTTP, streaming, scheduling) as a number.
 """
 from __future__ import annotations
 
@@ -23,15 +29,15 @@ from .harness import spread
 START_TIMEOUT_S = 300
 
 
-def start_server(model: str, max_batch: int, log_path: str):
+def start_server(model: str, max_batch: int, log_path: str, weights: str = "fp32"):
     """The server binds port 0 and writes the port it got to --port-file when ready (no find-then-bind race)."""
     import tempfile
 
     port_file = os.path.join(tempfile.mkdtemp(prefix="pangu-bench-serve-"), "port")
-    log = open(log_path, "w")
+    log = open(log_path, "a")
     proc = subprocess.Popen([sys.executable, "-m", "paddle_pangu.cli", "serve", "--model", model, "--host",
-                             "127.0.0.1", "--port", "0", "--port-file", port_file, "--max-batch", str(max_batch)],
-                            stdout=log, stderr=subprocess.STDOUT)
+                             "127.0.0.1", "--port", "0", "--port-file", port_file, "--max-batch", str(max_batch),
+                             "--weights", weights], stdout=log, stderr=subprocess.STDOUT)
     deadline = time.time() + START_TIMEOUT_S
     while time.time() < deadline and proc.poll() is None:
         if os.path.exists(port_file):
@@ -84,34 +90,78 @@ def _round(url: str, prompts: list[str], new_tokens: int, api_key: str | None = 
             "first_token_s": float(np.median([r[0] for r in results])), "load": load}
 
 
-def bench_serve(preset: str = "mini", clients=(1, 8), prompt_len: int = 32, new_tokens: int = 64,
-                rounds: int = 3, max_batch: int = 8, log_path: str | None = None) -> dict:
-    from ..tokenizer import PanGuTokenizer
+def _offline(preset: str, weights: str, texts: list[str], clients, new_tokens: int) -> dict:
+    """{clients: callable} decoding texts[:n] at batch n in this process, the model a server of `weights` runs."""
+    from ..inference.backend import open_backend
+    from .decode_bench import stepper_fn
 
+    stepper, _, tok = open_backend(f"preset:{preset}", weights=weights)
+    ids = [tok.encode_ids(t) for t in texts]
+    return {n: stepper_fn(stepper, ids[:n], new_tokens) for n in clients}
+
+
+def bench_serve(preset: str = "mini", clients=(1, 8), prompt_len: int = 32, new_tokens: int = 64,
+                rounds: int = 3, max_batch: int = 8, log_path: str | None = None, weights=("fp32",),
+                offline: bool = True) -> dict:
+    from ..inference.quantize import check_weights
+    from ..tokenizer import PanGuTokenizer
+    from .harness import sample
+
+    for w in weights:
+        check_weights(w)
     tok = PanGuTokenizer.from_default()
     rng = np.random.default_rng(1)
     texts = [tok.decode_ids(rng.integers(100, 30000, prompt_len).tolist()) for _ in range(max(clients))]
-    proc, url = start_server(f"preset:{preset}", max_batch, log_path or os.devnull)
+    servers = {}
     try:
-        one_request(url, texts[0], 2)  # warm-up
-        samples = {n: [] for n in clients}
+        for w in weights:
+            servers[w] = start_server(f"preset:{preset}", max_batch, log_path or os.devnull, w)
+        local = {w: _offline(preset, w, texts, clients, new_tokens) for w in weights} if offline else {}
+        for w, (_, url) in servers.items():
+            one_request(url, texts[0], 2)  # warm-up
+            for fn in local.get(w, {}).values():
+                fn()
+        samples = {(w, n): [] for w in weights for n in clients}
+        local_samples = {(w, n): [] for w in local for n in clients}
         for _ in range(rounds):
-            for n in clients:
-                samples[n].append(_round(url, texts[:n], new_tokens))
+            for w in weights:
+                for n in clients:
+                    samples[w, n].append(_round(servers[w][1], texts[:n], new_tokens))
+                    if w in local:
+                        s = sample(local[w][n])
+                        s["tokens_per_s"] = n * new_tokens / s["wall_s"]
+                        local_samples[w, n].append(s)
     finally:
-        stop_server(proc)
-    points = [{"clients": n, "tokens_per_s": spread([s["tokens_per_s"] for s in samples[n]]),
-               "first_token_s": spread([s["first_token_s"] for s in samples[n]]),
-               "load": [s["load"] for s in samples[n]], "samples": samples[n]} for n in clients]
+        for proc, _ in servers.values():
+            stop_server(proc)
+    points = []
+    for w in weights:
+        for n in clients:
+            got = samples[w, n]
+            point = {"weights": w, "clients": n, "tokens_per_s": spread([s["tokens_per_s"] for s in got]),
+                     "first_token_s": spread([s["first_token_s"] for s in got]),
+                     "load": [s["load"] for s in got], "samples": got}
+            if (w, n) in local_samples:
+                off = local_samples[w, n]
+                point["offline"] = {"batch": n, "tokens_per_s": spread([s["tokens_per_s"] for s in off]),
+                                    "load": [s["load"] for s in off], "samples": off}
+                # per round, served and offline measured back to back: served tokens/s / offline tokens/s
+                point["served_over_offline"] = spread([a["tokens_per_s"] / b["tokens_per_s"] for a, b in zip(got, off)])
+            points.append(point)
     return {"name": "serve", "config": f"preset:{preset} prompt~{prompt_len} +{new_tokens} greedy, "
-                                       f"max batch {max_batch}", "points": points}
+                                       f"max batch {max_batch}", "weights": list(weights), "points": points}
 
 
 def table(result: dict) -> str:
     lines = [f"serve  {result['config']}  (pangu serve subprocess, streaming clients)"]
     for p in result["points"]:
         tps, ftl = p["tokens_per_s"], p["first_token_s"]
-        lines.append(f"  {p['clients']:>3} clients  {tps['median']:>8.1f} tok/s [{tps['min']:.1f}-{tps['max']:.1f}]"
-                     f"  first token {1000 * ftl['median']:.0f} ms [{1000 * ftl['min']:.0f}-{1000 * ftl['max']:.0f}]"
-                     f"  load {min(p['load']):.1f}-{max(p['load']):.1f}")
+        line = (f"  {p.get('weights', 'fp32'):>4} {p['clients']:>3} clients  {tps['median']:>8.1f} tok/s "
+                f"[{tps['min']:.1f}-{tps['max']:.1f}]  first token {1000 * ftl['median']:.0f} ms "
+                f"[{1000 * ftl['min']:.0f}-{1000 * ftl['max']:.0f}]")
+        if "offline" in p:
+            off, r = p["offline"]["tokens_per_s"], p["served_over_offline"]
+            line += (f"  offline batch {p['offline']['batch']} {off['median']:.1f} tok/s, served/offline "
+                     f"{r['median']:.2f} [{r['min']:.2f}-{r['max']:.2f}]")
+        lines.append(line + f"  load {min(p['load']):.1f}-{max(p['load']):.1f}")
     return "\n".join(lines)

@@ -28,7 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=16, help="sequences per forward pass / prompts per generate call")
     p.add_argument("--weights", choices=("fp32", "int8", "bf16"), default="fp32",
                    help="weight precision of the scoring model on the CPU: int8 = weight-only per-channel int8 "
-                        "(inference.quantize), bf16 only on CPUs with avx512_bf16")
+                        "(inference.quantize), bf16 = weights rounded to bfloat16, fp32 arithmetic")
     p.add_argument("--output", default=None, help="results JSON (a PNG of score vs shots is written beside it)")
     p.add_argument("--log-samples", default=None, help="JSON lines, one per evaluated example")
     p.add_argument("--labels", default=None, help="comma-separated verbalised labels (JSONL tasks)")
@@ -125,7 +125,7 @@ def run(args) -> int:
         raise UsageError("--batch-size and --limit must be >= 1 and --shots >= 0")
     from ..inference.quantize import check_weights, quantize_model
 
-    check_weights(args.weights)  # a refusal (bf16 without avx512_bf16) before anything loads
+    check_weights(args.weights)  # a refusal (int8 / bf16 off the CPU) before anything loads
     from ..inference.cli.generate import launched
     from ..inference.tensor_parallel import launched_world
 

@@ -227,7 +227,8 @@ class InferenceStepper:
         meta = read_meta(export_dir)
         self.dtype = meta.get("dtype", "float32")
         self.weights = meta.get("weights", "fp32")
-        if self.weights == "int8":  # the graphs call pangu_int8_linear: register it before the predictors load
+        if self.weights in ("int8", "bf16"):  # the graphs call pangu_int8_linear / pangu_bf16_linear: register
+            # the custom ops before the predictors load
             from .. import kernels
 
             kernels.load_int8()

@@ -22,7 +22,7 @@ from .native_build import CACHE_ENV, build_lock, cache_root, failure_line
 
 DISABLE_ENV = "PANGU_NO_CPU_KERNELS"
 SOURCE = Path(__file__).with_name("cpu_kernels.cc")
-INT8_SOURCE = Path(__file__).with_name("int8_kernels.cc")  # weight-only int8 decode (issue 25), a library of its own
+INT8_SOURCE = Path(__file__).with_name("int8_kernels.cc")  # int8 / bf16-weight decode (issue 25), a library of its own
 # no -ffast-math (NaN / inf must propagate), no FMA contraction (the reference order of operations);
 # no -march: the AVX2 paths are chosen at run time, so one build serves every x86-64 CPU
 CFLAGS = ["-O3", "-fopenmp", "-ffp-contract=off"]
@@ -178,8 +178,15 @@ def int8_isa() -> tuple[str, str]:
     """(level the int8 kernel runs now, best level of this CPU): PANGU_INT8_ISA forces the first."""
     import paddle
 
-    chosen, best = load_int8().pangu_int8_isa(paddle.zeros([1]))[0].numpy().tolist()
+    chosen, best, _ = load_int8().pangu_int8_isa(paddle.zeros([1]))[0].numpy().tolist()
     return INT8_LEVELS[chosen], INT8_LEVELS[best]
+
+
+def int8_last_threads() -> int:
+    """Threads of the last int8 / bf16 linear call in this process big enough to split (0: none yet)."""
+    import paddle
+
+    return int(load_int8().pangu_int8_isa(paddle.zeros([1]))[0].numpy()[2])
 
 
 def int8_linear(x, qweight, scale, bias, threads: int | None = None):
@@ -193,6 +200,17 @@ def int8_linear(x, qweight, scale, bias, threads: int | None = None):
     if threads is None:
         threads = kernels_threads() if paddle.in_dynamic_mode() else 0
     return load_int8().pangu_int8_linear(x, qweight, scale, bias, int(threads))[0]
+
+
+def bf16_linear(x, weight, bias, threads: int | None = None):
+    """x [..., K] fp32 @ weight [N, K] bfloat16 ^T + bias [N] -> [..., N] fp32: the bf16 weights decoded to fp32
+    exactly (a 16-bit shift), fp32 activations and accumulation. Same dispatch, threads and static-graph use
+    as int8_linear."""
+    import paddle
+
+    if threads is None:
+        threads = kernels_threads() if paddle.in_dynamic_mode() else 0
+    return load_int8().pangu_bf16_linear(x, weight, bias, int(threads))[0]
 
 
 def stream_read(x, threads: int):

@@ -1,5 +1,10 @@
-// Weight-only int8 linear layers for decoding (issue 25), built on first use by
+// Weight-only int8 and bf16-weight linear layers for decoding (issue 25), built on first use by
 // paddle_pangu/kernels/__init__.py (load_int8) through paddle.utils.cpp_extension.
+//
+// bf16 (pangu_bf16_linear): weights stored as bfloat16 bits (rounded to nearest even once at load), decoded
+// to fp32 exactly by a 16-bit shift, fp32 activations and accumulation: y = sum_j x_j bf16(w)_j + b. Same
+// tiles, dispatch and threads as int8 (a template over the weight type); no AVX512_BF16 instruction, so it
+// runs on every x86-64 CPU. vdpbf16ps is not used: it rounds the activations to bf16 as well.
 //
 // Why: batch-1 decode reads every weight once per token, so its speed is bandwidth / weight bytes.
 // int8 weights are a quarter of fp32's bytes. Paddle 3.3.1 has no CPU weight-only kernel
@@ -21,11 +26,14 @@
 //
 // Layout: q [N, K] (one row per output channel, contiguous in K), so a row is one streaming read and
 // the tied head's word embedding [V, H] quantises without a transpose.
+// More than kGemmRows rows of x (prefill): PrefillGemm, blocked over output channels (each weight element
+// is read and decoded once per call, then MKL's GEMM on an L2-sized fp32 block).
 // Threads: rows are split over `threads` OpenMP threads (0 = the runtime's default) when the weight is
 // large enough to amortise a parallel region (>= kParallelBytes of int8); the 40k x H head always is.
 #include <immintrin.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
 #include <vector>
@@ -43,6 +51,9 @@ const char* const kLevelNames[] = {"scalar", "avx2", "avx512"};
 constexpr int64_t kParallelBytes = 1 << 18;  // 256 KiB of int8 weights (512 x 512): below, one thread
 constexpr int64_t kGemmRows = 16;            // more x rows than this: PrefillGemm
 constexpr int64_t kRows = 4;                 // output channels per thread-split block (a multiple of R)
+// the thread count of the last linear call large enough to split (reported by pangu_int8_isa, so a test can
+// see that `pangu serve --threads` reached the kernel)
+std::atomic<int> g_last_threads{0};
 
 int CpuLevel() {
   static const int level = [] {
@@ -68,17 +79,66 @@ int ChosenLevel() {
 }
 
 // ------------------------------------------------------------------------------------------------
+// Weight element types. Both decode to fp32 exactly: int8 by conversion (then the per-channel scale is
+// applied once to the sum), bf16 by a 16-bit left shift of its bits (bf16 is the top half of an fp32, so
+// the shift is the value; no AVX512_BF16 instruction is needed). Wt::kScaled says whether y = s * acc + b
+// (int8) or y = acc + b (bf16, s unused).
+struct I8 {
+  using T = int8_t;
+  static constexpr bool kScaled = true;
+  static float Scalar(T v) { return static_cast<float>(v); }
+  __attribute__((target("avx2,fma"))) static __m256 Load8(const T* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+  __attribute__((target("avx512f,avx512bw,avx512vl"))) static __m512 Load16(const T* p) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+  }
+  __attribute__((target("avx512f,avx512bw,avx512vl"))) static __m512 Load16(const T* p, __mmask16 mask) {
+    return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, p)));
+  }
+};
+
+struct BF16 {
+  using T = uint16_t;  // the bits of a bfloat16: sign, 8 exponent bits, 7 mantissa bits
+  static constexpr bool kScaled = false;
+  static float Scalar(T v) {
+    const uint32_t bits = static_cast<uint32_t>(v) << 16;
+    float f;
+    std::memcpy(&f, &bits, sizeof f);
+    return f;
+  }
+  __attribute__((target("avx2,fma"))) static __m256 Load8(const T* p) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
+  }
+  __attribute__((target("avx512f,avx512bw,avx512vl"))) static __m512 Load16(const T* p) {
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  }
+  __attribute__((target("avx512f,avx512bw,avx512vl"))) static __m512 Load16(const T* p, __mmask16 mask) {
+    const __m512i w = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(w, 16));
+  }
+};
+
+template <class W>
+inline float Finish(const float* s, int64_t i, float acc, const float* b) {
+  if constexpr (W::kScaled) return s[i] * acc + b[i];
+  else return acc + b[i];
+}
+
 // Each kernel computes rows [n0, n1) of y [M, N] for all M rows of x [M, K].
 
-void RowsScalar(const float* x, int64_t m_rows, int64_t k, const int8_t* q, const float* s, const float* b,
+template <class W>
+void RowsScalar(const float* x, int64_t m_rows, int64_t k, const typename W::T* q, const float* s, const float* b,
                 float* y, int64_t n, int64_t n0, int64_t n1) {
   for (int64_t i = n0; i < n1; ++i) {
-    const int8_t* qi = q + i * k;
+    const typename W::T* qi = q + i * k;
     for (int64_t m = 0; m < m_rows; ++m) {
       const float* xm = x + m * k;
       float acc = 0.0f;
-      for (int64_t j = 0; j < k; ++j) acc += xm[j] * static_cast<float>(qi[j]);
-      y[m * n + i] = s[i] * acc + b[i];
+      for (int64_t j = 0; j < k; ++j) acc += xm[j] * W::Scalar(qi[j]);
+      y[m * n + i] = Finish<W>(s, i, acc, b);
     }
   }
 }
@@ -90,18 +150,14 @@ __attribute__((target("avx2,fma"))) inline float Hsum8(__m256 v) {
   return _mm_cvtss_f32(lo);
 }
 
-__attribute__((target("avx2,fma"))) inline __m256 Load8i8(const int8_t* p) {
-  return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-}
-
 // Micro-kernels: rows [i, i + R) of the weight for x rows [m0, m0 + MT). R and MT are compile-time, so the
 // MT x R accumulators live in registers; each weight vector is loaded and converted once and used by the
 // MT x rows (batch > 1 reads the weights once per step, not once per row of x). The next block's rows
 // (R rows further on) are prefetched: with 4 interleaved row streams the hardware prefetcher alone left
 // the 40000 x 512 head at 3 GB/s; with the prefetch and unmasked full-width loads, 20 GB/s on one thread
 // (same process, one after the other, load 4-6: 6.8 ms -> 1.0 ms per call; tools/int8_gemv_micro.py).
-template <int R, int MT>
-__attribute__((target("avx2,fma"))) void Micro256(const float* x, int64_t k, const int8_t* q, const float* s,
+template <class W, int R, int MT>
+__attribute__((target("avx2,fma"))) void Micro256(const float* x, int64_t k, const typename W::T* q, const float* s,
                                                   const float* b, float* y, int64_t n, int64_t i, int64_t m0) {
   __m256 acc[MT][R];
   for (int m = 0; m < MT; ++m)
@@ -110,8 +166,9 @@ __attribute__((target("avx2,fma"))) void Micro256(const float* x, int64_t k, con
   for (int64_t j = 0; j < kv; j += 8) {
     __m256 wv[R];
     for (int t = 0; t < R; ++t) {
-      if ((j & 63) == 0) _mm_prefetch(reinterpret_cast<const char*>(q + (i + t + R) * k + j), _MM_HINT_T0);
-      wv[t] = Load8i8(q + (i + t) * k + j);
+      if (((j * static_cast<int64_t>(sizeof(typename W::T))) & 63) == 0)
+        _mm_prefetch(reinterpret_cast<const char*>(q + (i + t + R) * k + j), _MM_HINT_T0);
+      wv[t] = W::Load8(q + (i + t) * k + j);
     }
     for (int m = 0; m < MT; ++m) {
       const __m256 xv = _mm256_loadu_ps(x + (m0 + m) * k + j);
@@ -121,45 +178,42 @@ __attribute__((target("avx2,fma"))) void Micro256(const float* x, int64_t k, con
   for (int m = 0; m < MT; ++m) {
     const float* xm = x + (m0 + m) * k;
     for (int t = 0; t < R; ++t) {
-      const int8_t* qi = q + (i + t) * k;
+      const typename W::T* qi = q + (i + t) * k;
       float tail = 0.0f;
-      for (int64_t j = kv; j < k; ++j) tail += xm[j] * static_cast<float>(qi[j]);
-      y[(m0 + m) * n + i + t] = s[i + t] * (Hsum8(acc[m][t]) + tail) + b[i + t];
+      for (int64_t j = kv; j < k; ++j) tail += xm[j] * W::Scalar(qi[j]);
+      y[(m0 + m) * n + i + t] = Finish<W>(s, i + t, Hsum8(acc[m][t]) + tail, b);
     }
   }
 }
 
-template <int R>
-__attribute__((target("avx2,fma"))) void Block256(const float* x, int64_t m_rows, int64_t k, const int8_t* q,
+template <class W, int R>
+__attribute__((target("avx2,fma"))) void Block256(const float* x, int64_t m_rows, int64_t k, const typename W::T* q,
                                                   const float* s, const float* b, float* y, int64_t n, int64_t i) {
   int64_t m0 = 0;
-  for (; m0 + 4 <= m_rows; m0 += 4) Micro256<R, 4>(x, k, q, s, b, y, n, i, m0);
+  for (; m0 + 4 <= m_rows; m0 += 4) Micro256<W, R, 4>(x, k, q, s, b, y, n, i, m0);
   switch (m_rows - m0) {
-    case 3: Micro256<R, 3>(x, k, q, s, b, y, n, i, m0); break;
-    case 2: Micro256<R, 2>(x, k, q, s, b, y, n, i, m0); break;
-    case 1: Micro256<R, 1>(x, k, q, s, b, y, n, i, m0); break;
+    case 3: Micro256<W, R, 3>(x, k, q, s, b, y, n, i, m0); break;
+    case 2: Micro256<W, R, 2>(x, k, q, s, b, y, n, i, m0); break;
+    case 1: Micro256<W, R, 1>(x, k, q, s, b, y, n, i, m0); break;
     default: break;
   }
 }
 
-__attribute__((target("avx2,fma"))) void RowsAvx2(const float* x, int64_t m_rows, int64_t k, const int8_t* q,
+template <class W>
+__attribute__((target("avx2,fma"))) void RowsAvx2(const float* x, int64_t m_rows, int64_t k, const typename W::T* q,
                                                   const float* s, const float* b, float* y, int64_t n, int64_t n0,
                                                   int64_t n1) {
   int64_t i = n0;
   if (m_rows == 1) {
-    for (; i + 4 <= n1; i += 4) Block256<4>(x, m_rows, k, q, s, b, y, n, i);
+    for (; i + 4 <= n1; i += 4) Block256<W, 4>(x, m_rows, k, q, s, b, y, n, i);
   } else {
-    for (; i + 2 <= n1; i += 2) Block256<2>(x, m_rows, k, q, s, b, y, n, i);
+    for (; i + 2 <= n1; i += 2) Block256<W, 2>(x, m_rows, k, q, s, b, y, n, i);
   }
-  for (; i < n1; ++i) Block256<1>(x, m_rows, k, q, s, b, y, n, i);
+  for (; i < n1; ++i) Block256<W, 1>(x, m_rows, k, q, s, b, y, n, i);
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vl"))) inline __m512 Load16i8(const int8_t* p, __mmask16 mask) {
-  return _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_maskz_loadu_epi8(mask, p)));
-}
-
-template <int R, int MT>
-__attribute__((target("avx512f,avx512bw,avx512vl"))) void Micro512(const float* x, int64_t k, const int8_t* q,
+template <class W, int R, int MT>
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void Micro512(const float* x, int64_t k, const typename W::T* q,
                                                                   const float* s, const float* b, float* y,
                                                                   int64_t n, int64_t i, int64_t m0) {
   __m512 acc[MT][R];
@@ -169,9 +223,9 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void Micro512(const float* 
   for (int64_t j = 0; j < kv; j += 16) {  // plain loads; the weight rows of the next block are prefetched
     __m512 wv[R];
     for (int t = 0; t < R; ++t) {
-      const int8_t* p = q + (i + t) * k + j;
+      const typename W::T* p = q + (i + t) * k + j;
       _mm_prefetch(reinterpret_cast<const char*>(p + R * k), _MM_HINT_T0);
-      wv[t] = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
+      wv[t] = W::Load16(p);
     }
     for (int m = 0; m < MT; ++m) {
       const __m512 xv = _mm512_loadu_ps(x + (m0 + m) * k + j);
@@ -181,7 +235,7 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void Micro512(const float* 
   if (kv < k) {  // the K tail: masked lanes load 0
     const __mmask16 mask = static_cast<__mmask16>((1u << (k - kv)) - 1);
     __m512 wv[R];
-    for (int t = 0; t < R; ++t) wv[t] = Load16i8(q + (i + t) * k + kv, mask);
+    for (int t = 0; t < R; ++t) wv[t] = W::Load16(q + (i + t) * k + kv, mask);
     for (int m = 0; m < MT; ++m) {
       const __m512 xv = _mm512_maskz_loadu_ps(mask, x + (m0 + m) * k + kv);
       for (int t = 0; t < R; ++t) acc[m][t] = _mm512_fmadd_ps(xv, wv[t], acc[m][t]);
@@ -189,109 +243,112 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) void Micro512(const float* 
   }
   for (int m = 0; m < MT; ++m)
     for (int t = 0; t < R; ++t)
-      y[(m0 + m) * n + i + t] = s[i + t] * _mm512_reduce_add_ps(acc[m][t]) + b[i + t];
+      y[(m0 + m) * n + i + t] = Finish<W>(s, i + t, _mm512_reduce_add_ps(acc[m][t]), b);
 }
 
-template <int R>
+template <class W, int R>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void Block512(const float* x, int64_t m_rows, int64_t k,
-                                                                  const int8_t* q, const float* s, const float* b,
-                                                                  float* y, int64_t n, int64_t i) {
+                                                                  const typename W::T* q, const float* s,
+                                                                  const float* b, float* y, int64_t n, int64_t i) {
   int64_t m0 = 0;
-  for (; m0 + 8 <= m_rows; m0 += 8) Micro512<R, 8>(x, k, q, s, b, y, n, i, m0);
+  for (; m0 + 8 <= m_rows; m0 += 8) Micro512<W, R, 8>(x, k, q, s, b, y, n, i, m0);
   switch (m_rows - m0) {
-    case 7: Micro512<R, 7>(x, k, q, s, b, y, n, i, m0); break;
-    case 6: Micro512<R, 6>(x, k, q, s, b, y, n, i, m0); break;
-    case 5: Micro512<R, 5>(x, k, q, s, b, y, n, i, m0); break;
-    case 4: Micro512<R, 4>(x, k, q, s, b, y, n, i, m0); break;
-    case 3: Micro512<R, 3>(x, k, q, s, b, y, n, i, m0); break;
-    case 2: Micro512<R, 2>(x, k, q, s, b, y, n, i, m0); break;
-    case 1: Micro512<R, 1>(x, k, q, s, b, y, n, i, m0); break;
+    case 7: Micro512<W, R, 7>(x, k, q, s, b, y, n, i, m0); break;
+    case 6: Micro512<W, R, 6>(x, k, q, s, b, y, n, i, m0); break;
+    case 5: Micro512<W, R, 5>(x, k, q, s, b, y, n, i, m0); break;
+    case 4: Micro512<W, R, 4>(x, k, q, s, b, y, n, i, m0); break;
+    case 3: Micro512<W, R, 3>(x, k, q, s, b, y, n, i, m0); break;
+    case 2: Micro512<W, R, 2>(x, k, q, s, b, y, n, i, m0); break;
+    case 1: Micro512<W, R, 1>(x, k, q, s, b, y, n, i, m0); break;
     default: break;
   }
 }
 
+template <class W>
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void RowsAvx512(const float* x, int64_t m_rows, int64_t k,
-                                                                    const int8_t* q, const float* s, const float* b,
-                                                                    float* y, int64_t n, int64_t n0, int64_t n1) {
+                                                                    const typename W::T* q, const float* s,
+                                                                    const float* b, float* y, int64_t n, int64_t n0,
+                                                                    int64_t n1) {
   int64_t i = n0;
   if (m_rows == 1) {  // GEMV: 4 rows share each x load
-    for (; i + 4 <= n1; i += 4) Block512<4>(x, m_rows, k, q, s, b, y, n, i);
+    for (; i + 4 <= n1; i += 4) Block512<W, 4>(x, m_rows, k, q, s, b, y, n, i);
   } else {  // 8 x rows by 2 weight rows: 16 accumulators + 2 weight vectors of the 32 registers
-    for (; i + 2 <= n1; i += 2) Block512<2>(x, m_rows, k, q, s, b, y, n, i);
+    for (; i + 2 <= n1; i += 2) Block512<W, 2>(x, m_rows, k, q, s, b, y, n, i);
   }
-  for (; i < n1; ++i) Block512<1>(x, m_rows, k, q, s, b, y, n, i);
+  for (; i < n1; ++i) Block512<W, 1>(x, m_rows, k, q, s, b, y, n, i);
 }
 
 paddle::Tensor Dense(const paddle::Tensor& t) { return t.is_contiguous() ? t : t.contiguous(); }
 
-// Many rows (prefill: batch x prompt tokens): the weights are converted to fp32 once for the call and MKL's
-// blocked GEMM computes sum_j x_j q_j (exact q in fp32; any summation order is within the same gamma(K + 2)
-// bound), then y = s * acc + b. The register-tiled decode kernel reads x from cache once per two weight
-// rows, which at hundreds of rows was slower than the fp32 GEMM (first token 585 vs 363 ms at batch 8).
-paddle::Tensor PrefillGemm(const paddle::Tensor& x, const paddle::Tensor& qweight, const paddle::Tensor& scale,
-                           const paddle::Tensor& bias, int64_t m_rows, int threads,
-                           const std::vector<int64_t>& out_shape) {
-  const int64_t n = qweight.shape()[0], k = qweight.shape()[1];
-  auto qf = paddle::empty({n, k}, paddle::DataType::FLOAT32, paddle::CPUPlace());
-  const int8_t* qp = qweight.data<int8_t>();
-  float* fp = qf.data<float>();
-  int nt = 1;
+int Threads(int threads) {
 #ifdef _OPENMP
-  nt = threads > 0 ? threads : omp_get_max_threads();
+  return threads > 0 ? threads : omp_get_max_threads();
+#else
+  (void)threads;
+  return 1;
 #endif
-#pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t r = 0; r < n; ++r)
-    for (int64_t j = 0; j < k; ++j) fp[r * k + j] = static_cast<float>(qp[r * k + j]);
-  auto acc = paddle::experimental::matmul(paddle::experimental::reshape(x, {m_rows, k}), qf, false, true);  // [M, N]
+}
+
+// Many rows (prefill: batch x prompt tokens), blocked: the weight is taken kPrefillBlockBytes of fp32 at a
+// time (nb output channels): those nb rows are decoded to fp32 once (each weight element is read once per
+// call, whatever M is) into an L2-sized buffer, MKL's blocked GEMM computes acc [M, nb] = x [M, K] . buf^T
+// (exact decoded weights in fp32: any summation order is within the same gamma bound), then
+// y[:, block] = s * acc + b. The memory of the call is one block (not an fp32 copy of the whole weight, 4x
+// the int8 bytes: 80 MB for a 40000 x 512 head). The register-tiled decode kernel re-reads x from cache
+// per pair of weight rows, which at hundreds of rows was slower than the fp32 GEMM (first token 585 vs 363 ms
+// at batch 8), hence MKL for the arithmetic.
+constexpr int64_t kPrefillBlockBytes = 1 << 20;
+
+template <class W>
+paddle::Tensor PrefillGemm(const paddle::Tensor& x, const typename W::T* qp, const float* sp, const float* bp,
+                           int64_t n, int64_t k, int64_t m_rows, int threads, const std::vector<int64_t>& out_shape) {
+  const int nt = Threads(threads);
+  g_last_threads = nt;
+  const int64_t nb = std::min<int64_t>(n, std::max<int64_t>(16, kPrefillBlockBytes / (4 * k) / 16 * 16));
+  const auto x2 = paddle::experimental::reshape(x, {m_rows, k});  // [M, K]
   auto y = paddle::empty(out_shape, paddle::DataType::FLOAT32, paddle::CPUPlace());
-  const float* a = acc.data<float>();
-  const float* sp = scale.data<float>();
-  const float* bp = bias.data<float>();
   float* yp = y.data<float>();
+  auto buf = paddle::empty({nb, k}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  for (int64_t r0 = 0; r0 < n; r0 += nb) {
+    const int64_t rows = std::min(nb, n - r0);
+    if (rows != nb) buf = paddle::empty({rows, k}, paddle::DataType::FLOAT32, paddle::CPUPlace());
+    float* fp = buf.data<float>();
+    const typename W::T* src = qp + r0 * k;
 #pragma omp parallel for num_threads(nt) schedule(static)
-  for (int64_t m = 0; m < m_rows; ++m)
-    for (int64_t i = 0; i < n; ++i) yp[m * n + i] = sp[i] * a[m * n + i] + bp[i];
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < k; ++j) fp[r * k + j] = W::Scalar(src[r * k + j]);
+    const auto acc = paddle::experimental::matmul(x2, buf, false, true);  // [M, rows]
+    const float* a = acc.data<float>();
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int64_t m = 0; m < m_rows; ++m)
+      for (int64_t c = 0; c < rows; ++c) yp[m * n + r0 + c] = Finish<W>(sp, r0 + c, a[m * rows + c], bp);
+  }
   return y;
 }
 
-}  // namespace
-
-// x [..., K] fp32, qweight [N, K] int8, scale [N] fp32, bias [N] fp32 -> [..., N] fp32
-std::vector<paddle::Tensor> Int8LinearForward(const paddle::Tensor& x_in, const paddle::Tensor& qweight_in,
-                                              const paddle::Tensor& scale, const paddle::Tensor& bias, int threads) {
-  const auto x = Dense(x_in), qweight = Dense(qweight_in);
-  PD_CHECK(x.is_cpu() && qweight.is_cpu() && scale.is_cpu() && bias.is_cpu(), "int8 linear: CPU tensors only");
-  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32, "int8 linear: x must be float32");
-  PD_CHECK(qweight.dtype() == paddle::DataType::INT8, "int8 linear: qweight must be int8");
-  PD_CHECK(scale.dtype() == paddle::DataType::FLOAT32 && bias.dtype() == paddle::DataType::FLOAT32,
-           "int8 linear: scale and bias must be float32");
-  const auto xs = x.shape();
-  PD_CHECK(qweight.shape().size() == 2, "int8 linear: qweight must be [N, K]");
-  const int64_t n = qweight.shape()[0], k = qweight.shape()[1];
-  PD_CHECK(!xs.empty() && xs.back() == k, "int8 linear: x [..., K] with K = ", k, " expected, got last dim ",
-           xs.empty() ? -1 : xs.back());
-  PD_CHECK(scale.numel() == n && bias.numel() == n, "int8 linear: scale and bias must have N = ", n, " entries");
-  auto out_shape = xs;
+// y [M, N] = x [M, K] . dec(w)^T (+ scale) + bias: the shared body of the int8 and bf16 ops.
+template <class W>
+std::vector<paddle::Tensor> LinearForward(const paddle::Tensor& x, const typename W::T* wp, const float* sp,
+                                          const float* bp, int64_t n, int64_t k, int threads) {
+  auto out_shape = x.shape();
   out_shape.back() = n;
-  auto y = paddle::empty(out_shape, paddle::DataType::FLOAT32, paddle::CPUPlace());
   const int64_t m_rows = k ? x.numel() / k : 0;
-  if (m_rows == 0 || n == 0) return {y};
+  if (m_rows == 0 || n == 0) return {paddle::empty(out_shape, paddle::DataType::FLOAT32, paddle::CPUPlace())};
   const int level = ChosenLevel();
-  if (m_rows > kGemmRows) return {PrefillGemm(x, qweight, scale, bias, m_rows, threads, out_shape)};
+  if (m_rows > kGemmRows) return {PrefillGemm<W>(x, wp, sp, bp, n, k, m_rows, threads, out_shape)};
+  auto y = paddle::empty(out_shape, paddle::DataType::FLOAT32, paddle::CPUPlace());
   const float* xp = x.data<float>();
-  const int8_t* qp = qweight.data<int8_t>();
-  const float* sp = scale.data<float>();
-  const float* bp = bias.data<float>();
   float* yp = y.data<float>();
   auto rows = [&](int64_t n0, int64_t n1) {
-    if (level == kAvx512) RowsAvx512(xp, m_rows, k, qp, sp, bp, yp, n, n0, n1);
-    else if (level == kAvx2) RowsAvx2(xp, m_rows, k, qp, sp, bp, yp, n, n0, n1);
-    else RowsScalar(xp, m_rows, k, qp, sp, bp, yp, n, n0, n1);
+    if (level == kAvx512) RowsAvx512<W>(xp, m_rows, k, wp, sp, bp, yp, n, n0, n1);
+    else if (level == kAvx2) RowsAvx2<W>(xp, m_rows, k, wp, sp, bp, yp, n, n0, n1);
+    else RowsScalar<W>(xp, m_rows, k, wp, sp, bp, yp, n, n0, n1);
   };
   int nt = 1;
-#ifdef _OPENMP
-  if (n * k >= kParallelBytes) nt = threads > 0 ? threads : omp_get_max_threads();
-#endif
+  if (n * k * static_cast<int64_t>(sizeof(typename W::T)) >= kParallelBytes) {
+    nt = Threads(threads);
+    g_last_threads = nt;
+  }
   const int64_t blocks = (n + kRows - 1) / kRows;
   nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, blocks)));
   if (nt == 1) {
@@ -310,6 +367,32 @@ std::vector<paddle::Tensor> Int8LinearForward(const paddle::Tensor& x_in, const 
     rows(std::min(n, b0 * kRows), std::min(n, b1 * kRows));
   }
   return {y};
+}
+
+void CheckCommon(const paddle::Tensor& x, const paddle::Tensor& w, const paddle::Tensor& bias, const char* what) {
+  PD_CHECK(x.is_cpu() && w.is_cpu() && bias.is_cpu(), what, ": CPU tensors only");
+  PD_CHECK(x.dtype() == paddle::DataType::FLOAT32, what, ": x must be float32");
+  PD_CHECK(bias.dtype() == paddle::DataType::FLOAT32, what, ": bias must be float32");
+  PD_CHECK(w.shape().size() == 2, what, ": the weight must be [N, K]");
+  const auto xs = x.shape();
+  const int64_t n = w.shape()[0], k = w.shape()[1];
+  PD_CHECK(!xs.empty() && xs.back() == k, what, ": x [..., K] with K = ", k, " expected, got last dim ",
+           xs.empty() ? -1 : xs.back());
+  PD_CHECK(bias.numel() == n, what, ": bias must have N = ", n, " entries");
+}
+
+}  // namespace
+
+// x [..., K] fp32, qweight [N, K] int8, scale [N] fp32, bias [N] fp32 -> [..., N] fp32
+std::vector<paddle::Tensor> Int8LinearForward(const paddle::Tensor& x_in, const paddle::Tensor& qweight_in,
+                                              const paddle::Tensor& scale, const paddle::Tensor& bias, int threads) {
+  const auto x = Dense(x_in), qweight = Dense(qweight_in);
+  CheckCommon(x, qweight, bias, "int8 linear");
+  PD_CHECK(qweight.dtype() == paddle::DataType::INT8, "int8 linear: qweight must be int8");
+  PD_CHECK(scale.is_cpu() && scale.dtype() == paddle::DataType::FLOAT32, "int8 linear: scale must be float32");
+  const int64_t n = qweight.shape()[0], k = qweight.shape()[1];
+  PD_CHECK(scale.numel() == n, "int8 linear: scale must have N = ", n, " entries");
+  return LinearForward<I8>(x, qweight.data<int8_t>(), scale.data<float>(), bias.data<float>(), n, k, threads);
 }
 
 std::vector<std::vector<int64_t>> Int8LinearShape(const std::vector<int64_t>& x, const std::vector<int64_t>& q,
@@ -332,16 +415,51 @@ PD_BUILD_OP(pangu_int8_linear)
     .SetInferShapeFn(PD_INFER_SHAPE(Int8LinearShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(Int8LinearDtype));
 
-// The level pangu_int8_linear would run now (0 scalar, 1 avx2, 2 avx512) as an int32 [2] tensor together
-// with the CPU's best level: lets the tests confirm that forcing PANGU_INT8_ISA really switched the path.
+// x [..., K] fp32, weight [N, K] bfloat16 (bits, round-to-nearest-even from fp32 at load), bias [N] fp32
+// -> [..., N] fp32: fp32 activations, exact bf16 -> fp32 decode, fp32 accumulation (no vdpbf16ps: it would
+// round the activations to bf16 too).
+std::vector<paddle::Tensor> Bf16LinearForward(const paddle::Tensor& x_in, const paddle::Tensor& weight_in,
+                                              const paddle::Tensor& bias, int threads) {
+  const auto x = Dense(x_in), weight = Dense(weight_in);
+  CheckCommon(x, weight, bias, "bf16 linear");
+  PD_CHECK(weight.dtype() == paddle::DataType::BFLOAT16, "bf16 linear: the weight must be bfloat16");
+  const int64_t n = weight.shape()[0], k = weight.shape()[1];
+  return LinearForward<BF16>(x, static_cast<const uint16_t*>(weight.data()), nullptr, bias.data<float>(), n, k,
+                             threads);
+}
+
+std::vector<std::vector<int64_t>> Bf16LinearShape(const std::vector<int64_t>& x, const std::vector<int64_t>& w,
+                                                  const std::vector<int64_t>&) {
+  auto s = x;
+  s.back() = w[0];
+  return {s};
+}
+
+std::vector<paddle::DataType> Bf16LinearDtype(const paddle::DataType& x, const paddle::DataType&,
+                                              const paddle::DataType&) {
+  return {x};
+}
+
+PD_BUILD_OP(pangu_bf16_linear)
+    .Inputs({"X", "Weight", "Bias"})
+    .Outputs({"Out"})
+    .Attrs({"threads: int"})
+    .SetKernelFn(PD_KERNEL(Bf16LinearForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(Bf16LinearShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(Bf16LinearDtype));
+
+// The level pangu_int8_linear would run now (0 scalar, 1 avx2, 2 avx512) as an int32 [3] tensor together
+// with the CPU's best level (lets the tests confirm that forcing PANGU_INT8_ISA really switched the path)
+// and the thread count of the last split linear call (0: none yet).
 std::vector<paddle::Tensor> Int8Isa(const paddle::Tensor& any) {
-  auto out = paddle::empty({2}, paddle::DataType::INT32, paddle::CPUPlace());
+  auto out = paddle::empty({3}, paddle::DataType::INT32, paddle::CPUPlace());
   out.data<int32_t>()[0] = ChosenLevel();
   out.data<int32_t>()[1] = CpuLevel();
+  out.data<int32_t>()[2] = g_last_threads;
   return {out};
 }
 
-std::vector<std::vector<int64_t>> Int8IsaShape(const std::vector<int64_t>&) { return {{2}}; }
+std::vector<std::vector<int64_t>> Int8IsaShape(const std::vector<int64_t>&) { return {{3}}; }
 std::vector<paddle::DataType> Int8IsaDtype(const paddle::DataType&) { return {paddle::DataType::INT32}; }
 
 PD_BUILD_OP(pangu_int8_isa)

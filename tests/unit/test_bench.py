@@ -85,28 +85,33 @@ def test_bench_train_compare_reports_every_system(tmp_path, capsys):
     assert "pangu/hf_gpt2" in capsys.readouterr().out
 
 
-def _decode_weight_bytes(h: int, f: int, layers: int, vocab: int, int8: bool) -> int:
+def _decode_weight_bytes(h: int, f: int, layers: int, vocab: int, mode: str) -> int:
     """Bytes a PanGu decode step reads, from the architecture (REF "block", "query layer", "output head"):
     per layer q/k/v/out [H, H] and fc_in [H, F], fc_out [F, H] with biases, two layernorms; the final
     layernorm; the tied head [V, H]. int8: 1 byte a linear / head weight plus an fp32 scale and bias per
-    output channel (the head's bias is zeros); layernorms fp32. Embedding lookups are not counted."""
-    if int8:
+    output channel (the head's bias is zeros); bf16: 2 bytes a linear / head weight plus an fp32 bias per
+    output channel; layernorms fp32. Embedding lookups are not counted."""
+    if mode == "int8":
         linears = 4 * (h * h + 8 * h) + (h * f + 8 * f) + (f * h + 8 * h)
         head = vocab * h + 8 * vocab
+    elif mode == "bf16":
+        linears = 4 * (2 * h * h + 4 * h) + (2 * h * f + 4 * f) + (2 * f * h + 4 * h)
+        head = 2 * vocab * h + 4 * vocab
     else:
         linears = 4 * (4 * (h * h + h) + (h * f + f) + (f * h + h))
         head = 4 * vocab * h
     return layers * (linears + 4 * 4 * h) + 4 * 2 * h + head
 
 
-def test_bench_generate_compare_measures_dynamic_predictor_int8_and_hf(tmp_path, capsys):
+def test_bench_generate_compare_measures_dynamic_predictor_int8_bf16_and_hf(tmp_path, capsys):
     assert main(["bench", "generate", "--compare", "--preset", "tiny", "--rounds", "1", "--prompt-len", "4",
                  "--new-tokens", "2", "--decode-batches", "2", "--json", "-"]) == 0
     (r,) = json.loads(capsys.readouterr().out)
     (b,) = r["batches"]
     from paddle_pangu.inference.quantize import cpu_has_bf16
 
-    pangu = {"pangu_dynamic", "pangu_predictor", "predictor_onednn", "pangu_int8", "pangu_predictor_int8"}
+    pangu = {"pangu_dynamic", "pangu_predictor", "predictor_onednn", "pangu_int8", "pangu_predictor_int8", "pangu_bf16",
+             "pangu_predictor_bf16"}
     hf = {"hf_generate"} | ({"hf_generate_bf16"} if cpu_has_bf16() else set())
     assert b["batch"] == 2 and set(b["systems"]) == pangu | hf
     for s in b["systems"].values():
@@ -118,14 +123,33 @@ def test_bench_generate_compare_measures_dynamic_predictor_int8_and_hf(tmp_path,
     from paddle_pangu.config import get_preset
 
     c = get_preset("tiny")
-    fp32 = _decode_weight_bytes(c.hidden_size, c.ffn_hidden_size, c.num_layers, c.vocab_size, int8=False)
-    int8 = _decode_weight_bytes(c.hidden_size, c.ffn_hidden_size, c.num_layers, c.vocab_size, int8=True)
+    want_bytes = {m: _decode_weight_bytes(c.hidden_size, c.ffn_hidden_size, c.num_layers, c.vocab_size, m)
+                  for m in ("fp32", "int8", "bf16")}
     for name, s in b["systems"].items():
         if name.startswith("pangu"):
-            assert s["weight_bytes"] == (int8 if "int8" in name else fp32), name
+            mode = "int8" if "int8" in name else "bf16" if "bf16" in name else "fp32"
+            assert s["weight_bytes"] == want_bytes[mode], name
         assert s["achieved_gb_s"] == pytest.approx(s["weight_bytes"] * 2 / s["wall_s"]["median"] / 1e9)
         assert s["roofline_fraction"] == pytest.approx(s["achieved_gb_s"] / r["bandwidth"]["read_gb_s"])
     assert r["bandwidth"]["read_gb_s"] > 0 and r["bandwidth"]["copy_gb_s"] > 0
+
+
+def test_bench_serve_runs_a_bf16_server_beside_offline_decode(tmp_path, capsys):
+    """`pangu bench serve --weights bf16`: a real `pangu serve --weights bf16` subprocess (its log names the
+    flag), the offline decode of the same prompts in the same round, and served / offline from those two."""
+    log = tmp_path / "serve.log"
+    from paddle_pangu.bench import serve_bench
+
+    r = serve_bench.bench_serve("tiny", clients=(1, 2), prompt_len=4, new_tokens=2, rounds=1, max_batch=2,
+                                log_path=str(log), weights=("bf16",))
+    assert r["weights"] == ["bf16"] and [(p["weights"], p["clients"]) for p in r["points"]] == [("bf16", 1), ("bf16", 2)]
+    for p in r["points"]:
+        (served,), (off,) = p["samples"], p["offline"]["samples"]
+        assert 0 < served["tokens"] <= 2 * p["clients"]  # a stop token may end a served row early
+        assert off["tokens_per_s"] == pytest.approx(2 * p["clients"] / off["wall_s"])
+        assert p["served_over_offline"]["median"] == pytest.approx(served["tokens_per_s"] / off["tokens_per_s"])
+    assert "served/offline" in serve_bench.table(r)
+    assert "bf16 weights" in log.read_text()  # the server's banner: it was started with --weights bf16
 
 
 def test_bench_rejects_bad_sizes(capsys):

@@ -9,6 +9,12 @@ and the bias: K + 2 roundings, so with u = 2^-24 and gamma(n) = n u / (1 - n u)
     |y - (x w^T + b)|     <= ACC + s / 2 * sum_j |x_j|                            (QUANT)
 The model-level tests apply ACC to every int8 layer of a real forward pass (hooks on each layer's real
 input), so a wrong mask, row or scale anywhere shows, and check that export and dygraph run the same numbers.
+
+bf16 weights (inference.quantize.bf16_bits, round to nearest even, 8 significant bits): |w - bf16(w)| <= 2^-8 |w|
+(the unit roundoff of 8 significant bits; half an ulp is 2^-8 of the leading power of two).
+Kernel: y = fl(sum_j x_j bf16(w)_j) + b, bf16 -> fp32 exact (a shift): K products, K - 1 additions and the bias,
+    |y - (x bf16(w)^T + b)| <= gamma(K + 1) * (sum_j |x_j bf16(w)_j| + |b|)                 (ACC16)
+    |y - (x w^T + b)|       <= ACC16 + 2^-8 * sum_j |x_j w_j|                              (ROUND16)
 """
 from __future__ import annotations
 
@@ -22,7 +28,8 @@ import pytest
 
 from paddle_pangu import kernels
 from paddle_pangu.errors import CheckpointError, UsageError
-from paddle_pangu.inference.quantize import Int8Head, Int8Linear, check_weights, quantize_model, quantize_rows
+from paddle_pangu.inference.quantize import (BF16_REL, Bf16Head, Bf16Linear, Int8Head, Int8Linear, bf16_bits,
+                                             bf16_values, check_weights, quantize_model, quantize_rows)
 
 U = 2.0 ** -24
 
@@ -69,7 +76,10 @@ def test_quantize_rows_meets_the_half_scale_bound():
 # (M rows of x, K, N): batch 1 (GEMV), small batches and a prefill; K not a multiple of 8 / 16 / 64, N not of 4 / 16;
 # 300 x 1000 is above the kernel's parallel threshold (2^18 int8 weights), so it runs on two threads
 SHAPES = [(1, 77, 37), (1, 64, 48), (3, 130, 19), (8, 200, 61), (16, 33, 5), (1, 300, 1000), (8, 300, 1000),
-          (40, 70, 33)]  # > 16 rows: the prefill path (fp32 copy of q, MKL GEMM, then scale and bias)
+          (40, 70, 33), (17, 130, 77),
+          # > 16 rows: the blocked prefill path (blocks of 864 channels at K = 300 decoded to fp32, MKL GEMM, then
+          # scale and bias): 1000 channels are a full block and a partial one
+          (17, 300, 1000)]
 
 
 @pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
@@ -122,11 +132,81 @@ def test_non_finite_weights_are_refused_by_name():
         Int8Linear(w, None, "blk.fc")
 
 
-def test_bf16_is_refused_without_avx512_bf16():
-    if "avx512_bf16" in kernels.cpu_flags():
-        pytest.fail("this test machine has avx512_bf16: the bf16 path needs its own test here")
-    with pytest.raises(UsageError, match="no avx512_bf16"):
-        check_weights("bf16")
+def test_bf16_bits_round_to_nearest_even_within_the_relative_bound():
+    rng = np.random.default_rng(3)
+    w = (rng.standard_normal(4096) * 10.0 ** rng.uniform(-6, 6, 4096)).astype(np.float32)
+    bits = bf16_bits(w)
+    # Paddle's own fp32 -> bfloat16 cast is an independent implementation of the same rounding
+    np.testing.assert_array_equal(bits, paddle.to_tensor(w).astype("bfloat16").numpy())
+    back = bf16_values(bits).astype(np.float64)
+    assert (np.abs(back - w) <= BF16_REL * np.abs(w.astype(np.float64))).all()
+    # ties go to the even neighbour: 1 + 2^-8 lies halfway between 1 and 1 + 2^-7 (odd last bit) -> 1;
+    # 1 + 3 * 2^-8 lies halfway between 1 + 2^-7 (odd) and 1 + 2^-6 (even) -> 1 + 2^-6
+    ties = np.array([1 + 2.0 ** -8, 1 + 3 * 2.0 ** -8, -(1 + 2.0 ** -8)], np.float32)
+    np.testing.assert_array_equal(bf16_values(bf16_bits(ties)), np.array([1, 1 + 2.0 ** -6, -1], np.float32))
+
+
+# M in {1, 3, 8, 16}: the register tiles; 17 and 40: the blocked prefill path (two blocks at K = 300)
+BF16_SHAPES = [(1, 77, 37), (3, 130, 19), (8, 300, 1000), (16, 33, 5), (17, 300, 1000), (40, 70, 33)]
+
+
+@pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
+def test_bf16_linear_within_the_derived_bound_at_every_level(level, monkeypatch):
+    if level not in _levels():
+        pytest.fail(f"this CPU cannot run the {level} path ({kernels.int8_isa()}); the test machines all have AVX-512")
+    monkeypatch.setenv(kernels.INT8_ISA_ENV, level)
+    assert kernels.int8_isa()[0] == level
+    rng = np.random.default_rng(4)
+    for m, k, n in BF16_SHAPES:
+        w = _weights(rng, n, k)
+        bits = bf16_bits(w)
+        b = (rng.standard_normal(n) * 3).astype(np.float32)
+        x = (rng.standard_normal((m, k)) * 2).astype(np.float32)
+        y = kernels.bf16_linear(paddle.to_tensor(x), paddle.to_tensor(bits), paddle.to_tensor(b), threads=2).numpy()
+        assert y.shape == (m, n) and y.dtype == np.float32
+        x64, wb, w64 = x.astype(np.float64), bf16_values(bits).astype(np.float64), w.astype(np.float64)
+        acc = gamma(k + 1) * (np.abs(x64) @ np.abs(wb).T + np.abs(b))
+        err = np.abs(y - (x64 @ wb.T + b))
+        assert (err <= acc).all(), (level, m, k, n, err.max())
+        assert (np.abs(y - (x64 @ w64.T + b)) <= acc + BF16_REL * (np.abs(x64) @ np.abs(w64).T)).all(), (level, m, k, n)
+
+
+def test_kernel_threads_follow_the_argument():
+    """The thread count a split call ran with is the one asked for (serve's --threads reaches the kernel)."""
+    rng = np.random.default_rng(6)
+    q, s = quantize_rows(_weights(rng, 1000, 300))  # 300 000 int8 >= the 2^18 split threshold
+    args = [paddle.to_tensor(a) for a in (q, s, np.zeros(1000, np.float32))]
+    for t in (1, 2, 1):
+        kernels.int8_linear(paddle.to_tensor(rng.standard_normal((1, 300)).astype(np.float32)), *args, threads=t)
+        assert kernels.int8_last_threads() == t
+
+
+def test_serve_threads_reach_the_kernel():
+    """`pangu serve --threads N` (load_engine's threads): the engine's bf16 layers split on N threads, not on the
+    math library's default (N is chosen unequal to it)."""
+    from paddle_pangu.inference.server.app import load_engine
+
+    threads = kernels.threads() + 1
+    stepper = load_engine("preset:tiny", threads=threads, weights="bf16").stepper
+    head = stepper.model.quantized_head
+    assert head.threads == threads and int(np.prod(head.weight.shape)) * 2 >= 2 ** 18  # large enough to split
+    ids = np.array([[11, 12, 13]], "int64")
+    stepper(ids, np.arange(3)[None], np.ones_like(ids), None)
+    assert kernels.int8_last_threads() == threads
+
+
+def test_converted_weights_are_refused_off_the_cpu_and_non_finite_ones_by_name():
+    for weights in ("int8", "bf16"):
+        with pytest.raises(UsageError, match=f"--weights {weights} is a CPU decode mode"):
+            check_weights(weights, "gpu")
+    check_weights("bf16")  # no AVX512_BF16 needed
+    w = np.ones((8, 4), np.float32)
+    w[2, 1] = np.inf
+    with pytest.raises(CheckpointError, match="blk.fc.weight: 1 non-finite value.*bf16"):
+        Bf16Linear(w, None, "blk.fc")
+    w[2, 1] = 3.4e38  # finite in fp32, beyond bf16's largest finite value (rounds to inf)
+    with pytest.raises(CheckpointError, match="beyond bfloat16's range"):
+        Bf16Linear(w, None, "blk.fc")
 
 
 @pytest.fixture(scope="module")
@@ -148,6 +228,15 @@ def tiny_pair():
     int8.set_state_dict(fp32.state_dict())
     quantize_model(int8)
     return fp32, int8
+
+
+@pytest.fixture(scope="module")
+def tiny_bf16(tiny_pair):
+    from paddle_pangu.model import PanGuForCausalLM
+
+    bf16 = PanGuForCausalLM(tiny_pair[0].config)
+    bf16.set_state_dict(tiny_pair[0].state_dict())
+    return quantize_model(bf16, "bf16")
 
 
 def test_every_int8_layer_of_a_forward_pass_is_within_the_bound(tiny_pair):
@@ -180,6 +269,83 @@ def test_every_int8_layer_of_a_forward_pass_is_within_the_bound(tiny_pair):
     emb = fp32.get_input_embeddings().weight.numpy().astype(np.float64)
     head = int8.quantized_head.dequantized()
     assert (np.abs(head - emb) <= int8.quantized_head.scale.numpy()[:, None] / 2 * (1 + 1e-12)).all()
+
+
+def test_every_bf16_layer_of_a_forward_pass_is_within_the_bound(tiny_pair, tiny_bf16):
+    fp32, bf16 = tiny_pair[0], tiny_bf16
+    layers = [m for m in bf16.sublayers() if isinstance(m, Bf16Linear)]
+    assert sum(isinstance(m, Bf16Head) for m in layers) == 1 and len(layers) == 6 * bf16.config.num_layers + 1
+    assert not [m for m in bf16.sublayers() if type(m) is paddle.nn.Linear]
+    assert all(m.weight.dtype == paddle.bfloat16 for m in layers)  # 2 bytes a weight held, not a relabelled fp32
+    seen = []
+
+    def check(layer, inputs, output):
+        x = inputs[0].numpy().reshape(-1, layer.weight.shape[1]).astype(np.float64)
+        y = output.numpy().reshape(x.shape[0], -1)
+        wb, b = layer.dequantized(), layer.bias.numpy().astype(np.float64)
+        acc = gamma(x.shape[1] + 1) * (np.abs(x) @ np.abs(wb).T + np.abs(b))
+        assert (np.abs(y - (x @ wb.T + b)) <= acc).all(), type(layer).__name__
+        seen.append(layer)
+
+    hooks = [m.register_forward_post_hook(check) for m in layers]
+    ids = paddle.to_tensor([[6, 6, 101, 202, 303, 404], [11, 12, 13, 14, 15, 16]])
+    mask = paddle.to_tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    with paddle.no_grad():
+        logits = bf16(ids, attention_mask=mask)
+        ref = fp32(ids, attention_mask=mask)
+    for h in hooks:
+        h.remove()
+    assert len(seen) == len(layers)
+    assert logits.shape == ref.shape and not np.array_equal(logits.numpy(), ref.numpy())
+    emb = fp32.get_input_embeddings().weight.numpy()
+    np.testing.assert_array_equal(bf16.quantized_head.weight.numpy(), bf16_bits(emb))  # the head is bf16(embedding)
+
+
+def test_bf16_export_matches_dygraph_and_cli_generate_runs_it(tiny_pair, tiny_bf16, tmp_path):
+    """A bf16 export runs the same custom kernel in the predictor (so it works on any x86 CPU): 2 bytes a
+    linear weight in the .pdiparams, the predictor's logits equal the dygraph bf16 model's bit for bit, and
+    `pangu generate --model EXPORT` in a fresh process (which must register the op before the predictor
+    loads) prints the dygraph bf16 model's text. `--weights bf16` on a model directory through the CLI:
+    tests/integration/test_serve_int8.py (pangu serve)."""
+    from paddle_pangu.inference.export import InferenceStepper, export_model
+    from paddle_pangu.inference.generation import generate_text
+    from paddle_pangu.inference.loading import load_tokenizer
+    from paddle_pangu.model import PanGuForCausalLM
+
+    fp32, bf16 = tiny_pair[0], tiny_bf16
+    model_dir, out = tmp_path / "model", tmp_path / "export"
+    fp32.save_pretrained(str(model_dir))
+    tok = load_tokenizer("preset:tiny")
+    assert export_model(PanGuForCausalLM.from_pretrained(str(model_dir)), str(out), weights="bf16")["weights"] == "bf16"
+    tok.save_pretrained(str(out))
+    assert "pangu_bf16_linear" in (out / "decode.json").read_text()
+    linear = sum(int(np.prod(m.weight.shape)) for m in bf16.sublayers() if isinstance(m, Bf16Linear))
+    rest = sum(int(np.prod(p.shape)) for p in bf16.parameters()) + sum(
+        int(np.prod(m.bias.shape)) for m in bf16.sublayers() if isinstance(m, Bf16Linear))
+    size = os.path.getsize(out / "decode.pdiparams")
+    assert 2 * linear + 4 * rest <= size < 3 * linear + 4 * rest  # < 3: an fp32 copy would add 4 bytes a weight
+    stepper = InferenceStepper(str(out))
+    assert stepper.weights == "bf16"
+    ids = np.array([[6, 6, 101, 202, 303, 404, 505], [11, 12, 13, 14, 15, 16, 17]], "int64")
+    mask = (ids != 6).astype("int64")
+    pos = np.clip(np.cumsum(mask, 1) - 1, 0, None)
+    logits, _ = stepper(ids, pos, mask, None)
+    with paddle.no_grad():
+        ref = bf16(paddle.to_tensor(ids), position_ids=paddle.to_tensor(pos), attention_mask=paddle.to_tensor(mask))
+    np.testing.assert_array_equal(logits, ref[:, -1].numpy())  # same kernel, same inputs, same order
+
+    # a prompt whose greedy text differs between bf16 and fp32 (a run in fp32 under a bf16 label would fail)
+    def text(model, p):
+        return generate_text(model, tok, [p], max_new_tokens=8)[0]
+
+    prompt = next((p for p in ("北京是中国的", "长江", "今天天气", "我们的", "经济发展", "中国人民")
+                   if text(bf16, p) != text(fp32, p)), None)
+    assert prompt is not None, "bf16 = fp32 on every prompt here: untestable"
+    want = text(bf16, prompt)
+    run = subprocess.run([sys.executable, "-m", "paddle_pangu.cli", "generate", "--model", str(out), "--prompt",
+                          prompt, "--max-new-tokens", "8", "--no-stream"], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip().splitlines()[-1] == prompt + want
 
 
 def test_int8_export_and_dygraph_agree_and_cli_runs_it_in_a_fresh_process(tiny_pair, tmp_path):

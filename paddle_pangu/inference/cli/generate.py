@@ -30,8 +30,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
 def add_weights_argument(p: argparse.ArgumentParser, default: str | None = None) -> None:
     p.add_argument("--weights", choices=WEIGHTS, default=default,
                    help="weight precision for CPU decoding: fp32, int8 (weight-only, per-channel, quantised once at "
-                        "load) or bf16 (CPUs with avx512_bf16); an export directory runs the weights it was "
-                        "exported with")
+                        "load) or bf16 (rounded to bfloat16 once at load, fp32 arithmetic, any x86-64 CPU); an export "
+                        "directory runs the weights it was exported with")
 
 
 def add_nproc_arguments(p: argparse.ArgumentParser) -> None:

@@ -345,6 +345,12 @@ def load_engine(model: str, device: str = "cpu", tokenizer: str | None = None, m
     from ..backend import open_backend
 
     stepper, config, tok = open_backend(model, device, tokenizer, threads, weights=weights)
+    if weights in ("int8", "bf16") and hasattr(stepper, "model"):
+        from ..quantize import set_threads
+
+        # the one decode thread runs every request's rows in one batched step, one kernel call at a time:
+        # --threads (0: the math library's, all cores this process may use) is the kernels' whole budget
+        set_threads(stepper.model, threads)
     return Engine(stepper, config, tok, max_batch, max_queue)
 
 
@@ -407,7 +413,7 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "
     app = create_app(engine, name, truncate, api_key, max_body_bytes)
     shown = f"[{host}]" if ":" in host else host
     print(f"pangu serve: {name} (OpenAI API under /v1, web page at /; batch <= {max_batch}, queue <= {max_queue}"
-          f"{', API key required' if api_key else ''})", flush=True)
+          f"{f', {weights} weights' if weights else ''}{', API key required' if api_key else ''})", flush=True)
     print(f"pangu serve: listening on http://{shown}:{bound}", flush=True)
     if port_file:
         tmp = f"{port_file}.{os.getpid()}.tmp"
