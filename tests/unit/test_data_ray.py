@@ -10,7 +10,6 @@ keeping every other shard's documents.
 """
 import gzip
 import json
-import pickle
 
 import pytest
 
@@ -98,16 +97,17 @@ def test_corrupt_gzip_is_reported_and_other_shards_kept(both):
 
 
 def test_a_shard_whose_task_raises_is_reported_alone(corpus, tmp_path):
-    """Error path, in-process: a shard spec the reader cannot open (a directory) fails with its file."""
-    from paddle_pangu.data.ray_engine import _scan_shard
+    """Error path, in-process: a shard spec the reader cannot open (a directory) fails with its file, and
+    leaves no scan record (a resumed run scans it again)."""
+    from paddle_pangu.data.ray_engine import _scan_task
 
     work = tmp_path / "work"
     work.mkdir()
-    cfg = _cfg(corpus, tmp_path / "x")
-    row = _scan_shard({"shard": 0, "spec": str(corpus), "cfg": pickle.dumps(cfg), "work_dir": str(work)})
-    stats = pickle.loads(row["stats"])
-    assert stats["error"].startswith("IsADirectoryError") and row["n_read"] == 0
+    record = _scan_task(_cfg(corpus, tmp_path / "x"), 0, str(corpus), str(work))
+    assert record["error"].startswith("IsADirectoryError") and record["n_read"] == 0
+    assert json.loads(json.dumps(record)) == record  # the shard's stats travel as JSON, not pickles
     assert (work / "00000.jsonl").read_text() == ""  # no partial survivors reach tokenization
+    assert not (work / "00000.scan.json").exists()
 
 
 def test_engine_flags_are_checked(corpus, tmp_path, capsys):
