@@ -50,6 +50,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -61,29 +62,40 @@ from .cleaning import Cleaner, clean_chunk
 from .dedup import DedupResult, MinHashDeduplicator, clusters_from_pairs, minhash_values
 from .indexed_dataset import IndexedDataset, IndexedDatasetBuilder, dtype_for_vocab
 from .manifest import commit_dir, partial_dir, sha256_file, write_manifest
-from .readers import list_input_files, read_file
+from .readers import byte_ranges, list_input_files, parse_range_spec, read_file, splittable
 from .stats import IssueLog, PipelineStats, StageStats
 
 logger = logging.getLogger(__name__)
 
 
-def shard_specs(inputs) -> list[str]:
-    """One shard per input file (directories expanded, sorted as the local reader does) or builtin spec."""
+def shard_specs(inputs, reader=None, shard_mb: float | None = None) -> list[str]:
+    """One shard per input file (directories expanded, sorted as the local reader does) or builtin spec; an
+    uncompressed file larger than `shard_mb` whose documents never span lines is cut into byte ranges at
+    line ends (`readers.byte_ranges`), so several workers share it and each holds one range at a time."""
     out: list[str] = []
     for spec in inputs:
-        out += [str(spec)] if str(spec).startswith(BUILTIN_PREFIX) else [str(f) for f in list_input_files(spec)]
+        if str(spec).startswith(BUILTIN_PREFIX):
+            out.append(str(spec))
+            continue
+        for f in list_input_files(spec):
+            if shard_mb and reader is not None and splittable(f, reader) and f.stat().st_size > shard_mb * 1e6:
+                out += [r.spec(f) for r in byte_ranges(f, max(1, int(shard_mb * 1e6)))]
+            else:
+                out.append(str(f))
     return out
 
 
 def _shard_documents(spec: str, cfg, issues: IssueLog):
     if spec.startswith(BUILTIN_PREFIX):
         return read_builtin(spec, issues)
-    return read_file(Path(spec), cfg.reader, issues)
+    path, span = parse_range_spec(spec)
+    return read_file(path, cfg.reader, issues, span=span)
 
 
 SHARD_ATTEMPTS = 3  # a shard whose task raises or dies is submitted again, at most this many times in all
 FAULT_ENV = "PANGU_RAY_TEST_FAULT"  # tests only: "<stage>:<shard>:<times>[:exit][,...]": that shard's task
-#                                     raises (or, with ":exit", kills its worker process) on its first <times> attempts
+#   raises (or, with ":exit", kills its worker process) on its first <times> attempts; "driver:<stage>:<n>": the
+#   driver SIGKILLs itself once <n> shards of <stage> are done (a driver that dies, deterministically)
 _KEY_SEEDS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F)  # the two halves of a 128-bit band key
 
 
@@ -342,7 +354,10 @@ def _run_shards(ray, stage: str, todo: list[int], submit, shards: list[str], sta
     of a shard whose last attempt failed (or raises). Returns {k: result}."""
     pending = {submit(k, 0): (k, 0) for k in todo}
     out = {}
+    kill_at = [int(f.split(":")[2]) for f in os.environ.get(FAULT_ENV, "").split(",") if f.startswith(f"driver:{stage}:")]
     while pending:
+        if kill_at and len(out) >= kill_at[0]:
+            os.kill(os.getpid(), signal.SIGKILL)  # the test hook: a driver killed mid-run
         done, _ = ray.wait(list(pending), num_returns=1)
         k, attempt = pending.pop(done[0])
         try:
@@ -576,7 +591,7 @@ def _resume_key(cfg, shards: list[str]) -> dict:
     snap = {k: v for k, v in _config_snapshot(cfg).items() if k not in _NOT_OUTPUT}
     inputs = []
     for spec in shards:
-        path = Path(spec)
+        path = parse_range_spec(spec)[0]
         st = path.stat() if not spec.startswith(BUILTIN_PREFIX) and path.exists() else None
         inputs.append([spec, st.st_size if st else None, st.st_mtime_ns if st else None])
     return json.loads(json.dumps({"engine": "ray", "config": snap, "inputs": inputs}, default=str))
@@ -620,7 +635,7 @@ def run_pipeline_ray(cfg, model=None, address: str | None = None) -> PipelineSta
         raise FileExistsError(f"{final} exists; pass --overwrite to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
     ray = _connect(address, cfg.num_workers or default_num_workers())
-    shards = shard_specs(cfg.inputs)
+    shards = shard_specs(cfg.inputs, cfg.reader, cfg.shard_mb)
     tmp = _partial_for(final, _resume_key(cfg, shards))
     stats = PipelineStats()
     for name in ("read",) + tuple(s for s in STAGES if s in cfg.stages):
