@@ -322,10 +322,15 @@ def _pass_tokenize(cfg, records: Iterator[dict], tmp: Path, stats: PipelineStats
     return lengths, codec
 
 
-def _split_summary(cfg: PipelineConfig, lengths: list[int]) -> dict:
-    parts = split_documents(len(lengths), cfg.split, cfg.split_seed) if lengths else [[] for _ in cfg.split]
+def _split_summary(cfg: PipelineConfig, lengths) -> dict:
+    """Documents and tokens of each split; `lengths` a list or an int64 array (the Ray driver's)."""
+    import numpy as np
+
+    lengths = np.asarray(lengths, np.int64)
+    parts = split_documents(len(lengths), cfg.split, cfg.split_seed) if len(lengths) else [[] for _ in cfg.split]
     names = DEFAULT_SPLIT_NAMES if len(cfg.split) == 3 else [f"split{i}" for i in range(len(cfg.split))]
-    return {n: {"documents": len(p), "tokens": int(sum(lengths[i] for i in p))} for n, p in zip(names, parts)}
+    return {n: {"documents": len(p), "tokens": int(lengths[np.asarray(p, np.int64)].sum())}
+            for n, p in zip(names, parts)}
 
 
 def _write_reports(out: Path, stats: PipelineStats) -> None:
@@ -373,13 +378,21 @@ def warn_undecodable(cfg, stats: PipelineStats) -> None:
                        bad, total, 100 * bad / total, cfg.reader.encoding, first.get("file"), first.get("line"))
 
 
-def _finish_dataset(cfg, tmp: Path, stats: PipelineStats, lengths: list[int], codec) -> None:
+def splits_total(lengths) -> int:
+    """Sum of a list or an int64 array of document lengths (numpy's sum: no Python int per element)."""
+    import numpy as np
+
+    return int(np.asarray(lengths, np.int64).sum())
+
+
+def _finish_dataset(cfg, tmp: Path, stats: PipelineStats, lengths, codec) -> None:
     check_not_empty(cfg, stats, len(lengths))
     splits = _split_summary(cfg, lengths)
-    stats.summary.update(documents=len(lengths), tokens=int(sum(lengths)), splits=splits)
+    total = int(splits_total(lengths))
+    stats.summary.update(documents=len(lengths), tokens=total, splits=splits)
     _write_reports(tmp, stats)
     write_manifest(tmp, {
-        "prefix": cfg.name, "num_documents": len(lengths), "num_tokens": int(sum(lengths)),
+        "prefix": cfg.name, "num_documents": len(lengths), "num_tokens": total,
         "dtype": str(dtype_for_vocab(codec.vocab_size).__name__), "vocab_size": codec.vocab_size,
         "vocab_file": str(codec.vocab_file), "vocab_sha256": sha256_file(codec.vocab_file),
         "separator_id": cfg.separator_id, "split": list(cfg.split), "split_names": list(splits),

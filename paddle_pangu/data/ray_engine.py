@@ -289,8 +289,9 @@ def _verify(candidates: np.ndarray, scans: dict, offsets: dict, work: Path, thre
     if not verify:
         return [(int(a), int(b)) for a, b in candidates]
     sig_of: dict = {}
-    starts = sorted(offsets.values())
-    shard_at = {offsets[k]: k for k in offsets}
+    # shards with survivors only: an empty (or failed) shard has the same offset as the next one
+    shard_at = {offsets[k]: k for k in sorted(offsets) if len(scans[k]["ids"])}
+    starts = sorted(shard_at)
     wanted = np.unique(candidates)
     for doc in wanted.tolist():
         k = shard_at[starts[int(np.searchsorted(starts, doc, side="right")) - 1]]
@@ -432,6 +433,7 @@ def _scan(ray, cfg, shards: list[str], work: Path, stats: PipelineStats) -> dict
     for k in range(len(shards)):
         r = scans[k]
         r["offset"] = total
+        r["ids"], r["chars"] = np.asarray(r["ids"], np.int64), np.asarray(r["chars"], np.int64)  # 8 B a document
         for name in ("read", "clean", "quality"):
             if name in stats.stages:
                 stats.stage(name).merge(StageStats.from_dict(name, r["stats"][name]))
@@ -451,7 +453,7 @@ def _dedup(ray, cfg, scans: dict, work: Path) -> tuple[DedupResult, tuple[int, i
     band = ray.remote(_band_task).options(num_returns=parts, max_retries=SHARD_ATTEMPTS - 1)
     bucket = ray.remote(_bucket_task).options(max_retries=SHARD_ATTEMPTS - 1)
     maps = [band.remote(str(work / f"{k:05d}.sigs.npy"), np.asarray(r["ids"], np.int64), r["offset"], ranges, parts)
-            for k, r in sorted(scans.items()) if r["ids"]]
+            for k, r in sorted(scans.items()) if len(r["ids"])]
     maps = [m if isinstance(m, list) else [m] for m in maps]
     found = ray.get([bucket.remote(*[m[p] for m in maps]) for p in range(parts)]) if maps else []
     found = [f for f in found if len(f)]
@@ -499,12 +501,14 @@ def _tokenize(ray, cfg, shards, scans: dict, work: Path, shards_dir: Path, resul
                         f"(last: {error})")
 
     rows.update(_run_shards(ray, "tokenize", todo, submit, shards, stats, last_failure))
-    lengths, refs = [], {}
+    parts, refs = [], {}
     for k in range(len(shards)):
         st.merge(StageStats.from_dict("tokenize", rows[k]["stats"]))
         refs.update({int(g): v for g, v in rows[k]["refs"].items()})
-        lengths += rows[k]["lengths"]
-    st.extra["tokens"] = int(sum(lengths))
+        parts.append(np.asarray(rows[k]["lengths"], np.int64))
+        rows[k] = None  # the records' Python lists go as soon as their lengths are an array
+    lengths = np.concatenate(parts) if parts else np.zeros(0, np.int64)  # [documents], 8 B each
+    st.extra["tokens"] = int(lengths.sum())
     stats.stop("tokenize")
     return lengths, refs
 

@@ -77,6 +77,7 @@ def _corpus(root):
     a = [json.dumps({"text": t}, ensure_ascii=False) for t in arts[:6]]
     b = [json.dumps({"text": t}, ensure_ascii=False) for t in arts[6:]]
     b.append(json.dumps({"text": arts[2] + "这是后来插入的一句话。"}, ensure_ascii=False))  # near-dup across shards
+    b.append(json.dumps({"text": arts[7][:-20] + "。"}, ensure_ascii=False))  # near-dup inside shard b
     b.insert(2, '{"text": "' + json.dumps(arts[8][:200], ensure_ascii=False)[1:-1] + '\\ud800尾"}')  # line 3: a lone surrogate escape, skipped and counted
     root.mkdir()
     (root / "a.jsonl").write_text("\n".join(a) + "\n", encoding="utf-8")
@@ -123,7 +124,7 @@ def test_joins_the_cluster_retries_failed_shards_and_writes_the_local_bytes(clus
     assert len(crashed) == 1 and "injected fault" not in crashed[0], crashed  # Ray's dead-worker error
     assert sum("tokenize of shard" in ln and "a.jsonl" in ln for ln in retries) == 2
     stats = json.loads((tmp_path / "ray" / "stats.json").read_text())
-    assert stats["stages"]["dedup"]["dropped"] == {"near_duplicate": 1}  # the planted cross-shard near-dup
+    assert stats["stages"]["dedup"]["dropped"] == {"near_duplicate": 2}  # the planted near-dups (across, inside b)
     assert stats["issues"] == json.loads((local_out / "stats.json").read_text())["issues"]  # no shard_failed
     (bad,) = stats["issues"]["examples"]["lone_surrogate"]  # both engines: one line naming file, line, character
     assert bad["file"].endswith("b.jsonl") and bad["line"] == 3 and "U+D800 at character 200" in bad["detail"], bad
@@ -138,7 +139,9 @@ def test_a_shard_failing_every_attempt_is_reported(cluster_env, local, tmp_path)
     last = run.stderr.strip().splitlines()[-1]
     assert "1 shard(s) failed" in last and "a.jsonl" in last and "injected fault" in last, last
     assert "Traceback" not in run.stderr
-    # shard b's 6 articles and its near-dup of an a article (whose original is now gone) are kept
+    # shard b's 6 articles and its near-dup of an a article (whose original is now gone) are kept; its
+    # near-dup of its own article is dropped (verified against shard b's signatures, which start at offset
+    # 0 like the failed shard a's empty ones)
     assert len(IndexedDataset(tmp_path / "ray" / "news")) == 7
 
 
