@@ -647,6 +647,10 @@ def run_pipeline_ray(cfg, model=None, address: str | None = None) -> PipelineSta
     try:
         _run_stages(ray, cfg, tmp, stats, shards)
         commit_dir(tmp, final, cfg.overwrite)
+    except KeyboardInterrupt:  # Ctrl-C: kept, like a killed driver's, for the rerun to resume from
+        logger.warning("prepare-data --engine ray: interrupted; the shards done so far are in %s: rerun the same "
+                       "command to resume from them", tmp)
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
