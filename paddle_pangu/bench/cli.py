@@ -138,7 +138,7 @@ def _measure(args, target: str, given: dict | None = None) -> dict:
     if target == "data":  # prepare-data, local vs Ray engine (bench/data_bench.py)
         from .data_bench import bench_data
 
-        return bench_data(args.mb, args.workers or 2, _ints(args.ray_workers, "--ray-workers"))
+        return bench_data(args.mb, args.workers or 2, _ints(args.ray_workers, "--ray-workers"), rounds=args.rounds)
     if target == "train":
         from .train_bench import bench_train
 

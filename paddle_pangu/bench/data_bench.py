@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -194,31 +195,54 @@ def profile_stages(corpus: Path, mb: float, out: Path) -> dict:
             "documents": len(texts), "cleaned_documents": len(cleaned)}
 
 
-def bench_data(mb: float = 2.0, local_workers: int = 2, ray_workers=(1, 2), local_1: bool = True) -> dict:
+def _ratios(rows: list[dict]) -> dict:
+    """Same-round throughput ratios (rows of one round ran back to back, so they saw similar load)."""
+    by = {(r["engine"], r["workers"]): r["mb_per_s"] for r in rows}
+    out = {}
+    for name, a, b in (("ray2/ray1", ("ray", 2), ("ray", 1)), ("ray2/local2", ("ray", 2), ("local", 2)),
+                       ("ray1/local1", ("ray", 1), ("local", 1)), ("local2/local1", ("local", 2), ("local", 1))):
+        if a in by and b in by:
+            out[name] = round(by[a] / by[b], 3)
+    return out
+
+
+def bench_data(mb: float = 2.0, local_workers: int = 2, ray_workers=(1, 2), local_1: bool = True,
+               rounds: int = 1) -> dict:
     """Both engines on the same N MB; rows per engine/worker count, and whether their .bin are equal; the
-    in-process per-stage profile with python jieba alone as the same-run baseline (`profile_stages`)."""
+    in-process per-stage profile with python jieba alone as the same-run baseline (`profile_stages`).
+    With `rounds` > 1 every configuration runs once per round, the order reversed every other round
+    (interleaved), and the ratios are given per round with the load average beside each row."""
     load = os.getloadavg()[0]
+    configs = [("local", w) for w in sorted({1, local_workers} if local_1 else {local_workers})]
+    configs += [("ray", w) for w in ray_workers]
     with tempfile.TemporaryDirectory(prefix="pangu_bench_data_") as tmp:
         root = Path(tmp)
         (root / "corpus").mkdir()
         written = write_corpus(root / "corpus", mb)
         profile = profile_stages(root / "corpus", written, root / "profile")
-        rows, outs = [], []
-        for w in sorted({1, local_workers} if local_1 else {local_workers}):
-            rows.append(_local(root / "corpus", root / f"local{w}", w, written))
-            outs.append(root / f"local{w}")
-        for w in ray_workers:
-            rows.append(_ray(root / "corpus", root / f"ray{w}", w, written))
-            outs.append(root / f"ray{w}")
-        ref = (outs[0] / "c.bin").read_bytes()
-        same = all((o / "c.bin").read_bytes() == ref for o in outs[1:])
+        rows, per_round, same = [], [], True
+        ref = None
+        for rnd in range(max(1, rounds)):
+            this = []
+            for engine, w in (configs if rnd % 2 == 0 else configs[::-1]):
+                out = root / f"{engine}{w}-{rnd}"
+                before = os.getloadavg()[0]
+                row = (_local if engine == "local" else _ray)(root / "corpus", out, w, written)
+                row.update(round=rnd, load=round(before, 1))
+                this.append(row)
+                data = (out / "c.bin").read_bytes()
+                ref = data if ref is None else ref
+                same = same and data == ref
+                shutil.rmtree(out)
+            rows += this
+            per_round.append(_ratios(this))
     return {"name": "data", "rows": rows, "identical_bin": same, "load_before": round(load, 1),
             "load_after": round(os.getloadavg()[0], 1), "cpus": os.cpu_count(), "profile": profile,
-            "jieba_baseline_mb_per_s": round(written / profile["python_jieba_s"], 3)}
+            "ratios_per_round": per_round, "jieba_baseline_mb_per_s": round(written / profile["python_jieba_s"], 3)}
 
 
 def table(result: dict) -> str:
-    cols = ("engine", "workers", "mb", "pass1_mb_per_s", "dedup_mb_per_s", "tokenize_mb_per_s", "mb_per_s",
+    cols = ("round", "load", "engine", "workers", "mb", "pass1_mb_per_s", "dedup_mb_per_s", "tokenize_mb_per_s", "mb_per_s",
             "seconds", "peak_rss_mb", "ray_startup_s", "documents", "near_duplicates")
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     for r in result["rows"]:
@@ -227,6 +251,8 @@ def table(result: dict) -> str:
     if base:  # per core: a row's MB/s over its worker count, against python jieba alone on one core
         lines.append("per core vs python jieba alone (" + f"{base} MB/s): " + ", ".join(
             f"{r['engine']} {r['workers']}: {r['mb_per_s'] / r['workers'] / base:.2f}x" for r in result["rows"]))
+    for i, ratios in enumerate(result.get("ratios_per_round", [])):
+        lines.append(f"round {i} ratios (same round): " + ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items()))
     lines.append(f"identical .bin across engines: {result['identical_bin']}; load {result['load_before']} -> "
                  f"{result['load_after']} on {result['cpus']} CPUs")
     if "profile" in result:

@@ -31,6 +31,7 @@ _FLAG_FIELDS = {
     "classifier_good": (None, "classifier_good"), "classifier_bad": (None, "classifier_bad"),
     "scores_from": (None, "scores_from"), "vocab_file": (None, "vocab_file"), "separator_id": (None, "separator_id"),
     "split_seed": (None, "split_seed"), "workers": (None, "num_workers"), "max_docs": (None, "max_docs"),
+    "shard_mb": (None, "shard_mb"),
     "format": ("reader", "format"), "doc_mode": ("reader", "doc_mode"), "text_field": ("reader", "text_field"),
     "encoding": ("reader", "encoding"),
     "min_chinese_ratio": ("cleaning", "min_chinese_ratio"), "min_chars": ("cleaning", "min_chars"),
@@ -67,10 +68,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--no-progress", action="store_true", help="no progress bars")
     io.add_argument("--workers", type=int, help="worker processes (default: usable CPUs)")
     io.add_argument("--engine", choices=("local", "ray"), default="local",
-                    help="local: this machine's process pool; ray: the same stages on Ray Data (pip install "
-                         "'paddle-pangu[ray]')")
+                    help="local: this machine's process pool; ray: the same stages as Ray tasks (pip install "
+                         "'paddle-pangu[ray]'); rerun after a killed ray run and it resumes")
     io.add_argument("--ray-address", help="join this running Ray cluster (default: start a local one with "
                                           "--workers CPUs)")
+    io.add_argument("--shard-mb", type=float, help="--engine ray: cut an uncompressed input file larger than this "
+                                                   "into shards of about this size at line ends (64)")
     cl = parser.add_argument_group("cleaning (paper rules)")
     cl.add_argument("--min-chinese-ratio", type=float, help="drop below this Chinese-character ratio (0.6)")
     cl.add_argument("--min-chars", type=int, help="drop documents shorter than this (150)")

@@ -68,6 +68,8 @@ class PipelineConfig:
         num_workers: worker processes (None: usable CPUs).
         max_docs: stop reading after this many documents (quick runs).
         keep_work: keep the intermediate work files in the output.
+        shard_mb: --engine ray: an uncompressed input file larger than this is cut into byte ranges at
+            line ends, one shard each (same output; the local engine reads it as one stream).
     """
 
     inputs: list[str]
@@ -92,6 +94,7 @@ class PipelineConfig:
     overwrite: bool = False
     keep_work: bool = False
     progress: bool = True
+    shard_mb: float = 64.0
     max_undecodable_fraction: float = 0.01  # warn above this share of input lines not in reader.encoding
 
     def validate(self, has_model: bool = False) -> None:
@@ -109,6 +112,8 @@ class PipelineConfig:
             raise ValueError("prepare-data: --classifier-good and --classifier-bad go together")
         if not self.name or "/" in self.name:
             raise ValueError(f"prepare-data --name {self.name!r}: expected a plain file stem")
+        if not self.shard_mb > 0:
+            raise ValueError(f"prepare-data --shard-mb {self.shard_mb}: expected a size in MB > 0")
         self.reader.validate()
         self.cleaning.validate()
         self.dedup.validate()
@@ -317,10 +322,15 @@ def _pass_tokenize(cfg, records: Iterator[dict], tmp: Path, stats: PipelineStats
     return lengths, codec
 
 
-def _split_summary(cfg: PipelineConfig, lengths: list[int]) -> dict:
-    parts = split_documents(len(lengths), cfg.split, cfg.split_seed) if lengths else [[] for _ in cfg.split]
+def _split_summary(cfg: PipelineConfig, lengths) -> dict:
+    """Documents and tokens of each split; `lengths` a list or an int64 array (the Ray driver's)."""
+    import numpy as np
+
+    lengths = np.asarray(lengths, np.int64)
+    parts = split_documents(len(lengths), cfg.split, cfg.split_seed) if len(lengths) else [[] for _ in cfg.split]
     names = DEFAULT_SPLIT_NAMES if len(cfg.split) == 3 else [f"split{i}" for i in range(len(cfg.split))]
-    return {n: {"documents": len(p), "tokens": int(sum(lengths[i] for i in p))} for n, p in zip(names, parts)}
+    return {n: {"documents": len(p), "tokens": int(lengths[np.asarray(p, np.int64)].sum())}
+            for n, p in zip(names, parts)}
 
 
 def _write_reports(out: Path, stats: PipelineStats) -> None:
@@ -368,13 +378,21 @@ def warn_undecodable(cfg, stats: PipelineStats) -> None:
                        bad, total, 100 * bad / total, cfg.reader.encoding, first.get("file"), first.get("line"))
 
 
-def _finish_dataset(cfg, tmp: Path, stats: PipelineStats, lengths: list[int], codec) -> None:
+def splits_total(lengths) -> int:
+    """Sum of a list or an int64 array of document lengths (numpy's sum: no Python int per element)."""
+    import numpy as np
+
+    return int(np.asarray(lengths, np.int64).sum())
+
+
+def _finish_dataset(cfg, tmp: Path, stats: PipelineStats, lengths, codec) -> None:
     check_not_empty(cfg, stats, len(lengths))
     splits = _split_summary(cfg, lengths)
-    stats.summary.update(documents=len(lengths), tokens=int(sum(lengths)), splits=splits)
+    total = int(splits_total(lengths))
+    stats.summary.update(documents=len(lengths), tokens=total, splits=splits)
     _write_reports(tmp, stats)
     write_manifest(tmp, {
-        "prefix": cfg.name, "num_documents": len(lengths), "num_tokens": int(sum(lengths)),
+        "prefix": cfg.name, "num_documents": len(lengths), "num_tokens": total,
         "dtype": str(dtype_for_vocab(codec.vocab_size).__name__), "vocab_size": codec.vocab_size,
         "vocab_file": str(codec.vocab_file), "vocab_sha256": sha256_file(codec.vocab_file),
         "separator_id": cfg.separator_id, "split": list(cfg.split), "split_names": list(splits),

@@ -1,41 +1,56 @@
-"""`pangu prepare-data --engine ray`: the same stages as the local engine, on Ray Data.
+"""`pangu prepare-data --engine ray`: the same stages as the local engine, on Ray tasks.
 
 One definition of every rule: each Ray task calls the local engine's own
 functions (`readers.read_file` / `builtin.read_builtin`, `cleaning.clean_chunk`,
 `pipeline._build_quality_filter`, `dedup.minhash_values`, the tokenizer,
 `IndexedDatasetBuilder`, `pipeline._finish_dataset`). What is distributed:
 
-  1. scan (one task per input file = shard): read, clean, quality-filter and
-     MinHash; the survivors' text stays in the shard's work file, only ids,
-     lengths and signatures come back;
-  2. dedup: every signature is cut into the LSH bands (the same b x r as the
-     local datasketch index), band keys are grouped with a Ray Data shuffle
-     (`repartition(keys=[key])`, a hash shuffle, then one pass per block that
-     groups its rows by key), each bucket emits its pairs verified by
-     estimated Jaccard >= threshold (signatures move, text never does);
-     the verified pairs (few) are joined into clusters on the driver with
-     `dedup.clusters_from_pairs`, the rule the local index uses (first
-     document of a cluster in input order is kept);
+  1. scan (one task per shard: an input file, or a byte range of a large
+     one, `shard_specs`): read, clean, quality-filter and MinHash; the
+     survivors' text goes to `work/<k>.jsonl`, their signatures to
+     `work/<k>.sigs.npy` ([docs, num_perm] uint64, loaded without pickle),
+     and `work/<k>.scan.json` (ids, lengths, stats, checksums) is written
+     last: it marks the shard done;
+  2. dedup: a task per shard cuts its signatures into the LSH bands (the
+     same b x r as the local datasketch index) and emits (128-bit band key,
+     document id) rows as numpy arrays, already split into one part per
+     reducer by key (a hash shuffle through the object store, zero-copy);
+     a reducer per part sorts its keys and emits the candidate pairs of each
+     bucket; the driver verifies the (few) candidates by estimated
+     Jaccard >= threshold against the signatures of those documents only
+     and joins them into clusters with `dedup.clusters_from_pairs` (the
+     local rule: first document of a cluster in input order is kept);
   3. tokenize (one task per shard): drop the shard's duplicates, tokenize,
-     write `shards/<k>.bin/.idx`; the driver concatenates them in input order
-     into `<name>.bin/.idx` (byte-identical to the local engine's) and writes
-     the manifest (with the shard list).
+     write `shards/<k>.bin/.idx`, then `shards/<k>.json` (lengths, stats,
+     checksums); the driver concatenates the shards in input order into
+     `<name>.bin/.idx` (byte-identical to the local engine's) and writes the
+     manifest (with the shard list).
 
-A shard whose task raises is run again (SHARD_ATTEMPTS in all, each failure
-logged); if its last attempt fails too it is reported (`shard_failed` issue:
-file and line) and contributes nothing; the other shards' output is kept. A corrupt gzip is
-handled by the reader itself, as locally (`unreadable_file`, file and line).
-`--ray-address` joins a running cluster; otherwise a local one is started
-with `num_workers` CPUs. The work files live under the output's partial
-directory, which on a real cluster must be shared storage (docs/DATA.md).
+Tasks are plain Ray tasks (not Ray Data operators): a worker process keeps
+its tokenizer and cleaner between tasks (`_cached`), so the jieba
+dictionary and SentencePiece model load once per worker, not once per shard.
+
+A shard whose task raises, or whose worker process dies, is submitted again
+by the driver (SHARD_ATTEMPTS in all, each failure logged); if its last
+scan attempt fails too it is reported (`shard_failed` issue: file and line)
+and contributes nothing; the other shards' output is kept. A corrupt gzip
+is handled by the reader itself, as locally (`unreadable_file`, file and
+line). A driver that dies leaves `<output>.partial-<pid>`; rerun with the
+same arguments and the new driver adopts it (`resume.json` must match),
+keeps every shard whose `.json` record and checksums verify, and redoes the
+rest (a line per redone corrupt shard). `--ray-address` joins a running
+cluster; otherwise a local one is started with `num_workers` CPUs. The work
+files live under the output's partial directory, which on a real cluster
+must be shared storage (docs/DATA.md).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
-import pickle
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -46,74 +61,127 @@ from .builtin import BUILTIN_PREFIX, read_builtin
 from .cleaning import Cleaner, clean_chunk
 from .dedup import DedupResult, MinHashDeduplicator, clusters_from_pairs, minhash_values
 from .indexed_dataset import IndexedDataset, IndexedDatasetBuilder, dtype_for_vocab
-from .manifest import commit_dir, partial_dir, write_manifest
-from .readers import list_input_files, read_file
+from .manifest import commit_dir, partial_dir, sha256_file, write_manifest
+from .readers import byte_ranges, list_input_files, parse_range_spec, read_file, splittable
 from .stats import IssueLog, PipelineStats, StageStats
 
 logger = logging.getLogger(__name__)
 
 
-def shard_specs(inputs) -> list[str]:
-    """One shard per input file (directories expanded, sorted as the local reader does) or builtin spec."""
+def shard_specs(inputs, reader=None, shard_mb: float | None = None) -> list[str]:
+    """One shard per input file (directories expanded, sorted as the local reader does) or builtin spec; an
+    uncompressed file larger than `shard_mb` whose documents never span lines is cut into byte ranges at
+    line ends (`readers.byte_ranges`), so several workers share it and each holds one range at a time."""
     out: list[str] = []
     for spec in inputs:
-        out += [str(spec)] if str(spec).startswith(BUILTIN_PREFIX) else [str(f) for f in list_input_files(spec)]
+        if str(spec).startswith(BUILTIN_PREFIX):
+            out.append(str(spec))
+            continue
+        for f in list_input_files(spec):
+            if shard_mb and reader is not None and splittable(f, reader) and f.stat().st_size > shard_mb * 1e6:
+                out += [r.spec(f) for r in byte_ranges(f, max(1, int(shard_mb * 1e6)))]
+            else:
+                out.append(str(f))
     return out
 
 
 def _shard_documents(spec: str, cfg, issues: IssueLog):
     if spec.startswith(BUILTIN_PREFIX):
         return read_builtin(spec, issues)
-    return read_file(Path(spec), cfg.reader, issues)
+    path, span = parse_range_spec(spec)
+    return read_file(path, cfg.reader, issues, span=span)
 
 
-SHARD_ATTEMPTS = 3  # a shard whose task raises is run again, at most this many times in all, then reported
-FAULT_ENV = "PANGU_RAY_TEST_FAULT"  # tests only: "<stage>:<shard>:<times>[,...]": that shard raises <times> times
+SHARD_ATTEMPTS = 3  # a shard whose task raises or dies is submitted again, at most this many times in all
+FAULT_ENV = "PANGU_RAY_TEST_FAULT"  # tests only: "<stage>:<shard>:<times>[:exit][,...]": that shard's task
+#   raises (or, with ":exit", kills its worker process) on its first <times> attempts; "driver:<stage>:<n>": the
+#   driver SIGKILLs itself once <n> shards of <stage> are done (a driver that dies, deterministically)
+_KEY_SEEDS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F)  # the two halves of a 128-bit band key
 
 
-def _injected_fault(row: dict, stage: str, attempt: int) -> None:
-    """The test hook (`FAULT_ENV`, read on the driver and shipped in the row): raise on the first attempts."""
-    for fault in filter(None, row.get("fault", "").split(",")):
-        want_stage, shard, times = fault.split(":")
-        if want_stage == stage and int(shard) == int(row["shard"]) and attempt < int(times):
-            raise OSError(f"injected fault ({FAULT_ENV}={fault}, attempt {attempt + 1})")
+def _injected_fault(fault: str, stage: str, shard: int, attempt: int) -> None:
+    """The test hook (`FAULT_ENV`, read on the driver and passed to the task): fail the first attempts."""
+    for item in filter(None, fault.split(",")):
+        want_stage, want_shard, times, *how = item.split(":")
+        if want_stage == stage and int(want_shard) == shard and attempt < int(times):
+            if how == ["exit"]:
+                os._exit(1)  # a worker that dies, not one that raises
+            raise OSError(f"injected fault ({FAULT_ENV}={item}, attempt {attempt + 1})")
 
 
-def _scan_shard(row: dict) -> dict:
-    """Task: `_scan_attempt`, run again when it raises, at most SHARD_ATTEMPTS times in all; the failed
-    attempts' errors travel back (the driver logs them) and only the last attempt's output and stats count."""
-    retried: list[str] = []
-    for attempt in range(SHARD_ATTEMPTS):
-        try:
-            out = _scan_attempt(row, attempt, final=attempt == SHARD_ATTEMPTS - 1)
-        except Exception as exc:  # noqa: BLE001 - an attempt before the last one: retried
-            retried.append(f"{type(exc).__name__}: {exc}")
-            continue
-        out["retried"] = json.dumps(retried)
-        return out
-    raise AssertionError("unreachable: the last attempt never raises")
+# ---- per-worker caches -------------------------------------------------------------
+_WORKER_CACHE: dict = {}
 
 
-def _scan_attempt(row: dict, attempt: int = 0, final: bool = True) -> dict:
-    """Read + clean + quality + MinHash one shard; survivors to its work file, metadata back.
-    An attempt that is not the `final` one raises its error (to be retried); the final one reports it as the
-    shard's (`shard_failed`, with file and line) and keeps nothing of the shard."""
+def _cached(kind: str, key, make):
+    """One object per worker process and key (a Ray worker runs many tasks: the jieba dictionary, the
+    SentencePiece model and the cleaning regexes load once per worker, not once per shard)."""
+    k = (kind, key)
+    if k not in _WORKER_CACHE:
+        _WORKER_CACHE[k] = make()
+    return _WORKER_CACHE[k]
+
+
+def _codec(vocab_file):
+    from ..tokenizer import PanGuSentencePiece
+
+    return _cached("codec", str(vocab_file), lambda: PanGuSentencePiece(vocab_file))
+
+
+def _cleaner(cfg):
+    return _cached("cleaner", repr(cfg.cleaning), lambda: Cleaner(cfg.cleaning))
+
+
+# ---- small JSON records that mark a shard's stage done ------------------------------------
+def _write_record(path: Path, record: dict) -> None:
+    """JSON written to a temporary name and renamed: a record exists whole or not at all."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _read_record(path: Path, files: dict, what: str, spec: str):
+    """The record at `path` if it parses and each of `files` ({record field: path}) has the sha256 the record
+    names; else None, with a line saying why the shard is done again (nothing is unpickled)."""
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        for field, f in files.items():
+            if sha256_file(f) != record[field]:
+                raise ValueError(f"{f.name} does not match its sha256 in {path.name}")
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("prepare-data --engine ray: %s of shard %s is corrupt or partial (%s); doing it again",
+                       what, spec, " ".join(str(exc).split())[:200])
+        return None
+    return record
+
+
+def _selection_digest(drop: np.ndarray, wanted: np.ndarray) -> str:
+    return hashlib.sha256(drop.astype(np.int64).tobytes() + b"|" + wanted.astype(np.int64).tobytes()).hexdigest()
+
+
+# ---- stage 1: scan ---------------------------------------------------------------------
+def _scan_task(cfg, k: int, spec: str, work_dir: str, fault: str = "", attempt: int = 0, final: bool = True) -> dict:
+    """Read + clean + quality + MinHash one shard: survivors to work/<k>.jsonl, signatures to work/<k>.sigs.npy,
+    then the record work/<k>.scan.json (returned too). An attempt that is not the `final` one raises its error
+    (to be retried); the final one reports it as the shard's (`error`, with file and line) and keeps nothing
+    of the shard (no record is written, so a resumed run scans it again)."""
     from .pipeline import CHUNK_DOCS, _build_quality_filter, _chunks
 
-    cfg, k = pickle.loads(row["cfg"]), int(row["shard"])
-    work = Path(row["work_dir"])
+    work = Path(work_dir)
     issues, read, clean, quality = IssueLog(), StageStats("read"), StageStats("clean"), StageStats("quality")
-    cleaner = Cleaner(cfg.cleaning) if "clean" in cfg.stages else None
-    ids, chars, sigs, last = [], [], [], None
+    cleaner = _cleaner(cfg) if "clean" in cfg.stages else None
+    ids, chars, sigs, last, n = [], [], [], None, 0
+    text_path, sigs_path = work / f"{k:05d}.jsonl", work / f"{k:05d}.sigs.npy"
     scores_fh = open(work / f"{k:05d}.scores.jsonl", "w", encoding="utf-8") if "quality" in cfg.stages else None
     try:
         qdir = work / f"quality-{k:05d}"
         qdir.mkdir(exist_ok=True)
         qfilter = _build_quality_filter(cfg, qdir, scores_fh)
-        n = 0
-        _injected_fault(row, "scan", attempt)
-        with open(work / f"{k:05d}.jsonl", "w", encoding="utf-8") as out:
-            for chunk in _chunks(_shard_documents(row["spec"], cfg, issues), CHUNK_DOCS):
+        _injected_fault(fault, "scan", k, attempt)
+        with open(text_path, "w", encoding="utf-8") as out:
+            for chunk in _chunks(_shard_documents(spec, cfg, issues), CHUNK_DOCS):
                 for doc in chunk:
                     doc.doc_id, n, last = n, n + 1, doc.ref  # shard-local id; the driver adds the offset
                     read.count_in(doc)
@@ -130,124 +198,187 @@ def _scan_attempt(row: dict, attempt: int = 0, final: bool = True) -> dict:
                     out.write(d.to_json() + "\n")
         error = None
     except Exception as exc:  # the shard fails alone; its partial survivors are discarded
-        where = f" (after {last})" if last else ""
         if not final:
             raise
+        where = f" (after {last})" if last else ""
         error, n, ids, chars, sigs = f"{type(exc).__name__}: {exc}{where}", 0, [], [], []
-        (work / f"{k:05d}.jsonl").write_text("", encoding="utf-8")
+        text_path.write_text("", encoding="utf-8")
         read, clean, quality = StageStats("read"), StageStats("clean"), StageStats("quality")
     finally:
         if scores_fh is not None:
             scores_fh.close()
+    np.save(sigs_path, np.asarray(sigs, np.uint64).reshape(len(sigs), cfg.dedup.num_perm), allow_pickle=False)
     line = int(last.rsplit(":", 1)[1]) if last and last.rsplit(":", 1)[-1].isdigit() else None
-    stats = {"read": read, "clean": clean, "quality": quality, "issues": issues, "error": error, "line": line}
-    # arrays as bytes: Arrow blocks hold them without ragged-tensor conversions
-    return {"shard": k, "n_read": n, "ids": np.asarray(ids, np.int64).tobytes(),
-            "chars": np.asarray(chars, np.int64).tobytes(),
-            "sigs": np.asarray(sigs, np.uint64).reshape(len(sigs), cfg.dedup.num_perm).tobytes(),
-            "width": cfg.dedup.num_perm, "stats": pickle.dumps(stats)}
+    record = {"shard": k, "spec": spec, "n_read": n, "ids": ids, "chars": chars, "error": error, "line": line,
+              "stats": {"read": read.to_dict(), "clean": clean.to_dict(), "quality": quality.to_dict(),
+                        "issues": issues.to_dict()},
+              "text_sha256": sha256_file(text_path), "sigs_sha256": sha256_file(sigs_path)}
+    if error is None:
+        _write_record(work / f"{k:05d}.scan.json", record)
+    return record
 
 
-def _band_rows(row: dict, offsets: dict, ranges: list) -> list[dict]:
-    """One row per (document, band): key = band number + the band's hash values, and the document id only.
-    The signatures stay in the scan's blocks and are joined to the candidate pairs afterwards
-    (`_verify`): a shuffle row is ~60 bytes instead of carrying the whole signature."""
-    base, ids = offsets[int(row["shard"])], np.frombuffer(row["ids"], np.int64)
-    sigs = np.frombuffer(row["sigs"], np.uint64).reshape(len(ids), int(row["width"]))
-    out = []
-    for local, sig in zip(ids, sigs):
-        for b, (lo, hi) in enumerate(ranges):
-            out.append({"key": f"{b}:{sig[lo:hi].tobytes().hex()}", "doc": base + int(local)})
-    return out
+def _failed_scan(k: int, spec: str, work: Path, error: str) -> dict:
+    """The record of a shard whose last attempt's worker died: nothing of it is kept."""
+    (work / f"{k:05d}.jsonl").write_text("", encoding="utf-8")
+    np.save(work / f"{k:05d}.sigs.npy", np.zeros((0, 1), np.uint64), allow_pickle=False)
+    empty = {n: StageStats(n).to_dict() for n in ("read", "clean", "quality")}
+    return {"shard": k, "spec": spec, "n_read": 0, "ids": [], "chars": [], "error": error, "line": None,
+            "stats": {**empty, "issues": IssueLog().to_dict()}}
 
 
-def _bucket_pairs(batch: dict) -> dict:
-    """A whole block of the hash shuffle on `key` (so every bucket is complete in it): the candidate pairs
-    (a < b) of each bucket."""
-    keys, docs = np.asarray(batch["key"]), np.asarray(batch["doc"], np.int64)
-    a: list = []
-    b: list = []
-    if len(keys):
-        _, inverse, counts = np.unique(keys, return_inverse=True, return_counts=True)
-        for g in np.flatnonzero(counts > 1):  # most buckets hold one document
-            members = np.sort(docs[inverse == g])
-            for i in range(len(members)):
-                for j in range(i + 1, len(members)):
-                    a.append(members[i])
-                    b.append(members[j])
-    return {"a": np.asarray(a, np.int64), "b": np.asarray(b, np.int64)}
+# ---- stage 2: dedup ------------------------------------------------------------------------
+def _mix64(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser on uint64 arrays (wrapping arithmetic): a bijection that spreads every bit."""
+    x = x ^ (x >> np.uint64(30))
+    x = x * np.uint64(0xBF58476D1CE4E5B9)
+    x = x ^ (x >> np.uint64(27))
+    x = x * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
 
 
-def _signatures_of(scanned, offsets: dict, wanted: set) -> dict:
-    """Signature [num_perm] of each document in `wanted` (global ids), read from the scan's blocks."""
-    out = {}
-    for r in scanned.select_columns(["shard", "ids", "sigs", "width"]).iter_rows():
-        base, ids = offsets[int(r["shard"])], np.frombuffer(r["ids"], np.int64)
-        sigs = np.frombuffer(r["sigs"], np.uint64).reshape(len(ids), int(r["width"]))
-        for local, sig in zip(ids, sigs):
-            if base + int(local) in wanted:
-                out[base + int(local)] = sig
-    return out
+def band_keys(sigs: np.ndarray, ranges: list) -> tuple[np.ndarray, np.ndarray]:
+    """(h1, h2) [len(ranges), n] uint64: a 128-bit key per (band, document) from the band number and the
+    band's hash values, so two documents share a key iff they share that band (up to a 2^-128 collision,
+    which the Jaccard verification would still have to pass)."""
+    n = len(sigs)
+    h1, h2 = np.empty((len(ranges), n), np.uint64), np.empty((len(ranges), n), np.uint64)
+    for b, (lo, hi) in enumerate(ranges):
+        a = np.full(n, _KEY_SEEDS[0] ^ b, np.uint64)
+        c = np.full(n, _KEY_SEEDS[1] ^ b, np.uint64)
+        for j in range(lo, hi):
+            a = _mix64(a ^ sigs[:, j])
+            c = _mix64(c + sigs[:, j] + np.uint64(j))
+        h1[b], h2[b] = a, c
+    return h1, h2
 
 
-def _verify(candidates: set, sigs: dict, threshold: float, verify: bool) -> list:
-    """The candidate pairs whose estimated Jaccard (equal signature positions) passes `threshold`."""
-    ok = []
-    for a, b in sorted(candidates):
-        if not verify or np.count_nonzero(sigs[a] == sigs[b]) / len(sigs[a]) >= threshold:
-            ok.append((a, b))
-    return ok
+def _band_task(sigs_path: str, ids: np.ndarray, base: int, ranges: list, parts: int):
+    """One shard's (band key, document id) rows, split into `parts` by key: the map side of the shuffle."""
+    sigs = np.load(sigs_path, mmap_mode="r", allow_pickle=False)  # [docs, num_perm]
+    h1, h2 = band_keys(np.asarray(sigs), ranges)  # [bands, docs] each
+    docs = np.broadcast_to(base + np.asarray(ids, np.int64), h1.shape)
+    h1, h2, docs = h1.ravel(), h2.ravel(), docs.ravel()
+    which = h1 % np.uint64(parts)
+    out = [np.stack([h1[which == p], h2[which == p], docs[which == p].astype(np.uint64)]) for p in range(parts)]
+    return out if parts > 1 else out[0]
 
 
-def _tokenize_shard(row: dict) -> dict:
-    """Task: `_tokenize_attempt`, run again when it raises, at most SHARD_ATTEMPTS times in all (each attempt
-    rewrites the shard's .bin/.idx from the start); the last attempt's error fails the run."""
-    retried: list[str] = []
-    for attempt in range(SHARD_ATTEMPTS):
-        try:
-            out = _tokenize_attempt(row, attempt)
-        except Exception as exc:  # noqa: BLE001
-            if attempt == SHARD_ATTEMPTS - 1:
-                raise
-            retried.append(f"{type(exc).__name__}: {exc}")
-            continue
-        out["retried"] = json.dumps(retried)
-        return out
-    raise AssertionError("unreachable")
+def _bucket_task(*pieces: np.ndarray) -> np.ndarray:
+    """The reduce side: all rows of one key range; candidate pairs [m, 2] (a < b) of every bucket."""
+    rows = np.concatenate(pieces, axis=1) if pieces else np.zeros((3, 0), np.uint64)  # [3, rows]
+    if not rows.shape[1]:
+        return np.zeros((0, 2), np.int64)
+    order = np.lexsort((rows[2], rows[1], rows[0]))
+    h1, h2, docs = rows[0][order], rows[1][order], rows[2][order].astype(np.int64)
+    new = np.ones(len(h1), bool)
+    new[1:] = (h1[1:] != h1[:-1]) | (h2[1:] != h2[:-1])
+    starts = np.flatnonzero(new)
+    sizes = np.diff(np.append(starts, len(h1)))
+    pairs = []
+    for s, size in zip(starts[sizes > 1], sizes[sizes > 1]):  # most buckets hold one document
+        members = docs[s:s + size]
+        i, j = np.triu_indices(size, 1)
+        pairs.append(np.stack([members[i], members[j]], axis=1))
+    return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
 
 
-def _tokenize_attempt(row: dict, attempt: int = 0) -> dict:
-    """Drop the shard's duplicates, tokenize the rest into shards/<k>.bin/.idx."""
-    from ..tokenizer import PanGuSentencePiece
-    from .pipeline import write_document
+def _verify(candidates: np.ndarray, scans: dict, offsets: dict, work: Path, threshold: float, verify: bool) -> list:
+    """The candidate pairs (sorted, unique) whose estimated Jaccard (equal signature positions) passes
+    `threshold`; signatures read (memory-mapped) for those documents only."""
+    if not verify:
+        return [(int(a), int(b)) for a, b in candidates]
+    sig_of: dict = {}
+    # shards with survivors only: an empty (or failed) shard has the same offset as the next one
+    shard_at = {offsets[k]: k for k in sorted(offsets) if len(scans[k]["ids"])}
+    starts = sorted(shard_at)
+    wanted = np.unique(candidates)
+    for doc in wanted.tolist():
+        k = shard_at[starts[int(np.searchsorted(starts, doc, side="right")) - 1]]
+        sig_of.setdefault(k, []).append(doc)
+    sigs = {}
+    for k, docs in sig_of.items():
+        table = np.load(work / f"{k:05d}.sigs.npy", mmap_mode="r", allow_pickle=False)
+        rows = np.searchsorted(np.asarray(scans[k]["ids"], np.int64), np.asarray(docs) - offsets[k])
+        sigs.update(zip(docs, np.asarray(table[rows])))
+    return [(int(a), int(b)) for a, b in candidates
+            if np.count_nonzero(sigs[a] == sigs[b]) / len(sigs[a]) >= threshold]
 
-    cfg, k = pickle.loads(row["cfg"]), int(row["shard"])
-    work = Path(row["work_dir"])
-    drop, wanted = set(np.frombuffer(row["drop"], np.int64).tolist()), set(np.frombuffer(row["wanted"], np.int64).tolist())
-    codec = PanGuSentencePiece(cfg.vocab_file)
+
+# ---- stage 3: tokenize ---------------------------------------------------------------------------
+def _tokenize_task(cfg, k: int, spec: str, work_dir: str, shards_dir: str, offset: int, drop: np.ndarray,
+                   wanted: np.ndarray, fault: str = "", attempt: int = 0) -> dict:
+    """Drop the shard's duplicates, tokenize the rest into shards/<k>.bin/.idx, then write shards/<k>.json."""
+    from .pipeline import TOKENIZE_BATCH_CHARS, _text_batches, write_document
+
+    work = Path(work_dir)
+    drop_set, wanted_set = set(drop.tolist()), set(wanted.tolist())
+    codec = _codec(cfg.vocab_file)
     st, lengths, refs = StageStats("tokenize"), [], {}
-    prefix = Path(row["shards_dir"]) / f"{k:05d}"
-    _injected_fault(row, "tokenize", attempt)
-    with open(work / f"{k:05d}.jsonl", encoding="utf-8") as fh, \
-            IndexedDatasetBuilder(prefix, dtype_for_vocab(codec.vocab_size)) as builder:
-        for line in fh:
-            rec = json.loads(line)
-            gid = int(row["offset"]) + rec["id"]
-            if gid in wanted:
-                refs[gid] = {"ref": rec["ref"], "preview": rec["text"][:40]}
-            if gid in drop:
+    prefix = Path(shards_dir) / f"{k:05d}"
+    _injected_fault(fault, "tokenize", k, attempt)
+
+    def survivors():
+        with open(work / f"{k:05d}.jsonl", encoding="utf-8") as fh:
+            for line in fh:
+                rec = json.loads(line)
+                gid = offset + rec["id"]
+                if gid in wanted_set:
+                    refs[str(gid)] = {"ref": rec["ref"], "preview": rec["text"][:40]}
+                if gid not in drop_set:
+                    yield rec
+
+    with IndexedDatasetBuilder(prefix, dtype_for_vocab(codec.vocab_size)) as builder:
+        for batch in _text_batches(survivors(), TOKENIZE_BATCH_CHARS):
+            texts = [r["text"] for r in batch]
+            for rec, ids in zip(batch, codec.encode_many(texts, source=f"{spec} documents", start=0)):
+                write_document(builder, st, lengths, rec["text"], ids, cfg.separator_id)
+    record = {"shard": k, "lengths": lengths, "stats": st.to_dict(), "refs": refs,
+              "selection": _selection_digest(drop, wanted),
+              "bin_sha256": sha256_file(f"{prefix}.bin"), "idx_sha256": sha256_file(f"{prefix}.idx")}
+    _write_record(Path(shards_dir) / f"{k:05d}.json", record)
+    return record
+
+
+# ---- the driver -----------------------------------------------------------------------------------
+def _describe(exc) -> str:
+    """One line for a failed task: the task's own exception when it raised, else Ray's (a dead worker)."""
+    cause = getattr(exc, "cause", None)
+    if cause is not None:
+        return f"{type(cause).__name__}: {cause}"
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+
+
+def _run_shards(ray, stage: str, todo: list[int], submit, shards: list[str], stats: PipelineStats, last_failure):
+    """Run `submit(k, attempt) -> ObjectRef` for every shard in `todo`; a task that raises or whose worker
+    dies is logged and submitted again (SHARD_ATTEMPTS in all); `last_failure(k, error)` gives the result
+    of a shard whose last attempt failed (or raises). Returns {k: result}."""
+    kill_at = [int(f.split(":")[2]) for f in os.environ.get(FAULT_ENV, "").split(",") if f.startswith(f"driver:{stage}:")]
+    # the test hook submits no more than it lets finish, so exactly kill_at shards are done when it kills
+    window = kill_at[0] if kill_at else len(todo)
+    waiting = list(todo[window:])
+    pending = {submit(k, 0): (k, 0) for k in todo[:window]}
+    out = {}
+    while pending:
+        if kill_at and len(out) >= kill_at[0]:
+            os.kill(os.getpid(), signal.SIGKILL)  # the test hook: a driver killed mid-run
+        done, _ = ray.wait(list(pending), num_returns=1)
+        k, attempt = pending.pop(done[0])
+        try:
+            out[k] = ray.get(done[0])
+        except ray.exceptions.RayError as exc:
+            error = _describe(exc)
+            if attempt + 1 < SHARD_ATTEMPTS:
+                logger.warning("prepare-data --engine ray: %s of shard %s failed (attempt %d of %d: %s); retried",
+                               stage, shards[k], attempt + 1, SHARD_ATTEMPTS, error)
+                stats.summary["shard retries"] = stats.summary.get("shard retries", 0) + 1
+                pending[submit(k, attempt + 1)] = (k, attempt + 1)
                 continue
-            write_document(builder, st, lengths, rec["text"], codec.encode_ids(rec["text"]), cfg.separator_id)
-    return {"shard": k, "lengths": np.asarray(lengths, np.int64).tobytes(), "stats": pickle.dumps((st, refs))}
-
-
-def _log_retries(stage: str, spec: str, retried: str, stats: PipelineStats) -> None:
-    errors = json.loads(retried)
-    for i, err in enumerate(errors):
-        logger.warning("prepare-data --engine ray: %s of shard %s failed (attempt %d of %d: %s); retried",
-                       stage, spec, i + 1, SHARD_ATTEMPTS, err)
-    if errors:
-        stats.summary["shard retries"] = stats.summary.get("shard retries", 0) + len(errors)
+            out[k] = last_failure(k, error)
+        if waiting:
+            nxt = waiting.pop(0)
+            pending[submit(nxt, 0)] = (nxt, 0)
+    return out
 
 
 def _merge_issues(into: IssueLog, other: IssueLog) -> None:
@@ -260,9 +391,8 @@ def _merge_issues(into: IssueLog, other: IssueLog) -> None:
 def _connect(address: str | None, workers: int):
     try:
         import ray
-        import ray.data  # noqa: F401
     except ImportError as exc:
-        raise UsageError(f"prepare-data --engine ray: Ray Data is not installed ({exc}); "
+        raise UsageError(f"prepare-data --engine ray: Ray is not installed ({exc}); "
                          "pip install 'paddle-pangu[ray]'") from None
 
     if not ray.is_initialized():
@@ -275,82 +405,116 @@ def _connect(address: str | None, workers: int):
                                  "pass the address it prints (with its RAY_AUTH_TOKEN if token auth is on)") from None
         else:
             ray.init(num_cpus=workers, include_dashboard=False, log_to_driver=False)
-    ray.data.DataContext.get_current().enable_progress_bars = False
     logger.info("prepare-data --engine ray: %s Ray cluster %s, %d CPUs", "joined" if address else "started",
                 ray.get_runtime_context().gcs_address, int(ray.cluster_resources().get("CPU", 0)))
     return ray
 
 
 def _partitions(ray) -> int:
-    """Blocks of the band-key hash shuffle: two per CPU of the cluster."""
+    """Reducers of the band-key hash shuffle: two per CPU of the cluster."""
     return max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
 
 
-def _scan(ray, cfg, shards: list[str], work: Path, stats: PipelineStats):
-    """Stage 1 on Ray; merges the shard stats in input order; returns (scan dataset, offsets, doc_chars)."""
-    blob = pickle.dumps(cfg)
+def _scan(ray, cfg, shards: list[str], work: Path, stats: PipelineStats) -> dict:
+    """Stage 1: every shard's scan record (verified ones of an earlier run reused); merges the stats."""
     fault = os.environ.get(FAULT_ENV, "")
-    items = [{"shard": k, "spec": s, "cfg": blob, "work_dir": str(work), "fault": fault} for k, s in enumerate(shards)]
-    scanned = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map(_scan_shard).materialize()
-    meta = sorted(scanned.select_columns(["shard", "n_read", "ids", "chars", "stats", "retried"]).take_all(),
-                  key=lambda r: r["shard"])
-    offsets, doc_chars, total = {}, {}, 0
-    for r in meta:
-        _log_retries("scan", shards[int(r["shard"])], r["retried"], stats)
-        offsets[int(r["shard"])] = total
-        s = pickle.loads(r["stats"])
+    scans, todo = {}, []
+    for k, spec in enumerate(shards):
+        rec = _read_record(work / f"{k:05d}.scan.json", {"text_sha256": work / f"{k:05d}.jsonl",
+                                                          "sigs_sha256": work / f"{k:05d}.sigs.npy"}, "the scan", spec)
+        if rec is not None and rec.get("spec") == spec:
+            scans[k] = rec
+        else:
+            todo.append(k)
+    if scans:
+        logger.info("prepare-data --engine ray: resuming: %d of %d shards already scanned", len(scans), len(shards))
+    task = ray.remote(_scan_task).options(max_retries=0)
+
+    def submit(k, attempt):
+        return task.remote(cfg, k, shards[k], str(work), fault, attempt, attempt == SHARD_ATTEMPTS - 1)
+
+    scans.update(_run_shards(ray, "scan", todo, submit, shards, stats,
+                             lambda k, error: _failed_scan(k, shards[k], work, error)))
+    total = 0
+    for k in range(len(shards)):
+        r = scans[k]
+        r["offset"] = total
+        r["ids"], r["chars"] = np.asarray(r["ids"], np.int64), np.asarray(r["chars"], np.int64)  # 8 B a document
         for name in ("read", "clean", "quality"):
-            stats.stage(name).merge(s[name]) if name in stats.stages else None
-        _merge_issues(stats.issues, s["issues"])
-        if s["error"]:
-            stats.issues.add("shard_failed", shards[int(r["shard"])], s["line"], s["error"])
-        ids, chars = np.frombuffer(r["ids"], np.int64), np.frombuffer(r["chars"], np.int64)
-        doc_chars.update({total + int(i): int(c) for i, c in zip(ids, chars)})
+            if name in stats.stages:
+                stats.stage(name).merge(StageStats.from_dict(name, r["stats"][name]))
+        _merge_issues(stats.issues, IssueLog.from_dict(r["stats"]["issues"]))
+        if r["error"]:
+            stats.issues.add("shard_failed", shards[k], r["line"], r["error"])
         total += int(r["n_read"])
     stats.stage("read").extra["shards"] = len(shards)
-    return scanned, offsets, doc_chars
+    return scans
 
 
-def _dedup(ray, cfg, scanned, offsets: dict, doc_chars: dict) -> tuple[DedupResult, tuple[int, int]]:
-    """Stage 2: LSH banding as a Ray Data hash shuffle of (band key, document id); the candidate pairs are
-    verified on the driver against the signatures of their documents only; clusters on the driver."""
+def _dedup(ray, cfg, scans: dict, work: Path) -> tuple[DedupResult, tuple[int, int], dict]:
+    """Stage 2 (module docstring); returns (result, (bands, rows), {dropped doc: chars})."""
     lsh = MinHashDeduplicator(cfg.dedup)  # the local engine's b x r for this threshold
-    ranges = list(lsh.lsh.hashranges)
-    pairs = (scanned.flat_map(_band_rows, fn_kwargs={"offsets": offsets, "ranges": ranges})
-             .repartition(_partitions(ray), keys=["key"])  # hash shuffle: a bucket lands in one block
-             .map_batches(_bucket_pairs, batch_size=None, batch_format="numpy")
-             .take_all()) if doc_chars else []
-    candidates = {(int(p["a"]), int(p["b"])) for p in pairs}
-    sigs = _signatures_of(scanned, offsets, {d for pair in candidates for d in pair}) if candidates else {}
-    verified = _verify(candidates, sigs, cfg.dedup.threshold, cfg.dedup.verify)
-    result = clusters_from_pairs(sorted(doc_chars), verified)
+    ranges = [tuple(map(int, r)) for r in lsh.lsh.hashranges]
+    parts = _partitions(ray)
+    band = ray.remote(_band_task).options(num_returns=parts, max_retries=SHARD_ATTEMPTS - 1)
+    bucket = ray.remote(_bucket_task).options(max_retries=SHARD_ATTEMPTS - 1)
+    maps = [band.remote(str(work / f"{k:05d}.sigs.npy"), np.asarray(r["ids"], np.int64), r["offset"], ranges, parts)
+            for k, r in sorted(scans.items()) if len(r["ids"])]
+    maps = [m if isinstance(m, list) else [m] for m in maps]
+    found = ray.get([bucket.remote(*[m[p] for m in maps]) for p in range(parts)]) if maps else []
+    found = [f for f in found if len(f)]
+    candidates = np.unique(np.concatenate(found), axis=0) if found else np.zeros((0, 2), np.int64)
+    offsets = {k: r["offset"] for k, r in scans.items()}
+    verified = _verify(candidates, scans, offsets, work, cfg.dedup.threshold, cfg.dedup.verify)
+    result = clusters_from_pairs(sorted({d for pair in verified for d in pair}), verified)
     result.candidate_pairs, result.verified_pairs = len(candidates), len(verified)
-    return result, lsh.bands_rows
+    chars = {}
+    for k, r in scans.items():
+        gids = r["offset"] + np.asarray(r["ids"], np.int64)
+        hit = np.isin(gids, np.fromiter(result.drop, np.int64, len(result.drop)))
+        chars.update(zip(gids[hit].tolist(), np.asarray(r["chars"], np.int64)[hit].tolist()))
+    return result, lsh.bands_rows, chars
 
 
-def _tokenize(ray, cfg, shards, offsets, work: Path, shards_dir: Path, result: DedupResult, stats: PipelineStats):
-    """Stage 3 on Ray: per-shard .bin/.idx; returns (document lengths in input order, cluster refs)."""
-    blob = pickle.dumps(cfg)
+def _tokenize(ray, cfg, shards, scans: dict, work: Path, shards_dir: Path, result: DedupResult, stats: PipelineStats):
+    """Stage 3: per-shard .bin/.idx (verified ones of an earlier run reused); returns (lengths in input order,
+    cluster refs)."""
     drop = np.asarray(sorted(result.drop), np.int64)
     wanted = np.asarray(sorted({d for c in result.clusters for d in c}), np.int64)
-    items, fault = [], os.environ.get(FAULT_ENV, "")
-    for k in range(len(shards)):
-        lo, hi = offsets[k], offsets.get(k + 1, np.iinfo(np.int64).max)
-        items.append({"shard": k, "cfg": blob, "work_dir": str(work), "shards_dir": str(shards_dir), "offset": lo,
-                      "fault": fault,
-                      "drop": drop[(drop >= lo) & (drop < hi)].tobytes(),
-                      "wanted": wanted[(wanted >= lo) & (wanted < hi)].tobytes()})
+    fault = os.environ.get(FAULT_ENV, "")
     st = stats.start("tokenize")
-    rows = sorted(ray.data.from_items(items, override_num_blocks=max(1, len(items))).map(_tokenize_shard).take_all(),
-                  key=lambda r: r["shard"])
-    lengths, refs = [], {}
-    for r in rows:
-        _log_retries("tokenize", shards[int(r["shard"])], r["retried"], stats)
-        shard_st, shard_refs = pickle.loads(r["stats"])
-        st.merge(shard_st)
-        refs.update(shard_refs)
-        lengths += np.frombuffer(r["lengths"], np.int64).tolist()
-    st.extra["tokens"] = int(sum(lengths))
+    selection, rows, todo = {}, {}, []
+    for k in range(len(shards)):
+        lo, hi = scans[k]["offset"], scans[k]["offset"] + int(scans[k]["n_read"])
+        selection[k] = (drop[(drop >= lo) & (drop < hi)], wanted[(wanted >= lo) & (wanted < hi)])
+        rec = _read_record(shards_dir / f"{k:05d}.json", {"bin_sha256": shards_dir / f"{k:05d}.bin",
+                                                          "idx_sha256": shards_dir / f"{k:05d}.idx"},
+                           "the tokenized output", shards[k])
+        if rec is not None and rec.get("selection") == _selection_digest(*selection[k]):
+            rows[k] = rec
+        else:
+            todo.append(k)
+    if rows:
+        logger.info("prepare-data --engine ray: resuming: %d of %d shards already tokenized", len(rows), len(shards))
+    task = ray.remote(_tokenize_task).options(max_retries=0)
+
+    def submit(k, attempt):
+        return task.remote(cfg, k, shards[k], str(work), str(shards_dir), scans[k]["offset"], *selection[k],
+                           fault, attempt)
+
+    def last_failure(k, error):
+        raise DataError(f"prepare-data --engine ray: tokenizing shard {shards[k]} failed {SHARD_ATTEMPTS} times "
+                        f"(last: {error})")
+
+    rows.update(_run_shards(ray, "tokenize", todo, submit, shards, stats, last_failure))
+    parts, refs = [], {}
+    for k in range(len(shards)):
+        st.merge(StageStats.from_dict("tokenize", rows[k]["stats"]))
+        refs.update({int(g): v for g, v in rows[k]["refs"].items()})
+        parts.append(np.asarray(rows[k]["lengths"], np.int64))
+        rows[k] = None  # the records' Python lists go as soon as their lengths are an array
+    lengths = np.concatenate(parts) if parts else np.zeros(0, np.int64)  # [documents], 8 B each
+    st.extra["tokens"] = int(lengths.sum())
     stats.stop("tokenize")
     return lengths, refs
 
@@ -383,16 +547,14 @@ def _check_supported(cfg, model) -> None:
                          "is local-engine only)")
 
 
-def _run_stages(ray, cfg, tmp: Path, stats: PipelineStats) -> None:
-    from ..tokenizer import PanGuSentencePiece
+def _run_stages(ray, cfg, tmp: Path, stats: PipelineStats, shards: list[str]) -> None:
     from .pipeline import _dedup_stats, _finish_dataset, _write_clusters, warn_undecodable
 
-    shards = shard_specs(cfg.inputs)
     work, shards_dir = tmp / "work", tmp / "shards"
-    work.mkdir()
-    shards_dir.mkdir()
+    work.mkdir(exist_ok=True)
+    shards_dir.mkdir(exist_ok=True)
     t0 = time.perf_counter()
-    scanned, offsets, doc_chars = _scan(ray, cfg, shards, work, stats)
+    scans = _scan(ray, cfg, shards, work, stats)
     stats.summary["pass 1 seconds (read+clean+quality+minhash)"] = round(time.perf_counter() - t0, 1)
     for name in ("clean", "quality"):
         if name not in cfg.stages:
@@ -401,15 +563,16 @@ def _run_stages(ray, cfg, tmp: Path, stats: PipelineStats) -> None:
     result = DedupResult([], set())
     if "dedup" in cfg.stages:
         st = stats.start("dedup")
-        result, bands_rows = _dedup(ray, cfg, scanned, offsets, doc_chars)
-        _dedup_stats(st, result, bands_rows, stats, doc_chars)
+        result, bands_rows, dropped_chars = _dedup(ray, cfg, scans, work)
+        _dedup_stats(st, result, bands_rows, stats, dropped_chars)
         stats.stop("dedup")
-    lengths, refs = _tokenize(ray, cfg, shards, offsets, work, shards_dir, result, stats)
+    lengths, refs = _tokenize(ray, cfg, shards, scans, work, shards_dir, result, stats)
     _write_clusters(tmp / "dedup_clusters.jsonl", result.clusters, refs)
-    codec = PanGuSentencePiece(cfg.vocab_file)
+    codec = _codec(cfg.vocab_file)
     listing = _concatenate(shards_dir, len(shards), tmp / cfg.name, dtype_for_vocab(codec.vocab_size))
     _finish_dataset(cfg, tmp, stats, lengths, codec)
     _add_shards_to_manifest(tmp, shards, listing)
+    (tmp / RESUME_FILE).unlink()
     if not cfg.keep_work:
         shutil.rmtree(work)
 
@@ -425,10 +588,55 @@ def _add_shards_to_manifest(tmp: Path, shards: list[str], listing: list[dict]) -
     write_manifest(tmp, {**manifest, "engine": "ray", "shards": listing, "files": files})
 
 
+# ---- resume -----------------------------------------------------------------------------------------
+RESUME_FILE = "resume.json"
+_NOT_OUTPUT = ("num_workers", "overwrite", "progress", "keep_work")  # flags that do not change the output
+
+
+def _resume_key(cfg, shards: list[str]) -> dict:
+    """What a partial directory must have been started with to be adopted: the output-changing config and
+    each shard's spec, size and mtime (an input edited since is not mixed with the old scan)."""
+    from .pipeline import _config_snapshot
+
+    snap = {k: v for k, v in _config_snapshot(cfg).items() if k not in _NOT_OUTPUT}
+    inputs = []
+    for spec in shards:
+        path = parse_range_spec(spec)[0]
+        st = path.stat() if not spec.startswith(BUILTIN_PREFIX) and path.exists() else None
+        inputs.append([spec, st.st_size if st else None, st.st_mtime_ns if st else None])
+    return json.loads(json.dumps({"engine": "ray", "config": snap, "inputs": inputs}, default=str))
+
+
+def _partial_for(final: Path, key: dict) -> Path:
+    """This run's partial directory: a dead driver's one with the same `resume.json` is adopted (renamed to
+    this process's name); otherwise a fresh one. Partial directories of dead drivers that do not match are
+    removed (`pipeline._remove_stale_partials`)."""
+    from .pipeline import _remove_stale_partials
+
+    mine = partial_dir(final)
+    for old in sorted(final.parent.glob(f"{final.name}.partial-*")):
+        pid = old.name.rsplit("-", 1)[-1]
+        if old == mine or not pid.isdigit() or Path(f"/proc/{pid}").exists():
+            continue
+        try:
+            same = json.loads((old / RESUME_FILE).read_text(encoding="utf-8")) == key
+        except (OSError, ValueError):
+            same = False
+        if same:
+            mine.rmdir()
+            os.replace(old, mine)
+            logger.warning("prepare-data --engine ray: resuming the interrupted run in %s (shards whose records "
+                           "verify are kept, the rest are done again)", old)
+            break
+    _remove_stale_partials(final)
+    _write_record(mine / RESUME_FILE, key)
+    return mine
+
+
 def run_pipeline_ray(cfg, model=None, address: str | None = None) -> PipelineStats:
     """`run_pipeline` on Ray (see the module docstring); same output, plus `shards/`."""
     from ..tokenizer.batch import default_num_workers
-    from .pipeline import STAGES, _remove_stale_partials
+    from .pipeline import STAGES
 
     cfg.validate(has_model=model is not None)
     _check_supported(cfg, model)
@@ -436,15 +644,19 @@ def run_pipeline_ray(cfg, model=None, address: str | None = None) -> PipelineSta
     if final.exists() and not cfg.overwrite:
         raise FileExistsError(f"{final} exists; pass --overwrite to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale_partials(final)
     ray = _connect(address, cfg.num_workers or default_num_workers())
-    tmp = partial_dir(final)
+    shards = shard_specs(cfg.inputs, cfg.reader, cfg.shard_mb)
+    tmp = _partial_for(final, _resume_key(cfg, shards))
     stats = PipelineStats()
     for name in ("read",) + tuple(s for s in STAGES if s in cfg.stages):
         stats.stage(name)
     try:
-        _run_stages(ray, cfg, tmp, stats)
+        _run_stages(ray, cfg, tmp, stats, shards)
         commit_dir(tmp, final, cfg.overwrite)
+    except KeyboardInterrupt:  # Ctrl-C: kept, like a killed driver's, for the rerun to resume from
+        logger.warning("prepare-data --engine ray: interrupted; the shards done so far are in %s: rerun the same "
+                       "command to resume from them", tmp)
+        raise
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -19,6 +19,7 @@ import dataclasses
 import gzip
 import json
 import os
+import re
 import sys
 import zlib
 from pathlib import Path
@@ -91,17 +92,23 @@ def _file_format(path: Path, fmt: str) -> str:
     return "jsonl" if name.endswith(JSONL_SUFFIXES) else "text"
 
 
-def _raw_lines(path: Path, issues: IssueLog, progress: ProgressTracker) -> Iterator[tuple[int, bytes]]:
-    """(line number, raw bytes) of a plain or gzip file; a corrupt gzip stops that file, counted.
+def _raw_lines(path: Path, issues: IssueLog, progress: ProgressTracker,
+               span: ByteRange | None = None) -> Iterator[tuple[int, bytes]]:
+    """(line number, raw bytes) of a plain or gzip file (or of the byte range `span` of a plain one: its lines,
+    numbered from `span.first_line`); a corrupt gzip stops that file, counted.
 
     Progress is reported in on-disk bytes (compressed bytes for .gz) so it matches the ETA total.
     """
-    lineno = 0
+    lineno = 0 if span is None else span.first_line - 1
     with open(path, "rb") as raw:
         fh = gzip.GzipFile(fileobj=raw, mode="rb") if path.name.endswith(".gz") else raw
         seen = 0
+        if span is not None:
+            raw.seek(span.start)
+            seen = span.start
+            fh = _lines_until(raw, span.end)
         try:
-            for lineno, line in enumerate(fh, start=1):
+            for lineno, line in enumerate(fh, start=lineno + 1):
                 pos = raw.tell()
                 progress(pos - seen)
                 seen = pos
@@ -112,16 +119,87 @@ def _raw_lines(path: Path, issues: IssueLog, progress: ProgressTracker) -> Itera
             print(f"pangu prepare-data: warning: {path}: unreadable after line {lineno} ({type(exc).__name__}: "
                   f"{exc}); the rest of this file was skipped", file=sys.stderr, flush=True)
             return
-    if lineno == 0:
+    if lineno == 0 and span is None:
         issues.add("empty_file", str(path), None, "no lines")
 
 
-def _decoded_lines(path: Path, cfg: ReaderConfig, issues: IssueLog, progress: ProgressTracker) -> Iterator[tuple[int, str]]:
-    for lineno, raw in _raw_lines(path, issues, progress):
+def _lines_until(raw, end: int) -> Iterator[bytes]:
+    """The lines of `raw` from its position up to byte `end` (a range always ends at a line end)."""
+    while raw.tell() < end:
+        line = raw.readline()
+        if not line:
+            return
+        yield line
+
+
+@dataclasses.dataclass(frozen=True)
+class ByteRange:
+    """Bytes [start, end) of a plain input file, cut at line ends; its first line is line `first_line`."""
+
+    start: int
+    end: int
+    first_line: int
+
+    def spec(self, path) -> str:
+        return f"{path}#bytes={self.start}-{self.end},line={self.first_line}"
+
+
+_RANGE_SPEC = re.compile(r"^(.*)#bytes=(\d+)-(\d+),line=(\d+)$")
+
+
+def parse_range_spec(spec: str) -> tuple[Path, ByteRange | None]:
+    """(path, range) of a shard spec written by `ByteRange.spec`, or (path, None) for a whole file."""
+    m = _RANGE_SPEC.match(spec)
+    if m is None or Path(spec).exists():
+        return Path(spec), None
+    return Path(m.group(1)), ByteRange(int(m.group(2)), int(m.group(3)), int(m.group(4)))
+
+
+def splittable(path: Path, cfg: ReaderConfig) -> bool:
+    """Whether documents never span lines (JSONL, or text with one document per line) in an uncompressed file."""
+    return not path.name.endswith(".gz") and (_file_format(path, cfg.format) == "jsonl" or cfg.doc_mode == "line")
+
+
+def byte_ranges(path: Path, target_bytes: int, block: int = 1 << 24) -> list[ByteRange]:
+    """`path` cut into ranges of about `target_bytes`, each ending at a line end (so a range holds whole
+    documents), with the number of its first line; one streaming pass (`block` bytes at a time) counts the
+    lines, so memory stays at one block whatever the file size."""
+    size = path.stat().st_size
+    out: list[ByteRange] = []
+    start, line = 0, 1
+    with open(path, "rb") as fh:
+        while start < size:
+            end = size
+            if start + target_bytes < size:
+                fh.seek(start + target_bytes - 1)
+                end = min(size, start + target_bytes - 1 + len(fh.readline()))  # to the end of that line
+            fh.seek(start)
+            newlines, left = 0, end - start
+            while left:
+                chunk = fh.read(min(block, left))
+                newlines += chunk.count(b"\n")
+                left -= len(chunk)
+            out.append(ByteRange(start, end, line))
+            start, line = end, line + newlines
+    return out
+
+
+def _decoded_lines(path: Path, cfg: ReaderConfig, issues: IssueLog, progress: ProgressTracker,
+                   span: ByteRange | None = None) -> Iterator[tuple[int, str]]:
+    for lineno, raw in _raw_lines(path, issues, progress, span):
         try:
             yield lineno, raw.decode(cfg.encoding).rstrip("\r\n")
         except UnicodeDecodeError as exc:
             issues.add("undecodable_line", str(path), lineno, str(exc))
+
+
+def lone_surrogate(text: str) -> int | None:
+    """Index of the first lone UTF-16 surrogate in `text` (only a JSON escape can put one there), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return exc.start
+    return None
 
 
 def _get_field(obj, dotted: str):
@@ -132,8 +210,9 @@ def _get_field(obj, dotted: str):
     return obj
 
 
-def _read_jsonl(path: Path, cfg: ReaderConfig, issues: IssueLog, progress: ProgressTracker) -> Iterator[Document]:
-    for lineno, line in _decoded_lines(path, cfg, issues, progress):
+def _read_jsonl(path: Path, cfg: ReaderConfig, issues: IssueLog, progress: ProgressTracker,
+                span: ByteRange | None = None) -> Iterator[Document]:
+    for lineno, line in _decoded_lines(path, cfg, issues, progress, span):
         if not line.strip():
             continue
         try:
@@ -145,13 +224,21 @@ def _read_jsonl(path: Path, cfg: ReaderConfig, issues: IssueLog, progress: Progr
         if not isinstance(text, str):
             issues.add("missing_text_field", str(path), lineno, f"no string field {cfg.text_field!r}")
             continue
+        bad = lone_surrogate(text)
+        if bad is not None:  # a JSON escape such as "\ud800": not Unicode text, as an undecodable line is not
+            issues.add("lone_surrogate", str(path), lineno, f"U+{ord(text[bad]):04X} at character {bad} of "
+                       f"{cfg.text_field!r}: not encodable as UTF-8")
+            continue
         yield Document(text=text, source=path.name, ref=f"{path}:{lineno}")
 
 
-def _read_text(path: Path, cfg: ReaderConfig, issues: IssueLog, progress: ProgressTracker) -> Iterator[Document]:
+def _read_text(path: Path, cfg: ReaderConfig, issues: IssueLog, progress: ProgressTracker,
+               span: ByteRange | None = None) -> Iterator[Document]:
+    if span is not None and cfg.doc_mode != "line":
+        raise ValueError(f"{path}: a byte range of a --doc-mode {cfg.doc_mode} file (documents span lines)")
     block: list[str] = []
     start = 0
-    for lineno, line in _decoded_lines(path, cfg, issues, progress):
+    for lineno, line in _decoded_lines(path, cfg, issues, progress, span):
         if cfg.doc_mode == "line":
             if line.strip():
                 yield Document(text=line, source=path.name, ref=f"{path}:{lineno}")
@@ -168,13 +255,14 @@ def _read_text(path: Path, cfg: ReaderConfig, issues: IssueLog, progress: Progre
         yield Document(text="\n".join(block), source=path.name, ref=f"{path}:{start}")
 
 
-def read_file(path: Path, cfg: ReaderConfig, issues: IssueLog, progress: ProgressTracker | None = None) -> Iterator[Document]:
-    """Documents of one file, in order."""
+def read_file(path: Path, cfg: ReaderConfig, issues: IssueLog, progress: ProgressTracker | None = None,
+              span: ByteRange | None = None) -> Iterator[Document]:
+    """Documents of one file (or of its byte range `span`, see `byte_ranges`), in order."""
     progress = progress or ProgressTracker()
     if _file_format(path, cfg.format) == "jsonl":
-        yield from _read_jsonl(path, cfg, issues, progress)
+        yield from _read_jsonl(path, cfg, issues, progress, span)
     else:
-        yield from _read_text(path, cfg, issues, progress)
+        yield from _read_text(path, cfg, issues, progress, span)
 
 
 def read_documents(

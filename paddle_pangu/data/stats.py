@@ -56,6 +56,14 @@ class IssueLog:
     def to_dict(self) -> dict[str, Any]:
         return {"counts": dict(self.counts), "examples": self.examples}
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "IssueLog":
+        """The inverse of `to_dict` (shard stats travel and are kept on disk as JSON, never pickled)."""
+        log = cls()
+        log.counts.update({str(k): int(v) for k, v in d["counts"].items()})
+        log.examples = {str(k): list(v) for k, v in d["examples"].items()}
+        return log
+
 
 @dataclasses.dataclass
 class StageStats:
@@ -97,6 +105,14 @@ class StageStats:
         }
         d.update(self.extra)
         return d
+
+    @classmethod
+    def from_dict(cls, name: str, d: dict[str, Any]) -> "StageStats":
+        """The inverse of `to_dict` (unknown keys go back to `extra`)."""
+        known = ("docs_in", "docs_out", "chars_in", "chars_out", "dropped", "modified", "seconds")
+        return cls(name, int(d["docs_in"]), int(d["docs_out"]), int(d["chars_in"]), int(d["chars_out"]),
+                   Counter(d["dropped"]), Counter(d["modified"]), float(d["seconds"]),
+                   {k: v for k, v in d.items() if k not in known})
 
 
 class PipelineStats:

@@ -68,8 +68,19 @@ def init_jieba() -> None:
 
 
 def ensure_text(text: str | bytes | bytearray, source: str = "<input>") -> str:
-    """Return `text` as str; bytes must be UTF-8 (error names `source` and the byte offset)."""
+    """Return `text` as str; bytes must be UTF-8 (error names `source` and the byte offset), and a str must be
+    encodable as UTF-8 (a lone surrogate, e.g. from a JSON "\\ud800" escape, is named with its line and
+    character instead of surfacing as SentencePiece's RuntimeError)."""
     if isinstance(text, str):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as err:
+            line = text.count("\n", 0, err.start) + 1
+            raise TokenizerInputError(
+                f"{source}: lone surrogate U+{ord(text[err.start]):04X} at character {err.start} (line {line}): not "
+                "Unicode text, cannot be tokenized - fix the escape in the input (prepare-data skips such "
+                "documents and counts them as `lone_surrogate`)"
+            ) from None
         return text
     if isinstance(text, (bytes, bytearray, memoryview)):
         data = bytes(text)

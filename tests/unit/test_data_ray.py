@@ -10,7 +10,6 @@ keeping every other shard's documents.
 """
 import gzip
 import json
-import pickle
 
 import pytest
 
@@ -98,16 +97,17 @@ def test_corrupt_gzip_is_reported_and_other_shards_kept(both):
 
 
 def test_a_shard_whose_task_raises_is_reported_alone(corpus, tmp_path):
-    """Error path, in-process: a shard spec the reader cannot open (a directory) fails with its file."""
-    from paddle_pangu.data.ray_engine import _scan_shard
+    """Error path, in-process: a shard spec the reader cannot open (a directory) fails with its file, and
+    leaves no scan record (a resumed run scans it again)."""
+    from paddle_pangu.data.ray_engine import _scan_task
 
     work = tmp_path / "work"
     work.mkdir()
-    cfg = _cfg(corpus, tmp_path / "x")
-    row = _scan_shard({"shard": 0, "spec": str(corpus), "cfg": pickle.dumps(cfg), "work_dir": str(work)})
-    stats = pickle.loads(row["stats"])
-    assert stats["error"].startswith("IsADirectoryError") and row["n_read"] == 0
+    record = _scan_task(_cfg(corpus, tmp_path / "x"), 0, str(corpus), str(work))
+    assert record["error"].startswith("IsADirectoryError") and record["n_read"] == 0
+    assert json.loads(json.dumps(record)) == record  # the shard's stats travel as JSON, not pickles
     assert (work / "00000.jsonl").read_text() == ""  # no partial survivors reach tokenization
+    assert not (work / "00000.scan.json").exists()
 
 
 def test_engine_flags_are_checked(corpus, tmp_path, capsys):
@@ -123,3 +123,23 @@ def test_engine_flags_are_checked(corpus, tmp_path, capsys):
     with pytest.raises(UsageError, match="--max-docs is a local-engine option"):
         run_pipeline_ray(cfg)
     assert not (tmp_path / "o").exists()
+
+
+def test_byte_range_shards_give_the_unsplit_bytes(both, corpus, cluster, tmp_path):
+    """--shard-mb small enough that a.jsonl and b.jsonl are each cut into several byte ranges at line ends
+    (the gzip is not splittable): the same .bin/.idx, clusters and issues (with their file and line) as the
+    local engine reading each file as one stream."""
+    from paddle_pangu.data.ray_engine import run_pipeline_ray
+
+    local_dir = both[0]
+    cfg = _cfg(corpus, tmp_path / "ray")
+    cfg.shard_mb = 0.004  # ~4 KB: a few articles per range
+    stats = run_pipeline_ray(cfg)
+    for suffix in (".bin", ".idx"):
+        assert (tmp_path / "ray" / f"news{suffix}").read_bytes() == (local_dir / f"news{suffix}").read_bytes()
+    assert (tmp_path / "ray" / "dedup_clusters.jsonl").read_text() == (local_dir / "dedup_clusters.jsonl").read_text()
+    assert stats.to_dict()["issues"] == both[2].to_dict()["issues"]  # malformed JSON still at a.jsonl line 7
+    inputs = [s["input"] for s in read_manifest(tmp_path / "ray")["shards"]]
+    for name in ("a.jsonl", "b.jsonl"):
+        assert sum(f"{name}#bytes=" in s for s in inputs) >= 3, inputs
+    assert sum(s.endswith("c.jsonl.gz") for s in inputs) == 1

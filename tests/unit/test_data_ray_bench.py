@@ -32,7 +32,7 @@ def test_local_row_and_table(tmp_path):
     assert row["engine"] == "local" and row["documents"] > 0 and row["peak_rss_mb"] > 50
     assert row["mb_per_s"] > 0 and row["tokenize_s"] > 0 and row["pass1_s"] >= 0
     text = table({"rows": [row], "identical_bin": True, "load_before": 1.0, "load_after": 1.0, "cpus": 2})
-    assert text.splitlines()[2].startswith("| local | 1 | ")
+    assert text.splitlines()[2].startswith("| - | - | local | 1 | ")
 
 
 def test_peak_rss_sees_a_child_process():

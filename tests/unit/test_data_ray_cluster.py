@@ -77,6 +77,8 @@ def _corpus(root):
     a = [json.dumps({"text": t}, ensure_ascii=False) for t in arts[:6]]
     b = [json.dumps({"text": t}, ensure_ascii=False) for t in arts[6:]]
     b.append(json.dumps({"text": arts[2] + "这是后来插入的一句话。"}, ensure_ascii=False))  # near-dup across shards
+    b.append(json.dumps({"text": arts[7][:-20] + "。"}, ensure_ascii=False))  # near-dup inside shard b
+    b.insert(2, '{"text": "' + json.dumps(arts[8][:200], ensure_ascii=False)[1:-1] + '\\ud800尾"}')  # line 3: a lone surrogate escape, skipped and counted
     root.mkdir()
     (root / "a.jsonl").write_text("\n".join(a) + "\n", encoding="utf-8")
     (root / "b.jsonl").write_text("\n".join(b) + "\n", encoding="utf-8")
@@ -104,32 +106,28 @@ def _same_bytes(out, local_out):
         assert (out / f"news{suffix}").read_bytes() == (local_out / f"news{suffix}").read_bytes(), suffix
 
 
-def test_joins_a_separately_started_cluster_and_writes_the_local_bytes(cluster_env, local, tmp_path):
+def test_joins_the_cluster_retries_failed_shards_and_writes_the_local_bytes(cluster_env, local, tmp_path):
+    """Joins the `ray start` cluster (not a fresh local instance); shard 1's scan kills its worker process once
+    (os._exit, not an exception), shard 0's tokenization raises twice (SHARD_ATTEMPTS = 3): the local engine's
+    bytes, 3 retries logged. (One run checks both: each `prepare-data` on the cluster costs ~25 s here.)"""
     address, env = cluster_env
     inp, local_out = local
-    remote = _prepare(inp, tmp_path / "ray", env, "--engine", "ray", "--ray-address", address)
-    assert remote.returncode == 0, remote.stderr[-3000:]
-    assert f"joined Ray cluster {address}, 2 CPUs" in remote.stderr  # not a fresh local instance
-    _same_bytes(tmp_path / "ray", local_out)
-    stats = json.loads((tmp_path / "ray" / "stats.json").read_text())
-    assert stats["stages"]["dedup"]["dropped"] == {"near_duplicate": 1}  # the planted cross-shard near-dup
-    assert json.loads((tmp_path / "ray" / "manifest.json").read_text())["engine"] == "ray"
-
-
-def test_failed_shards_are_retried_and_logged(cluster_env, local, tmp_path):
-    """Shard 1's scan raises once, shard 0's tokenization twice (SHARD_ATTEMPTS = 3): same bytes, 3 retries logged."""
-    address, env = cluster_env
-    inp, local_out = local
-    run = _prepare(inp, tmp_path / "ray", {**env, "PANGU_RAY_TEST_FAULT": "scan:1:1,tokenize:0:2"},
+    run = _prepare(inp, tmp_path / "ray", {**env, "PANGU_RAY_TEST_FAULT": "scan:1:1:exit,tokenize:0:2"},
                    "--engine", "ray", "--ray-address", address)
     assert run.returncode == 0, run.stderr[-3000:]
+    assert f"joined Ray cluster {address}, 2 CPUs" in run.stderr  # not a fresh local instance
     _same_bytes(tmp_path / "ray", local_out)
+    assert json.loads((tmp_path / "ray" / "manifest.json").read_text())["engine"] == "ray"
     retries = [ln for ln in run.stderr.splitlines() if "retried" in ln]
     assert len(retries) == 3, run.stderr[-3000:]
-    assert sum("scan of shard" in ln and "b.jsonl" in ln for ln in retries) == 1
+    crashed = [ln for ln in retries if "scan of shard" in ln and "b.jsonl" in ln]
+    assert len(crashed) == 1 and "injected fault" not in crashed[0], crashed  # Ray's dead-worker error
     assert sum("tokenize of shard" in ln and "a.jsonl" in ln for ln in retries) == 2
     stats = json.loads((tmp_path / "ray" / "stats.json").read_text())
+    assert stats["stages"]["dedup"]["dropped"] == {"near_duplicate": 2}  # the planted near-dups (across, inside b)
     assert stats["issues"] == json.loads((local_out / "stats.json").read_text())["issues"]  # no shard_failed
+    (bad,) = stats["issues"]["examples"]["lone_surrogate"]  # both engines: one line naming file, line, character
+    assert bad["file"].endswith("b.jsonl") and bad["line"] == 3 and "U+D800 at character 200" in bad["detail"], bad
 
 
 def test_a_shard_failing_every_attempt_is_reported(cluster_env, local, tmp_path):
@@ -141,7 +139,9 @@ def test_a_shard_failing_every_attempt_is_reported(cluster_env, local, tmp_path)
     last = run.stderr.strip().splitlines()[-1]
     assert "1 shard(s) failed" in last and "a.jsonl" in last and "injected fault" in last, last
     assert "Traceback" not in run.stderr
-    # shard b's 6 articles and its near-dup of an a article (whose original is now gone) are kept
+    # shard b's 6 articles and its near-dup of an a article (whose original is now gone) are kept; its
+    # near-dup of its own article is dropped (verified against shard b's signatures, which start at offset
+    # 0 like the failed shard a's empty ones)
     assert len(IndexedDataset(tmp_path / "ray" / "news")) == 7
 
 
@@ -154,3 +154,30 @@ def test_a_wrong_token_is_a_one_line_error(cluster_env, local, tmp_path):
     last = bad.stderr.strip().splitlines()[-1]
     assert last.startswith(f"pangu prepare-data: error: prepare-data --ray-address {address}: cannot join"), last
     assert "Traceback" not in bad.stderr and not (tmp_path / "ray").exists()
+
+
+def test_a_killed_driver_resumes_from_the_verified_shards(cluster_env, local, tmp_path):
+    """`pangu prepare-data` SIGKILLed after one of its two shards is tokenized (the test hook kills the driver
+    process itself at that point), one scan file corrupted, then rerun with the same arguments: it adopts the
+    dead run's partial directory, re-scans the corrupt shard (saying so), keeps the rest, and writes the
+    bytes of an uninterrupted run."""
+    address, env = cluster_env
+    inp, local_out = local
+    out = tmp_path / "ray"
+    killed = _prepare(inp, out, {**env, "PANGU_RAY_TEST_FAULT": "driver:tokenize:1"},
+                      "--engine", "ray", "--ray-address", address)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-3000:]
+    (partial,) = tmp_path.glob("ray.partial-*")
+    assert len(list((partial / "work").glob("*.scan.json"))) == 2
+    assert len(list((partial / "shards").glob("*.json"))) == 1
+    with open(partial / "work" / "00000.jsonl", "a", encoding="utf-8") as fh:
+        fh.write("{")  # a shard file that no longer matches its record
+    rerun = _prepare(inp, out, env, "--engine", "ray", "--ray-address", address)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert "resuming the interrupted run" in rerun.stderr
+    assert "the scan of shard" in rerun.stderr and "a.jsonl is corrupt or partial" in rerun.stderr
+    assert "resuming: 1 of 2 shards already scanned" in rerun.stderr
+    assert "resuming: 1 of 2 shards already tokenized" in rerun.stderr
+    _same_bytes(out, local_out)
+    assert (out / "dedup_clusters.jsonl").read_text() == (local_out / "dedup_clusters.jsonl").read_text()
+    assert not list(tmp_path.glob("ray.partial-*"))

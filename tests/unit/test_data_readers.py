@@ -5,7 +5,7 @@ import json
 import pytest
 
 from paddle_pangu.data.builtin import _group_articles, read_builtin, split_line_id, strip_tags
-from paddle_pangu.data.readers import ReaderConfig, read_documents
+from paddle_pangu.data.readers import ReaderConfig, read_documents, read_file
 from paddle_pangu.data.stats import IssueLog
 
 
@@ -89,3 +89,28 @@ def test_builtin_peoples_daily_articles_and_reviews():
     assert len(reviews) > 30000 and {d.source for d in reviews} == {"reviews-pos", "reviews-neg"}
     with pytest.raises(ValueError, match="unknown builtin"):
         read_builtin("builtin:nope", issues)
+
+
+def test_byte_ranges_end_at_line_ends_and_read_the_whole_file_in_order(tmp_path):
+    """Every cut size, including one byte and ones that fall inside a multi-byte character: the ranges read
+    one after another give the documents (text and file:line ref) and issues of the whole file."""
+    from paddle_pangu.data.readers import byte_ranges, parse_range_spec
+
+    f = tmp_path / "x.jsonl"
+    lines = [json.dumps({"text": "文本" * (i % 7 + 1) + str(i)}, ensure_ascii=False) for i in range(40)]
+    lines[5], lines[17] = '{"text": broken', ""  # a malformed line and an empty one keep their numbers
+    f.write_text("\n".join(lines) + "\n" + '{"text": "no newline at the end"}', encoding="utf-8")
+    whole, whole_issues = _read([f])
+    for target in (1, 7, 64, 333, f.stat().st_size):
+        ranges = byte_ranges(f, target)
+        assert ranges[0].start == 0 and ranges[-1].end == f.stat().st_size
+        assert all(a.end == b.start for a, b in zip(ranges, ranges[1:]))
+        data = f.read_bytes()
+        assert all(data[r.end - 1:r.end] == b"\n" for r in ranges[:-1])
+        docs, issues = [], IssueLog()
+        for r in ranges:
+            path, span = parse_range_spec(r.spec(f))
+            assert (path, span) == (f, r)
+            docs += list(read_file(path, ReaderConfig(), issues, span=span))
+        assert [(d.text, d.ref) for d in docs] == [(d.text, d.ref) for d in whole], target
+        assert issues.to_dict() == whole_issues.to_dict(), target

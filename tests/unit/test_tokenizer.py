@@ -293,6 +293,9 @@ def test_non_utf8_bytes_error_names_offset(codec):
         codec.encode_ids(data)
     with pytest.raises(TypeError, match="expected str"):
         codec.encode_ids(123)
+    # a lone surrogate (what a JSON "\ud800" escape decodes to) is named, not SentencePiece's RuntimeError
+    with pytest.raises(TokenizerInputError, match=r"doc\[1\]: lone surrogate U\+D800 at character 4 \(line 2\)"):
+        codec.encode_many(["ok", "a\nbc\ud800d"], source="doc")
 
 
 def test_decode_rejects_out_of_range_ids(codec):
