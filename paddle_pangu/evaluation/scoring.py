@@ -1,8 +1,9 @@
 """Scoring primitives of the paper's evaluation (REF "Evaluation protocol").
 
-- `candidate_losses`: classification-like tasks fill a template per candidate
+- `batched_candidate_losses` (one example: `candidate_losses`): the one
+  candidate scorer. Classification-like tasks fill a template per candidate
   and score each by the mean LM loss over the tokens after the shared prefix;
-  the lowest loss wins.
+  the lowest loss wins. The per-token losses are `model.losses.token_losses`.
 - `perplexity`: exp of the token-weighted mean next-token loss on held-out
   packed samples.
 """
@@ -33,17 +34,6 @@ def score_start(candidates: Sequence[Sequence[int]]) -> int:
     return max(start, 1)
 
 
-def _mean_after(losses: np.ndarray, start: int) -> float:
-    # the loss at index t scores token t + 1, so tokens from `start` on are losses[start - 1:]
-    return float(losses[start - 1:].mean())
-
-
-def candidate_losses(model, candidates: Sequence[Sequence[int]]) -> np.ndarray:
-    """Mean loss over each candidate's tokens after the prefix all candidates share (REF), one forward pass."""
-    start = score_start(candidates)
-    return np.array([_mean_after(l, start) for l in token_losses(model, candidates)])
-
-
 def batched_candidate_losses(model, groups: Sequence[Sequence[Sequence[int]]], batch_size: int = 16) -> list[np.ndarray]:
     """`candidate_losses` for many examples: whole examples are packed, right-padded, into forward passes of
     at most `batch_size` sequences (an example with more candidates than that gets a pass of its own)."""
@@ -67,6 +57,12 @@ def batched_candidate_losses(model, groups: Sequence[Sequence[Sequence[int]]], b
     if pending:
         flush()
     return out
+
+
+def candidate_losses(model, candidates: Sequence[Sequence[int]]) -> np.ndarray:
+    """Mean loss over each candidate's tokens after the prefix all candidates share (REF), one forward pass:
+    `batched_candidate_losses` for one example."""
+    return batched_candidate_losses(model, [candidates], batch_size=len(candidates))[0]
 
 
 @paddle.no_grad()
