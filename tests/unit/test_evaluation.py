@@ -6,8 +6,11 @@ import paddle
 import pytest
 
 from paddle_pangu.evaluation import ClassificationTask, candidate_losses, perplexity, reviews_task
-from paddle_pangu.evaluation.fewshot import build_prompt, evaluate_classification
+from paddle_pangu.evaluation.classification import as_task_spec
+from paddle_pangu.evaluation.prompting import build_prompt
+from paddle_pangu.evaluation.runner import evaluate_task
 from paddle_pangu.evaluation.scoring import shared_prefix_len
+from paddle_pangu.evaluation.tasks.base import Example
 from paddle_pangu.model.losses import token_losses
 
 
@@ -62,36 +65,46 @@ def test_reviews_task_reads_real_reviews_balanced():
 
 
 def test_prompt_puts_demonstrations_before_query():
-    task = ClassificationTask("t", ["好", "坏"], "文：{text}\n评：{label}", [])
-    prompt = build_prompt(task, [("甲", 0), ("乙", 1)], "丙", 1)
-    assert prompt == "文：甲\n评：好\n文：乙\n评：坏\n文：丙\n评：坏"
+    """A reviews / JSONL task goes through the runner's prompting: demonstrations, each with its gold label,
+    joined by newlines before the query (REF "Zero/one/few-shot")."""
+    from paddle_pangu.tokenizer import PanGuTokenizer
+
+    task = ClassificationTask("t", ["好", "坏"], "文：{text}\n评：{label}", [("甲", 0), ("乙", 1), ("丙", 1)])
+    spec, _, _ = as_task_spec(task, 2, seed=0)
+    demos = [Example({"text": "甲"}, task.labels, 0, uid="a"), Example({"text": "乙"}, task.labels, 1, uid="b")]
+    prompt = build_prompt(spec, Example({"text": "丙"}, task.labels, 1, uid="c"), demos, PanGuTokenizer.from_default(), 1024)
+    assert prompt.texts == ["文：甲\n评：好\n文：乙\n评：坏\n文：丙\n评：好", "文：甲\n评：好\n文：乙\n评：坏\n文：丙\n评：坏"]
     with pytest.raises(ValueError, match="end with"):
         ClassificationTask("t", ["a", "b"], "{label}{text}", [])
 
 
 def test_few_shot_accuracy_counts_correct_picks(tiny_model):
-    """One-shot accuracy = the fraction of evaluated examples whose lowest-loss candidate is the gold label.
+    """One-shot accuracy of a reviews-style task run by the runner = the fraction of evaluated examples whose
+    lowest-loss candidate is the gold label.
 
     Built so that nothing random needs re-deriving: 3 evaluated examples per label and a pool left with
-    one demonstration, whose text every label-0 example shares, so the one shot is known whatever the
-    draws. Each pick is then recomputed with an independent float64 loss (_nll)."""
+    one demonstration (returned by the split), so the one shot is known whatever the draws. Each pick is
+    then recomputed with an independent float64 loss (_nll)."""
     from paddle_pangu.tokenizer import PanGuTokenizer
 
     tok = PanGuTokenizer.from_default()
-    demo = ("物流很快，包装完好，非常满意", 0)
+    good = ["物流很快，包装完好，非常满意", "东西不错，价格实惠", "做工精细，朋友都说好", "发货及时，质量很好"]
     bad = ["质量太差了，用了两天就坏", "客服态度恶劣，再也不买", "颜色和图片完全不一样"]
     task = ClassificationTask("picks", labels=["好评", "差评"], template="评论：{text}\n这是一条{label}",
-                              examples=[demo] * 4 + [(t, 1) for t in bad])
-    res = evaluate_classification(tiny_model, tok, task, shots=1, num_eval=6, seed=3, progress=False)
-    assert res["examples"] == 6 and res["chance"] == 0.5
+                              examples=[(t, 0) for t in good] + [(t, 1) for t in bad])
+    spec, pool, examples = as_task_spec(task, 6, seed=3)
+    assert len(pool) == 1 and len(examples) == 6
+    res = evaluate_task(tiny_model, tok, spec, examples, pool, shots=1, seed=3, progress=False)
+    assert res["n"] == 6 and res["chance"] == 0.5
+    demo = task.render(pool[0].fields["text"], pool[0].gold)
     correct = 0
-    for text, gold in [demo] * 3 + [(t, 1) for t in bad]:
-        cands = [tok.encode_ids(build_prompt(task, [demo], text, c)) for c in (0, 1)]
+    for ex in examples:
+        cands = [tok.encode_ids(demo + "\n" + task.render(ex.fields["text"], c)) for c in (0, 1)]
         start = shared_prefix_len(cands)
         losses = [_nll(tiny_model, c)[start - 1:].mean() for c in cands]
         # premise: no near-tie, so fp32 scoring (rounding ~1e-5 of a ~10 loss) picks the same candidate
         assert abs(losses[0] - losses[1]) > 1e-3
-        correct += int(np.argmin(losses) == gold)
+        correct += int(np.argmin(losses) == ex.gold)
     assert res["accuracy"] == correct / 6
 
 

@@ -114,3 +114,4 @@ def test_evaluation_reports_nan_for_a_nan_model(tmp_path):
     result = trainer.evaluate()
     assert math.isnan(result["loss"]) and math.isnan(result["ppl"])
     assert np.isnan(token_losses(trainer.model, [[10, 11, 12]])[0]).all()
+    assert np.isnan(token_losses(trainer.model, [[10, 11, 12]], starts=[2])[0]).all()  # head on scored positions only
