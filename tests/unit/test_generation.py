@@ -6,10 +6,9 @@ import pytest
 from scipy.stats import chisquare
 
 from paddle_pangu.errors import UsageError
-from paddle_pangu.inference.decoding import BatchDecoder, Row
-from paddle_pangu.inference.generation import (
-    DygraphStepper, SamplingConfig, choose_token, filter_logits, generate, generate_text, left_pad,
-)
+from paddle_pangu.inference.decoding import BatchDecoder, Row, left_pad
+from paddle_pangu.inference.generation import DygraphStepper, generate, generate_text
+from paddle_pangu.inference.sampling import SamplingConfig, choose_token, filter_logits
 from paddle_pangu.inference.streaming import TextStream
 
 

@@ -85,7 +85,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def sampling_config(args, config, seed: int | None = None):
-    from ..generation import SamplingConfig
+    from ..sampling import SamplingConfig
 
     return SamplingConfig(
         max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,

@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..generation import SamplingConfig
+from ..sampling import SamplingConfig
 
 DEFAULT_MAX_TOKENS = 16  # the OpenAI completions default
 MAX_STOP = 4  # stop strings per request: the OpenAI API's own limit
