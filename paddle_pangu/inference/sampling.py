@@ -94,6 +94,19 @@ class SamplingConfig:
         base = {f.name: getattr(cfg, f.name) for f in fields(cls)} if cfg is not None else {}
         return cls(**{**base, **overrides})
 
+    @classmethod
+    def from_options(cls, options, model_config=None, **overrides) -> "SamplingConfig":
+        """The one way user options become a SamplingConfig (`pangu generate` flags, an HTTP request).
+
+        `options`: an object whose attributes named like the fields are read (an argparse Namespace, a
+        request model; None = not given, the default); `model_config`: the model's eos / pad ids (REF:
+        `<eot>` 9, pad 6); `overrides`: what the caller spells differently (the HTTP `max_tokens`, the CLI
+        `--stop-id`). Validation and its one-line UsageError are __post_init__'s, the same for every caller."""
+        given = {f.name: getattr(options, f.name) for f in fields(cls) if getattr(options, f.name, None) is not None}
+        if model_config is not None:
+            given.update(eos_token_id=model_config.eos_token_id, pad_token_id=model_config.pad_token_id)
+        return cls.build(None, **{**given, **overrides})
+
 
 def filter_logits(logits: np.ndarray, counts: np.ndarray, cfg: SamplingConfig, seen: np.ndarray | None = None):
     """One row's logits [V] fp32 -> penalised, tempered, top-k/top-p filtered logits [V] (-inf = dropped).
