@@ -100,6 +100,17 @@ class BatchDecoder:
             self._merge(cache, mask, positions[:, -1], logits)
         self.rows.extend(rows)
 
+    def run(self, rows: list[Row], on_added: Callable | None = None) -> list[Row]:
+        """Decode `rows` to their end: add them all (an over-long prompt fails here), call on_added(), step
+        until no row is left. The one loop of `generate`, `generate_text` and `pangu generate`; the server
+        adds rows between steps instead (server/engine.py)."""
+        self.add(rows)
+        if on_added is not None:
+            on_added()
+        while self.rows:
+            self.step()
+        return rows
+
     def _merge(self, cache, mask, last_positions, logits) -> None:
         old, new = self.mask.shape[1], mask.shape[1]
         width = max(old, new)

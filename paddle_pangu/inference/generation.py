@@ -72,12 +72,7 @@ class DygraphStepper:
 
 def decode_loop(step, config, prompts: list[list[int]], cfg: SamplingConfig) -> list[list[int]]:
     """The loop shared by dygraph and Paddle Inference backends: every prompt with `cfg`; new ids per prompt."""
-    rows = [Row(p, cfg) for p in prompts]
-    decoder = BatchDecoder(step, config)
-    decoder.add(rows)
-    while decoder.rows:
-        decoder.step()
-    return [r.tokens for r in rows]
+    return [r.tokens for r in BatchDecoder(step, config).run([Row(p, cfg) for p in prompts])]
 
 
 def generate(model, prompts: list[list[int]], cfg: SamplingConfig | None = None, **sampling) -> list[list[int]]:
@@ -96,8 +91,5 @@ def generate_text(model, tokenizer, prompts: list[str], cfg: SamplingConfig | No
     cfg = SamplingConfig.build(cfg, **sampling)
     streams = [TextStream(tokenizer, stop) for _ in prompts]
     rows = [Row(tokenizer.encode_ids(p), cfg, on_token=s.push_stops) for p, s in zip(prompts, streams)]
-    decoder = BatchDecoder(DygraphStepper(model), model.config)
-    decoder.add(rows)
-    while decoder.rows:
-        decoder.step()
+    BatchDecoder(DygraphStepper(model), model.config).run(rows)
     return [s.text for s in streams]

@@ -168,12 +168,8 @@ def _decode(args, stepper, config, tok) -> int:
     rows = [Row(tok.encode_ids(p), SamplingConfig.from_options(args, config, stop_token_ids=tuple(args.stop_id),
                                                                seed=seed + i), echo(s) if live else s.push_stops)
             for i, (p, s) in enumerate(zip(args.prompt, streams))]
-    decoder = BatchDecoder(stepper, config)
-    decoder.add(rows)  # over-long prompts fail here, before anything is printed
-    if live:
-        print(args.prompt[0], end="", flush=True)
-    while decoder.rows:
-        decoder.step()
+    show_prompt = (lambda: print(args.prompt[0], end="", flush=True)) if live else None
+    BatchDecoder(stepper, config).run(rows, on_added=show_prompt)  # an over-long prompt fails before the print
     if live:
         print(streams[0].flush(), flush=True)
         return 0
