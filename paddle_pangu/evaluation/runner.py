@@ -62,7 +62,8 @@ def _generation_records(task, examples, prompts, generated, shots, offset):
 
 
 def _generate(model, tokenizer, task: TaskSpec, prompts, seed: int) -> list[str]:
-    from ..inference.generation import SamplingConfig, generate
+    from ..inference.generation import generate
+    from ..inference.sampling import SamplingConfig
 
     d = task.decoding
     cfg = SamplingConfig(max_new_tokens=d.max_new_tokens, do_sample=d.do_sample, top_k=0 if d.top_k == 1 else d.top_k,

@@ -1,4 +1,5 @@
 """Inference: generation with a KV cache."""
-from .generation import SamplingConfig, generate, generate_text
+from .generation import generate, generate_text
+from .sampling import SamplingConfig
 
 __all__ = ["SamplingConfig", "generate", "generate_text"]

@@ -13,7 +13,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import UsageError
-from .generation import SamplingConfig, choose_token, filter_logits, left_pad
+from .sampling import SamplingConfig, choose_token, filter_logits
 
 
 class Row:
@@ -100,6 +100,17 @@ class BatchDecoder:
             self._merge(cache, mask, positions[:, -1], logits)
         self.rows.extend(rows)
 
+    def run(self, rows: list[Row], on_added: Callable | None = None) -> list[Row]:
+        """Decode `rows` to their end: add them all (an over-long prompt fails here), call on_added(), step
+        until no row is left. The one loop of `generate`, `generate_text` and `pangu generate`; the server
+        adds rows between steps instead (server/engine.py)."""
+        self.add(rows)
+        if on_added is not None:
+            on_added()
+        while self.rows:
+            self.step()
+        return rows
+
     def _merge(self, cache, mask, last_positions, logits) -> None:
         old, new = self.mask.shape[1], mask.shape[1]
         width = max(old, new)
@@ -172,3 +183,17 @@ class BatchDecoder:
 
 def _pad_mask(mask: np.ndarray, width: int) -> np.ndarray:
     return np.pad(mask, [(0, 0), (width - mask.shape[1], 0)])
+
+
+def left_pad(prompts: list[list[int]], pad_token_id: int):
+    """Prompts of different lengths -> ids [B, S], padding mask [B, S] (1 = token), position ids [B, S]."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UsageError("every prompt needs at least one token")
+    width = max(len(p) for p in prompts)
+    ids = np.full([len(prompts), width], pad_token_id, dtype="int64")
+    mask = np.zeros([len(prompts), width], dtype="int64")
+    for row, p in enumerate(prompts):
+        ids[row, width - len(p):] = p
+        mask[row, width - len(p):] = 1
+    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None)
+    return ids, mask, positions

@@ -20,7 +20,8 @@ import shutil
 import numpy as np
 import paddle
 
-from .generation import SamplingConfig, decode_loop
+from .generation import decode_loop
+from .sampling import SamplingConfig
 
 GRAPHS = ("prefill", "decode")
 META_FILE = "pangu_inference.json"

@@ -31,8 +31,9 @@ from convert_fixtures import to_paddle
 from reference_numpy import forward, init_params
 
 from paddle_pangu.config import get_preset
-from paddle_pangu.inference.decoding import BatchDecoder, Row
-from paddle_pangu.inference.generation import DygraphStepper, SamplingConfig, left_pad
+from paddle_pangu.inference.decoding import BatchDecoder, Row, left_pad
+from paddle_pangu.inference.generation import DygraphStepper
+from paddle_pangu.inference.sampling import SamplingConfig
 from paddle_pangu.model import PanGuForCausalLM
 
 V, H, L, F, S, NH = 512, 64, 3, 256, 64, 4

@@ -34,6 +34,10 @@ ALLOWED = {
     ("devices/sim_npu/__init__.py", "kernels"): "the native-build helpers (cache, lock, failure line) kernels/ owns",
     ("__init__.py", "model"): "registers PanGu with PaddleNLP's Auto classes once paddlenlp is imported (lazily)",
 }
+# (module, module it imports back) inside one package: the known import cycles, each with its reason
+CYCLES_ALLOWED = {
+    ("tokenizer/fastseg.py", "tokenizer/core.py"): "the compiled segmenter loads jieba's dictionary lazily",
+}
 CPU_BACKEND_IMPORTERS = {"parallel/topology.py": "fleet set-up", "finetune/arguments.py": "PaddleNLP's fleet set-up"}
 PRIVATE_NAMES = ("_run_custom_op", "_c_identity", "_c_concat", "_global_norm", "_set_pipeline_name_mapping",
                  "_pp_to_single_mapping", "shared_comm", "is_firstly_shared", "_is_collective", "_HYBRID_PARALLEL_GROUP")
@@ -101,6 +105,45 @@ def _violations():
     return found
 
 
+def _package_graph() -> dict[str, set[str]]:
+    """module -> the modules of its own top-level package it imports (at any depth: lazy imports count)."""
+    files = {p.relative_to(ROOT): p for p in _modules()}
+    by_name = {".".join(rel.parent.parts if rel.name == "__init__.py" else rel.with_suffix("").parts): rel
+               for rel in files}
+    graph = {}
+    for rel, path in files.items():
+        for name, _ in _imported(path):
+            parts = name.split(".")[1:]
+            while parts and ".".join(parts) not in by_name:  # `from .mod import name` -> mod
+                parts = parts[:-1]
+            target = by_name.get(".".join(parts)) if parts else None
+            if target is not None and target != rel and len(rel.parts) > 1 and _package(target) == _package(rel):
+                graph.setdefault(str(rel), set()).add(str(target))
+    return graph
+
+
+def _cycles() -> list[list[str]]:
+    """Every import cycle between modules of one package, as found by a depth-first walk."""
+    graph = {a: {b for b in targets if (a, b) not in CYCLES_ALLOWED} for a, targets in _package_graph().items()}
+    found, state = [], {}
+
+    def walk(node, stack):
+        state[node] = "open"
+        stack.append(node)
+        for nxt in sorted(graph.get(node, ())):
+            if state.get(nxt) == "open":
+                found.append(stack[stack.index(nxt):] + [nxt])
+            elif nxt not in state:
+                walk(nxt, stack)
+        stack.pop()
+        state[node] = "done"
+
+    for node in sorted(graph):
+        if node not in state:
+            walk(node, [])
+    return found
+
+
 def test_every_package_has_a_layer():
     packages = {_package(p.relative_to(ROOT)) for p in _modules()} - {"__init__"}
     assert packages <= set(RANK), f"place {sorted(packages - set(RANK))} in LAYERS and docs/ARCHITECTURE.md"
@@ -119,6 +162,21 @@ def test_the_rule_catches_an_upward_import(tmp_path, monkeypatch):
                         if self == fake else original(self, *a, **k))
     (found,) = _violations()
     assert "model/_architecture_probe.py:1 imports paddle_pangu.training" in found and f"layer {RANK['training']}" in found
+
+
+def test_no_import_cycle_inside_a_package():
+    assert _cycles() == []
+
+
+def test_the_cycle_check_catches_a_cycle(monkeypatch):
+    """The checker itself: two inference modules importing each other (one lazily, inside a function)."""
+    a, b = ROOT / "inference" / "_cycle_probe_a.py", ROOT / "inference" / "_cycle_probe_b.py"
+    monkeypatch.setattr(__import__(__name__), "_modules", lambda: [a, b])
+    text = {a: "from ._cycle_probe_b import x\n", b: "def f():\n    from . import _cycle_probe_a\n"}
+    original = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *args, **k: text[self] if self in text
+                        else original(self, *args, **k))
+    assert _cycles() == [["inference/_cycle_probe_a.py", "inference/_cycle_probe_b.py", "inference/_cycle_probe_a.py"]]
 
 
 def test_cpu_backend_is_imported_in_one_place():

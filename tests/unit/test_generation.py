@@ -6,10 +6,9 @@ import pytest
 from scipy.stats import chisquare
 
 from paddle_pangu.errors import UsageError
-from paddle_pangu.inference.decoding import BatchDecoder, Row
-from paddle_pangu.inference.generation import (
-    DygraphStepper, SamplingConfig, choose_token, filter_logits, generate, generate_text, left_pad,
-)
+from paddle_pangu.inference.decoding import BatchDecoder, Row, left_pad
+from paddle_pangu.inference.generation import DygraphStepper, generate, generate_text
+from paddle_pangu.inference.sampling import SamplingConfig, choose_token, filter_logits
 from paddle_pangu.inference.streaming import TextStream
 
 
@@ -162,6 +161,32 @@ def test_bad_sampling_config_names_the_field():
             SamplingConfig(**kwargs)
     with pytest.raises(UsageError, match="unknown sampling"):
         SamplingConfig.build(top_z=3)
+
+
+def test_cli_flags_and_http_request_become_the_same_sampling_config():
+    """`pangu generate` flags and an OpenAI request go through SamplingConfig.from_options: same values,
+    the model's own eos / pad ids (not the defaults), and the same one-line error for a bad value."""
+    import argparse
+    from types import SimpleNamespace
+
+    from paddle_pangu.inference.cli.generate import add_sampling_arguments
+    from paddle_pangu.inference.server.protocol import CompletionRequest
+
+    parser = argparse.ArgumentParser()
+    add_sampling_arguments(parser)
+    flags = ["--max-new-tokens", "7", "--do-sample", "--temperature", "0.7", "--top-k", "5", "--top-p", "0.9",
+             "--frequency-penalty", "0.5", "--presence-penalty", "0.25", "--repetition-penalty", "1.2",
+             "--stop-id", "11", "--seed", "3"]
+    model_config = SimpleNamespace(eos_token_id=2, pad_token_id=0)
+    args = parser.parse_args(flags)
+    cli = SamplingConfig.from_options(args, model_config, stop_token_ids=tuple(args.stop_id))
+    http = CompletionRequest(prompt="x", max_tokens=7, temperature=0.7, top_k=5, top_p=0.9, frequency_penalty=0.5,
+                             presence_penalty=0.25, repetition_penalty=1.2, stop_token_ids=[11], seed=3)
+    assert cli == http.sampling(model_config) == SamplingConfig(
+        max_new_tokens=7, do_sample=True, temperature=0.7, top_k=5, top_p=0.9, frequency_penalty=0.5,
+        presence_penalty=0.25, repetition_penalty=1.2, eos_token_id=2, stop_token_ids=(11,), pad_token_id=0, seed=3)
+    with pytest.raises(UsageError, match=r"^max_new_tokens must be an integer >= 1, got 0$"):
+        SamplingConfig.from_options(parser.parse_args(["--max-new-tokens", "0"]), model_config)
 
 
 def test_too_long_prompt_is_an_error_or_truncated_left(model):

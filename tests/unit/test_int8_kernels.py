@@ -399,8 +399,9 @@ def test_int8_export_and_dygraph_agree_and_cli_runs_it_in_a_fresh_process(tiny_p
     assert (logits2.argmax(-1) == ref2[:, -1].numpy().argmax(-1)).all()
     # prompts of 2 x 40 rows take the kernel's GEMM path (MKL: the predictor's blocking may differ from
     # dygraph's, so no bit equality); the greedy continuations must still agree
-    from paddle_pangu.inference.export import SamplingConfig, generate_with_predictor
+    from paddle_pangu.inference.export import generate_with_predictor
     from paddle_pangu.inference.generation import generate
+    from paddle_pangu.inference.sampling import SamplingConfig
 
     long = [list(range(100, 140)), list(range(300, 340))]
     assert generate_with_predictor(str(out), long, SamplingConfig(max_new_tokens=4)) == \

@@ -134,7 +134,7 @@ sampling_numbers = st.one_of(st.integers(-3, 70_000), st.floats(allow_nan=True, 
        st.lists(st.integers(0, 39_999), max_size=40), st.integers(1, 64))
 def test_generation_arguments(kwargs, prompt, context):
     from paddle_pangu.inference.decoding import fit_prompt
-    from paddle_pangu.inference.generation import SamplingConfig
+    from paddle_pangu.inference.sampling import SamplingConfig
 
     cfg = _result_or_project_error(SamplingConfig.build, **kwargs)
     if isinstance(cfg, SamplingConfig):

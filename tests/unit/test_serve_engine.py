@@ -79,7 +79,7 @@ def test_a_failing_prefill_fails_only_its_row_among_rows_joining_together():
     three (prefilled again row by row) decode to their end (issue 29: 7 of 8 streams got the error before)."""
     import asyncio
 
-    from paddle_pangu.inference.generation import SamplingConfig
+    from paddle_pangu.inference.sampling import SamplingConfig
 
     engine = Engine(_Stepper(40000), get_preset("tiny"), _Tokenizer(), max_batch=8)
     loop = asyncio.new_event_loop()
@@ -106,7 +106,7 @@ def test_a_failing_decode_step_fails_only_the_row_that_fails_alone():
     row: that row gets the error, the other decodes to its end (before, both got the error)."""
     import asyncio
 
-    from paddle_pangu.inference.generation import SamplingConfig
+    from paddle_pangu.inference.sampling import SamplingConfig
 
     engine = Engine(_DecodeFailsAt30(40000), get_preset("tiny"), _Tokenizer(), max_batch=8)
     loop = asyncio.new_event_loop()
@@ -122,7 +122,7 @@ def test_a_failing_decode_step_fails_only_the_row_that_fails_alone():
 def test_a_full_queue_is_503():
     import asyncio
 
-    from paddle_pangu.inference.generation import SamplingConfig
+    from paddle_pangu.inference.sampling import SamplingConfig
 
     config = get_preset("tiny")
     engine = Engine(_Stepper(40000), config, _Tokenizer(), max_batch=1, max_queue=1)  # not started: nobody drains

@@ -126,7 +126,8 @@ def test_followers_mirror_the_kv_cache_through_rows_joining_and_leaving(tiny_mod
     import gc
 
     from paddle_pangu.inference.decoding import BatchDecoder, Row
-    from paddle_pangu.inference.generation import DygraphStepper, SamplingConfig
+    from paddle_pangu.inference.generation import DygraphStepper
+    from paddle_pangu.inference.sampling import SamplingConfig
     from paddle_pangu.inference.tensor_parallel import LeaderStepper, follow
 
     channel = _Recorder()

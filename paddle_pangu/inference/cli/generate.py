@@ -84,18 +84,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_nproc_arguments(p)
 
 
-def sampling_config(args, config, seed: int | None = None):
-    from ..generation import SamplingConfig
-
-    return SamplingConfig(
-        max_new_tokens=args.max_new_tokens, do_sample=args.do_sample, temperature=args.temperature,
-        top_k=args.top_k, top_p=args.top_p, frequency_penalty=args.frequency_penalty,
-        presence_penalty=args.presence_penalty, repetition_penalty=args.repetition_penalty,
-        eos_token_id=config.eos_token_id, stop_token_ids=tuple(args.stop_id), pad_token_id=config.pad_token_id,
-        seed=args.seed if seed is None else seed, truncate=args.truncate,
-    )
-
-
 def check_arguments(args) -> None:
     """What argparse cannot see, refused before the model is loaded (one line, exit 2)."""
     from ...errors import UsageError
@@ -162,6 +150,7 @@ def _run_rank(args) -> int:
 
 def _decode(args, stepper, config, tok) -> int:
     from ..decoding import BatchDecoder, Row
+    from ..sampling import SamplingConfig
     from ..streaming import TextStream
 
     seed = sampling_seed(args)
@@ -176,14 +165,11 @@ def _decode(args, stepper, config, tok) -> int:
         return on_token
 
     # each row its own RNG stream: identical prompts in one batch get different samples
-    rows = [Row(tok.encode_ids(p), sampling_config(args, config, seed + i), echo(s) if live else s.push_stops)
+    rows = [Row(tok.encode_ids(p), SamplingConfig.from_options(args, config, stop_token_ids=tuple(args.stop_id),
+                                                               seed=seed + i), echo(s) if live else s.push_stops)
             for i, (p, s) in enumerate(zip(args.prompt, streams))]
-    decoder = BatchDecoder(stepper, config)
-    decoder.add(rows)  # over-long prompts fail here, before anything is printed
-    if live:
-        print(args.prompt[0], end="", flush=True)
-    while decoder.rows:
-        decoder.step()
+    show_prompt = (lambda: print(args.prompt[0], end="", flush=True)) if live else None
+    BatchDecoder(stepper, config).run(rows, on_added=show_prompt)  # an over-long prompt fails before the print
     if live:
         print(streams[0].flush(), flush=True)
         return 0

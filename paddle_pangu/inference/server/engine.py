@@ -22,7 +22,7 @@ import numpy as np
 
 from ...errors import PanGuError, UsageError
 from ..decoding import BatchDecoder, Row, fit_prompt
-from ..generation import SamplingConfig
+from ..sampling import SamplingConfig
 from ..streaming import TextStream
 
 

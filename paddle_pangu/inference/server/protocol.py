@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..generation import SamplingConfig
+from ..sampling import SamplingConfig
 
 DEFAULT_MAX_TOKENS = 16  # the OpenAI completions default
 MAX_STOP = 4  # stop strings per request: the OpenAI API's own limit
@@ -79,14 +79,9 @@ class _Sampling(BaseModel):
 
     def sampling(self, config, max_tokens: int | None = None, truncate: str = "error") -> SamplingConfig:
         """The row's SamplingConfig; temperature 0 is greedy (as the OpenAI API defines it)."""
-        return SamplingConfig(
-            max_new_tokens=max_tokens or self.max_tokens or DEFAULT_MAX_TOKENS, do_sample=self.temperature > 0,
-            temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
-            frequency_penalty=self.frequency_penalty, presence_penalty=self.presence_penalty,
-            repetition_penalty=self.repetition_penalty, eos_token_id=config.eos_token_id,
-            stop_token_ids=tuple(self.stop_token_ids), pad_token_id=config.pad_token_id, seed=self.seed,
-            truncate=truncate,
-        )
+        max_new_tokens = max_tokens or self.max_tokens or DEFAULT_MAX_TOKENS
+        return SamplingConfig.from_options(self, config, max_new_tokens=max_new_tokens, do_sample=self.temperature > 0,
+                                           truncate=truncate)
 
     def stop_strings(self) -> list[str]:
         return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
