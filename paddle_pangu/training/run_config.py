@@ -24,6 +24,8 @@ Example (see configs/pretrain/*.yaml)::
 """
 from __future__ import annotations
 
+import math
+
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -213,7 +215,7 @@ def _check_sections(cfg: RunConfig, model_cfg) -> None:
         (cfg.logging.log_interval >= 1, "logging.log_interval", ">= 1"),
         (cfg.seq_len <= model_cfg.max_position_embeddings, "data.seq_len",
          f"<= model max_position_embeddings ({model_cfg.max_position_embeddings})"),
-        (cfg.data.splits is None or (len(cfg.data.splits) == 3 and all(float(s) >= 0 for s in cfg.data.splits)),
+        (cfg.data.splits is None or _three_ratios(cfg.data.splits),
          "data.splits", "three non-negative train/valid/test ratios"),
     ]
     for ok, name, expected in checks:
@@ -226,6 +228,14 @@ def _check_sections(cfg: RunConfig, model_cfg) -> None:
         raise RunConfigError(
             f"{src}: data.weights has {len(data.weights)} entries for {len(data.paths)} data.paths"
         )
+
+
+def _three_ratios(value) -> bool:
+    """data.splits: a list of three finite non-negative numbers (a None, a string or a bool inside is an
+    error line, not a float() traceback)."""
+    return (isinstance(value, (list, tuple)) and len(value) == 3
+            and all(isinstance(s, (int, float)) and not isinstance(s, bool) and math.isfinite(s) and s >= 0
+                    for s in value))
 
 
 def _get(cfg, dotted: str):

@@ -7,7 +7,7 @@ import math
 import os
 import tempfile
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from paddle_pangu.errors import PanGuError
@@ -54,6 +54,8 @@ def _result_or_project_error(fn, *args, **kwargs):
 
 @SETTINGS
 @given(run_config_dicts())
+@example({"data": {"synthetic": {"num_samples": 8}, "splits": [None, 1, 1]}})  # found by this test: float(None)
+@example({"data": {"synthetic": {"num_samples": 8}, "splits": ["a", 1, 1]}})
 def test_run_config_from_any_dict(data):
     from paddle_pangu.training.run_config import run_config_from_dict
 
