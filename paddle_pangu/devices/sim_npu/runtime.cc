@@ -17,7 +17,9 @@
 //   AVG:           the SUM above divided by nranks (in fp32 for fp16 / bf16, then rounded once).
 // A peer that does not arrive within PANGU_SIM_NPU_TIMEOUT seconds (default 600) fails the collective
 // with a message on stderr instead of hanging forever.
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <linux/futex.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -472,8 +474,27 @@ C_Status UniqueIdSize(size_t* size) {
   return C_SUCCESS;
 }
 
+// A job killed between creating its segment and the moment every rank has mapped it (rank 0 unlinks it
+// then) leaves /dev/shm/pangu_npu_<pid>_<hex> behind, up to ~100 MB each. The rank that creates a new
+// group's id removes every such segment whose creator <pid> no longer exists: a live job's creator is
+// alive until its ranks have joined, so only leftovers of dead jobs go.
+void RemoveDeadSegments() {
+  DIR* dir = opendir("/dev/shm");
+  if (dir == nullptr) return;
+  const char prefix[] = "pangu_npu_";
+  while (dirent* e = readdir(dir)) {
+    if (std::strncmp(e->d_name, prefix, sizeof(prefix) - 1) != 0) continue;
+    char* end = nullptr;
+    long pid = std::strtol(e->d_name + sizeof(prefix) - 1, &end, 10);
+    if (pid <= 0 || end == nullptr || *end != '_') continue;
+    if (kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) shm_unlink((std::string("/") + e->d_name).c_str());
+  }
+  closedir(dir);
+}
+
 C_Status UniqueId(C_CCLRootId* id) {
   if (id->sz < 32) return C_ERROR;
+  RemoveDeadSegments();
   unsigned char rnd[16] = {0};
   int fd = open("/dev/urandom", O_RDONLY);
   bool ok = fd >= 0 && read(fd, rnd, sizeof(rnd)) == static_cast<ssize_t>(sizeof(rnd));
