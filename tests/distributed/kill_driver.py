@@ -35,7 +35,7 @@ import paddle_pangu.parallel.topology  # noqa: F401
 import paddle_pangu.training.trainer  # noqa: F401
 from paddle_pangu.training.run_config import load_run_config
 
-MAX_STEPS = 100
+MAX_STEPS = int(sys.argv[7]) if len(sys.argv) > 7 else 100  # the npu test's 2 kills need far fewer
 DEVICE = sys.argv[5] if len(sys.argv) > 5 else "cpu"  # npu: the simulated Ascend device (PANGU_TEST_NPU=1)
 ATTENTION_DROPOUT = float(sys.argv[6]) if len(sys.argv) > 6 else None  # the preset's unless given
 CONFIG = {

@@ -22,9 +22,19 @@ WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "npu_collectiv
 WORLD = 3
 
 
+# a segment a killed job left behind: its creator pid cannot exist (above the largest pid_max, 2^22)
+STALE_SEGMENT = "/dev/shm/pangu_npu_2147483646_deadbeef"
+
+
 @pytest.fixture(scope="module")
 def outs():
+    with open(STALE_SEGMENT, "wb") as f:
+        f.write(b"\0" * 4096)
     return launch(WORKER, nproc=WORLD, timeout=600, env={"PANGU_TEST_NPU": "1"}).outputs()
+
+
+def test_segments_of_dead_jobs_are_removed_when_a_group_is_created(outs):
+    assert not os.path.exists(STALE_SEGMENT)  # (the job's own segments: unlinked by rank 0 once all joined)
 
 
 def _bf16(x32):

@@ -1,11 +1,7 @@
 """Inference on the simulated `npu` (PANGU_TEST_NPU=1 loads devices/sim_npu in every `pangu` process):
-`pangu evaluate --device npu` equals the CPU run, and `--device npu` without the plugin is one line.
-
-Not here: an exported graph run by Paddle Inference's custom-device predictor on `npu` (`pangu export` +
-`pangu generate / serve --device npu`). It runs, but intermittently (about half of the runs on the merged
-tree) fails inside the predictor with "MemcpyD2H: Tensor holds no memory" or aborts; the cause is not found
-yet (not the executor's threading: FLAGS_new_executor_serial_run=1 fails too), so it is an open defect of
-issue 23, not a check this suite can pass reliably. At fp32 the npu runs Paddle's CPU kernels through the
+`pangu evaluate --device npu`, `pangu export` + `pangu generate --device npu` through Paddle
+Inference's custom-device config (`enable_custom_device("npu", ...)`), and `pangu serve --device npu`
+answering the official openai client; `--device npu` without the plugin is one line. At fp32 the npu runs Paddle's CPU kernels through the
 custom-device fallback, so greedy tokens and predictions must equal the CPU run's; per-candidate
 losses agree within fp32 rounding of sums over the vocabulary (V u relative, u = 2^-24).
 """
@@ -16,6 +12,7 @@ import sys
 
 import pytest
 
+from serve_utils import Server  # tests/integration is on sys.path (rootdir conftest-less import)
 
 PROMPT = "今天天气很好，我们"
 NEW_TOKENS = "6"
@@ -38,6 +35,38 @@ def exported(tmp_path_factory):
     proc = _pangu("export", "--model", "preset:tiny", "--output", str(out), npu=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return out
+
+
+def _generate(model, device):
+    proc = _pangu("generate", "--model", str(model), "--prompt", PROMPT, "--max-new-tokens", NEW_TOKENS,
+                  "--no-stream", "--device", device, npu=device == "npu")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip().splitlines()[-1]
+
+
+@pytest.fixture(scope="module")
+def cpu_text(exported):
+    return _generate(exported, "cpu")  # the prompt and its greedy continuation
+
+
+def test_export_generate_on_npu_predictor_equals_cpu(exported, cpu_text):
+    on_npu = _generate(exported, "npu")
+    assert on_npu == cpu_text and len(on_npu) > len(PROMPT), (on_npu, cpu_text)
+
+
+def test_serve_on_npu_answers_the_openai_client_with_the_cpu_tokens(exported, cpu_text, tmp_path, monkeypatch):
+    import openai
+
+    monkeypatch.setenv("PANGU_TEST_NPU", "1")
+    monkeypatch.delenv("CUSTOM_DEVICE_ROOT", raising=False)
+    server = Server(str(exported), "--device", "npu", log_path=str(tmp_path / "serve.log"))
+    try:
+        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", timeout=120, max_retries=0)
+        done = client.completions.create(model="pangu", prompt=PROMPT, max_tokens=int(NEW_TOKENS), temperature=0)
+        served = done.choices[0].text
+    finally:
+        server.stop()
+    assert served and PROMPT + served == cpu_text, (served, cpu_text)
 
 
 def test_evaluate_on_npu_equals_cpu(tmp_path):

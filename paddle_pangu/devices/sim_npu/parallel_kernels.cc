@@ -13,6 +13,13 @@
 // shared-weight all-reduce and the sharding optimizer's gradient reduce then failed in xccl ("interface
 // not found": no device for a CPU place). This kernel writes it on the device, accumulating the rows of
 // out_grad in index order as Paddle's CPU kernel does (bit-identical); padding_idx rows get no gradient.
+//
+// split / split_with_num: Paddle's CPU fallback writes every output on the CPU place. fleet's
+// sync_params_buffers (sharding's and dp's start-up broadcast of the parameters) broadcasts one coalesced
+// buffer and splits it back into `param.detach()` views with the legacy `split` op, so every parameter's
+// storage moved to the CPU (found: after fleet.distributed_model with sharding2 on npu, `embedding_0.w_0`
+// and each other parameter were Place(cpu), and the sharding optimizer's gradient reduce then failed in
+// xccl with "interface not found"). These kernels write the pieces on the device, a byte copy per piece.
 #include <cstring>
 #include <vector>
 
@@ -56,9 +63,66 @@ void EmbeddingGradKernel(const Context& dev_ctx, const phi::DenseTensor& input, 
   }
 }
 
+// x [d0, ..., d_axis, ..., dn] -> out[i] [d0, ..., sections[i], ..., dn]; one section may be -1 (the rest)
+template <typename T, typename Context>
+void SplitPieces(const Context& dev_ctx, const phi::DenseTensor& x, std::vector<int64_t> sections, int64_t axis,
+                 std::vector<phi::DenseTensor*> out) {
+  auto dims = x.dims();
+  const int rank = dims.size();
+  if (axis < 0) axis += rank;
+  PADDLE_ENFORCE_EQ(axis >= 0 && axis < rank, true,
+                    phi::errors::InvalidArgument("sim npu split: axis %ld outside a rank-%d tensor", axis, rank));
+  int64_t known = 0, unknown = -1;
+  for (size_t i = 0; i < sections.size(); ++i) {
+    if (sections[i] < 0) unknown = static_cast<int64_t>(i);
+    else known += sections[i];
+  }
+  if (unknown >= 0) sections[unknown] = dims[axis] - known;
+  int64_t outer = 1, inner = 1;
+  for (int i = 0; i < axis; ++i) outer *= dims[i];
+  for (int i = axis + 1; i < rank; ++i) inner *= dims[i];
+  const T* src = x.data<T>();
+  int64_t offset = 0;  // along the axis
+  for (size_t i = 0; i < out.size(); ++i) {
+    auto piece = dims;
+    piece[axis] = sections[i];
+    if (out[i] == nullptr) {
+      offset += sections[i];
+      continue;
+    }
+    out[i]->Resize(piece);
+    T* dst = dev_ctx.template Alloc<T>(out[i]);
+    const int64_t row = sections[i] * inner;
+    for (int64_t o = 0; o < outer && row > 0; ++o) {
+      std::memcpy(dst + o * row, src + (o * dims[axis] + offset) * inner, sizeof(T) * row);
+    }
+    offset += sections[i];
+  }
+}
+
+template <typename T, typename Context>
+void SplitKernel(const Context& dev_ctx, const phi::DenseTensor& x, const phi::IntArray& sections,
+                 const phi::Scalar& axis, std::vector<phi::DenseTensor*> out) {
+  SplitPieces<T>(dev_ctx, x, sections.GetData(), axis.to<int64_t>(), out);
+}
+
+template <typename T, typename Context>
+void SplitWithNumKernel(const Context& dev_ctx, const phi::DenseTensor& x, int num, const phi::Scalar& axis,
+                        std::vector<phi::DenseTensor*> out) {
+  int64_t a = axis.to<int64_t>();
+  int64_t dim = x.dims()[a < 0 ? a + x.dims().size() : a];
+  PADDLE_ENFORCE_EQ(num > 0 && dim % num == 0, true,
+                    phi::errors::InvalidArgument("sim npu split_with_num: %ld not divisible by %d", dim, num));
+  SplitPieces<T>(dev_ctx, x, std::vector<int64_t>(num, dim / num), a, out);
+}
+
 }  // namespace pangu_npu_parallel
 
 PD_REGISTER_PLUGIN_KERNEL(one_hot, npu, ALL_LAYOUT, pangu_npu_parallel::OneHotKernel, int, int64_t) {
   kernel->OutputAt(0).SetDataType(phi::DataType::FLOAT32);
 }
 PD_REGISTER_PLUGIN_KERNEL(embedding_grad, npu, ALL_LAYOUT, pangu_npu_parallel::EmbeddingGradKernel, float, double) {}
+PD_REGISTER_PLUGIN_KERNEL(split, npu, ALL_LAYOUT, pangu_npu_parallel::SplitKernel, float, double, int, int64_t,
+                          bool, uint8_t, int8_t, int16_t, phi::dtype::bfloat16, phi::dtype::float16) {}
+PD_REGISTER_PLUGIN_KERNEL(split_with_num, npu, ALL_LAYOUT, pangu_npu_parallel::SplitWithNumKernel, float, double, int,
+                          int64_t, bool, uint8_t, int8_t, int16_t, phi::dtype::bfloat16, phi::dtype::float16) {}

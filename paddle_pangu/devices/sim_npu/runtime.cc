@@ -2,7 +2,7 @@
 // loads paddle-custom-npu (written from paddle/phi/backends/device_ext.h of the installed wheel).
 //
 // What it is: device type "npu" (sub type "PanGuSim"), PANGU_SIM_NPU_COUNT devices (default 8) whose memory
-// is host memory behind a real per-device allocator (used / total bytes, a limit: PANGU_SIM_NPU_MEMORY_MB,
+// is anonymous host mappings (outside the malloc heap) behind a real per-device allocator (used / total bytes, a limit: PANGU_SIM_NPU_MEMORY_MB,
 // default 16384 per device; an allocation over the limit fails as on a device, so Paddle reports OOM),
 // synchronous streams and events, and real collectives (xccl_*) between the processes of one machine.
 //
@@ -17,7 +17,9 @@
 //   AVG:           the SUM above divided by nranks (in fp32 for fp16 / bf16, then rounded once).
 // A peer that does not arrive within PANGU_SIM_NPU_TIMEOUT seconds (default 600) fails the collective
 // with a message on stderr instead of hanging forever.
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <linux/futex.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -36,6 +38,7 @@
 #include <cstring>
 #include <mutex>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "paddle/phi/backends/device_ext.h"
@@ -62,6 +65,12 @@ double TimeoutSeconds() { return static_cast<double>(EnvSize("PANGU_SIM_NPU_TIME
 bool ValidDevice(const C_Device d) { return d != nullptr && d->id >= 0 && static_cast<size_t>(d->id) < DeviceCount(); }
 
 // ---- device management ------------------------------------------------------------------------------
+// The live device allocations (pointer -> (device, bytes)): every free is checked against them.
+std::mutex g_live_mu;
+std::unordered_map<void*, std::pair<int, size_t>>& Live() {
+  static auto* live = new std::unordered_map<void*, std::pair<int, size_t>>;  // never destroyed: frees at exit
+  return *live;
+}
 C_Status Init() { return C_SUCCESS; }
 C_Status Finalize() { return C_SUCCESS; }
 C_Status InitDevice(const C_Device d) { return ValidDevice(d) ? C_SUCCESS : C_ERROR; }
@@ -118,6 +127,18 @@ C_Status StreamWaitEvent(const C_Device, C_Stream, C_Event) { return C_SUCCESS; 
 // ---- memory: a counted allocator per device ------------------------------------------------------------
 constexpr size_t kAlign = 64;
 
+// The live allocations of every device (pointer -> (device, bytes)): a free is checked against them.
+
+size_t MappedBytes(size_t bytes) {
+  static const size_t page = static_cast<size_t>(sysconf(_SC_PAGESIZE));
+  return (bytes + page - 1) / page * page;
+}
+
+// Device memory is its own anonymous mapping, not the host's malloc heap: a device address space is
+// separate from the host's, so device memory must not depend on how the process tunes malloc (runtime.py
+// sets M_MMAP_MAX=0, which put every device block, the naive_best_fit allocator's ~15 GB first chunk
+// included, inside the brk heap), and an access past a block faults instead of corrupting host heap
+// metadata. MAP_NORESERVE: pages are committed when touched, as the chunk Paddle reserves is mostly unused.
 C_Status Allocate(const C_Device d, void** ptr, size_t size) {
   *ptr = nullptr;
   if (!ValidDevice(d)) return C_ERROR;
@@ -127,21 +148,40 @@ C_Status Allocate(const C_Device d, void** ptr, size_t size) {
     g_used[d->id].fetch_sub(bytes);
     return C_FAILED;
   }
-  void* p = std::aligned_alloc(kAlign, (bytes + kAlign - 1) / kAlign * kAlign);
-  if (p == nullptr) {
+  void* p = mmap(nullptr, MappedBytes(bytes), PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE,
+                 -1, 0);
+  if (p == MAP_FAILED) {
     g_used[d->id].fetch_sub(bytes);
     return C_FAILED;
   }
   size_t peak = g_peak[d->id].load();
   while (used > peak && !g_peak[d->id].compare_exchange_weak(peak, used)) {
   }
+  {
+    std::lock_guard<std::mutex> lock(g_live_mu);
+    Live()[p] = {d->id, bytes};
+  }
   *ptr = p;
   return C_SUCCESS;
 }
+// A pointer this allocator did not hand out (or already freed) is refused, as a device runtime refuses it.
 C_Status Deallocate(const C_Device d, void* ptr, size_t size) {
   if (!ValidDevice(d)) return C_ERROR;
-  std::free(ptr);
-  g_used[d->id].fetch_sub(std::max<size_t>(size, 1));
+  if (ptr == nullptr) return C_SUCCESS;
+  size_t bytes = 0;
+  {
+    std::lock_guard<std::mutex> lock(g_live_mu);
+    auto it = Live().find(ptr);
+    if (it == Live().end() || it->second.first != d->id) {
+      std::fprintf(stderr, "pangu sim npu: device_memory_deallocate(npu:%d, %p, %zu bytes): not a live allocation "
+                   "of this device\n", d->id, ptr, size);
+      return C_ERROR;
+    }
+    bytes = it->second.second;
+    Live().erase(it);
+  }
+  munmap(ptr, MappedBytes(bytes));
+  g_used[d->id].fetch_sub(bytes);
   return C_SUCCESS;
 }
 C_Status MemSet(const C_Device, void* ptr, unsigned char value, size_t size) {
@@ -434,8 +474,27 @@ C_Status UniqueIdSize(size_t* size) {
   return C_SUCCESS;
 }
 
+// A job killed between creating its segment and the moment every rank has mapped it (rank 0 unlinks it
+// then) leaves /dev/shm/pangu_npu_<pid>_<hex> behind, up to ~100 MB each. The rank that creates a new
+// group's id removes every such segment whose creator <pid> no longer exists: a live job's creator is
+// alive until its ranks have joined, so only leftovers of dead jobs go.
+void RemoveDeadSegments() {
+  DIR* dir = opendir("/dev/shm");
+  if (dir == nullptr) return;
+  const char prefix[] = "pangu_npu_";
+  while (dirent* e = readdir(dir)) {
+    if (std::strncmp(e->d_name, prefix, sizeof(prefix) - 1) != 0) continue;
+    char* end = nullptr;
+    long pid = std::strtol(e->d_name + sizeof(prefix) - 1, &end, 10);
+    if (pid <= 0 || end == nullptr || *end != '_') continue;
+    if (kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH) shm_unlink((std::string("/") + e->d_name).c_str());
+  }
+  closedir(dir);
+}
+
 C_Status UniqueId(C_CCLRootId* id) {
   if (id->sz < 32) return C_ERROR;
+  RemoveDeadSegments();
   unsigned char rnd[16] = {0};
   int fd = open("/dev/urandom", O_RDONLY);
   bool ok = fd >= 0 && read(fd, rnd, sizeof(rnd)) == static_cast<ssize_t>(sizeof(rnd));
