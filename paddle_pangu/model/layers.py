@@ -3,7 +3,9 @@
 Every PanGu-specific choice cites docs/REFERENCE.md ("REF").
 Splittable layers come from `paddle_pangu.parallel.layers`, built for the
 `ParallelContext` each layer receives (default: plain), so the same code runs
-plain (one process) or tensor-parallel under fleet.
+plain (one process) or tensor-parallel under fleet. Each operation is
+stated once through `ops` (`ops.py` decides where it runs: fused CPU kernel,
+Paddle op or the Ascend flash attention op).
 
 Shapes: B batch, S new tokens, T = past + S keys, H hidden, nh heads
 (local to this tensor-parallel rank), hd head dim, F ffn width.

@@ -21,6 +21,7 @@ from ..config import PanGuConfig
 from ..parallel import context as parallel_context
 from ..parallel import layers as pl
 from ..parallel.context import PLAIN, ParallelContext
+from . import ops
 from .layers import MASK_VALUE, FP32LayerNorm, PanGuBlock, PanGuEmbeddings, PanGuQueryLayer
 
 
@@ -220,7 +221,7 @@ class PanGuPretrainingCriterion(nn.Layer):
 
     def forward(self, logits, labels, loss_mask=None):
         # logits [B, S, V(_local)], labels [B, S] -> scalar fp32
-        token_loss = pl.lm_cross_entropy(self.parallel, logits, labels, parallel_output=True)
+        token_loss = ops.cross_entropy(logits, labels, self.parallel)
         mask = (labels != self.pad_token_id).astype("float32")
         if loss_mask is not None:
             mask = mask * loss_mask.astype("float32")

@@ -126,6 +126,18 @@ def attention(q, k, v, mask, *, head_dim: int, dropout, training: bool, parallel
     return out.transpose([0, 2, 1, 3])
 
 
+def cross_entropy(logits, labels, parallel: ParallelContext):
+    """Per-token cross entropy in fp32. logits [B, S, V] (under tensor parallelism this rank's shard
+    [B, S, V/mp]), labels [B, S] int64 -> [B, S]."""
+    if parallel.tensor_parallel:
+        return pl.vocab_parallel_cross_entropy(parallel, logits, labels)
+    logits = logits.astype("float32")
+    loss = kernels.softmax_cross_entropy(logits, labels)  # CPU training: the fused kernel
+    if loss is None:
+        loss = F.cross_entropy(logits, labels.unsqueeze(-1), reduction="none").squeeze(-1)
+    return loss
+
+
 def npu_flash_attention(q, k, v, additive_mask, dropout: float, training: bool):
     """Ascend flash attention from the paddle-custom-npu plugin ([B, S, nh, hd]; mask True = masked),
     called as PaddleNLP's NPU fusion ops call it."""
