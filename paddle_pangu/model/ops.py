@@ -126,6 +126,16 @@ def attention(q, k, v, mask, *, head_dim: int, dropout, training: bool, parallel
     return out.transpose([0, 2, 1, 3])
 
 
+def tied_head(hidden, embedding_weight, parallel: ParallelContext, *, parallel_output: bool, weight_t=None,
+              quantized=None):
+    """hidden [B, S, H] -> logits [B, S, V(_local)]: the quantized head layer `inference.quantize` attached
+    (int8 / bf16 kernels) when there is one, else hidden @ embedding_weight^T (`pl.tied_lm_logits`; weight_t
+    an [H, V(_local)] inference copy of the embedding)."""
+    if quantized is not None:
+        return quantized(hidden)
+    return pl.tied_lm_logits(parallel, hidden, embedding_weight, parallel_output=parallel_output, weight_t=weight_t)
+
+
 def cross_entropy(logits, labels, parallel: ParallelContext):
     """Per-token cross entropy in fp32. logits [B, S, V] (under tensor parallelism this rank's shard
     [B, S, V/mp]), labels [B, S] int64 -> [B, S]."""
