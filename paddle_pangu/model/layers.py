@@ -3,7 +3,9 @@
 Every PanGu-specific choice cites docs/REFERENCE.md ("REF").
 Splittable layers come from `paddle_pangu.parallel.layers`, built for the
 `ParallelContext` each layer receives (default: plain), so the same code runs
-plain (one process) or tensor-parallel under fleet.
+plain (one process) or tensor-parallel under fleet. Each operation is
+stated once through `ops` (`ops.py` decides where it runs: fused CPU kernel,
+Paddle op or the Ascend flash attention op).
 
 Shapes: B batch, S new tokens, T = past + S keys, H hidden, nh heads
 (local to this tensor-parallel rank), hd head dim, F ffn width.
@@ -16,25 +18,13 @@ import paddle
 import paddle.nn as nn
 import paddle.nn.functional as F
 
-from .. import kernels
 from ..config import PanGuConfig
-from ..parallel import fleet_compat
 from ..parallel import layers as pl
 from ..parallel.context import PLAIN, ParallelContext
+from . import ops
+from .ops import ATTENTION_IMPLS
 
 MASK_VALUE = -10000.0  # REF "attention": additive mask -10000
-ATTENTION_IMPLS = ("plain", "sdpa", "npu")
-# CPU fast paths that keep the math (each checked against the reference ops in tests/unit/test_fast_paths.py):
-# a dense layer's bias folded into its GEMM (paddle.addmm: one pass over the output instead of matmul then
-# add; 12% less CPU per fwd+bwd at [1024, 512] x [512, 2048]) and 1/sqrt(hd) applied to q [B, nh, S, hd]
-# instead of the [B, nh, S, T] scores (exact when hd is a power of two). GPU/NPU keep their own kernels.
-_FAST_PATHS = {"on": True}
-
-
-def set_fast_paths(on: bool) -> bool:
-    """Turn the CPU fast paths on or off (off = the reference ops); returns the previous setting."""
-    previous, _FAST_PATHS["on"] = _FAST_PATHS["on"], bool(on)
-    return previous
 
 
 class Dropout(nn.Dropout):
@@ -45,19 +35,6 @@ class Dropout(nn.Dropout):
 
     def forward(self, x):
         return super().forward(x) if self.training else x
-
-
-def dense(layer, x):
-    """`layer(x)`; for a plain nn.Linear on CPU in dygraph, as one addmm (bias inside the GEMM).
-    Tensor-parallel layers, static graphs (export) and other devices run the layer itself."""
-    if not (_FAST_PATHS["on"] and type(layer) is nn.Linear and layer.bias is not None
-            and paddle.in_dynamic_mode() and x.place.is_cpu_place()):
-        return layer(x)
-    out = kernels.linear(x, layer.weight, layer.bias)  # training: the same addmm, a fast bias gradient
-    if out is not None:
-        return out
-    out = paddle.addmm(layer.bias, x.reshape([-1, x.shape[-1]]), layer.weight)  # [B*S, out]
-    return out.reshape(x.shape[:-1] + [layer.weight.shape[1]])
 
 
 def normal_attr(std: float) -> paddle.ParamAttr:
@@ -87,11 +64,7 @@ class FP32LayerNorm(nn.LayerNorm):
         dtype = x.dtype
         w = self.weight.astype("float32") if self.weight is not None else None
         b = self.bias.astype("float32") if self.bias is not None else None
-        x = x.astype("float32")
-        out = kernels.layer_norm(x, w, b, self._epsilon) if len(self._normalized_shape) == 1 else None
-        if out is None:  # not a CPU training step (see paddle_pangu/kernels): Paddle's kernel
-            out = F.layer_norm(x, self._normalized_shape, w, b, self._epsilon)
-        return out.astype(dtype)
+        return ops.layer_norm(x.astype("float32"), self._normalized_shape, w, b, self._epsilon).astype(dtype)
 
 
 class PanGuEmbeddings(nn.Layer):
@@ -134,77 +107,25 @@ class PanGuAttention(nn.Layer):
         self.impl = "plain"  # set_attention_impl(): "sdpa" (GPU flash / mem-efficient) or "npu" (Ascend FA)
 
     def _split_heads(self, x):
-        # [B, S, nh*hd] -> [B, nh, S, hd]; 0 = keep that dimension (no shape ops in an exported graph)
-        x = x.reshape([0, 0, self.num_heads, self.head_dim])
-        dense_copy = kernels.swap_dims12(x)  # CPU training: one dense copy instead of a strided view
-        return dense_copy if dense_copy is not None else x.transpose([0, 2, 1, 3])
-
-    def _scale_on_q(self, dtype) -> bool:
-        """Scale q instead of the scores: S*hd multiplies instead of S*T, exact in any dtype for a
-        power-of-two hd (x * 2^-n commutes with rounding), within fp32 rounding otherwise."""
-        hd = self.head_dim
-        return _FAST_PATHS["on"] and (dtype == paddle.float32 or hd & (hd - 1) == 0)
-
-    def _plain(self, q, k, v, attention_mask, q_scaled: bool = False):
-        """q [B, nh, S, hd] (already times 1/sqrt(hd) when q_scaled), k/v [B, nh, T, hd] -> context [B, nh, S, hd]."""
-        # REF: score = QK^T / sqrt(head_dim); softmax in fp32
-        scores = paddle.matmul(q, k, transpose_y=True).astype("float32")  # [B, nh, S, T]
-        if not q_scaled:
-            scores = scores / math.sqrt(self.head_dim)
-        probs = kernels.masked_softmax(scores, attention_mask)  # CPU training: mask + softmax in one kernel
-        if probs is None:
-            if attention_mask is not None:
-                scores = scores + attention_mask
-            probs = F.softmax(scores, axis=-1)
-        probs = probs.astype(q.dtype)
-        with pl.local_rng(self.parallel):  # this rank's heads: a dropout stream per tensor-parallel rank
-            probs = self.attn_dropout(probs)
-        return paddle.matmul(probs, v)
-
-    def _fused(self, q, k, v, attention_mask):
-        """Fused kernels take [B, S, nh, hd]; same math (the kernels accumulate the softmax in fp32)."""
-        q, k, v = (t.transpose([0, 2, 1, 3]) for t in (q, k, v))
-        p = self.attn_dropout.p if self.training else 0.0
-        with pl.local_rng(self.parallel):
-            if self.impl == "npu":
-                out = npu_flash_attention(q, k, v, attention_mask, p, self.training)
-            else:
-                mask = None if attention_mask is None else attention_mask.astype(q.dtype)
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p, training=self.training)
-        return out.transpose([0, 2, 1, 3])
+        return ops.split_heads(x, self.num_heads, self.head_dim)  # [B, S, nh*hd] -> [B, nh, S, hd]
 
     def forward(self, hidden, attention_mask, query_states=None, past_key_value=None, use_cache=False):
         """hidden: [B, S, H] (keys/values); query_states: [B, S, H] or None (= hidden);
         attention_mask: additive [B or 1, 1, S, T]; past_key_value: (k, v) each [B, nh, P, hd]."""
-        q = dense(self.q_proj, hidden if query_states is None else query_states)
-        q_scaled = self.impl == "plain" and self._scale_on_q(q.dtype)
-        if q_scaled:  # on the dense [B, S, H]: the same products as on the heads' strided view, 50x faster
-            q = q * (1.0 / math.sqrt(self.head_dim))
+        q = ops.linear(self.q_proj, hidden if query_states is None else query_states)
+        q, q_scaled = ops.prescale_query(q, self.impl, self.head_dim)  # CPU fast path: 1/sqrt(hd) on q
         q = self._split_heads(q)
-        k = self._split_heads(dense(self.k_proj, hidden))
-        v = self._split_heads(dense(self.v_proj, hidden))
+        k = self._split_heads(ops.linear(self.k_proj, hidden))
+        v = self._split_heads(ops.linear(self.v_proj, hidden))
         if past_key_value is not None:
             k = paddle.concat([past_key_value[0], k], axis=2)  # [B, nh, T, hd]
             v = paddle.concat([past_key_value[1], v], axis=2)
         present = (k, v) if use_cache else None
-
-        if self.impl == "plain":
-            ctx = self._plain(q, k, v, attention_mask, q_scaled)
-        else:
-            ctx = self._fused(q, k, v, attention_mask)
-        merged = kernels.swap_dims12(ctx)
-        ctx = merged if merged is not None else ctx.transpose([0, 2, 1, 3])
-        ctx = ctx.reshape([0, 0, self.num_heads * self.head_dim])  # [B, S, nh*hd]
-        return dense(self.out_proj, ctx), present
-
-
-def npu_flash_attention(q, k, v, additive_mask, dropout: float, training: bool):
-    """Ascend flash attention from the paddle-custom-npu plugin ([B, S, nh, hd]; mask True = masked),
-    called as PaddleNLP's NPU fusion ops call it."""
-    masked = None if additive_mask is None else additive_mask < 0
-    return fleet_compat.run_custom_op(
-        "flash_attention_npu", q, k, v, None, masked, dropout, False, False, not training, False
-    )[0]
+        # REF: score = QK^T / sqrt(head_dim); softmax in fp32
+        ctx = ops.attention(q, k, v, attention_mask, head_dim=self.head_dim, dropout=self.attn_dropout,
+                            training=self.training, parallel=self.parallel, impl=self.impl, q_scaled=q_scaled)
+        ctx = ops.merge_heads(ctx, self.num_heads, self.head_dim)  # [B, S, nh*hd]
+        return ops.linear(self.out_proj, ctx), present
 
 
 def set_attention_impl(model: nn.Layer, impl: str) -> int:
@@ -233,7 +154,7 @@ class PanGuMLP(nn.Layer):
         self.act = activation(config.hidden_act)
 
     def forward(self, x):
-        return dense(self.fc_out, self.act(dense(self.fc_in, x)))  # [B, S, H]
+        return ops.linear(self.fc_out, self.act(ops.linear(self.fc_in, x)))  # [B, S, H]
 
 
 class PanGuBlock(nn.Layer):

@@ -19,8 +19,8 @@ from paddlenlp.transformers.model_utils import PretrainedModel
 
 from ..config import PanGuConfig
 from ..parallel import context as parallel_context
-from ..parallel import layers as pl
 from ..parallel.context import PLAIN, ParallelContext
+from . import ops
 from .layers import MASK_VALUE, FP32LayerNorm, PanGuBlock, PanGuEmbeddings, PanGuQueryLayer
 
 
@@ -220,7 +220,7 @@ class PanGuPretrainingCriterion(nn.Layer):
 
     def forward(self, logits, labels, loss_mask=None):
         # logits [B, S, V(_local)], labels [B, S] -> scalar fp32
-        token_loss = pl.lm_cross_entropy(self.parallel, logits, labels, parallel_output=True)
+        token_loss = ops.cross_entropy(logits, labels, self.parallel)
         mask = (labels != self.pad_token_id).astype("float32")
         if loss_mask is not None:
             mask = mask * loss_mask.astype("float32")
@@ -254,7 +254,7 @@ class PanGuForCausalLM(PanGuPretrainedModel):
         logits_to_keep > 0 (no labels): the head runs on the last that many positions only, [B, k, V] —
         generation samples from the last one, and at prefill the [S, H] x [H, V] head is the largest GEMM.
         head_weight_t (inference only, no labels): an [H, V(_local)] copy of the tied word embedding that
-        the head reads instead of the transposed embedding (the faster decode layout; pl.tied_lm_logits).
+        the head reads instead of the transposed embedding (the faster decode layout; ops.tied_head).
         """
         if head_weight_t is not None and labels is not None:
             raise ValueError("head_weight_t is an inference copy of the tied head: training (labels) must use "
@@ -263,14 +263,11 @@ class PanGuForCausalLM(PanGuPretrainedModel):
         hidden, cache = out if use_cache else (out, None)
         if logits_to_keep and labels is None:
             hidden = hidden[:, -int(logits_to_keep):]
-        # inference.quantize: an int8 copy of the tied head (inference only: no gradient reaches the embedding)
-        quantized_head = getattr(self, "quantized_head", None)
-        if quantized_head is not None:
-            logits = quantized_head(hidden)  # [B, S, V]
-        else:
-            weight = self.pangu.embeddings.word_embeddings.weight
-            logits = pl.tied_lm_logits(self.parallel, hidden, weight, parallel_output=labels is not None,
-                                       weight_t=head_weight_t)
+        # REF "output head": logits = h @ word_embedding^T (tied, no bias); inference.quantize may attach an
+        # int8 / bf16 copy of it (inference only: no gradient reaches the embedding)
+        logits = ops.tied_head(hidden, self.pangu.embeddings.word_embeddings.weight, self.parallel,
+                               parallel_output=labels is not None, weight_t=head_weight_t,
+                               quantized=getattr(self, "quantized_head", None))  # [B, S, V(_local)]
         loss = self.criterion(logits, labels, loss_mask) if labels is not None else None
         if return_dict:
             return CausalLMOutputWithPast(loss=loss, logits=logits, past_key_values=cache)

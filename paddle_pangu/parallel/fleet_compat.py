@@ -12,7 +12,7 @@ table of patches and `uninstall()`; the rules are the same:
   naming this file instead of deep inside a training step.
 
 Callers: `parallel/layers.py` (mp ops), `parallel/context.py` (PaddleNLP's
-tensor-parallel path), `model/layers.py` (Ascend flash attention),
+tensor-parallel path), `model/ops.py` (Ascend flash attention),
 `model/modeling_pp.py` (pipeline shared weights and names),
 `training/optim.py` (grad-norm recording).
 """

@@ -14,9 +14,7 @@ import contextlib
 
 import paddle
 import paddle.nn as nn
-import paddle.nn.functional as F
 
-from .. import kernels
 from . import fleet_compat
 from .context import ParallelContext
 
@@ -90,14 +88,8 @@ def tied_lm_logits(ctx: ParallelContext, hidden, embedding_weight, parallel_outp
     return fleet_compat.c_concat(logits, ctx.mp_group)
 
 
-def lm_cross_entropy(ctx: ParallelContext, logits, labels, parallel_output: bool):
-    """Per-token cross entropy in fp32. logits [B, S, V(_local)], labels [B, S] -> [B, S]."""
-    if not ctx.tensor_parallel or not parallel_output:
-        logits = logits.astype("float32")
-        loss = kernels.softmax_cross_entropy(logits, labels)  # CPU training: the fused kernel
-        if loss is None:
-            loss = F.cross_entropy(logits, labels.unsqueeze(-1), reduction="none").squeeze(-1)
-        return loss
+def vocab_parallel_cross_entropy(ctx: ParallelContext, logits, labels):
+    """Per-token cross entropy in fp32 over this rank's vocab shard. logits [B, S, V/mp], labels [B, S] -> [B, S]."""
     from paddle.distributed.fleet.meta_parallel import ParallelCrossEntropy
 
     loss = ParallelCrossEntropy(mp_group=ctx.mp_group)(logits.astype("float32"), labels.unsqueeze(-1))

@@ -17,7 +17,7 @@ import paddle  # noqa: E402
 
 from paddle_pangu.config import get_preset  # noqa: E402
 from paddle_pangu.model import PanGuForCausalLM  # noqa: E402
-from paddle_pangu.model import layers  # noqa: E402
+from paddle_pangu.model import layers, ops  # noqa: E402
 from paddle_pangu.parallel.device import fused_attention_available  # noqa: E402
 
 WEIGHT_SCALE = 6.0  # q / k projections x6: scores of tens, so any wrongly (un)masked key or scale shows
@@ -61,21 +61,21 @@ def main():
     report["grad_names"] = sorted(set(ref_grads) ^ set(npu_grads))
 
     # mutations: the op called the way a wrong caller would; each must move the logits visibly
-    real = layers.npu_flash_attention
+    real = ops.npu_flash_attention
     mutants = {
-        "causal_only": lambda q, k, v, m, p, t: layers.fleet_compat.run_custom_op(
+        "causal_only": lambda q, k, v, m, p, t: ops.fleet_compat.run_custom_op(
             "flash_attention_npu", q, k, v, None, None, p, True, False, not t, False)[0],
         "mask_inverted": lambda q, k, v, m, p, t: real(q, k, v, None if m is None else -m - 1e4 * (m == 0), p, t),
         "scaled_twice": lambda q, k, v, m, p, t: real(q * (1.0 / q.shape[-1] ** 0.5), k, v, m, p, t),
     }
     report["mutant_logit_diff"] = {}
     for name, fn in mutants.items():
-        layers.npu_flash_attention = fn
+        ops.npu_flash_attention = fn
         try:
             logits, _ = run(model, "npu", ids)
             report["mutant_logit_diff"][name] = float(np.nan_to_num(np.abs(logits - ref_logits), nan=1e30).max())
         finally:
-            layers.npu_flash_attention = real
+            ops.npu_flash_attention = real
 
     # bf16 O1: the op on bf16 q / k / v (one rounding of its output) against plain attention in bf16
     bf_ref, _ = run(model, "plain", ids, "bfloat16")
@@ -88,7 +88,7 @@ def main():
     v = paddle.to_tensor(rng.standard_normal((1, 6, 2, 8)).astype("float32"))
     q.stop_gradient = False
     seed_offset = paddle.to_tensor(np.array([5, 0], dtype="int64"))
-    out = layers.fleet_compat.run_custom_op("flash_attention_npu", q, k, v, seed_offset, None, 0.5, True,
+    out = ops.fleet_compat.run_custom_op("flash_attention_npu", q, k, v, seed_offset, None, 0.5, True,
                                             False, False, False)[0]
     (out * out).sum().backward()
     analytic = q.grad.numpy().copy()
@@ -98,7 +98,7 @@ def main():
         for sign in (1, -1):
             qq = base.copy()
             qq[idx] += sign * eps
-            o = layers.fleet_compat.run_custom_op("flash_attention_npu", paddle.to_tensor(qq), k, v, seed_offset,
+            o = ops.fleet_compat.run_custom_op("flash_attention_npu", paddle.to_tensor(qq), k, v, seed_offset,
                                                   None, 0.5, True, False, False, False)[0].numpy()
             numeric[idx] += sign * float((o.astype("float64") ** 2).sum()) / (2 * eps)
     report["dropout_fd"] = [[float(analytic[i]), float(numeric[i])]

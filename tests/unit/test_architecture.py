@@ -179,6 +179,22 @@ def test_the_cycle_check_catches_a_cycle(monkeypatch):
     assert _cycles() == [["inference/_cycle_probe_a.py", "inference/_cycle_probe_b.py", "inference/_cycle_probe_a.py"]]
 
 
+def _model_kernel_importers(paths) -> list[str]:
+    """model/ modules other than model/ops.py that import paddle_pangu.kernels."""
+    return [str(p.relative_to(ROOT)) for p in paths if p.relative_to(ROOT).parts[0] == "model"
+            and p.name != "ops.py" and any(n.split(".")[:2] == ["paddle_pangu", "kernels"] for n, _ in _imported(p))]
+
+
+def test_the_model_reaches_the_kernels_only_through_model_ops(monkeypatch):
+    """Where each model op runs (fused kernel / Paddle op / NPU op) is decided in model/ops.py alone."""
+    assert _model_kernel_importers(_modules()) == []
+    fake = ROOT / "model" / "_kernels_probe.py"  # the checker itself: a second dispatch point is reported
+    original = Path.read_text
+    monkeypatch.setattr(Path, "read_text", lambda self, *a, **k: "from .. import kernels\n"
+                        if self == fake else original(self, *a, **k))
+    assert _model_kernel_importers([fake]) == ["model/_kernels_probe.py"]
+
+
 def test_cpu_backend_is_imported_in_one_place():
     importers = {str(p.relative_to(ROOT)) for p in _modules() if not str(p.relative_to(ROOT)).startswith(FENCE[1])
                  and any(n.startswith("paddle_pangu.parallel.cpu_backend") for n, _ in _imported(p))}

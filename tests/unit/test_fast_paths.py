@@ -16,6 +16,7 @@ import pytest
 from paddle_pangu.config import get_preset
 from paddle_pangu.model import PanGuForCausalLM
 from paddle_pangu.model import layers as L
+from paddle_pangu.model import ops
 
 U = 2.0 ** -24
 
@@ -37,7 +38,7 @@ def _bound(cfg, backward=False) -> float:
 
 
 def _run(model, ids, fast):
-    previous = L.set_fast_paths(fast)
+    previous = ops.set_fast_paths(fast)
     try:
         loss, logits = model(ids, labels=ids)
         loss.backward()
@@ -45,7 +46,7 @@ def _run(model, ids, fast):
         model.clear_gradients()
         return logits.numpy(), grads
     finally:
-        L.set_fast_paths(previous)
+        ops.set_fast_paths(previous)
 
 
 def test_training_forward_and_backward_match_the_reference_ops():
@@ -79,9 +80,9 @@ def test_the_fast_path_is_really_taken():
     try:
         with paddle.no_grad():  # inference: addmm; training goes through the fused CPU kernel (below)
             block.mlp(x)
-            previous = L.set_fast_paths(False)
+            previous = ops.set_fast_paths(False)
             block.mlp(x)
-            L.set_fast_paths(previous)
+            ops.set_fast_paths(previous)
     finally:
         paddle.addmm = original
     assert len(calls) == 2  # fc_in and fc_out with fast paths on; none with them off
@@ -105,7 +106,7 @@ def test_dense_equals_linear_in_value_and_gradients():
     x = paddle.randn([3, 7, 32])
     x.stop_gradient = False
     outs = []
-    for fn in (lambda: F.linear(x, layer.weight, layer.bias), lambda: L.dense(layer, x)):
+    for fn in (lambda: F.linear(x, layer.weight, layer.bias), lambda: ops.linear(layer, x)):
         y = fn()
         (y * paddle.arange(48, dtype="float32")).sum().backward()
         outs.append((y.numpy(), x.grad.numpy().copy(), layer.weight.grad.numpy().copy(), layer.bias.grad.numpy().copy()))
@@ -124,9 +125,14 @@ def test_query_scaling_is_exact_for_a_power_of_two_head_dim():
     assert attn.head_dim & (attn.head_dim - 1) == 0
     q, k, v = (paddle.randn([2, attn.num_heads, 6, attn.head_dim]) for _ in range(3))
     mask = paddle.triu(paddle.full([6, 6], L.MASK_VALUE), 1).reshape([1, 1, 6, 6])
-    assert attn._scale_on_q(q.dtype)  # forward scales q (on the dense projection) and says so
-    ref = attn._plain(q, k, v, mask).numpy()
-    fast = attn._plain(q * (1.0 / math.sqrt(attn.head_dim)), k, v, mask, q_scaled=True).numpy()
+    assert ops.scale_on_q(attn.impl, q.dtype, attn.head_dim)  # forward scales q (on the dense projection)
+
+    def plain(q, q_scaled):
+        return ops.attention(q, k, v, mask, head_dim=attn.head_dim, dropout=attn.attn_dropout, training=attn.training,
+                             parallel=attn.parallel, q_scaled=q_scaled).numpy()
+
+    ref = plain(q, False)
+    fast = plain(q * (1.0 / math.sqrt(attn.head_dim)), True)
     np.testing.assert_array_equal(fast, ref)  # x * 2^-n commutes with fp32 rounding
     assert math.log2(attn.head_dim).is_integer()
 
