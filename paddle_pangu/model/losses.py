@@ -67,7 +67,11 @@ def token_losses(model, seqs: Sequence[Sequence[int]], pad_token_id: int | None 
     hidden = backbone(paddle.to_tensor(ids[:, :-1]))  # [B, S-1, H]
     picked = paddle.gather_nd(hidden, paddle.to_tensor(np.stack([rows, cols], 1).astype("int64")))  # [N, H]
     weight = backbone.embeddings.word_embeddings.weight  # [V, H], tied head (REF "output head")
-    logits = paddle.matmul(picked.astype("float32"), weight.astype("float32"), transpose_y=True)  # [N, V]
+    quantized = getattr(model, "quantized_head", None)  # --weights int8 / bf16: the head the forward reads
+    if quantized is not None:
+        logits = quantized(picked.unsqueeze(0))[0].astype("float32")  # [N, V]
+    else:
+        logits = paddle.matmul(picked.astype("float32"), weight.astype("float32"), transpose_y=True)  # [N, V]
     nll = _nll(logits, ids[rows, np.array(cols) + 1][:, None])  # [N]
     out, at = [], 0
     for q, s in zip(seqs, starts):

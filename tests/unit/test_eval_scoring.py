@@ -1,5 +1,6 @@
 """Candidate scoring: batched == one example at a time == a direct masked-loss computation."""
 import numpy as np
+import pytest
 import paddle
 
 from paddle_pangu.evaluation.scoring import batched_candidate_losses, candidate_losses, score_start
@@ -103,3 +104,34 @@ def test_perplexity_states_its_protocol_and_reports_character_level(tiny_model):
     assert res["tokens"] == 16 and res["characters"] == chars
     np.testing.assert_allclose(res["perplexity"], math.exp(nll / 16), rtol=1e-4)
     np.testing.assert_allclose(res["char_perplexity"], math.exp(nll / chars), rtol=1e-4)
+
+
+SEQS = [[5, 6, 7, 8, 9, 10], [5, 6, 7, 8, 9, 10]]  # equal lengths: no padding, one row read for the bound
+STARTS = [2, 4]
+
+
+@pytest.mark.parametrize("weights", ["int8", "bf16"])
+def test_head_only_scoring_reads_the_converted_head_like_the_forward(weights):
+    """`pangu evaluate --weights int8|bf16` scores candidates through token_losses(starts=...), which runs
+    the tied head on the scored positions only. It must read the same converted head as the model's
+    forward (it read the fp32 embedding before: the body was int8 and the head fp32). The two paths then
+    differ only by the summation order of the head's length-H dot products: per logit at most
+    H u sum_h |x_h w_h| (u = 2^-24, w the dequantized head), and a loss ln-sum-exp(z) - z_t moves by at
+    most twice the largest logit error. The fp32 head, the old defect, is outside that bound."""
+    from paddle_pangu.inference.loading import load_model_and_tokenizer
+    from paddle_pangu.inference.quantize import quantize_model
+    from paddle_pangu.model.losses import token_losses
+
+    model, _ = load_model_and_tokenizer("preset:tiny", seed=1)
+    model.eval()
+    fp32_head = token_losses(model, SEQS, starts=STARTS)
+    quantize_model(model, weights)
+    head_only = token_losses(model, SEQS, starts=STARTS)
+    full = [row[s - 1:] for row, s in zip(token_losses(model, SEQS), STARTS)]
+    with paddle.no_grad():
+        hidden = model.pangu(paddle.to_tensor([s[:-1] for s in SEQS[:1]])).numpy()[0]  # [S-1, H]
+        w = model.quantized_head(paddle.eye(hidden.shape[1], dtype="float32")[None])[0].numpy().T  # [V, H]
+    bound = 2 * hidden.shape[1] * 2.0 ** -24 * (np.abs(hidden) @ np.abs(w).T).max()
+    for a, b, c in zip(head_only, full, fp32_head):
+        assert np.abs(a - b).max() <= bound
+    assert max(np.abs(a - c).max() for a, c in zip(head_only, fp32_head)) > 10 * bound
