@@ -24,6 +24,7 @@ that rounding; the same rule holds between mp2 and one process at every step of
 test_train_parity.py, where the weights have drifted for several updates.
 """
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -154,3 +155,29 @@ def test_reshard_with_another_global_batch_is_refused_in_one_line(runs, tmp_path
     assert len(errors) == 1 and "global_batch_size 2" in errors[0] and "4" in errors[0], proc.stdout + proc.stderr
     assert "Traceback" not in proc.stdout + proc.stderr
     assert sorted(os.listdir(target)) in ([], [".pangu.lock"])
+
+
+STAGE2 = {"sharding_degree": 2, "sharding_stage": 2, "micro_batch_size": 2, "accumulate_steps": 1}
+
+
+def test_sharding_stage2_checkpoint_resumes_as_one_process(runs, tmp_path):
+    """Sharding stage 2 (fleet's DygraphShardingOptimizerV2) keeps each rank's AdamW moments as flat 1-D
+    slices of fused, padded buffers; --reshard rebuilds every moment from the slices of both ranks
+    (reshard.py `unflatten_slices`). A 2-process stage-2 run's step-4 checkpoint resumed as one process
+    continues with its losses; with the moments zeroed (the mutation) step 6 misses them, so the check
+    sees moments that were not rebuilt (tests/unit/test_checkpoint_reshard.py checks the slice order)."""
+    root, _ = runs
+    run = str(tmp_path / "stage2")
+    pangu("train", "--config", _config(root, "stage2", STAGE2, run), "--nproc", 2)
+    with open(os.path.join(_step4(run), "rank_00001", "state.json"), encoding="utf-8") as f:
+        assert json.load(f)["extra"]["coords"]["sharding"] == 1
+    resumed = str(tmp_path / "as_one")
+    proc = pangu("train", "--config", os.path.join(root, "one.yaml"), "--output-dir", resumed,
+                 "--set", f"checkpoint.resume={_step4(run)}", "--reshard")
+    assert "resuming step 4 written by dp1 mp1 pp1 sharding2 as dp1 mp1 pp1 sharding1" in proc.stdout, proc.stdout
+    _assert_continues(resumed, run)
+    zeroed = str(tmp_path / "zeroed")
+    pangu("train", "--config", os.path.join(root, "one.yaml"), "--output-dir", zeroed,
+          "--set", f"checkpoint.resume={_step4(run)}", "--reshard", script=ZERO_MOMENTS)
+    got, ref = _losses(zeroed), _losses(run)
+    assert abs(got[6] - ref[6]) > LOSS_RTOL * abs(ref[6]), (got[6], ref[6])

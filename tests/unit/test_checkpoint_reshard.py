@@ -21,7 +21,7 @@ from paddle_pangu.config import get_preset
 from paddle_pangu.config.parallel_config import padded_vocab_size
 from paddle_pangu.errors import CheckpointError
 from paddle_pangu.model.weight_tables import WORD_EMBEDDING, plain_param_shapes, split_axis_for
-from paddle_pangu.training.checkpoint.reshard import check_reshardable, convert_rank_state
+from paddle_pangu.training.checkpoint.reshard import check_reshardable, convert_rank_state, unflatten_slices
 
 CONFIG = get_preset("tiny", num_layers=2, vocab_size=1001, max_position_embeddings=16)
 OLD = {"dp_degree": 1, "mp_degree": 2, "pp_degree": 1, "sharding_degree": 2, "sharding_stage": 1,
@@ -174,3 +174,46 @@ def test_pipeline_names_map_to_plain_names_by_layer_index():
     }
     with pytest.raises(CheckpointError, match="layer index 6"):
         pipe_to_plain("6.weight", config)
+
+
+def _stage2_slices(shapes, degree, align):
+    """Cut random parameters the way fleet's DygraphShardingOptimizerV2 stores their optimizer state
+    (tensor_fusion_helper.py): laid end to end in one buffer, each padded with zeros to a multiple of
+    align x degree elements, the buffer split into `degree` equal ranges; sharding rank r keeps, per
+    parameter, the 1-D part of the parameter's padded range inside its own range (nothing if empty)."""
+    rng = np.random.default_rng(0)
+    full = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    padded = [-(-int(np.prod(s)) // (align * degree)) * align * degree for s in shapes]
+    buffer = np.zeros(sum(padded), np.float32)
+    starts = np.cumsum([0] + padded[:-1])
+    for x, start in zip(full, starts):
+        buffer[start:start + x.size] = x.reshape(-1)
+    size = buffer.size // degree
+    slices = []
+    for x, start, pad in zip(full, starts, padded):
+        own = {}
+        for r in range(degree):
+            lo, hi = max(start, r * size), min(start + pad, (r + 1) * size)
+            if lo < hi:
+                own[r] = buffer[lo:hi].copy()
+        slices.append(own)
+    return full, slices
+
+
+@pytest.mark.parametrize("degree", [2, 4])
+def test_sharding_stage2_slices_rebuild_each_parameter(degree):
+    """Parameters straddling rank boundaries, smaller than one alignment unit, and held by one rank only."""
+    shapes = [(40, 64), (64,), (3, 5), (1000,), (7, 64, 3)]
+    full, slices = _stage2_slices(shapes, degree, align=64)
+    assert any(len(s) > 1 for s in slices) and any(len(s) == 1 for s in slices)  # the cases this test is about
+    for x, own in zip(full, slices):
+        np.testing.assert_array_equal(unflatten_slices(own, x.shape, degree, "ckpt"), x)
+
+
+def test_a_missing_stage2_slice_is_refused_in_one_line():
+    full, slices = _stage2_slices([(40, 64)], 2, align=64)
+    assert len(slices[0]) == 2
+    del slices[0][1]
+    with pytest.raises(CheckpointError, match="slices of ranks") as err:
+        unflatten_slices(slices[0], full[0].shape, 2, "ckpt/step_00000004: pangu.x.weight_moment1_0")
+    assert "\n" not in str(err.value) and "pangu.x.weight_moment1_0" in str(err.value)
