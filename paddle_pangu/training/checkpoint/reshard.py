@@ -18,6 +18,12 @@ sharding layout converts, in each new process on the CPU while loading:
   accumulator is looked up by parameter name among the old data-parallel /
   sharding replicas of its mp rank (`DygraphShardingOptimizer.set_state_dict`
   keeps the parameters the new sharding rank owns);
+* sharding stage 2 (fleet's DygraphShardingOptimizerV2, `split_param`) keeps,
+  per parameter, a flat 1-D slice of its padded range in a fused buffer on
+  each sharding rank that owns part of it (moments and master weights; the
+  beta powers stay [1]): the slices of the old sharding ranks, in rank order,
+  are concatenated, the alignment padding dropped and the parameter's shape
+  restored (`unflatten_slices`) before the merge / split above;
 * step, LR scheduler and loss-scaler state: the same on every old rank, taken
   from old rank 0;
 * the data position: a batch is a pure function of (seed, step, data rank)
@@ -39,8 +45,10 @@ and pp degrees on both sides (only dp / sharding change, e.g. a pp16 mp8 run
 from dp16 to dp8) each tensor is the old shard at this rank's (mp, pp)
 coordinates, read as it is from one of its old data replicas.
 
-Refused in one line: sharding stage 2 on either side (its optimizer state is
-per flattened slice, not per parameter) and a changed global batch.
+Refused in one line: resuming into sharding stage 2 (the new rank's slices
+would have to be cut by the live optimizer's buffer layout; a stage-2
+checkpoint converts to stage 1, whose optimizer state is still sharded, by
+whole parameter, or to no sharding) and a changed global batch.
 
 Why in each new process rather than a converted copy written first: no second
 copy of a large checkpoint on disk and no serial step on rank 0; the verified
