@@ -181,3 +181,16 @@ def test_sharding_stage2_checkpoint_resumes_as_one_process(runs, tmp_path):
           "--set", f"checkpoint.resume={_step4(run)}", "--reshard", script=ZERO_MOMENTS)
     got, ref = _losses(zeroed), _losses(run)
     assert abs(got[6] - ref[6]) > LOSS_RTOL * abs(ref[6]), (got[6], ref[6])
+
+
+def test_one_process_checkpoint_resumes_as_sharding2_stage2(runs, tmp_path):
+    """Into sharding stage 2: each rank cuts its flat slice of every converted moment by the live
+    optimizer's buffer layout (reshard.py `stage2_slice`); a wrong cut gives wrong moments (step 6) or
+    a shape the optimizer refuses."""
+    root, out = runs
+    resumed = str(tmp_path / "as_stage2")
+    config = _config(root, "stage2_from_one", STAGE2, str(tmp_path / "unused"))
+    proc = pangu("train", "--config", config, "--output-dir", resumed, "--nproc", 2,
+                 "--set", f"checkpoint.resume={_step4(out['one'])}", "--reshard")
+    assert "resuming step 4 written by dp1 mp1 pp1 sharding1 as dp1 mp1 pp1 sharding2" in proc.stdout, proc.stdout
+    _assert_continues(resumed, out["one"])

@@ -45,10 +45,11 @@ and pp degrees on both sides (only dp / sharding change, e.g. a pp16 mp8 run
 from dp16 to dp8) each tensor is the old shard at this rank's (mp, pp)
 coordinates, read as it is from one of its old data replicas.
 
-Refused in one line: resuming into sharding stage 2 (the new rank's slices
-would have to be cut by the live optimizer's buffer layout; a stage-2
-checkpoint converts to stage 1, whose optimizer state is still sharded, by
-whole parameter, or to no sharding) and a changed global batch.
+Resuming into sharding stage 2: each converted moment / master weight is cut
+to this rank's flat slice by the live optimizer's buffer layout
+(`stage2_slice`, the ranges from `parallel.fleet_compat.sharding_stage2_ranges`).
+
+Refused in one line: a changed global batch.
 
 Why in each new process rather than a converted copy written first: no second
 copy of a large checkpoint on disk and no serial step on rank 0; the verified
@@ -101,10 +102,6 @@ def saved_parallel(step_dir: str) -> dict | None:
 def check_reshardable(step_dir: str, old: dict, new: dict, old_step: int, consumed: int | None) -> None:
     """One-line CheckpointError when `old` -> `new` (parallel sections) is a change this module cannot convert."""
     where = f"{step_dir} (written by {layout_text(old)}, resuming as {layout_text(new)})"
-    if is_stage2(new):
-        raise CheckpointError(f"{where}: --reshard resumes into sharding stage 1 or no sharding only (this run uses "
-                              "sharding stage 2, whose optimizer state is cut into flat slices of fused buffers; "
-                              "a stage-2 checkpoint itself converts): set parallel.sharding_stage=1")
     g_old, g_new = old.get("global_batch_size"), new.get("global_batch_size")
     if g_old is not None and g_new is not None and int(g_old) != int(g_new):
         raise CheckpointError(f"{where}: parallel.global_batch_size {g_new} differs from the checkpoint's {g_old}; "
@@ -211,6 +208,22 @@ def is_stage2(par: dict) -> bool:
 # fleet's tensor_fusion_helper pads each parameter to a multiple of (256 bytes / element size) x sharding
 # degree elements: at most 128 x degree elements of padding for 2-byte types (64 x degree for float32)
 _MAX_PAD_PER_RANK = 128
+
+
+def stage2_slice(tensor: np.ndarray, span: tuple, where: str) -> np.ndarray | None:
+    """This rank's flat slice of one parameter's optimizer tensor under sharding stage 2 (the inverse of
+    `unflatten_slices`): `span` = (begin, end, padded size) from the live optimizer
+    (`parallel.fleet_compat.sharding_stage2_ranges`); the flat tensor zero-padded to the padded size
+    (fleet's padding is zeros) and cut to [begin, end). None when this rank holds no part of it."""
+    begin, end, padded = (int(v) for v in span)
+    if begin >= end:
+        return None
+    if tensor.size > padded or not 0 <= begin < end <= padded:
+        raise CheckpointError(f"{where}: {tensor.size} elements do not fit the sharding stage-2 slice "
+                              f"[{begin}, {end}) of a {padded}-element padded parameter")
+    flat = np.zeros(padded, dtype=tensor.dtype)
+    flat[:tensor.size] = tensor.reshape(-1)
+    return np.ascontiguousarray(flat[begin:end])
 
 
 def unflatten_slices(slices: dict, shape: tuple, degree: int, where: str) -> np.ndarray:
@@ -352,4 +365,5 @@ def reseed(seed: int, step: int, topo) -> int:
 
 
 __all__ = ["RESHARD_FIELDS", "check_reshardable", "convert_rank_state", "is_stage2", "layout_of", "layout_text",
-           "param_of", "plain_name", "rank_coords", "read_rank_state", "reseed", "saved_parallel", "unflatten_slices"]
+           "param_of", "plain_name", "rank_coords", "read_rank_state", "reseed", "saved_parallel", "stage2_slice",
+           "unflatten_slices"]
