@@ -12,6 +12,7 @@ are tests/distributed/test_reshard_resume.py.
 """
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -89,10 +90,55 @@ def _local_shapes(names, mp, rank):
     return {n: _shard(n, np.zeros(plain_param_shapes(CONFIG)[n], "float32"), mp, rank).shape for n in names}
 
 
+@pytest.fixture(scope="module")
+def checkpoint_stage2(checkpoint, tmp_path_factory):
+    """The same tensors with the optimizer state as sharding stage 2 keeps it: per mp rank, the
+    parameters' (mp-shard) accumulators laid end to end in a buffer, each zero-padded to a multiple of
+    64 x 2 elements (float32, degree 2), the buffer halved between the sharding ranks; a rank stores the
+    flat part of each parameter inside its half (beta powers and master weights alike)."""
+    old_dir, full, names = checkpoint
+    step_dir = str(tmp_path_factory.mktemp("ckpt2") / "step_00000004")
+    for rank in range(4):
+        sharding, mp = divmod(rank, 2)
+        rank_dir = os.path.join(step_dir, f"rank_{rank:05d}")
+        os.makedirs(rank_dir)
+        for fn in ("model.safetensors", "state.json"):
+            shutil.copy(os.path.join(old_dir, f"rank_{rank:05d}", fn), rank_dir)
+        numels = [int(np.prod(_shard(n, full[n], 2, mp).shape)) for n in names]
+        padded = [-(-n // 128) * 128 for n in numels]
+        starts, half = np.cumsum([0] + padded[:-1]), sum(padded) // 2
+        optim = {}
+        for i, name in enumerate(names):
+            lo = max(starts[i], sharding * half) - starts[i]
+            hi = min(starts[i] + padded[i], (sharding + 1) * half) - starts[i]
+            if lo >= hi:
+                continue
+            key = "_layers." + name + _owner(i)
+            tensors = {key + acc: full[name + acc] for acc in ACCUMULATORS}
+            if _owner(i):
+                tensors["master_weights/_layers." + name] = full[name + MASTER]
+            for k, arr in tensors.items():
+                flat = np.zeros(padded[i], "float32")
+                flat[:numels[i]] = _shard(name, arr, 2, mp).reshape(-1)
+                optim[k] = flat[lo:hi].copy()
+            for acc, value in POWERS.items():
+                optim[key + acc] = np.array([value], "float32")
+        save_file(optim, os.path.join(rank_dir, "optimizer.safetensors"))
+    return step_dir, full, names
+
+
 @pytest.mark.parametrize("mp,rank", [(1, 0), (2, 1)])  # merged and cut; the same mp: the old shard as it is
-def test_every_shard_and_accumulator_lands_where_the_weight_table_puts_it(checkpoint, mp, rank):
-    step_dir, full, names = checkpoint
-    weights, moments, masters = convert_rank_state(step_dir, OLD, 4, CONFIG, _local_shapes(names, mp, rank), mp, rank)
+@pytest.mark.parametrize("stage", [1, 2])
+def test_every_shard_and_accumulator_lands_where_the_weight_table_puts_it(checkpoint, checkpoint_stage2, stage,
+                                                                          mp, rank):
+    step_dir, full, names = checkpoint if stage == 1 else checkpoint_stage2
+    old = {**OLD, "sharding_stage": stage}
+    if stage == 2:  # the case this variant is about: some parameter is split between the sharding ranks
+        from safetensors import safe_open
+        with safe_open(os.path.join(step_dir, "rank_00000", "optimizer.safetensors"), "np") as f0, \
+                safe_open(os.path.join(step_dir, "rank_00002", "optimizer.safetensors"), "np") as f2:
+            assert set(k for k in f0.keys() if "moment1" in k) & set(k for k in f2.keys() if "moment1" in k)
+    weights, moments, masters = convert_rank_state(step_dir, old, 4, CONFIG, _local_shapes(names, mp, rank), mp, rank)
     assert sorted(weights) == sorted(names)
     assert sorted(masters) == sorted(n for i, n in enumerate(names) if _owner(i))
     assert sorted(moments) == sorted(n + _owner(i) + a for i, n in enumerate(names) for a in (*ACCUMULATORS, *POWERS))
