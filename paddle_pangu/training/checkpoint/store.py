@@ -376,10 +376,11 @@ def _load_resharded(step_dir, old_world, old_par, model, optimizer, scheduler, s
         from paddle_pangu.parallel.fleet_compat import sharding_stage2_ranges
 
         ranges = sharding_stage2_ranges(optimizer)
-        if ranges is None:
-            raise CheckpointError(f"{step_dir}: sharding stage 2 is configured but the optimizer has no "
-                                  "stage-2 buffers to cut the converted state for")
         unique = {s: u for u, s in _unique_to_structured(model).items()}
+        unplaced = sorted(s for s, u in unique.items() if u not in (ranges or {}))
+        if unplaced:  # e.g. fleet's pipeline comm overlap, which builds the buffers only at the first step
+            raise CheckpointError(f"{step_dir}: --reshard into sharding stage 2 needs the optimizer's stage-2 "
+                                  f"buffers, which do not place {unplaced[:3]} ({len(unplaced)} parameters) yet")
         cut = lambda name, arr, key: stage2_slice(arr, ranges[unique[structured[name]]],  # noqa: E731
                                                   f"{step_dir}: {key}")
     for key, arr in moments.items():
