@@ -139,6 +139,25 @@ def innermost_with_clip(optimizer, max_depth: int = 8):
     return None
 
 
+def sharding_stage2_ranges(optimizer, max_depth: int = 8) -> dict | None:
+    """{parameter unique name: (begin, end, padded size)} of this rank's flat slice of each parameter
+    under fleet's sharding stage 2 (DygraphShardingOptimizerV2 inside the wrappers), or None without it.
+
+    Paddle 3.3.1 tensor_fusion_helper.py `ShardingGradView`: the parameter sits at `_index` of a fused
+    buffer, padded to `_padded_size` elements; this rank's slice (its moments and master weight) is the
+    buffer range [`_param_begin`, `_param_end`), empty when begin >= end. Returned relative to the
+    parameter's own start, so [begin, end) indexes the zero-padded flat parameter."""
+    seen = 0
+    while optimizer is not None and seen < max_depth:
+        buffers = vars(optimizer).get("_comm_buffer_list")
+        if buffers is not None:
+            return {name: (view._param_begin - view._index, view._param_end - view._index, view._padded_size)
+                    for buffer in buffers for name, view in buffer._sharding_param_grad_view.items()}
+        optimizer = vars(optimizer).get("_inner_opt") or vars(optimizer).get("_optim")
+        seen += 1
+    return None
+
+
 def record_hybrid_global_norm(clip):
     """Wrap fleet's `HybridParallelClipGrad._global_norm(dist_sq, not_dist_sq)` (paddle 3.3.1: it
     all-reduces the squared norms over the sharding / mp / pp groups in place) so the global norm can

@@ -40,7 +40,8 @@ CYCLES_ALLOWED = {
 }
 CPU_BACKEND_IMPORTERS = {"parallel/topology.py": "fleet set-up", "finetune/arguments.py": "PaddleNLP's fleet set-up"}
 PRIVATE_NAMES = ("_run_custom_op", "_c_identity", "_c_concat", "_global_norm", "_set_pipeline_name_mapping",
-                 "_pp_to_single_mapping", "shared_comm", "is_firstly_shared", "_is_collective", "_HYBRID_PARALLEL_GROUP")
+                 "_pp_to_single_mapping", "shared_comm", "is_firstly_shared", "_is_collective", "_HYBRID_PARALLEL_GROUP",
+                 "_sharding_param_grad_view", "_comm_buffer_list")
 FENCE = ("parallel/fleet_compat.py", "parallel/cpu_backend/", "kernels/")
 
 

@@ -12,6 +12,7 @@ are tests/distributed/test_reshard_resume.py.
 """
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -21,7 +22,8 @@ from paddle_pangu.config import get_preset
 from paddle_pangu.config.parallel_config import padded_vocab_size
 from paddle_pangu.errors import CheckpointError
 from paddle_pangu.model.weight_tables import WORD_EMBEDDING, plain_param_shapes, split_axis_for
-from paddle_pangu.training.checkpoint.reshard import check_reshardable, convert_rank_state
+from paddle_pangu.training.checkpoint.reshard import (check_reshardable, convert_rank_state, stage2_slice,
+                                                      unflatten_slices)
 
 CONFIG = get_preset("tiny", num_layers=2, vocab_size=1001, max_position_embeddings=16)
 OLD = {"dp_degree": 1, "mp_degree": 2, "pp_degree": 1, "sharding_degree": 2, "sharding_stage": 1,
@@ -88,10 +90,55 @@ def _local_shapes(names, mp, rank):
     return {n: _shard(n, np.zeros(plain_param_shapes(CONFIG)[n], "float32"), mp, rank).shape for n in names}
 
 
+@pytest.fixture(scope="module")
+def checkpoint_stage2(checkpoint, tmp_path_factory):
+    """The same tensors with the optimizer state as sharding stage 2 keeps it: per mp rank, the
+    parameters' (mp-shard) accumulators laid end to end in a buffer, each zero-padded to a multiple of
+    64 x 2 elements (float32, degree 2), the buffer halved between the sharding ranks; a rank stores the
+    flat part of each parameter inside its half (beta powers and master weights alike)."""
+    old_dir, full, names = checkpoint
+    step_dir = str(tmp_path_factory.mktemp("ckpt2") / "step_00000004")
+    for rank in range(4):
+        sharding, mp = divmod(rank, 2)
+        rank_dir = os.path.join(step_dir, f"rank_{rank:05d}")
+        os.makedirs(rank_dir)
+        for fn in ("model.safetensors", "state.json"):
+            shutil.copy(os.path.join(old_dir, f"rank_{rank:05d}", fn), rank_dir)
+        numels = [int(np.prod(_shard(n, full[n], 2, mp).shape)) for n in names]
+        padded = [-(-n // 128) * 128 for n in numels]
+        starts, half = np.cumsum([0] + padded[:-1]), sum(padded) // 2
+        optim = {}
+        for i, name in enumerate(names):
+            lo = max(starts[i], sharding * half) - starts[i]
+            hi = min(starts[i] + padded[i], (sharding + 1) * half) - starts[i]
+            if lo >= hi:
+                continue
+            key = "_layers." + name + _owner(i)
+            tensors = {key + acc: full[name + acc] for acc in ACCUMULATORS}
+            if _owner(i):
+                tensors["master_weights/_layers." + name] = full[name + MASTER]
+            for k, arr in tensors.items():
+                flat = np.zeros(padded[i], "float32")
+                flat[:numels[i]] = _shard(name, arr, 2, mp).reshape(-1)
+                optim[k] = flat[lo:hi].copy()
+            for acc, value in POWERS.items():
+                optim[key + acc] = np.array([value], "float32")
+        save_file(optim, os.path.join(rank_dir, "optimizer.safetensors"))
+    return step_dir, full, names
+
+
 @pytest.mark.parametrize("mp,rank", [(1, 0), (2, 1)])  # merged and cut; the same mp: the old shard as it is
-def test_every_shard_and_accumulator_lands_where_the_weight_table_puts_it(checkpoint, mp, rank):
-    step_dir, full, names = checkpoint
-    weights, moments, masters = convert_rank_state(step_dir, OLD, 4, CONFIG, _local_shapes(names, mp, rank), mp, rank)
+@pytest.mark.parametrize("stage", [1, 2])
+def test_every_shard_and_accumulator_lands_where_the_weight_table_puts_it(checkpoint, checkpoint_stage2, stage,
+                                                                          mp, rank):
+    step_dir, full, names = checkpoint if stage == 1 else checkpoint_stage2
+    old = {**OLD, "sharding_stage": stage}
+    if stage == 2:  # the case this variant is about: some parameter is split between the sharding ranks
+        from safetensors import safe_open
+        with safe_open(os.path.join(step_dir, "rank_00000", "optimizer.safetensors"), "np") as f0, \
+                safe_open(os.path.join(step_dir, "rank_00002", "optimizer.safetensors"), "np") as f2:
+            assert set(k for k in f0.keys() if "moment1" in k) & set(k for k in f2.keys() if "moment1" in k)
+    weights, moments, masters = convert_rank_state(step_dir, old, 4, CONFIG, _local_shapes(names, mp, rank), mp, rank)
     assert sorted(weights) == sorted(names)
     assert sorted(masters) == sorted(n for i, n in enumerate(names) if _owner(i))
     assert sorted(moments) == sorted(n + _owner(i) + a for i, n in enumerate(names) for a in (*ACCUMULATORS, *POWERS))
@@ -127,7 +174,6 @@ def test_an_accumulator_missing_on_an_old_rank_is_named(checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("old,new,words", [
-    ({"global_batch_size": 4}, {"sharding_degree": 2, "sharding_stage": 2, "global_batch_size": 4}, "stage 2"),
     ({"global_batch_size": 4}, {"dp_degree": 2, "global_batch_size": 8}, "global_batch_size 8"),
 ])
 def test_changes_that_cannot_be_converted_are_refused_in_one_line(old, new, words):
@@ -174,3 +220,54 @@ def test_pipeline_names_map_to_plain_names_by_layer_index():
     }
     with pytest.raises(CheckpointError, match="layer index 6"):
         pipe_to_plain("6.weight", config)
+
+
+def _stage2_slices(shapes, degree, align):
+    """Cut random parameters the way fleet's DygraphShardingOptimizerV2 stores their optimizer state
+    (tensor_fusion_helper.py): laid end to end in one buffer, each padded with zeros to a multiple of
+    align x degree elements, the buffer split into `degree` equal ranges; sharding rank r keeps, per
+    parameter, the 1-D part of the parameter's padded range inside its own range (nothing if empty)."""
+    rng = np.random.default_rng(0)
+    full = [rng.standard_normal(s).astype(np.float32) for s in shapes]
+    padded = [-(-int(np.prod(s)) // (align * degree)) * align * degree for s in shapes]
+    buffer = np.zeros(sum(padded), np.float32)
+    starts = np.cumsum([0] + padded[:-1])
+    for x, start in zip(full, starts):
+        buffer[start:start + x.size] = x.reshape(-1)
+    size = buffer.size // degree
+    slices, spans = [], []
+    for x, start, pad in zip(full, starts, padded):
+        own, span = {}, {}
+        for r in range(degree):
+            lo, hi = max(start, r * size), min(start + pad, (r + 1) * size)
+            span[r] = (lo - start, hi - start, pad)  # what fleet_compat.sharding_stage2_ranges reports
+            if lo < hi:
+                own[r] = buffer[lo:hi].copy()
+        slices.append(own)
+        spans.append(span)
+    return full, slices, spans
+
+
+@pytest.mark.parametrize("degree", [2, 4])
+def test_sharding_stage2_slices_rebuild_each_parameter(degree):
+    """Parameters straddling rank boundaries, smaller than one alignment unit, and held by one rank only."""
+    shapes = [(40, 64), (64,), (3, 5), (1000,), (7, 64, 3)]
+    full, slices, spans = _stage2_slices(shapes, degree, align=64)
+    assert any(len(s) > 1 for s in slices) and any(len(s) == 1 for s in slices)  # the cases this test is about
+    for x, own, span in zip(full, slices, spans):
+        np.testing.assert_array_equal(unflatten_slices(own, x.shape, degree, "ckpt"), x)
+        for r in range(degree):  # and back: each rank's slice cut from the whole tensor (resuming into stage 2)
+            got = stage2_slice(x, span[r], "ckpt")
+            if r in own:
+                np.testing.assert_array_equal(got, own[r])
+            else:
+                assert got is None
+
+
+def test_a_missing_stage2_slice_is_refused_in_one_line():
+    full, slices, _ = _stage2_slices([(40, 64)], 2, align=64)
+    assert len(slices[0]) == 2
+    del slices[0][1]
+    with pytest.raises(CheckpointError, match="slices of ranks") as err:
+        unflatten_slices(slices[0], full[0].shape, 2, "ckpt/step_00000004: pangu.x.weight_moment1_0")
+    assert "\n" not in str(err.value) and "pangu.x.weight_moment1_0" in str(err.value)

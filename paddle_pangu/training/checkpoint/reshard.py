@@ -18,6 +18,12 @@ sharding layout converts, in each new process on the CPU while loading:
   accumulator is looked up by parameter name among the old data-parallel /
   sharding replicas of its mp rank (`DygraphShardingOptimizer.set_state_dict`
   keeps the parameters the new sharding rank owns);
+* sharding stage 2 (fleet's DygraphShardingOptimizerV2, `split_param`) keeps,
+  per parameter, a flat 1-D slice of its padded range in a fused buffer on
+  each sharding rank that owns part of it (moments and master weights; the
+  beta powers stay [1]): the slices of the old sharding ranks, in rank order,
+  are concatenated, the alignment padding dropped and the parameter's shape
+  restored (`unflatten_slices`) before the merge / split above;
 * step, LR scheduler and loss-scaler state: the same on every old rank, taken
   from old rank 0;
 * the data position: a batch is a pure function of (seed, step, data rank)
@@ -39,8 +45,11 @@ and pp degrees on both sides (only dp / sharding change, e.g. a pp16 mp8 run
 from dp16 to dp8) each tensor is the old shard at this rank's (mp, pp)
 coordinates, read as it is from one of its old data replicas.
 
-Refused in one line: sharding stage 2 on either side (its optimizer state is
-per flattened slice, not per parameter) and a changed global batch.
+Resuming into sharding stage 2: each converted moment / master weight is cut
+to this rank's flat slice by the live optimizer's buffer layout
+(`stage2_slice`, the ranges from `parallel.fleet_compat.sharding_stage2_ranges`).
+
+Refused in one line: a changed global batch.
 
 Why in each new process rather than a converted copy written first: no second
 copy of a large checkpoint on disk and no serial step on rank 0; the verified
@@ -93,10 +102,6 @@ def saved_parallel(step_dir: str) -> dict | None:
 def check_reshardable(step_dir: str, old: dict, new: dict, old_step: int, consumed: int | None) -> None:
     """One-line CheckpointError when `old` -> `new` (parallel sections) is a change this module cannot convert."""
     where = f"{step_dir} (written by {layout_text(old)}, resuming as {layout_text(new)})"
-    for side, par in (("checkpoint", old), ("this run", new)):
-        if int(par.get("sharding_degree") or 1) > 1 and int(par.get("sharding_stage") or 1) == 2:
-            raise CheckpointError(f"{where}: --reshard converts sharding stage 1 only ({side} uses sharding stage 2, "
-                                  "whose optimizer state is stored per flattened slice, not per parameter)")
     g_old, g_new = old.get("global_batch_size"), new.get("global_batch_size")
     if g_old is not None and g_new is not None and int(g_old) != int(g_new):
         raise CheckpointError(f"{where}: parallel.global_batch_size {g_new} differs from the checkpoint's {g_old}; "
@@ -157,6 +162,10 @@ class _OldRanks:
         self.mp = 1 if same_shard else layout_of(old)["mp"]
         self.model: dict[str, dict[int, tuple]] = {}  # plain name -> {old mp rank: (file handle, raw key)}
         self.optim: dict[str, dict[int, tuple]] = {}
+        # sharding stage 2: plain name -> {old mp rank: {old sharding rank: (file handle, raw key)}}
+        self.flat = is_stage2(old)
+        self.slices: dict[str, dict[int, dict[int, tuple]]] = {}
+        self.sharding = layout_of(old)["sharding"]
         self._open = []
         for rank in range(world):  # data rank order: the first replica that holds a tensor serves it
             rank_dir = os.path.join(step_dir, f"rank_{rank:05d}")
@@ -173,13 +182,69 @@ class _OldRanks:
                     name = pipe_to_plain(plain_name(key[len(_MASTER_DIR):] if master else key), model_config)
                     name = _MASTER_DIR + name if master else name
                     table.setdefault(name, {}).setdefault(coords["mp"], (handle, key))
+                    if self.flat and table is self.optim and not name.endswith(_REPLICATED_SUFFIXES):
+                        self.slices.setdefault(name, {}).setdefault(coords["mp"], {}).setdefault(
+                            coords["sharding"], (handle, key))
 
-    def shards(self, table: dict, name: str, where: str) -> list[np.ndarray]:
+    def shards(self, table: dict, name: str, where: str, shape: tuple = ()) -> list[np.ndarray]:
+        """The old mp shards of `name`; under sharding stage 2 each one rebuilt from its flat slices into
+        `shape` (the parameter's shard shape) by `unflatten_slices`."""
         found = table.get(name, {})
         missing = [m for m in range(self.mp) if m not in found]
         if missing:
             raise CheckpointError(f"{where}: {name} is missing for old mp rank(s) {missing}")
+        if table is self.optim and name in self.slices:
+            return [unflatten_slices({s: h.get_tensor(k) for s, (h, k) in self.slices[name][m].items()},
+                                     shape, self.sharding, f"{where}: {name} (old mp rank {m})")
+                    for m in range(self.mp)]
         return [found[m][0].get_tensor(found[m][1]) for m in range(self.mp)]
+
+
+def is_stage2(par: dict) -> bool:
+    """Whether a `parallel` section runs fleet's sharding stage 2 (DygraphShardingOptimizerV2, `split_param`)."""
+    return int(par.get("sharding_degree") or 1) > 1 and int(par.get("sharding_stage") or 1) == 2
+
+
+# fleet's tensor_fusion_helper pads each parameter to a multiple of (256 bytes / element size) x sharding
+# degree elements: at most 128 x degree elements of padding for 2-byte types (64 x degree for float32)
+_MAX_PAD_PER_RANK = 128
+
+
+def stage2_slice(tensor: np.ndarray, span: tuple, where: str) -> np.ndarray | None:
+    """This rank's flat slice of one parameter's optimizer tensor under sharding stage 2 (the inverse of
+    `unflatten_slices`): `span` = (begin, end, padded size) from the live optimizer
+    (`parallel.fleet_compat.sharding_stage2_ranges`); the flat tensor zero-padded to the padded size
+    (fleet's padding is zeros) and cut to [begin, end). None when this rank holds no part of it."""
+    begin, end, padded = (int(v) for v in span)
+    if begin >= end:
+        return None
+    if tensor.size > padded or not 0 <= begin < end <= padded:
+        raise CheckpointError(f"{where}: {tensor.size} elements do not fit the sharding stage-2 slice "
+                              f"[{begin}, {end}) of a {padded}-element padded parameter")
+    flat = np.zeros(padded, dtype=tensor.dtype)
+    flat[:tensor.size] = tensor.reshape(-1)
+    return np.ascontiguousarray(flat[begin:end])
+
+
+def unflatten_slices(slices: dict, shape: tuple, degree: int, where: str) -> np.ndarray:
+    """One parameter's optimizer tensor (a moment, a master weight) of shape `shape` from its sharding
+    stage-2 slices {old sharding rank: 1-D slice}.
+
+    Fleet's DygraphShardingOptimizerV2 (tensor_fusion_helper.py `build_sharding_buffer` /
+    `ShardingGradView`) lays the parameters of a fused buffer end to end, each padded to a multiple of
+    the alignment x sharding degree, and sharding rank r owns the buffer range [r S, (r + 1) S), S = size
+    / degree. A rank's accumulator for a parameter is the 1-D part of the parameter's padded range that
+    falls in its own range (no accumulator where that is empty). The ranges are contiguous and ordered by
+    rank, so the slices concatenated in sharding-rank order are the padded flat parameter; the padding
+    (zeros at the end) is dropped. Refused in one line when the lengths cannot be that (a missing rank)."""
+    numel = int(np.prod(shape)) if len(shape) else 1
+    parts = [np.asarray(slices[r]).reshape(-1) for r in sorted(slices)]
+    total = sum(p.size for p in parts)
+    if not parts or total < numel or total - numel >= _MAX_PAD_PER_RANK * degree:
+        raise CheckpointError(f"{where}: sharding stage-2 slices of ranks {sorted(slices)} hold {total} elements, "
+                              f"expected {numel} (shape {list(shape)}) plus under {_MAX_PAD_PER_RANK * degree} "
+                              "of alignment padding")
+    return np.concatenate(parts)[:numel].reshape(shape)
 
 
 def pipe_to_plain(key: str, model_config) -> str:
@@ -251,7 +316,7 @@ def convert_rank_state(step_dir: str, old: dict, world: int, model_config, local
     src = _OldRanks(step_dir, world, old, model_config, same_shard)
 
     def convert(table, name, tensor_name, param_shape):
-        shards = src.shards(table, tensor_name, step_dir)
+        shards = src.shards(table, tensor_name, step_dir, src_shape[name])
         if tensor_name.endswith(_REPLICATED_SUFFIXES) or tuple(shards[0].shape) != tuple(src_shape[name]):
             if tuple(shards[0].shape) != (1,):
                 raise CheckpointError(f"{step_dir}: {tensor_name} has shape {list(shards[0].shape)}, expected the "
@@ -299,5 +364,6 @@ def reseed(seed: int, step: int, topo) -> int:
     return base
 
 
-__all__ = ["RESHARD_FIELDS", "check_reshardable", "convert_rank_state", "layout_of", "layout_text", "param_of",
-           "plain_name", "rank_coords", "read_rank_state", "reseed", "saved_parallel"]
+__all__ = ["RESHARD_FIELDS", "check_reshardable", "convert_rank_state", "is_stage2", "layout_of", "layout_text",
+           "param_of", "plain_name", "rank_coords", "read_rank_state", "reseed", "saved_parallel", "stage2_slice",
+           "unflatten_slices"]

@@ -351,8 +351,9 @@ def _load_resharded(step_dir, old_world, old_par, model, optimizer, scheduler, s
                     topo, model_config) -> dict:
     """Convert a checkpoint of another layout into this rank's model and optimizer (reshard.py)."""
     from .rank_state import apply_optimizer_state, _unique_to_structured
-    from .reshard import (RESHARD_FIELDS, check_pipe_names, check_reshardable, convert_rank_state, layout_text,
-                          param_of, pipe_to_plain, plain_name, read_rank_state, reseed)
+    from .reshard import (_REPLICATED_SUFFIXES, RESHARD_FIELDS, check_pipe_names, check_reshardable,
+                          convert_rank_state, is_stage2, layout_text, param_of, pipe_to_plain, plain_name,
+                          read_rank_state, reseed, stage2_slice)
 
     new_par = run_config["parallel"]
     root = read_rank_state(step_dir)  # old rank 0: step, scheduler, scaler, optimizer skeleton
@@ -370,11 +371,27 @@ def _load_resharded(step_dir, old_world, old_par, model, optimizer, scheduler, s
     params = sorted(structured, key=len, reverse=True)
     opt_state = {k: v for k, v in (root.get("optimizer") or {}).items()  # non-tensor entries (LR_Scheduler)
                  if k != "master_weights" and not (isinstance(v, dict) and "__tensor__" in v)}
+    cut = lambda name, arr, key: arr  # noqa: E731  (whole tensors unless this run is sharding stage 2)
+    if is_stage2(new_par):  # this rank keeps a flat slice of each parameter's state (reshard.stage2_slice)
+        from paddle_pangu.parallel.fleet_compat import sharding_stage2_ranges
+
+        ranges = sharding_stage2_ranges(optimizer)
+        unique = {s: u for u, s in _unique_to_structured(model).items()}
+        unplaced = sorted(s for s, u in unique.items() if u not in (ranges or {}))
+        if unplaced:  # e.g. fleet's pipeline comm overlap, which builds the buffers only at the first step
+            raise CheckpointError(f"{step_dir}: --reshard into sharding stage 2 needs the optimizer's stage-2 "
+                                  f"buffers, which do not place {unplaced[:3]} ({len(unplaced)} parameters) yet")
+        cut = lambda name, arr, key: stage2_slice(arr, ranges[unique[structured[name]]],  # noqa: E731
+                                                  f"{step_dir}: {key}")
     for key, arr in moments.items():
         name, suffix = param_of(key, params)
-        opt_state[structured[name] + suffix] = paddle.to_tensor(arr)
-    if masters:
-        opt_state["master_weights"] = {structured[n]: paddle.to_tensor(a) for n, a in masters.items()}
+        if not key.endswith(_REPLICATED_SUFFIXES):
+            arr = cut(name, arr, key)
+        if arr is not None:
+            opt_state[structured[name] + suffix] = paddle.to_tensor(arr)
+    masters = {n: cut(n, a, "master_weights/" + n) for n, a in masters.items()}
+    if any(a is not None for a in masters.values()):
+        opt_state["master_weights"] = {structured[n]: paddle.to_tensor(a) for n, a in masters.items() if a is not None}
     apply_optimizer_state(model, optimizer, opt_state)
     scheduler.set_state_dict(root["scheduler"])
     if scaler is not None and root.get("scaler") is not None:
