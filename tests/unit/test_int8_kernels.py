@@ -239,6 +239,20 @@ def tiny_bf16(tiny_pair):
     return quantize_model(bf16, "bf16")
 
 
+def _forward_checking_each_layer(model, fp32, layers, check):
+    """One padded batch through `model` with `check(layer, inputs, output)` hooked on every converted
+    layer, and through the fp32 model; returns (logits, fp32 logits)."""
+    hooks = [m.register_forward_post_hook(check) for m in layers]
+    ids = paddle.to_tensor([[6, 6, 101, 202, 303, 404], [11, 12, 13, 14, 15, 16]])
+    mask = paddle.to_tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    try:
+        with paddle.no_grad():
+            return model(ids, attention_mask=mask), fp32(ids, attention_mask=mask)
+    finally:
+        for h in hooks:
+            h.remove()
+
+
 def test_every_int8_layer_of_a_forward_pass_is_within_the_bound(tiny_pair):
     fp32, int8 = tiny_pair
     layers = [m for m in int8.sublayers() if isinstance(m, Int8Linear)]
@@ -255,14 +269,7 @@ def test_every_int8_layer_of_a_forward_pass_is_within_the_bound(tiny_pair):
         assert (np.abs(y - ref_q) <= acc).all(), type(layer).__name__
         seen.append(layer)
 
-    hooks = [m.register_forward_post_hook(check) for m in layers]
-    ids = paddle.to_tensor([[6, 6, 101, 202, 303, 404], [11, 12, 13, 14, 15, 16]])
-    mask = paddle.to_tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
-    with paddle.no_grad():
-        logits = int8(ids, attention_mask=mask)
-        ref = fp32(ids, attention_mask=mask)
-    for h in hooks:
-        h.remove()
+    logits, ref = _forward_checking_each_layer(int8, fp32, layers, check)
     assert len(seen) == len(layers)
     # the dequantised weights are not the fp32 ones: the int8 model differs, and its tied head is the embedding's
     assert logits.shape == ref.shape and not np.array_equal(logits.numpy(), ref.numpy())
@@ -287,14 +294,7 @@ def test_every_bf16_layer_of_a_forward_pass_is_within_the_bound(tiny_pair, tiny_
         assert (np.abs(y - (x @ wb.T + b)) <= acc).all(), type(layer).__name__
         seen.append(layer)
 
-    hooks = [m.register_forward_post_hook(check) for m in layers]
-    ids = paddle.to_tensor([[6, 6, 101, 202, 303, 404], [11, 12, 13, 14, 15, 16]])
-    mask = paddle.to_tensor([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
-    with paddle.no_grad():
-        logits = bf16(ids, attention_mask=mask)
-        ref = fp32(ids, attention_mask=mask)
-    for h in hooks:
-        h.remove()
+    logits, ref = _forward_checking_each_layer(bf16, fp32, layers, check)
     assert len(seen) == len(layers)
     assert logits.shape == ref.shape and not np.array_equal(logits.numpy(), ref.numpy())
     emb = fp32.get_input_embeddings().weight.numpy()
