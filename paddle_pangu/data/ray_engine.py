@@ -157,6 +157,21 @@ def _read_record(path: Path, files: dict, what: str, spec: str):
     return record
 
 
+def _reusable(n: int, done: str, record_of) -> tuple[dict, list]:
+    """Driver resume: ({shard: its verified record of an earlier run}, [shards to run]). `record_of(k)`
+    gives (the record or None when missing / unverified, whether it was written for these settings)."""
+    kept, todo = {}, []
+    for k in range(n):
+        rec, matches = record_of(k)
+        if rec is not None and matches(rec):
+            kept[k] = rec
+        else:
+            todo.append(k)
+    if kept:
+        logger.info("prepare-data --engine ray: resuming: %d of %d shards already %s", len(kept), n, done)
+    return kept, todo
+
+
 def _selection_digest(drop: np.ndarray, wanted: np.ndarray) -> str:
     return hashlib.sha256(drop.astype(np.int64).tobytes() + b"|" + wanted.astype(np.int64).tobytes()).hexdigest()
 
@@ -418,16 +433,10 @@ def _partitions(ray) -> int:
 def _scan(ray, cfg, shards: list[str], work: Path, stats: PipelineStats) -> dict:
     """Stage 1: every shard's scan record (verified ones of an earlier run reused); merges the stats."""
     fault = os.environ.get(FAULT_ENV, "")
-    scans, todo = {}, []
-    for k, spec in enumerate(shards):
-        rec = _read_record(work / f"{k:05d}.scan.json", {"text_sha256": work / f"{k:05d}.jsonl",
-                                                          "sigs_sha256": work / f"{k:05d}.sigs.npy"}, "the scan", spec)
-        if rec is not None and rec.get("spec") == spec:
-            scans[k] = rec
-        else:
-            todo.append(k)
-    if scans:
-        logger.info("prepare-data --engine ray: resuming: %d of %d shards already scanned", len(scans), len(shards))
+    scans, todo = _reusable(len(shards), "scanned", lambda k: (
+        _read_record(work / f"{k:05d}.scan.json", {"text_sha256": work / f"{k:05d}.jsonl",
+                                                    "sigs_sha256": work / f"{k:05d}.sigs.npy"}, "the scan", shards[k]),
+        lambda rec: rec.get("spec") == shards[k]))
     task = ray.remote(_scan_task).options(max_retries=0)
 
     def submit(k, attempt):
@@ -483,19 +492,15 @@ def _tokenize(ray, cfg, shards, scans: dict, work: Path, shards_dir: Path, resul
     wanted = np.asarray(sorted({d for c in result.clusters for d in c}), np.int64)
     fault = os.environ.get(FAULT_ENV, "")
     st = stats.start("tokenize")
-    selection, rows, todo = {}, {}, []
+    selection = {}
     for k in range(len(shards)):
         lo, hi = scans[k]["offset"], scans[k]["offset"] + int(scans[k]["n_read"])
         selection[k] = (drop[(drop >= lo) & (drop < hi)], wanted[(wanted >= lo) & (wanted < hi)])
-        rec = _read_record(shards_dir / f"{k:05d}.json", {"bin_sha256": shards_dir / f"{k:05d}.bin",
-                                                          "idx_sha256": shards_dir / f"{k:05d}.idx"},
-                           "the tokenized output", shards[k])
-        if rec is not None and rec.get("selection") == _selection_digest(*selection[k]):
-            rows[k] = rec
-        else:
-            todo.append(k)
-    if rows:
-        logger.info("prepare-data --engine ray: resuming: %d of %d shards already tokenized", len(rows), len(shards))
+    rows, todo = _reusable(len(shards), "tokenized", lambda k: (
+        _read_record(shards_dir / f"{k:05d}.json", {"bin_sha256": shards_dir / f"{k:05d}.bin",
+                                                    "idx_sha256": shards_dir / f"{k:05d}.idx"},
+                     "the tokenized output", shards[k]),
+        lambda rec: rec.get("selection") == _selection_digest(*selection[k])))
     task = ray.remote(_tokenize_task).options(max_retries=0)
 
     def submit(k, attempt):
