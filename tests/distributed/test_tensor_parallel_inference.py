@@ -38,6 +38,7 @@ pytestmark = pytest.mark.distributed
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 from serve_utils import Server  # noqa: E402
 from tp_case import PROMPTS, tp_model  # noqa: E402
+from task_files import write_ocnli_and_cmrc  # noqa: E402  (tests/task_files.py)
 
 FP32_U = 2.0 ** -24
 LOSS_RTOL = 6 * 4 * np.sqrt(256) * FP32_U  # see the module docstring
@@ -61,33 +62,10 @@ def _pangu(*args: str, tmp: Path) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=GUARD_S, cwd=str(tmp))
 
 
-def _write_lines(path: Path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-
-
-def _task_files(root: Path) -> None:
-    """ocnli (FewCLUE's published *_few_all.json lines) and cmrc2018 (SQuAD-style JSON): a candidate task
-    (scored forward passes) and a generation task (decode steps), as tests/unit/test_eval_cli.py writes them."""
-    labels = ["entailment", "neutral", "contradiction"]
-    for split in ("dev", "train"):
-        _write_lines(root / "fewclue" / "ocnli" / f"{split}_few_all.json",
-                     [{"id": i, "sentence1": f"{split}前提{i}说明天下雨", "sentence2": f"假设{i}", "label": labels[i % 3]}
-                      for i in range(5)])
-    paras = [{"context": f"第{i}段：小明住在杭州，喜欢西湖。", "qas": [{"id": f"{split}{i}", "question": "小明住在哪里？",
-                                                              "answers": [{"text": "杭州", "answer_start": 6}]}]}
-             for split in ("d", "t") for i in range(2)]
-    (root / "cmrc2018").mkdir()
-    (root / "cmrc2018" / "cmrc2018_dev.json").write_text(json.dumps({"data": [{"paragraphs": paras[:2]}]}),
-                                                         encoding="utf-8")
-    (root / "cmrc2018" / "cmrc2018_train.json").write_text(json.dumps({"data": [{"paragraphs": paras[2:]}]}),
-                                                           encoding="utf-8")
-
-
 def test_evaluate_nproc2_gives_the_one_process_losses_and_predictions(dirs, tmp_path):
     from paddle_pangu.cli import main
 
-    _task_files(tmp_path / "tasks")
+    write_ocnli_and_cmrc(tmp_path / "tasks", ocnli_rows=5)  # a candidate task and a generation task
     common = ["--task", "paper", "--data-dir", str(tmp_path / "tasks"), "--shots", "0", "1", "--batch-size", "6"]
     assert main(["evaluate", "--model", dirs[0], *common, "--output", str(tmp_path / "one.json"),
                  "--log-samples", str(tmp_path / "one.jsonl")]) == 0

@@ -9,29 +9,11 @@ from paddle_pangu.cli import main
 from paddle_pangu.evaluation.metrics import exact_match, f1_score
 from paddle_pangu.evaluation.scoring import candidate_losses
 from paddle_pangu.inference.loading import load_model_and_tokenizer
-
-
-def _write_lines(path, rows):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-
-
-def _fixtures(root):
-    labels = ["entailment", "neutral", "contradiction"]
-    for split in ("dev", "train"):
-        _write_lines(root / "fewclue" / "ocnli" / f"{split}_few_all.json",
-                     [{"id": i, "sentence1": f"{split}前提{i}说明天下雨", "sentence2": f"假设{i}", "label": labels[i % 3]}
-                      for i in range(4)])
-    paras = [{"context": f"第{i}段：小明住在杭州，喜欢西湖。", "qas": [{"id": f"{split}{i}", "question": "小明住在哪里？",
-                                                              "answers": [{"text": "杭州", "answer_start": 6}]}]}
-             for split in ("d", "t") for i in range(2)]
-    (root / "cmrc2018").mkdir()
-    (root / "cmrc2018" / "cmrc2018_dev.json").write_text(json.dumps({"data": [{"paragraphs": paras[:2]}]}), encoding="utf-8")
-    (root / "cmrc2018" / "cmrc2018_train.json").write_text(json.dumps({"data": [{"paragraphs": paras[2:]}]}), encoding="utf-8")
+from task_files import write_lines, write_ocnli_and_cmrc  # tests/task_files.py
 
 
 def test_paper_run_writes_results_log_plot_and_table(tmp_path, capsys):
-    _fixtures(tmp_path)
+    write_ocnli_and_cmrc(tmp_path, ocnli_rows=4)
     out, log = tmp_path / "results.json", tmp_path / "samples.jsonl"
     rc = main(["evaluate", "--model", "preset:tiny", "--task", "paper", "--data-dir", str(tmp_path), "--shots", "0", "1",
                "--limit", "3", "--batch-size", "6", "--output", str(out), "--log-samples", str(log)])
@@ -102,7 +84,7 @@ def test_perplexity_end_to_end_equals_a_recompute_from_the_token_files(tmp_path,
     texts = ["问：北京是中华人民共和国的首都，是全国的政治中心和文化中心。", "问：上海位于长江入海口，是重要的港口城市。",
              "问：杭州是浙江省的省会，以西湖闻名于世。", "问：成都是四川省的省会，美食众多，生活节奏悠闲。",
              "问：广州是广东省的省会，历史悠久，商业发达。"]
-    _write_lines(tmp_path / "d.jsonl", [{"text": t} for t in texts])
+    write_lines(tmp_path / "d.jsonl", [{"text": t} for t in texts])
     (tmp_path / "c.yaml").write_text("cleaning:\n  min_chars: 5\nsplit: [0, 0, 1]\n", encoding="utf-8")
     assert main(["prepare-data", "--input", str(tmp_path / "d.jsonl"), "--output", str(tmp_path / "ds"), "--name",
                  "held", "--config", str(tmp_path / "c.yaml"), "--workers", "1", "--no-progress"]) == 0
