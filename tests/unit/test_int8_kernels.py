@@ -301,13 +301,31 @@ def test_every_bf16_layer_of_a_forward_pass_is_within_the_bound(tiny_pair, tiny_
     np.testing.assert_array_equal(bf16.quantized_head.weight.numpy(), bf16_bits(emb))  # the head is bf16(embedding)
 
 
+def _predictor_prefill_equals_dygraph(out, model, weights):
+    """Prefill a left-padded 2 x 7 batch through the export at `out` and through the dygraph `model`: the
+    last position's logits must be equal bit for bit (the same kernels on the same inputs in the same
+    order; oneDNN is off in the fp32 predictor). Returns (stepper, ids, pos, mask, cache) for a decode step."""
+    from paddle_pangu.inference.export import InferenceStepper
+
+    stepper = InferenceStepper(str(out))
+    assert stepper.weights == weights
+    ids = np.array([[6, 6, 101, 202, 303, 404, 505], [11, 12, 13, 14, 15, 16, 17]], "int64")
+    mask = (ids != 6).astype("int64")
+    pos = np.clip(np.cumsum(mask, 1) - 1, 0, None)
+    logits, cache = stepper(ids, pos, mask, None)
+    with paddle.no_grad():
+        ref = model(paddle.to_tensor(ids), position_ids=paddle.to_tensor(pos), attention_mask=paddle.to_tensor(mask))
+    np.testing.assert_array_equal(logits, ref[:, -1].numpy())
+    return stepper, ids, pos, mask, cache
+
+
 def test_bf16_export_matches_dygraph_and_cli_generate_runs_it(tiny_pair, tiny_bf16, tmp_path):
     """A bf16 export runs the same custom kernel in the predictor (so it works on any x86 CPU): 2 bytes a
     linear weight in the .pdiparams, the predictor's logits equal the dygraph bf16 model's bit for bit, and
     `pangu generate --model EXPORT` in a fresh process (which must register the op before the predictor
     loads) prints the dygraph bf16 model's text. `--weights bf16` on a model directory through the CLI:
     tests/integration/test_serve_int8.py (pangu serve)."""
-    from paddle_pangu.inference.export import InferenceStepper, export_model
+    from paddle_pangu.inference.export import export_model
     from paddle_pangu.inference.generation import generate_text
     from paddle_pangu.inference.loading import load_tokenizer
     from paddle_pangu.model import PanGuForCausalLM
@@ -324,15 +342,7 @@ def test_bf16_export_matches_dygraph_and_cli_generate_runs_it(tiny_pair, tiny_bf
         int(np.prod(m.bias.shape)) for m in bf16.sublayers() if isinstance(m, Bf16Linear))
     size = os.path.getsize(out / "decode.pdiparams")
     assert 2 * linear + 4 * rest <= size < 3 * linear + 4 * rest  # < 3: an fp32 copy would add 4 bytes a weight
-    stepper = InferenceStepper(str(out))
-    assert stepper.weights == "bf16"
-    ids = np.array([[6, 6, 101, 202, 303, 404, 505], [11, 12, 13, 14, 15, 16, 17]], "int64")
-    mask = (ids != 6).astype("int64")
-    pos = np.clip(np.cumsum(mask, 1) - 1, 0, None)
-    logits, _ = stepper(ids, pos, mask, None)
-    with paddle.no_grad():
-        ref = bf16(paddle.to_tensor(ids), position_ids=paddle.to_tensor(pos), attention_mask=paddle.to_tensor(mask))
-    np.testing.assert_array_equal(logits, ref[:, -1].numpy())  # same kernel, same inputs, same order
+    _predictor_prefill_equals_dygraph(out, bf16, "bf16")
 
     # a prompt whose greedy text differs between bf16 and fp32 (a run in fp32 under a bf16 label would fail)
     def text(model, p):
@@ -352,7 +362,7 @@ def test_int8_export_and_dygraph_agree_and_cli_runs_it_in_a_fresh_process(tiny_p
     """export_model(weights="int8") holds int8 buffers (smaller files than fp32) and the custom op; its
     predictor gives the dygraph int8 model's logits, and `pangu generate` in a new process (which must
     register the op before creating the predictor) prints the dygraph int8 model's greedy text."""
-    from paddle_pangu.inference.export import InferenceStepper, export_model
+    from paddle_pangu.inference.export import export_model
     from paddle_pangu.inference.generation import generate_text
     from paddle_pangu.inference.loading import load_tokenizer
 
@@ -377,17 +387,8 @@ def test_int8_export_and_dygraph_agree_and_cli_runs_it_in_a_fresh_process(tiny_p
     assert payload <= os.path.getsize(out / "decode.pdiparams") <= payload + 64 * n_tensors
     assert "pangu_int8_linear" in (out / "decode.json").read_text()
 
-    stepper = InferenceStepper(str(out))
-    assert stepper.weights == "int8"
     # 2 x 7 = 14 rows at prefill (<= 16: the GEMV / small-batch tiles, bit for bit), then one decode step
-    ids = np.array([[6, 6, 101, 202, 303, 404, 505], [11, 12, 13, 14, 15, 16, 17]], "int64")
-    mask = (ids != 6).astype("int64")
-    pos = np.clip(np.cumsum(mask, 1) - 1, 0, None)
-    logits, cache = stepper(ids, pos, mask, None)
-    with paddle.no_grad():
-        ref = int8(paddle.to_tensor(ids), position_ids=paddle.to_tensor(pos), attention_mask=paddle.to_tensor(mask))
-    # the same phi kernels on the same inputs in the same order (oneDNN off in the fp32 predictor)
-    np.testing.assert_array_equal(logits, ref[:, -1].numpy())
+    stepper, ids, pos, mask, cache = _predictor_prefill_equals_dygraph(out, int8, "int8")
     step = np.array([[808], [20]], "int64")
     mask2 = np.concatenate([mask, np.ones([2, 1], "int64")], 1)
     logits2, _ = stepper(step, pos[:, -1:] + 1, mask2, cache)
