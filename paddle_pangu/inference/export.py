@@ -186,9 +186,10 @@ def predictor_config(model_file: str, params_file: str, device: str = "cpu", thr
     and then aborts the whole process in create_predictor ("No allocator found for the place,
     Place(npu:0)"), so a missing plugin is a one-line DeviceError here instead."""
     if device == "npu":
-        from ..parallel.device import select_device
+        from ..parallel.device import init_custom_allocator, select_device
 
         select_device("npu")  # DeviceError naming the missing plugin
+        init_custom_allocator("npu", int(os.environ.get("FLAGS_selected_npus", 0)))  # before any predictor
     cfg = paddle.inference.Config(model_file, params_file)
     for method, args in predictor_settings(device, threads, dtype):
         getattr(cfg, method)(*args)

@@ -129,6 +129,28 @@ def npu_env_defaults(device: DeviceInfo | str, environ: dict | None = None) -> d
     return applied
 
 
+_ALLOCATORS_READY: set[tuple[str, int]] = set()
+
+
+def init_custom_allocator(device_type: str, device_id: int) -> None:
+    """Create Paddle's allocator for `device_type:device_id` from this (one) thread, once per process.
+
+    Under FLAGS_allocator_strategy=naive_best_fit (the Ascend recipe, NPU_ENV_DEFAULTS) Paddle 3.3.1 keeps
+    its custom-device allocators in a function-static map that is filled without a lock
+    (`BuddyAllocatorList::Instance` in naive_best_fit_allocator.cc). Paddle Inference copies a graph's
+    parameters to the device from several threads at once, so the first predictor created on a fresh
+    device raced there: two allocator lists, each taking the ~92%-of-device first chunk (the second then
+    fails: 'CustomDevice error, the error code is : 2'), blocks freed into the other list's pool
+    ('Tensor holds no memory', 'double free or corruption') or a crash inside the map's insert. Seen as a
+    backtrace of two threads in BuddyAllocator::RefillPool under TensorCopySync futures; one allocation
+    here, before any predictor exists, makes every later one find the list already built."""
+    key = (device_type, int(device_id))
+    if key in _ALLOCATORS_READY:
+        return
+    paddle.zeros([1], dtype="float32").to(paddle.CustomPlace(device_type, int(device_id)))
+    _ALLOCATORS_READY.add(key)
+
+
 def _registered_kernels() -> set[str]:
     try:
         return set(paddle.base.core._get_all_register_op_kernels("all"))

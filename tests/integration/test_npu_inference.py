@@ -93,3 +93,21 @@ def test_npu_without_the_plugin_is_a_one_line_error(exported):
     lines = proc.stderr.strip().splitlines()
     assert lines[-1].startswith("pangu generate: error: device='npu' requested but Paddle has no 'npu' custom device")
     assert "Traceback" not in proc.stderr
+
+
+def test_the_npu_allocator_exists_before_the_predictor_copies_its_parameters(exported):
+    """Paddle 3.3.1 fills its naive_best_fit custom-device allocator map without a lock, and a predictor
+    copies its parameters from several threads: on a fresh device that race lost ~1 serve in 3 (two ~15 GB
+    first chunks, 'CustomDevice error 2', double frees). predictor_config must build the allocator first,
+    from one thread: its first chunk is reserved before create_predictor is called."""
+    code = ("from paddle_pangu import runtime; runtime.apply(log=False); import paddle.device as dev; "
+            "from paddle_pangu.inference.export import predictor_config; "
+            f"d = {str(exported)!r}; before = dev.memory_reserved('npu:0'); "
+            "predictor_config(d + '/prefill.json', d + '/prefill.pdiparams', 'npu'); "
+            "print(before, dev.memory_reserved('npu:0'))")
+    env = {**os.environ, "GLOG_minloglevel": "2", "PANGU_TEST_NPU": "1"}
+    env.pop("CUSTOM_DEVICE_ROOT", None)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before, after = map(int, proc.stdout.split()[-2:])
+    assert before == 0 and after > 0, proc.stdout
