@@ -27,6 +27,8 @@ import unicodedata
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
+
 from .stats import Document, StageStats
 
 DEFAULT_NAV_KEYWORDS = (
@@ -195,7 +197,7 @@ _FULLWIDTH_ALNUM = {cp: cp - 0xFEE0 for r in ((0xFF10, 0xFF19), (0xFF21, 0xFF3A)
 
 
 def _t2s_changeable(t2s) -> dict | None:
-    """str.translate table deleting every character that some entry of `t2s`'s dictionaries rewrites (a key
+    """{code point: None} of every character that some entry of `t2s`'s dictionaries rewrites (a key
     character where the entry's value - the first alternative, as opencc-python takes it - differs); None
     when an entry changes the length. Built once per Cleaner (`Cleaner._regexes`)."""
     chars: set[str] = set()
@@ -218,14 +220,45 @@ def _t2s_changeable(t2s) -> dict | None:
     return dict.fromkeys(map(ord, chars)) if preserving else None
 
 
+def _codepoints(text: str) -> np.ndarray:
+    """(len(text),) uint32: the code points of `text` (a lone surrogate as its own value, as re sees it)."""
+    return np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+
+
+@lru_cache(maxsize=1)
+def _char_tables() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """bool[code point] tables of what `\\s`, the punctuation class and `_CJK_RE` match, found by running each
+    regex over every code point once per process (~0.2 s), so a lookup counts exactly what the regex would."""
+    every = "".join(map(chr, range(sys.maxunicode + 1)))
+
+    def table(pattern: re.Pattern) -> np.ndarray:
+        return _keys_table(map(ord, pattern.findall(every)))
+
+    return table(re.compile(r"\s")), table(category_regex(PUNCTUATION)), table(_CJK_RE)
+
+
+def _keys_table(keys) -> np.ndarray:
+    table = np.zeros(sys.maxunicode + 1, dtype=bool)
+    table[np.fromiter(keys, dtype=np.int64)] = True
+    return table
+
+
+def _char_counts(cp: np.ndarray, ignore_punctuation: bool) -> tuple[int, int, int]:
+    """(non-whitespace characters, of those the ones counted by chinese_ratio, Chinese characters among
+    those) of the code points `cp`: `re.sub(r"\\s+", "", text)`, then the punctuation removed, then
+    `_CJK_RE` counted, as table lookups instead of three new strings and a list per document."""
+    space, punctuation, cjk = _char_tables()
+    dense = ~space[cp]
+    n_chars = int(dense.sum())
+    if ignore_punctuation:
+        dense &= ~punctuation[cp]
+    return n_chars, int(dense.sum()), int((dense & cjk[cp]).sum())
+
+
 def chinese_ratio(text: str, ignore_punctuation: bool = True) -> float:
     """Chinese characters / non-whitespace characters (punctuation optionally not counted)."""
-    dense = re.sub(r"\s+", "", text)
-    if ignore_punctuation:
-        dense = category_regex(PUNCTUATION).sub("", dense)
-    if not dense:
-        return 0.0
-    return len(_CJK_RE.findall(dense)) / len(dense)
+    _, dense, cjk = _char_counts(_codepoints(text), ignore_punctuation)
+    return cjk / dense if dense else 0.0
 
 
 def _looks_like_title(line: str) -> bool:
@@ -259,9 +292,12 @@ class Cleaner:
                 import opencc  # opencc-python-reimplemented
 
                 t2s = opencc.OpenCC("t2s")
+            _char_tables()  # built here, with the regexes: start-up, not the first document's cost
+            changeable = _t2s_changeable(t2s) if t2s is not None else None
             self._compiled = {
                 "special": special, "t2s": t2s,
-                "t2s_changeable": _t2s_changeable(t2s) if t2s is not None else None,
+                "t2s_changeable": None if changeable is None else _keys_table(changeable),
+                "fullwidth": _keys_table(_FULLWIDTH_ALNUM),
                 "nav": _keyword_regex(tuple(c.nav_keywords)),
                 "ad": _keyword_regex(tuple(c.ad_keywords)),
                 "sensitive": _keyword_regex(tuple(c.sensitive_words)),
@@ -271,12 +307,14 @@ class Cleaner:
     # ---- step 1: character-level normalisation ---------------------------
     def _normalise(self, text: str, stats: StageStats) -> str:
         rx = self._regexes()
-        if rx["t2s"] is not None and self._may_look_traditional(text, rx["t2s_changeable"]):
+        cp = _codepoints(text)
+        if rx["t2s"] is not None and self._may_look_traditional(text, cp, rx["t2s_changeable"]):
             converted = rx["t2s"].convert(text)
             if converted != text and self._looks_traditional(text, converted):
                 stats.modified["t2s_converted"] += 1
                 text = converted
-        if self.cfg.fullwidth_to_ascii:
+                cp = _codepoints(text)
+        if self.cfg.fullwidth_to_ascii and rx["fullwidth"][cp].any():
             converted = text.translate(_FULLWIDTH_ALNUM)
             if converted != text:
                 stats.modified["fullwidth_normalised"] += 1
@@ -287,7 +325,7 @@ class Cleaner:
                 stats.modified["special_symbols_removed"] += 1
         return _SPACE_RUN_RE.sub(" ", text)
 
-    def _may_look_traditional(self, text: str, changeable: dict | None) -> bool:
+    def _may_look_traditional(self, text: str, cp: np.ndarray, changeable: np.ndarray | None) -> bool:
         """False only when OpenCC's conversion could not pass `_looks_traditional`, so skipping it changes
         nothing (most simplified documents: 4 of 2,757 People's Daily articles need the OpenCC call).
 
@@ -296,8 +334,8 @@ class Cleaner:
         """
         if changeable is None:  # a dictionary entry changes the length: always convert
             return True
-        possible = len(text) - len(text.translate(changeable))
-        return possible >= self.cfg.t2s_min_changed * max(1, len(_CJK_RE.findall(text)))
+        possible = int(changeable[cp].sum())  # `cp` = text's code points, `changeable` a table of them
+        return possible >= self.cfg.t2s_min_changed * max(1, int(_char_tables()[2][cp].sum()))
 
     def _looks_traditional(self, text: str, converted: str) -> bool:
         """Convert only documents written in traditional characters: OpenCC also rewrites
@@ -347,14 +385,14 @@ class Cleaner:
         """The first rule the (normalised) paragraphs fail, or None to keep."""
         c, rx = self.cfg, self._regexes()
         text = "\n".join(paragraphs)
-        n_chars = len(re.sub(r"\s+", "", text))
+        n_chars, dense, cjk = _char_counts(_codepoints(text), c.ratio_ignore_punctuation)
         if n_chars == 0:
             return "empty"
         if c.drop_title_only and len(paragraphs) == 1 and _looks_like_title(text):
             return "title_only"
         if n_chars < c.min_chars:
             return "too_short"
-        if chinese_ratio(text, c.ratio_ignore_punctuation) < c.min_chinese_ratio:
+        if (cjk / dense if dense else 0.0) < c.min_chinese_ratio:  # chinese_ratio(text, ...)
             return "low_chinese_ratio"
         if rx["ad"] is not None and len(rx["ad"].findall(text)) > c.ad_doc_threshold:
             return "advertisement"

@@ -2,7 +2,7 @@
 import pytest
 
 from paddle_pangu.data.builtin import read_builtin
-from paddle_pangu.data.cleaning import Cleaner, CleaningConfig, chinese_ratio, load_word_list
+from paddle_pangu.data.cleaning import Cleaner, CleaningConfig, _codepoints, chinese_ratio, load_word_list
 from paddle_pangu.data.stats import Document, IssueLog, StageStats
 
 BODY = "我国经济在改革开放以来保持了长期稳定的增长，人民生活水平不断提高，社会事业全面进步。" * 4  # ~170 chars
@@ -95,7 +95,7 @@ def test_defaults_keep_most_peoples_daily_articles():
 class _AlwaysOpenCC(Cleaner):
     """The rule before the OpenCC pre-check: every document goes through OpenCC."""
 
-    def _may_look_traditional(self, text, changeable):
+    def _may_look_traditional(self, text, cp, changeable):
         return True
 
 
@@ -115,8 +115,39 @@ def test_opencc_precheck_changes_no_output():
     assert fast_stats.modified["t2s_converted"] >= 50  # the sample exercises the conversion
     # and the pre-check does skip most documents (a check that always says "convert" would pass the above)
     changeable = fast._regexes()["t2s_changeable"]
-    skipped = sum(not fast._may_look_traditional(d.text, changeable) for d in sample)
+    skipped = sum(not fast._may_look_traditional(d.text, _codepoints(d.text), changeable) for d in sample)
     assert skipped >= len(sample) // 2
+
+
+def test_table_counts_equal_the_regex_definitions_on_every_kind_of_character():
+    """chinese_ratio and the cleaner's character counts are table lookups (one per code point, built by running
+    each regex over every code point); they must count exactly what the regexes count: every Unicode space
+    (\\x1c, \\x85, \\u2028, \\u3000 ...), punctuation of every category, CJK incl. extension B and 〇, emoji,
+    full-width forms and lone surrogates, in random mixtures."""
+    import random
+    import re
+
+    from paddle_pangu.data.cleaning import _CJK_RE, PUNCTUATION, category_regex
+
+    def by_regex(text, ignore_punctuation):  # the definition: strip whitespace (and punctuation), count CJK
+        dense = re.sub(r"\s+", "", text)
+        if ignore_punctuation:
+            dense = category_regex(PUNCTUATION).sub("", dense)
+        return len(_CJK_RE.findall(dense)) / len(dense) if dense else 0.0
+
+    pool = [chr(c) for c in [*range(0x00, 0x250), *range(0x2000, 0x2070), *range(0x3000, 0x3040), *range(0x4E00, 0x4E40),
+                             *range(0xFF00, 0xFF70), 0x3400, 0x9FFF, 0xF900, 0x20000, 0x2FA1F, 0x1F600, 0xD800, 0xDFFF]]
+    rng = random.Random(7)
+    texts = ["", " \u3000\n", "，。"] + ["".join(rng.choice(pool) for _ in range(rng.randint(1, 120))) for _ in range(400)]
+    for text in texts:
+        for ignore in (True, False):
+            assert chinese_ratio(text, ignore) == by_regex(text, ignore), (text, ignore)
+    cleaner, stats = Cleaner(CleaningConfig(min_chars=1, min_chinese_ratio=0.3, drop_title_only=False)), StageStats("c")
+    for text in texts:  # the drop rule that counts characters: empty vs too short vs the ratio, as by regex
+        n_chars = len(re.sub(r"\s+", "", text))
+        expected = "empty" if n_chars == 0 else ("low_chinese_ratio" if by_regex(text, True) < 0.3 else None)
+        got = cleaner.drop_reason([text])
+        assert got == expected or (expected is None and got in ("advertisement", "sensitive_words")), (text, got)
 
 
 def test_split_category_regex_matches_the_same_characters_as_one_class():
