@@ -145,6 +145,7 @@ def profile_stages(corpus: Path, mb: float, out: Path) -> dict:
     cfg = PipelineConfig(inputs=[str(corpus)], output=str(out), name="c", progress=False)
     cleaner, codec = Cleaner(cfg.cleaning), PanGuSentencePiece()
     cleaner._regexes()  # compiled once per process: start-up
+    minhash_values("预热 warm-up", cfg.dedup)  # loads (or builds) the compiled MinHash: start-up
     seconds: dict[str, float] = {}
     cpu: dict[str, float] = {}  # this process's CPU seconds: what a stage costs a core, whatever the load
 

@@ -142,6 +142,13 @@ def test_table_counts_equal_the_regex_definitions_on_every_kind_of_character():
     for text in texts:
         for ignore in (True, False):
             assert chinese_ratio(text, ignore) == by_regex(text, ignore), (text, ignore)
+    from paddle_pangu.data.cleaning import _FULLWIDTH_ALNUM, _SPACE_RUN_RE
+
+    plain = Cleaner(CleaningConfig(t2s=False))  # full-width forms by a code-point table: as str.translate does
+    special = plain._regexes()["special"]
+    for text in texts:
+        expected = _SPACE_RUN_RE.sub(" ", special.sub("", text.translate(_FULLWIDTH_ALNUM)))
+        assert plain._normalise(text, StageStats("c")) == expected, text
     cleaner, stats = Cleaner(CleaningConfig(min_chars=1, min_chinese_ratio=0.3, drop_title_only=False)), StageStats("c")
     for text in texts:  # the drop rule that counts characters: empty vs too short vs the ratio, as by regex
         n_chars = len(re.sub(r"\s+", "", text))
