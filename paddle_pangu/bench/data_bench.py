@@ -135,7 +135,7 @@ def profile_stages(corpus: Path, mb: float, out: Path) -> dict:
     favours the baseline by the few % that cleaning drops). Also checks that the compiled segmenter's
     output equals python jieba's on every document that reaches the tokenizer."""
     from ..data.cleaning import Cleaner
-    from ..data.dedup import MinHashDeduplicator, minhash_from_values, minhash_values
+    from ..data.dedup import MinHashDeduplicator, minhash_values
     from ..data.indexed_dataset import IndexedDatasetBuilder
     from ..data.pipeline import PipelineConfig
     from ..data.readers import read_documents
@@ -164,7 +164,7 @@ def profile_stages(corpus: Path, mb: float, out: Path) -> dict:
     def dedup():
         index = MinHashDeduplicator(cfg.dedup)
         for i, v in enumerate(sigs):
-            index.add(i, minhash_from_values(v, cfg.dedup))
+            index.add(i, v)
         return index.result()
 
     drop = timed("dedup", dedup).drop

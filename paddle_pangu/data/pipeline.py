@@ -34,7 +34,7 @@ from typing import Iterable, Iterator
 from ..errors import DataError
 from .builtin import BUILTIN_PREFIX, builtin_size_bytes, read_builtin
 from .cleaning import Cleaner, CleaningConfig, clean_chunk
-from .dedup import DedupConfig, MinHashDeduplicator, minhash_from_values, minhash_values
+from .dedup import DedupConfig, MinHashDeduplicator, minhash_values
 from .indexed_dataset import IndexedDatasetBuilder, dtype_for_vocab
 from .manifest import commit_dir, partial_dir, sha256_file, write_manifest
 from .packing import DEFAULT_SPLIT, DEFAULT_SPLIT_NAMES, split_documents
@@ -238,7 +238,7 @@ def _pass_filter(cfg, stats, work_file: Path, dedup, qfilter, workers: int, doc_
                 for d in kept:
                     doc_chars[d.doc_id] = len(d.text)
                     if dedup is not None:
-                        dedup.add(d.doc_id, minhash_from_values(sig_of[d.doc_id], cfg.dedup))
+                        dedup.add(d.doc_id, sig_of[d.doc_id])
                     out.write(d.to_json() + "\n")
                 bar.set_postfix(kept=clean.docs_out, refresh=False)
     finally:

@@ -59,7 +59,8 @@ import numpy as np
 from ..errors import DataError, UsageError
 from .builtin import BUILTIN_PREFIX, read_builtin
 from .cleaning import Cleaner, clean_chunk
-from .dedup import DedupResult, MinHashDeduplicator, clusters_from_pairs, minhash_values
+from .dedup import (DedupResult, MinHashDeduplicator, band_keys, bucket_pairs, clusters_from_pairs, minhash_values,
+                    unique_pairs)
 from .indexed_dataset import IndexedDataset, IndexedDatasetBuilder, dtype_for_vocab
 from .manifest import commit_dir, partial_dir, sha256_file, write_manifest
 from .readers import byte_ranges, list_input_files, parse_range_spec, read_file, splittable
@@ -96,7 +97,6 @@ SHARD_ATTEMPTS = 3  # a shard whose task raises or dies is submitted again, at m
 FAULT_ENV = "PANGU_RAY_TEST_FAULT"  # tests only: "<stage>:<shard>:<times>[:exit][,...]": that shard's task
 #   raises (or, with ":exit", kills its worker process) on its first <times> attempts; "driver:<stage>:<n>": the
 #   driver SIGKILLs itself once <n> shards of <stage> are done (a driver that dies, deterministically)
-_KEY_SEEDS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F)  # the two halves of a 128-bit band key
 
 
 def _injected_fault(fault: str, stage: str, shard: int, attempt: int) -> None:
@@ -243,31 +243,6 @@ def _failed_scan(k: int, spec: str, work: Path, error: str) -> dict:
 
 
 # ---- stage 2: dedup ------------------------------------------------------------------------
-def _mix64(x: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser on uint64 arrays (wrapping arithmetic): a bijection that spreads every bit."""
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    return x ^ (x >> np.uint64(31))
-
-
-def band_keys(sigs: np.ndarray, ranges: list) -> tuple[np.ndarray, np.ndarray]:
-    """(h1, h2) [len(ranges), n] uint64: a 128-bit key per (band, document) from the band number and the
-    band's hash values, so two documents share a key iff they share that band (up to a 2^-128 collision,
-    which the Jaccard verification would still have to pass)."""
-    n = len(sigs)
-    h1, h2 = np.empty((len(ranges), n), np.uint64), np.empty((len(ranges), n), np.uint64)
-    for b, (lo, hi) in enumerate(ranges):
-        a = np.full(n, _KEY_SEEDS[0] ^ b, np.uint64)
-        c = np.full(n, _KEY_SEEDS[1] ^ b, np.uint64)
-        for j in range(lo, hi):
-            a = _mix64(a ^ sigs[:, j])
-            c = _mix64(c + sigs[:, j] + np.uint64(j))
-        h1[b], h2[b] = a, c
-    return h1, h2
-
-
 def _band_task(sigs_path: str, ids: np.ndarray, base: int, ranges: list, parts: int):
     """One shard's (band key, document id) rows, split into `parts` by key: the map side of the shuffle."""
     sigs = np.load(sigs_path, mmap_mode="r", allow_pickle=False)  # [docs, num_perm]
@@ -282,20 +257,7 @@ def _band_task(sigs_path: str, ids: np.ndarray, base: int, ranges: list, parts: 
 def _bucket_task(*pieces: np.ndarray) -> np.ndarray:
     """The reduce side: all rows of one key range; candidate pairs [m, 2] (a < b) of every bucket."""
     rows = np.concatenate(pieces, axis=1) if pieces else np.zeros((3, 0), np.uint64)  # [3, rows]
-    if not rows.shape[1]:
-        return np.zeros((0, 2), np.int64)
-    order = np.lexsort((rows[2], rows[1], rows[0]))
-    h1, h2, docs = rows[0][order], rows[1][order], rows[2][order].astype(np.int64)
-    new = np.ones(len(h1), bool)
-    new[1:] = (h1[1:] != h1[:-1]) | (h2[1:] != h2[:-1])
-    starts = np.flatnonzero(new)
-    sizes = np.diff(np.append(starts, len(h1)))
-    pairs = []
-    for s, size in zip(starts[sizes > 1], sizes[sizes > 1]):  # most buckets hold one document
-        members = docs[s:s + size]
-        i, j = np.triu_indices(size, 1)
-        pairs.append(np.stack([members[i], members[j]], axis=1))
-    return np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+    return bucket_pairs(rows[0], rows[1], rows[2].astype(np.int64))
 
 
 def _verify(candidates: np.ndarray, scans: dict, offsets: dict, work: Path, threshold: float, verify: bool) -> list:
@@ -463,7 +425,7 @@ def _scan(ray, cfg, shards: list[str], work: Path, stats: PipelineStats) -> dict
 def _dedup(ray, cfg, scans: dict, work: Path) -> tuple[DedupResult, tuple[int, int], dict]:
     """Stage 2 (module docstring); returns (result, (bands, rows), {dropped doc: chars})."""
     lsh = MinHashDeduplicator(cfg.dedup)  # the local engine's b x r for this threshold
-    ranges = [tuple(map(int, r)) for r in lsh.lsh.hashranges]
+    ranges = lsh.ranges
     parts = _partitions(ray)
     band = ray.remote(_band_task).options(num_returns=parts, max_retries=SHARD_ATTEMPTS - 1)
     bucket = ray.remote(_bucket_task).options(max_retries=SHARD_ATTEMPTS - 1)
@@ -472,7 +434,7 @@ def _dedup(ray, cfg, scans: dict, work: Path) -> tuple[DedupResult, tuple[int, i
     maps = [m if isinstance(m, list) else [m] for m in maps]
     found = ray.get([bucket.remote(*[m[p] for m in maps]) for p in range(parts)]) if maps else []
     found = [f for f in found if len(f)]
-    candidates = np.unique(np.concatenate(found), axis=0) if found else np.zeros((0, 2), np.int64)
+    candidates = unique_pairs(np.concatenate(found)) if found else np.zeros((0, 2), np.int64)
     offsets = {k: r["offset"] for k, r in scans.items()}
     verified = _verify(candidates, scans, offsets, work, cfg.dedup.threshold, cfg.dedup.verify)
     result = clusters_from_pairs(sorted({d for pair in verified for d in pair}), verified)

@@ -131,3 +131,38 @@ def test_vectorised_minhash_values_equal_datasketch_update_batch(monkeypatch, sc
                 assert got.dtype == m.hashvalues.dtype and np.array_equal(got, m.hashvalues), text[:40]
     finally:
         dedup_mod._permutations.cache_clear()
+
+
+@pytest.mark.parametrize("cfg", [DedupConfig(), DedupConfig(threshold=0.5), DedupConfig(num_perm=64, bands=16, rows=4),
+                                 DedupConfig(verify=False)], ids=["default", "t0.5", "16x4", "no-verify"])
+def test_array_lsh_finds_the_clusters_of_datasketchs_streaming_query_and_insert(articles, cfg):
+    """result() bands every signature at once (band_keys, bucket_pairs: the Ray engine's functions); the
+    reference is datasketch's MinHashLSH used as a stream (query each document against the earlier ones,
+    verify, insert), the way this class worked before: same clusters, drops and pair counts."""
+    from datasketch import MinHashLSH
+
+    from paddle_pangu.data.dedup import clusters_from_pairs
+
+    rng = random.Random(11)
+    texts = articles[:150]
+    texts = texts + [_edit(rng.choice(texts), rng, rng.choice(texts)) for _ in range(60)]
+    texts += [texts[i] for i in rng.sample(range(len(texts)), 20)]  # exact copies: buckets of 3 and more
+    rng.shuffle(texts)
+    dedup = MinHashDeduplicator(cfg)
+    sigs = [dedup.signature(t) for t in texts]
+    for i, sig in enumerate(sigs):
+        dedup.add(i, sig.hashvalues if i % 2 else sig)  # values or a MinHash: both accepted
+    got = dedup.result()
+
+    lsh = MinHashLSH(threshold=cfg.threshold, num_perm=cfg.num_perm, params=dedup.bands_rows)
+    candidates, verified = 0, []
+    for i, sig in enumerate(sigs):
+        for j in lsh.query(sig):
+            candidates += 1
+            if not cfg.verify or np.count_nonzero(sig.hashvalues == sigs[j].hashvalues) / cfg.num_perm >= cfg.threshold:
+                verified.append((j, i))
+        lsh.insert(i, sig)
+    want = clusters_from_pairs(list(range(len(texts))), verified)
+    assert (got.clusters, got.drop) == (want.clusters, want.drop)
+    assert (got.candidate_pairs, got.verified_pairs) == (candidates, len(verified))
+    assert len(got.drop) >= 60  # the planted copies and edits are found
