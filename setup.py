@@ -31,8 +31,8 @@ INSTALL_REQUIRES = [
     "uvicorn==0.54.0",
 ]
 
-# prepare-data --engine ray: Ray Data (2.60.0 is the version tested with pyarrow<20 here)
-RAY = ["ray[data]==2.60.0"]
+# prepare-data --engine ray: plain Ray tasks and the object store (ray_engine.py); Ray Data is not used
+RAY = ["ray==2.60.0"]
 
 EXTRAS = {
     # transformers: the HF GPT-2 baseline of `pangu bench --compare` (4.53 fits the tokenizers paddlenlp pins)
