@@ -142,6 +142,17 @@ def test_table_counts_equal_the_regex_definitions_on_every_kind_of_character():
     for text in texts:
         for ignore in (True, False):
             assert chinese_ratio(text, ignore) == by_regex(text, ignore), (text, ignore)
+    # and the tables, built from ranges, hold exactly the code points each regex matches, over all of them
+    import sys
+
+    import numpy as np
+
+    from paddle_pangu.data.cleaning import _char_tables
+
+    every = "".join(map(chr, range(sys.maxunicode + 1)))
+    for table, regex in zip(_char_tables(), (re.compile(r"\s"), category_regex(PUNCTUATION), _CJK_RE)):
+        hits = np.fromiter(map(ord, regex.findall(every)), dtype=np.int64)
+        assert np.array_equal(np.flatnonzero(table), hits), regex.pattern[:40]
     from paddle_pangu.data.cleaning import _FULLWIDTH_ALNUM, _SPACE_RUN_RE
 
     plain = Cleaner(CleaningConfig(t2s=False))  # full-width forms by a code-point table: as str.translate does
