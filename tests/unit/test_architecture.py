@@ -210,6 +210,106 @@ def test_private_paddle_names_stay_behind_the_fence(name):
     assert users == [], f"{name} used outside parallel/fleet_compat.py: {users}"
 
 
+EXTERNAL = ("paddle", "paddlenlp")
+# Every private Paddle / PaddleNLP name used outside the FENCE, as found by the rule of _private_uses, with its
+# reason. A new use fails test_private_names_outside_the_fence_are_found_by_rule_and_each_has_a_reason
+# until it moves behind the fence or is listed here; an entry that is no longer used fails it too.
+PRIVATE_USES = {
+    "finetune/arguments.py": ({"_parse_dataclass_field"},
+                              "PdArgumentParser's own field -> argparse rule, so `pangu finetune` flags parse as "
+                              "PaddleNLP's do (plus the project's aliases)"),
+    "finetune/trainer.py": ({"_get_train_sampler", "_save_checkpoint", "_rotate_checkpoints"},
+                            "the Trainer's documented override points for a one-process sampler and rotating "
+                            "checkpoints the Trainer itself skips outside hybrid parallel runs"),
+    "io/safe_load.py": ({"_pack_loaded_dict"}, "re-joins the >4 GB parameters paddle.save splits, after the "
+                                               "arrays-only unpickler (Paddle's public load would unpickle anything)"),
+    "model/auto.py": ({"_BaseAutoModelClass", "_get_model_class_from_config"},
+                      "PaddleNLP 3.0.0b4's Auto classes have no register() for models: PanGu is found by its "
+                      "architectures field"),
+    "model/layers.py": ({"_epsilon", "_normalized_shape"}, "the fused layer-norm kernel reads nn.LayerNorm's own "
+                                                           "epsilon and shape"),
+    "model/modeling.py": ({"_get_tensor_parallel_mappings", "_init_weights"},
+                          "PretrainedModel's documented hooks: the weight table's split actions, the init"),
+    "parallel/device.py": ({"_get_all_register_op_kernels"}, "which kernels a loaded device plugin registered "
+                                                             "(no public API)"),
+    "tokenizer/tokenization.py": ({"_convert_id_to_token", "_convert_token_to_id", "_decode", "_tokenize"},
+                                  "PretrainedTokenizer's documented subclass methods"),
+    "training/optim.py": ({"_amsgrad", "_append_optimize_op", "_apply_decay_param_fun", "_beta1", "_beta1_pow_acc_str",
+                           "_beta2", "_beta2_pow_acc_str", "_create_param_lr", "_dygraph_clip", "_epsilon",
+                           "_get_accumulator_master", "_is_dtype_fp16_or_bf16", "_lazy_mode", "_lr_ratio",
+                           "_moment1_acc_str", "_moment2_acc_str", "_multi_precision", "_weight_decay"},
+                          "the fused CPU AdamW updates Paddle's own accumulators in Paddle's order, and the clip "
+                          "records the norm it computes (fleet_compat.check_version pins paddle 3.3.1)"),
+}
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _root(node):
+    while isinstance(node, (ast.Attribute, ast.Call, ast.Subscript)):
+        node = node.func if isinstance(node, ast.Call) else node.value
+    return node.id if isinstance(node, ast.Name) else None
+
+
+def _private_uses(path: Path, module_name: str | None = None) -> set[str]:
+    """Private Paddle / PaddleNLP names `path` uses, by rule: a private name imported from paddle / paddlenlp
+    (or through a private module), a private attribute of a name imported from them, and in a class with such
+    a base: private attributes it reads from `self` / `cls` without defining them, and private methods that
+    override one its Paddle / PaddleNLP bases define (all its private methods when the class is built inside
+    a function and cannot be looked up)."""
+    import importlib
+
+    tree = _tree(path)
+    aliases = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.Import):
+            aliases |= {a.asname or a.name.split(".")[0] for a in n.names if a.name.split(".")[0] in EXTERNAL}
+        elif isinstance(n, ast.ImportFrom) and n.level == 0 and (n.module or "").split(".")[0] in EXTERNAL:
+            aliases |= {a.asname or a.name for a in n.names}
+    found = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.ImportFrom) and n.level == 0 and (n.module or "").split(".")[0] in EXTERNAL:
+            found |= {a.name for a in n.names if _private(a.name)} | {p for p in n.module.split(".") if _private(p)}
+        elif isinstance(n, ast.Attribute) and _private(n.attr) and _root(n) in aliases:
+            found.add(n.attr)
+        elif isinstance(n, ast.ClassDef) and any(_root(b) in aliases for b in n.bases):
+            methods = {f.name for f in n.body if isinstance(f, (ast.FunctionDef, ast.AsyncFunctionDef))}
+            assigned = {t.attr for m in ast.walk(n) for t in getattr(m, "targets", [getattr(m, "target", None)])
+                        if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"}
+            found |= {m.attr for m in ast.walk(n) if isinstance(m, ast.Attribute) and isinstance(m.value, ast.Name)
+                      and m.value.id in ("self", "cls") and _private(m.attr)} - methods - assigned
+            module = importlib.import_module(
+                module_name or ".".join(["paddle_pangu", *path.relative_to(ROOT).with_suffix("").parts]))
+            cls = getattr(module, n.name, None)
+            bases = [b for b in cls.__mro__[1:] if b.__module__.split(".")[0] in EXTERNAL] if cls else None
+            found |= {f for f in methods if _private(f) and (bases is None or any(f in vars(b) for b in bases))}
+    return found
+
+
+def test_private_names_outside_the_fence_are_found_by_rule_and_each_has_a_reason():
+    found = {}
+    for p in _modules():
+        rel = str(p.relative_to(ROOT))
+        if not rel.startswith(FENCE) and (names := _private_uses(p)):
+            found[rel] = names
+    assert found == {rel: names for rel, (names, _) in PRIVATE_USES.items()}
+
+
+def test_the_private_name_rule_finds_each_kind_of_use(tmp_path, monkeypatch):
+    """The rule itself, on a probe module: an import, an attribute, an override and an inherited attribute."""
+    probe = tmp_path / "pangu_private_probe.py"
+    probe.write_text("import paddle\nfrom paddle.framework.io import _pack_loaded_dict\n"
+                     "x = paddle.base.core._cuda_synchronize\n"
+                     "class O(paddle.optimizer.AdamW):\n"
+                     "    def _append_optimize_op(self, block, pg):\n        return self._beta1\n"
+                     "    def _mine(self):\n        self._own = 1\n        return self._own\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert _private_uses(probe, "pangu_private_probe") == {"_pack_loaded_dict", "_cuda_synchronize",
+                                                          "_append_optimize_op", "_beta1"}
+
+
 def test_every_ref_citation_names_a_fact_in_docs_reference():
     import re
 
