@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
 import random
 import sys
@@ -130,13 +132,13 @@ def run(args) -> int:
     from ..inference.tensor_parallel import launched_world
 
     world, rank = launched_world()
-    if world == 1 and args.nproc > 1:  # the launching process: check the data here, rank 0 reports on it
-        import contextlib
-        import io
-
-        with contextlib.redirect_stderr(io.StringIO()):
-            _jobs(args)
-    jobs = _jobs(args) if rank == 0 and not (world == 1 and args.nproc > 1) else None
+    jobs = None
+    if rank == 0:  # the one read of the task files in this process
+        # The launching process of --nproc N (world 1) reads them only to refuse bad data before starting N
+        # processes, and quietly: launched rank 0 reads them again to evaluate and prints the "skipped:" lines.
+        quiet = world == 1 and args.nproc > 1
+        with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
+            jobs = _jobs(args)
     code = launched("evaluate", args, args.weights)
     if code is not None:
         return code
