@@ -68,3 +68,9 @@ def test_train_nproc_refuses_an_abbreviated_launch_flag_before_writing(tmp_path,
     assert "write --nproc and --verbose in full" in _one_error_line(capsys, "train")
     assert not out.exists()
 
+
+@pytest.mark.parametrize("argv", [["generate", "--prompt", "x"], ["evaluate", "--task", "reviews", "--nproc", "2"]])
+def test_unknown_model_preset_is_one_line_naming_the_presets(argv, capsys):
+    assert main([argv[0], "--model", "preset:nope", *argv[1:]]) == 2
+    line = _one_error_line(capsys, argv[0])
+    assert "--model 'preset:nope': unknown PanGu preset 'nope'; expected one of" in line and "'tiny'" in line
