@@ -40,7 +40,9 @@ def _describe(exc: yaml.YAMLError) -> str:
     problem = getattr(exc, "problem", None)
     if mark is None or not problem:
         return " ".join(str(exc).split())
-    context = getattr(exc, "context", None)
+    context, where = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context and where is not None:  # e.g. "while parsing a flow sequence" started at this line / column
+        context += f" started at line {where.line + 1}, column {where.column + 1}"
     return f"line {mark.line + 1}, column {mark.column + 1}: {' '.join(problem.split())}" + (
         f" ({' '.join(context.split())})" if context else "")
 

@@ -7,7 +7,9 @@ from paddle_pangu.errors import ConfigError
 from paddle_pangu.utils.yaml_file import read_yaml
 
 BROKEN = {  # file text -> what the one-line error must say
-    "model: [unclosed\ntrain: {}\n": "not valid YAML: line 2, column 6:",  # PyYAML marks where it gave up
+    "model: [unclosed\ntrain: {}\n":  # where PyYAML gave up, and where the unclosed sequence started
+        "not valid YAML: line 2, column 6: expected ',' or ']', but got ':' (while parsing a flow sequence started at line 1, "
+        "column 8)",
     "model:\n  preset: tiny\n bad_indent: 1\n": "not valid YAML: line 3, column 2:",
     "- a\n- b\n": "top level must be a mapping of key: value lines, got a list",
     "just text\n": "top level must be a mapping of key: value lines, got a str",
