@@ -5,14 +5,14 @@
 value is converted to the field's annotated type (nested dataclasses,
 `int` / `float` / `bool` / `str`, lists, tuples, optional fields) and every
 error names the file, the dotted field and what was expected, e.g.
-`run.yaml: train.max_steps='many': expected a number`. A dataclass that
+`run.yaml: train.max_steps='many': expected a number`. The file itself is read by
+`utils/yaml_file.read_yaml` (re-exported here), the one YAML reader of every command. A dataclass that
 rejects its values in `__post_init__` (ConfigError / ValueError) gets the
 same prefix.
 """
 from __future__ import annotations
 
 import dataclasses
-import os
 import types
 import typing
 from typing import Any
@@ -20,20 +20,7 @@ from typing import Any
 import yaml
 
 from ..errors import ConfigError
-
-
-def read_yaml(path: str, what: str = "config file", error: type[ConfigError] = ConfigError) -> dict:
-    """The top-level mapping of a YAML file (empty file: {})."""
-    if not os.path.isfile(path):
-        raise error(f"{path}: {what} not found")
-    with open(path, encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as exc:
-            raise error(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
-    if not isinstance(data, dict):
-        raise error(f"{path}: top level must be a mapping of fields / sections")
-    return data
+from ..utils.yaml_file import read_yaml  # noqa: F401 - the one YAML file reader, re-exported for the loaders
 
 
 def apply_overrides(data: dict, overrides: list[str] | None, error: type[ConfigError] = ConfigError) -> dict:

@@ -31,3 +31,20 @@ def get_preset(name: str, **overrides) -> PanGuConfig:
     if key not in PRESETS:
         raise KeyError(f"unknown PanGu preset {name!r}; expected one of {sorted(PRESETS)}")
     return PanGuConfig(**{**PRESETS[key], **overrides})
+
+
+PRESET_PREFIX = "preset:"
+
+
+def model_preset(model: str, where: str = "--model") -> PanGuConfig | None:
+    """The PanGuConfig that a `preset:NAME` model argument names (a randomly initialised model of that shape),
+    or None when `model` is something else (a model or export directory). The one reading of `preset:NAME`
+    for every command that takes a model; an unknown NAME is a UsageError naming `where` and the presets."""
+    if not model.startswith(PRESET_PREFIX):
+        return None
+    from ..errors import UsageError
+
+    try:
+        return get_preset(model[len(PRESET_PREFIX):])
+    except KeyError as exc:
+        raise UsageError(f"{where} {model!r}: {exc.args[0]}") from None

@@ -7,11 +7,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
-import random
-import sys
 
-from ..errors import DataError, UsageError
+from ..errors import UsageError
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -45,76 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_nproc_arguments(p)
 
 
-def _classification(args):
-    from .tasks import BUILTIN_TASKS, jsonl_task
-
-    if args.task in BUILTIN_TASKS:
-        return BUILTIN_TASKS[args.task]()
-    if not (args.labels and args.template):
-        raise UsageError(f"--task {args.task}: a JSONL task needs --labels and --template")
-    return jsonl_task(args.task, args.labels.split(","), args.template)
-
-
-def _limit(examples: list, limit, seed: int) -> list:
-    if limit is None or limit >= len(examples):
-        return examples
-    keep = sorted(random.Random(seed).sample(range(len(examples)), limit))  # files are often sorted by label
-    return [examples[i] for i in keep]
-
-
-def _train_pool(task, args, eval_files):
-    """Demonstrations: --train, else the task's train file in the folder of its evaluation file."""
-    from .tasks import load_examples, resolve_files
-
-    if max(args.shots) == 0:
-        return []
-    if args.train and args.task != "paper":
-        return load_examples(task, resolve_files(task, args.train, "train"), args.seed)
-    try:
-        return load_examples(task, resolve_files(task, os.path.dirname(eval_files[0]), "train"), args.seed)
-    except DataError as exc:
-        if args.task == "paper":  # run what the files allow: zero-shot only
-            print(f"zero-shot only: {exc}", file=sys.stderr)
-            return None
-        raise DataError(f"{exc}; or give the demonstrations with --train FILE") from None
-
-
-def _paper_tasks(args):
-    """(task, eval examples, demonstration pool) for every paper task whose files are found."""
-    from .tasks import PAPER_ORDER, get_task, load_examples, resolve_files
-
-    names = PAPER_ORDER if args.task == "paper" else [args.task]
-    root = args.data_dir if args.task == "paper" else (args.data or args.data_dir)
-    if root is None:
-        task = get_task(names[0])
-        raise DataError(f"task {task.name}: give --data FILE_OR_DIR with {' or '.join(task.eval_files)} "
-                        f"(published at {task.source})")
-    found = []
-    for name in names:
-        task = get_task(name)
-        try:
-            files = resolve_files(task, root)
-        except DataError as exc:
-            if args.task != "paper":
-                raise
-            print(f"skipped: {exc}", file=sys.stderr)
-            continue
-        examples = _limit(load_examples(task, files, args.seed), args.limit, args.seed)
-        found.append((task, examples, _train_pool(task, args, files)))
-    if not found:
-        raise DataError(f"--data-dir {root}: none of the paper's task files found (see docs/EVALUATION.md)")
-    return found
-
-
 def _jobs(args):
-    from .tasks import TASKS
+    """The tasks, examples and demonstration pools the options select (evaluation/discovery.py)."""
+    from .discovery import TaskSelection, find_jobs
 
-    if args.task == "paper" or args.task in TASKS:
-        return _paper_tasks(args)
-    from .classification import as_task_spec
-
-    task, pool, examples = as_task_spec(_classification(args), args.num_eval, args.seed)
-    return [(task, _limit(examples, args.limit, args.seed), pool)]
+    return find_jobs(TaskSelection.from_options(args))
 
 
 def run(args) -> int:
@@ -130,13 +65,13 @@ def run(args) -> int:
     from ..inference.tensor_parallel import launched_world
 
     world, rank = launched_world()
-    if world == 1 and args.nproc > 1:  # the launching process: check the data here, rank 0 reports on it
-        import contextlib
-        import io
-
-        with contextlib.redirect_stderr(io.StringIO()):
-            _jobs(args)
-    jobs = _jobs(args) if rank == 0 and not (world == 1 and args.nproc > 1) else None
+    jobs = None
+    if rank == 0:  # the one read of the task files in this process
+        # The launching process of --nproc N (world 1) reads them only to refuse bad data before starting N
+        # processes, and quietly: launched rank 0 reads them again to evaluate and prints the "skipped:" lines.
+        quiet = world == 1 and args.nproc > 1
+        with contextlib.redirect_stderr(io.StringIO()) if quiet else contextlib.nullcontext():
+            jobs = _jobs(args)
     code = launched("evaluate", args, args.weights)
     if code is not None:
         return code

@@ -54,20 +54,6 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(rows)
 
 
-def format_markdown(results: list[dict]) -> str:
-    """The same rows as a Markdown table (for README / docs)."""
-    lines = ["| task | shots | n | metric | ours % | 95% CI | chance % | paper 2.6B 0-shot |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in results:
-        if r["task"] == "perplexity":
-            continue
-        lo, hi = r["ci95"][main_metric(r)]
-        chance = f"{100 * r['chance']:.1f}" if "chance" in r else "-"
-        lines.append(f"| {r['task']} | {r['shots']} | {r['n']} | {'/'.join(m for m in METRIC_ORDER if m in r)} | "
-                     f"{_cell(r)} | {100 * lo:.1f}-{100 * hi:.1f} | {chance} | {_paper_cell(r)} |")
-    return "\n".join(lines)
-
-
 def plot_scores(results: list[dict], path: str) -> None:
     """Main metric vs shots, one line per task, with the 95% interval as error bars."""
     import matplotlib

@@ -65,9 +65,8 @@ def _generate(model, tokenizer, task: TaskSpec, prompts, seed: int) -> list[str]
     from ..inference.generation import generate
     from ..inference.sampling import SamplingConfig
 
-    d = task.decoding
-    cfg = SamplingConfig(max_new_tokens=d.max_new_tokens, do_sample=d.do_sample, top_k=0 if d.top_k == 1 else d.top_k,
-                         top_p=d.top_p, temperature=d.temperature, seed=seed)
+    d = task.decoding  # its fields are named like SamplingConfig's; top_k 1 (greedy: do_sample False) is top_k off
+    cfg = SamplingConfig.from_options(d, model.config, top_k=0 if d.top_k == 1 else d.top_k, seed=seed)
     return [tokenizer.decode_ids(ids) for ids in generate(model, [p.token_ids[0] for p in prompts], cfg)]
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..errors import ConfigError, UsageError
+from ..utils.yaml_file import read_yaml
 
 TRUNCATION_POLICIES = ("left", "drop")
 
@@ -104,20 +105,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def read_config_file(path: str) -> dict:
-    """A flat dict of fields from a .json / .yaml / .yml file."""
+    """A flat dict of fields from a .json / .yaml / .yml file (YAML through the one reader, utils/yaml_file.py)."""
+    if path.endswith((".yaml", ".yml")):
+        return read_yaml(path)
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: config file not found")
     with open(path, encoding="utf-8") as fh:
         text = fh.read()
     try:
-        if path.endswith((".yaml", ".yml")):
-            import yaml
-
-            data = yaml.safe_load(text) or {}
-        else:
-            data = json.loads(text)
-    except Exception as exc:  # yaml.YAMLError / json.JSONDecodeError
-        raise ConfigError(f"{path}: not valid {'YAML' if path.endswith(('.yaml', '.yml')) else 'JSON'}: {exc}") from exc
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of field: value, got {type(data).__name__}")
     return data

@@ -59,17 +59,13 @@ def load_model_and_tokenizer(model: str, tokenizer: str | None = None, seed: int
     """A model directory (config.json + weights) or `preset:NAME` (random init) plus the PanGu tokenizer."""
     import paddle
 
-    from ..config import get_preset
+    from ..config.presets import model_preset
     from ..model import PanGuForCausalLM
 
-    if model.startswith("preset:"):
+    config = model_preset(model)
+    if config is not None:
         from ..config.config_file import check_fits_memory
-        from ..errors import UsageError
 
-        try:
-            config = get_preset(model.split(":", 1)[1])
-        except KeyError as exc:
-            raise UsageError(f"--model {model!r}: {exc.args[0]}") from None
         check_fits_memory(config, f"--model {model}")  # before allocating a single parameter
         paddle.seed(seed)
         net = PanGuForCausalLM(config)

@@ -75,14 +75,10 @@ def check_model_for_nproc(model: str, nproc: int, weights: str | None = None, op
                          f"only for now; drop --weights or use --nproc 1")
     from .backend import is_export_dir
 
-    if model.startswith("preset:"):
-        from ..config import get_preset
+    from ..config.presets import model_preset
 
-        try:
-            config = get_preset(model.split(":", 1)[1])
-        except KeyError as exc:
-            raise UsageError(f"{option} {model!r}: {exc.args[0]}") from None
-    else:
+    config = model_preset(model, option)
+    if config is None:
         if is_export_dir(model):
             raise UsageError(f"{option} {model}: a `pangu export` directory runs one Paddle Inference predictor "
                              f"(one process); give the model directory it was exported from with --nproc {nproc}")
@@ -146,7 +142,7 @@ def load_rank_model(model: str, ctx, seed: int = 0, tokenizer: str | None = None
     full or per rank, or preset:NAME: the one-process model of `seed`, then split)."""
     import paddle
 
-    from ..config import get_preset
+    from ..config.presets import model_preset
     from ..convert.reshard import detect_layout
     from ..io.weights import read_weight_files, variant_name
     from ..model import PanGuForCausalLM
@@ -154,8 +150,8 @@ def load_rank_model(model: str, ctx, seed: int = 0, tokenizer: str | None = None
     from .loading import check_tokenizer_fits, load_tokenizer
 
     mp, rank = ctx.mp_degree, ctx.mp_rank
-    if model.startswith("preset:"):
-        config = get_preset(model.split(":", 1)[1])
+    config = model_preset(model)
+    if config is not None:
         paddle.seed(seed)  # the plain model one process builds for preset:NAME (inference.loading)
         state = split_state_dict(PanGuForCausalLM(config).state_dict(), mp, rank)
     else:

@@ -91,6 +91,7 @@ def run(args) -> int:
 
     config = get_preset(args.preset)
     hw = hardware_from_args(args)
+    base = load_base(args.base_config) if args.write_config else None  # a broken file is refused before the search
     cands = consider(config, hw, args.global_batch, args.seq_length, allow_stage2=hw.name != "cpu")
     fitting = sorted((c for c in cands if c.fits), key=lambda c: c.rank)
     best = [c.estimate for c in fitting[: args.top]]
@@ -108,7 +109,7 @@ def run(args) -> int:
     if args.write_config:
         top = fitting[0]
         seq = args.seq_length or config.max_position_embeddings
-        mapping = run_config_dict(args.preset, top.parallel, hw, seq, load_base(args.base_config))
+        mapping = run_config_dict(args.preset, top.parallel, hw, seq, base)
         write_run_config(args.write_config, mapping, top.estimate, hw)
         layout = ", ".join(f"{k}={v}" for k, v in mapping["parallel"].items())
         print(f"wrote {args.write_config} ({layout}); validated for world size {hw.devices}")

@@ -11,7 +11,8 @@ import os
 import yaml
 
 from ..config.parallel_config import ParallelConfig
-from ..errors import UsageError
+from ..errors import ConfigError, UsageError
+from ..utils.yaml_file import read_yaml
 from .estimate import Estimate, Hardware
 
 LAYOUT_FIELDS = ("dp_degree", "mp_degree", "pp_degree", "sharding_degree", "sharding_stage", "micro_batch_size",
@@ -68,13 +69,7 @@ def write_run_config(path: str, mapping: dict, est: Estimate, hw: Hardware) -> N
 
 
 def load_base(path: str | None) -> dict | None:
-    """The mapping of a run YAML whose non-parallel sections a written config keeps."""
+    """The mapping of a run YAML whose non-parallel sections a written config keeps (the one YAML reader)."""
     if not path:
         return None
-    if not os.path.isfile(path):
-        raise UsageError(f"--base-config {path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
-    if not isinstance(data, dict):
-        raise UsageError(f"--base-config {path}: expected a run YAML mapping")
-    return data
+    return read_yaml(path, "--base-config file", ConfigError)

@@ -39,9 +39,20 @@ def add_arguments(parser) -> None:
                              "(same global batch; on CPU the measured cpu preset); the choice is logged")
 
 
+PLANNED_ENV = "PANGU_PLANNED_PARALLEL"  # --parallel auto: the launching process's chosen layout, for its workers
+
+
 def _load_config(args, world: int = 1):
-    """The run config with the command-line overrides applied (and, with --parallel auto, the planned layout)."""
-    from .run_config import load_run_config
+    """(run config, the `parallel={...}` layout override --parallel auto applied or None): the YAML with the
+    command-line overrides applied (and, with --parallel auto, the planned layout).
+
+    The YAML file is read once; with --parallel auto the planner sees the config built from it, and the
+    chosen layout is applied to the same mapping. Workers of `pangu train --nproc N` take the layout the
+    launching process chose (PLANNED_ENV) instead of planning again."""
+    import copy
+    import os
+
+    from .run_config import apply_overrides, read_run_mapping, run_config_from_dict
 
     overrides = list(args.overrides)
     if args.device:
@@ -54,16 +65,18 @@ def _load_config(args, world: int = 1):
         overrides.append("checkpoint.force_resume=true")
     if getattr(args, "reshard", False):
         overrides.append("checkpoint.reshard=true")
+    data = read_run_mapping(args.config, overrides)
+    layout = None
     if getattr(args, "parallel", None) == "auto":
-        import os
+        layout = os.environ.get(PLANNED_ENV) if world > 1 else None  # set only in the workers' environment
+        if layout is None:
+            from paddle_pangu.planner.auto import override_for
 
-        from paddle_pangu.planner.auto import override_for
-
-        layout, line = override_for(load_run_config(args.config, overrides), world)
-        if os.environ.get("PADDLE_TRAINER_ID", "0") == "0":
-            print(line, flush=True)
-        overrides.append(layout)
-    return load_run_config(args.config, overrides)
+            layout, line = override_for(run_config_from_dict(copy.deepcopy(data), source=args.config), world)
+            if os.environ.get("PADDLE_TRAINER_ID", "0") == "0":
+                print(line, flush=True)
+        data = apply_overrides(data, [layout])
+    return run_config_from_dict(data, source=args.config), layout
 
 
 def run(args) -> int:
@@ -73,40 +86,45 @@ def run(args) -> int:
     if args.nproc is not None and world == 1 and not args.evaluate:
         return _launch(args)
     # config, layout, data, device and AMP errors are PanGuErrors: cli.main prints them as one line, exit 2
-    cfg = _load_config(args, world)
+    cfg, _ = _load_config(args, world)
     _check_launched(args, cfg, world)
-    cfg.validate(None if args.evaluate else world)  # the layout, before any process group exists
+    # The one check of the run in this process, before any process group exists; its result is handed on.
+    # A worker of --nproc N checks again (once): it gets the user's arguments, not the launcher's objects, and
+    # a job started with `python -m paddle.distributed.launch tools/train.py` has no launching `pangu` at all.
+    validated = cfg.validate(None if args.evaluate else world)
     if args.check_only:
         print(f"{args.config}: valid for world size {world}")
         return 0
     if args.evaluate:
         from .evaluate import evaluate_model_dir
 
-        result = evaluate_model_dir(args.evaluate, cfg)
+        result = evaluate_model_dir(args.evaluate, cfg, validated)
         print(f"{args.evaluate}: validation loss {result['loss']:.4f} perplexity {result['ppl']:.2f} "
               f"({result['tokens']} tokens)")
         return 0
     from .trainer import Trainer
 
-    trainer = Trainer(cfg)  # data paths, device and AMP mode are checked before any process group
+    trainer = Trainer(cfg, validated)  # data paths, device and AMP mode are checked before any process group
     result = trainer.train(stop_after=args.stop_after_steps)
     if result.get("eval"):
         print(f"validation loss {result['eval']['loss']:.4f} perplexity {result['eval']['ppl']:.2f}")
     return 0
 
 
-def _train_argv(args) -> list[str]:
-    """The `pangu train` arguments the launched workers get (everything but --nproc / --verbose)."""
-    argv = ["--config", args.config]
-    for item in args.overrides:
-        argv += ["--set", item]
-    for flag, value in (("--device", args.device), ("--output-dir", args.output_dir),
-                        ("--max-steps", args.max_steps), ("--stop-after-steps", args.stop_after_steps),
-                        ("--parallel", getattr(args, "parallel", None))):
-        if value is not None:
-            argv += [flag, str(value)]
-    return (argv + (["--force-resume"] if getattr(args, "force_resume", False) else [])
-            + (["--reshard"] if getattr(args, "reshard", False) else []))
+def _worker_argv() -> list[str]:
+    """The user's own `pangu train` arguments (`cli.ARGV`) without the launching process's `--nproc N` /
+    `--verbose`: what each launched worker runs, so a new train flag reaches the workers with no change here."""
+    from paddle_pangu import cli
+    from paddle_pangu.errors import UsageError
+
+    from .launch import strip_launch_flags
+
+    argv = cli.ARGV[1:] if cli.ARGV[:1] == ["train"] else list(cli.ARGV)
+    argv = [a for a in strip_launch_flags(argv, ("--nproc",)) if a != "--verbose"]
+    again = cli.build_parser(only="train").parse_args(["train", *argv])
+    if again.nproc is not None or again.verbose:  # an abbreviation (`--npro 2`) the strip above cannot see
+        raise UsageError("write --nproc and --verbose in full: every other argument is passed to the workers")
+    return argv
 
 
 def _launch(args) -> int:
@@ -119,15 +137,17 @@ def _launch(args) -> int:
 
     if args.nproc < 1:
         raise UsageError(f"--nproc must be >= 1, got {args.nproc}")
-    cfg = _load_config(args, args.nproc)
-    cfg.validate(args.nproc)
+    cfg, layout = _load_config(args, args.nproc)
+    cfg.validate(args.nproc)  # the one check in this process
+    argv = _worker_argv()
     from ..io.outdir import LOCKED_ENV, lock_output_dir
 
     # the launcher holds the output_dir lock for its workers (before its logs go there)
     lock_output_dir(cfg.train.output_dir, f"pangu train --nproc {args.nproc}", "train.output_dir")
     os.environ[LOCKED_ENV] = os.path.realpath(cfg.train.output_dir)
     log_dir = os.path.join(cfg.train.output_dir, "launch_logs")
-    return run_launched(_train_argv(args), args.nproc, log_dir, verbose=args.verbose)
+    env = {PLANNED_ENV: layout} if layout else {}  # --parallel auto: the workers apply this process's plan
+    return run_launched(argv, args.nproc, log_dir, verbose=args.verbose, env=env)
 
 
 def _check_launched(args, cfg, world: int) -> None:
@@ -138,7 +158,7 @@ def _check_launched(args, cfg, world: int) -> None:
     if world == 1 and needed > 1 and not args.evaluate and not args.check_only:
         import shlex
 
-        argv = shlex.join(_train_argv(args))  # the user's --set overrides and flags, kept
+        argv = shlex.join(_worker_argv())  # the user's --set overrides and flags, kept
         raise UsageError(f"{args.config} needs {needed} processes (its parallel layout) but this is one process; run "
                          f"`pangu train {argv} --nproc {needed}` or `python -m "
                          f"paddle.distributed.launch --nproc_per_node {needed} tools/train.py {argv}`")

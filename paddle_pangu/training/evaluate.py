@@ -30,11 +30,13 @@ def batch_mean_perplexity(mean_batch_loss: float) -> float:
 
 
 @paddle.no_grad()
-def evaluate_model_dir(model_dir: str, cfg: RunConfig) -> dict:
-    """{'loss', 'ppl', 'tokens'} of `model_dir` on the run's `eval_iters` validation batches."""
+def evaluate_model_dir(model_dir: str, cfg: RunConfig, validated: tuple | None = None) -> dict:
+    """{'loss', 'ppl', 'tokens'} of `model_dir` on the run's `eval_iters` validation batches.
+
+    `validated`: what `cfg.validate()` returned, when the caller has run that check already."""
     from paddle_pangu.model import PanGuForCausalLM
 
-    model_cfg, par = cfg.validate()
+    model_cfg, par = validated if validated is not None else cfg.validate()
     model = PanGuForCausalLM.from_pretrained(model_dir)
     model.eval()
     valid = run_datasets(cfg, model_cfg, par.global_batch_size, which=("valid",))["valid"]

@@ -64,23 +64,24 @@ def _tail(path: str, n: int = 25) -> str:
 
 
 def run_launched(train_argv: list[str], nproc: int, log_dir: str, verbose: bool = False, worker: str = WORKER,
-                 marker: "str | re.Pattern" = "rank0]", command: str = "train") -> int:
+                 marker: "str | re.Pattern" = "rank0]", command: str = "train", env: dict | None = None) -> int:
     """Run the job under paddle.distributed.launch; return its exit code.
 
     `worker` is the per-rank script, `marker` selects the rank-0 log lines shown (see `_follow`),
-    `command` names the `pangu` subcommand in error lines."""
+    `command` names the `pangu` subcommand in error lines, `env` is added to the workers' environment only."""
+    env = {**os.environ, **(env or {})}
     os.makedirs(log_dir, exist_ok=True)
     cmd = launch_command(train_argv, nproc, log_dir, worker)
     worker_log = os.path.join(log_dir, "workerlog.0")
     start = os.path.getsize(worker_log) if os.path.exists(worker_log) else 0
     print(f"launching {nproc} processes: logs in {log_dir}/ (workerlog.N, launcher.log)", flush=True)
     if verbose:
-        return subprocess.call(cmd)
+        return subprocess.call(cmd, env=env)
     stop = threading.Event()
     follower = threading.Thread(target=_follow, args=(worker_log, stop, marker, start), daemon=True)
     follower.start()
     with open(os.path.join(log_dir, "launcher.log"), "w") as log:
-        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT)
+        code = subprocess.call(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
     stop.set()
     follower.join(timeout=5)
     if code != 0:

@@ -270,10 +270,14 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
     return loader.apply_overrides(data, overrides, RunConfigError)
 
 
+def read_run_mapping(path: str, overrides: list[str] | None = None) -> dict:
+    """The mapping of a run YAML with `key=value` overrides applied (the file read once, not yet typed)."""
+    return apply_overrides(loader.read_yaml(path, "run config file", RunConfigError), overrides or [])
+
+
 def load_run_config(path: str, overrides: list[str] | None = None) -> RunConfig:
     """Read a run YAML (plus `key=value` overrides) into a RunConfig."""
-    data = loader.read_yaml(path, "run config file", RunConfigError)
-    return run_config_from_dict(apply_overrides(data, overrides or []), source=path)
+    return run_config_from_dict(read_run_mapping(path, overrides), source=path)
 
 
 def to_dict(cfg: RunConfig) -> dict:

@@ -41,12 +41,14 @@ from .run_config import RunConfig, check_data_paths, to_dict
 class Trainer:
     """Pretrain PanGu-alpha as described by one RunConfig."""
 
-    def __init__(self, cfg: RunConfig):
+    def __init__(self, cfg: RunConfig, validated: tuple | None = None):
+        """`validated`: what `cfg.validate(launched world size)` returned, when the caller (`pangu train`) has
+        run that check already; else it runs here. Either way before any collective."""
         self.cfg = cfg
         from paddle_pangu.parallel.topology import launched_world_size
 
         self.world_size = launched_world_size()
-        self.model_config, self.par = cfg.validate(self.world_size)  # before any collective
+        self.model_config, self.par = validated if validated is not None else cfg.validate(self.world_size)
         _check_memory(self.model_config, self.par, self.world_size)
         check_data_paths(cfg)
         self.out_dir = cfg.train.output_dir

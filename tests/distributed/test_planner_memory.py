@@ -42,21 +42,29 @@ def test_sharding_stage1_memory_matches_planner(tmp_path):
 
 
 def test_train_parallel_auto_picks_a_layout_and_trains(tmp_path):
-    """`pangu train --parallel auto` on 2 CPU processes: a one-process YAML gets the planner's 2-process layout."""
+    """`pangu train --parallel auto --nproc 2`: a one-process YAML gets the planner's 2-process layout, planned
+    once by the launching process; the workers train with that layout without planning again."""
+    import subprocess
+
     from paddle_pangu.config.parallel_config import ParallelConfig
     from paddle_pangu.planner.auto import choose
     from paddle_pangu.training.run_config import load_run_config
 
     config = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "pretrain", "tiny_cpu_single.yaml")
     out = tmp_path / "run"
-    script = os.path.join(os.path.dirname(__file__), "..", "..", "tools", "train.py")
-    run = launch(script, nproc=2, timeout=300, retry_on_crash=False,
-                 args=["--config", config, "--parallel", "auto", "--max-steps", "2", "--output-dir", str(out),
-                       "--set", "checkpoint.save_final_model=false", "--set", "logging.visualdl=false"])
+    run = subprocess.run([sys.executable, "-m", "paddle_pangu.cli", "train", "--config", config, "--parallel", "auto",
+                          "--max-steps", "2", "--output-dir", str(out), "--set", "checkpoint.save_final_model=false",
+                          "--set", "logging.visualdl=false", "--nproc", "2"], capture_output=True, text=True, timeout=300)
+    logs = [out / "launch_logs" / f"workerlog.{r}" for r in range(2)]
+    worker_logs = [log.read_text(errors="replace") if log.exists() else "" for log in logs]
+    assert run.returncode == 0, run.stderr[-3000:] + worker_logs[0][-3000:]
     expected, _, _, _ = choose(load_run_config(config), 2)
     assert ParallelConfig(**expected).world_size == 2
     chosen = "parallel auto: " + ", ".join(f"{k}={v}" for k, v in expected.items()) + " for 2 x cpu"
-    assert chosen in run.logs[0]
+    assert run.stdout.count("parallel auto: ") == 1 and chosen in run.stdout, run.stdout
+    assert not any("parallel auto: " in log for log in worker_logs)  # the workers did not plan again
+    layout = next(line for line in worker_logs[0].splitlines() if "training " in line and " layout {" in line)
+    assert all(f"'{k}': {v!r}" in layout for k, v in expected.items()), (layout, expected)
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [s["loss"] for s in steps if s["type"] == "train"]
     assert len(losses) == 2 and all(0 < x < 20 for x in losses)  # ln(40000) = 10.6 at the start

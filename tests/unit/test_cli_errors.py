@@ -55,3 +55,22 @@ def test_prepare_data_config_goes_through_the_typed_loader(tmp_path, capsys):
     path.write_text("dedup: {num_perm: many}\n", encoding="utf-8")
     assert main(["prepare-data", "--input", str(tmp_path), "--output", str(tmp_path / "o"), "--config", str(path)]) == 2
     assert "dedup.num_perm='many': expected a number" in _one_error_line(capsys, "prepare-data")
+
+
+def test_train_nproc_refuses_an_abbreviated_launch_flag_before_writing(tmp_path, capsys):
+    """The workers get the user's own arguments minus --nproc / --verbose; an abbreviation of those (argparse
+    accepts `--npro`) cannot be stripped, so it is refused instead of relaunching in every worker."""
+    import os
+
+    config = os.path.join(os.path.dirname(__file__), "..", "..", "configs", "pretrain", "tiny_cpu_single.yaml")
+    out = tmp_path / "run"
+    assert main(["train", "--config", config, "--output-dir", str(out), "--npro", "1"]) == 2
+    assert "write --nproc and --verbose in full" in _one_error_line(capsys, "train")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv", [["generate", "--prompt", "x"], ["evaluate", "--task", "reviews", "--nproc", "2"]])
+def test_unknown_model_preset_is_one_line_naming_the_presets(argv, capsys):
+    assert main([argv[0], "--model", "preset:nope", *argv[1:]]) == 2
+    line = _one_error_line(capsys, argv[0])
+    assert "--model 'preset:nope': unknown PanGu preset 'nope'; expected one of" in line and "'tiny'" in line
