@@ -72,7 +72,7 @@ GENERATE = ["--prompt", "北京", "--max-new-tokens", "2", "--no-stream"]
 
 # ---------------------------------------------------------------------------- 1. one run per output dir
 
-def test_second_training_into_a_busy_output_dir_is_refused_and_a_dead_holder_is_taken_over(tmp_path):
+def test_second_training_into_a_busy_output_dir_is_refused_and_a_dead_holder_is_taken_over(tmp_path, capsys):
     """Two `pangu train` into one directory: the second is refused naming the first's pid; after the first is
     killed (-9) its stale lock is taken over, and resuming from its checkpoint is said on the console."""
     out = tmp_path / "run"
@@ -89,8 +89,14 @@ def test_second_training_into_a_busy_output_dir_is_refused_and_a_dead_holder_is_
             time.sleep(0.5)
         assert f"pid {first.pid} " in lock.read_text()
         first.send_signal(signal.SIGSTOP)  # a stopped process still holds its lock (and spends no CPU meanwhile)
-        second = _pangu([*common, "--max-steps", "2", "--set", "train.seed=7"])
-        line = _cli_error(second, "train")
+        from paddle_pangu.cli import main  # the refused second run in this process: no third start-up
+
+        capsys.readouterr()
+        code = main([*common, "--max-steps", "2", "--set", "train.seed=7"])
+        err = capsys.readouterr().err
+        lines = [l for l in err.splitlines() if l.startswith("pangu train: error:")]
+        assert code == 2 and "Traceback" not in err and len(lines) == 1, err[-2000:]
+        line = lines[0]
         assert f"pid {first.pid} " in line and str(out) in line and "in use" in line
     finally:
         first.send_signal(signal.SIGKILL)
