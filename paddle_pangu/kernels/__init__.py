@@ -85,6 +85,7 @@ class _Ops:
         def run(*args):
             return _C_ops._run_custom_op(op, *args)
 
+        setattr(self, op, run)  # made once per op: a decode step calls the int8 op ~25 times
         return run
 
 

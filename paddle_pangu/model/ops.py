@@ -26,13 +26,24 @@ ATTENTION_IMPLS = ("plain", "sdpa", "npu")
 # CPU fast paths that keep the math: a dense layer's bias folded into its GEMM (paddle.addmm: one pass
 # over the output instead of matmul then add) and 1/sqrt(hd) applied to q [B, S, H] instead of the
 # [B, nh, S, T] scores (exact when hd is a power of two). GPU/NPU keep their own kernels.
-_FAST_PATHS = {"on": True}
+_FAST_PATHS = {"on": True, "decode": True}
 
 
 def set_fast_paths(on: bool) -> bool:
     """Turn the CPU fast paths on or off (off = the reference ops); returns the previous setting."""
     previous, _FAST_PATHS["on"] = _FAST_PATHS["on"], bool(on)
     return previous
+
+
+def set_decode_shortcuts(on: bool) -> bool:
+    """Turn the dygraph decode-step shortcuts (one_new_token) on or off; returns the previous setting.
+    Off = the general ops, so a test can compare the two bit for bit."""
+    previous, _FAST_PATHS["decode"] = _FAST_PATHS["decode"], bool(on)
+    return previous
+
+
+def decode_shortcuts_on() -> bool:
+    return _FAST_PATHS["on"] and _FAST_PATHS["decode"]
 
 
 def linear(layer, x):
@@ -63,13 +74,25 @@ def swap_dims12(x):
     return dense_copy if dense_copy is not None else x.transpose([0, 2, 1, 3])
 
 
+def one_new_token(x, axis: int) -> bool:
+    """A dygraph decode step (x.shape[axis] == S == 1) with the CPU fast paths on: then [B, 1, nh, hd] and
+    [B, nh, 1, hd] are the same bytes, so a head split / merge is one reshape instead of a reshape and a
+    transpose (a dispatch each, ~30 per decode step over 4 layers; issue 25's profile, docs/INT8.md). Static
+    graphs (export) keep the general ops: their S is dynamic."""
+    return decode_shortcuts_on() and paddle.in_dynamic_mode() and x.shape[axis] == 1
+
+
 def split_heads(x, num_heads: int, head_dim: int):
     """[B, S, nh*hd] -> [B, nh, S, hd]; 0 = keep that dimension (no shape ops in an exported graph)."""
+    if one_new_token(x, 1):
+        return x.reshape([0, num_heads, 1, head_dim])  # [B, 1, nh*hd] -> [B, nh, 1, hd]: the same bytes
     return swap_dims12(x.reshape([0, 0, num_heads, head_dim]))
 
 
 def merge_heads(x, num_heads: int, head_dim: int):
     """[B, nh, S, hd] -> [B, S, nh*hd]."""
+    if one_new_token(x, 2) and x.is_contiguous():
+        return x.reshape([0, 1, num_heads * head_dim])  # [B, nh, 1, hd] -> [B, 1, nh*hd]: the same bytes
     return swap_dims12(x).reshape([0, 0, num_heads * head_dim])
 
 

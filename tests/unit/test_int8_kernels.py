@@ -416,3 +416,43 @@ def test_int8_export_and_dygraph_agree_and_cli_runs_it_in_a_fresh_process(tiny_p
                           "--max-new-tokens", "6", "--no-stream"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().splitlines()[-1] == prompt + want
+
+
+def test_decode_step_shortcuts_equal_the_general_ops_bit_for_bit(tiny_pair, monkeypatch):
+    """The dygraph decode-step shortcuts (model/ops.one_new_token: head split / merge as one reshape, the
+    padding-only mask of modeling.cache_mask) give the general ops' logits bit for bit over a left-padded
+    batch, on the int8 model `pangu generate --weights int8` decodes with; they really run (no head
+    transpose in a shortcut step), and the weights are large enough that the padding mask matters."""
+    from paddle_pangu.inference.generation import DygraphStepper
+    from paddle_pangu.model import ops
+
+    int8 = tiny_pair[1]
+    stepper = DygraphStepper(int8, frozen=True)
+    ids = np.array([[6, 6, 101, 202, 303], [11, 12, 13, 14, 15]])
+    mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    pos = np.clip(np.cumsum(mask, 1) - 1, 0, None)
+    swaps = []
+    real_swap = ops.swap_dims12
+    monkeypatch.setattr(ops, "swap_dims12", lambda x: swaps.append(1) or real_swap(x))
+
+    def decode(shortcuts, step_mask_of=lambda m: m):
+        previous = ops.set_decode_shortcuts(shortcuts)
+        try:
+            logits, cache = stepper(ids, pos, mask, None)
+            out, p, m = [logits], pos[:, -1:], mask
+            swaps.clear()
+            for _ in range(4):
+                p, m = p + 1, np.concatenate([m, np.ones([2, 1], "int64")], 1)
+                logits, cache = stepper(logits.argmax(-1)[:, None], p, step_mask_of(m), cache)
+                out.append(logits)
+            return np.stack(out), len(swaps)
+        finally:
+            ops.set_decode_shortcuts(previous)
+
+    fast, fast_swaps = decode(True)
+    general, general_swaps = decode(False)
+    assert fast_swaps == 0 and general_swaps > 0
+    np.testing.assert_array_equal(fast, general)
+    unmasked, _ = decode(True, step_mask_of=np.ones_like)  # the two pad keys attended: row 0 must change
+    assert not np.allclose(unmasked[1:, 0], fast[1:, 0], rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(unmasked[:, 1], fast[:, 1])  # row 1 has no padding
