@@ -64,6 +64,19 @@ def main() -> None:
             return out
 
         setattr(qz, name, wrapped)
+    from paddle_pangu import kernels
+
+    for name in ("int8_linear_cat", "bf16_linear_cat"):  # a decode step's q / k / v (or k / v) in one call
+        inner = getattr(kernels, name)
+
+        def wrapped_cat(x, ws, *rest, _inner=inner):
+            t = time.perf_counter()
+            out = _inner(x, ws, *rest)
+            key = ("cat",) + tuple(tuple(w.shape) for w in ws)
+            kernel_ms[key] = kernel_ms.get(key, 0.0) + time.perf_counter() - t
+            return out
+
+        setattr(kernels, name, wrapped_cat)
 
     def timed(*args):
         t = time.perf_counter()
@@ -91,7 +104,7 @@ def main() -> None:
           f"sampling + loop {step_ms - model_ms:.2f} ms; load {os.getloadavg()[0]:.2f}; "
           f"threads MKL={os.environ.get('MKL_NUM_THREADS')}")
     for key, sec in sorted(kernel_ms.items(), key=lambda kv: -kv[1]):
-        print(f"  kernel weight {list(key)}: {1e3 * sec / a.steps:.3f} ms / step")
+        print(f"  kernel weight {key}: {1e3 * sec / a.steps:.3f} ms / step")
     print(f"  kernels total {1e3 * sum(kernel_ms.values()) / a.steps:.3f} ms / step")
     if prof:
         stats = pstats.Stats(prof).stats  # {(file, line, name): (primitive calls, calls, tottime, cumtime, callers)}

@@ -60,6 +60,18 @@ def linear(layer, x):
     return out.reshape(x.shape[:-1] + [layer.weight.shape[1]])
 
 
+def linears(layers, x):
+    """[linear(layer, x) for layer in layers]; in a dygraph decode step (one_new_token) whose layers are all of
+    one converted type offering `linear_cat` (inference.quantize's int8 / bf16 layers), one kernel call for
+    all of them (the same outputs bit for bit; one dispatch and one parallel region instead of one per layer:
+    docs/INT8.md profile). x [B, S, K] -> one [B, S, N_g] per layer."""
+    cat = getattr(type(layers[0]), "linear_cat", None)
+    if cat is not None and all(type(m) is type(layers[0]) for m in layers) and one_new_token(x, 1) \
+            and x.shape[0] <= 16:  # the kernels' decode tiles (more rows: the prefill GEMM, layer by layer)
+        return list(cat(layers, x))
+    return [linear(m, x) for m in layers]
+
+
 def layer_norm(x, normalized_shape, weight, bias, eps: float):
     """LayerNorm of x over `normalized_shape`: the fused CPU kernel (one normalized dimension), else Paddle's."""
     out = kernels.layer_norm(x, weight, bias, eps) if len(normalized_shape) == 1 else None
