@@ -89,7 +89,7 @@ def swap_dims12(x):
 def one_new_token(x, axis: int) -> bool:
     """A dygraph decode step (x.shape[axis] == S == 1) with the CPU fast paths on: then [B, 1, nh, hd] and
     [B, nh, 1, hd] are the same bytes, so a head split / merge is one reshape instead of a reshape and a
-    transpose (a dispatch each, ~30 per decode step over 4 layers; issue 25's profile, docs/INT8.md). Static
+    transpose (4 transposes a layer, 16 per decode step of the bench model; docs/INT8.md profile). Static
     graphs (export) keep the general ops: their S is dynamic."""
     return decode_shortcuts_on() and paddle.in_dynamic_mode() and x.shape[axis] == 1
 
