@@ -47,7 +47,8 @@ class DygraphStepper:
             logits_to_keep=1,  # the head on the sampled (last) position only: prefill skips S-1 rows of [H, V]
             head_weight_t=self.head_t,
         )
-        return logits[:, -1, :].astype("float32").numpy(), cache  # [B, V]
+        # [B, 1, V] (logits_to_keep=1): the last position is the only one; numpy's slice, not a Paddle op per step
+        return logits.astype("float32").numpy()[:, -1, :], cache  # [B, V]
 
     @staticmethod
     def select(cache, rows: list[int]):

@@ -88,6 +88,14 @@ class Int8Linear(nn.Layer):
     def forward(self, x):
         return _int8_linear(x, self.qweight, self.scale, self.bias, self.threads)
 
+    @staticmethod
+    def linear_cat(layers, x):
+        """[layer(x) for layer in layers] as one kernel call, for a decode step's layers of one input (model/ops.py
+        linears): int8_linear_cat, bit for bit the same outputs. The layers' threads: the first one's."""
+        y = kernels.int8_linear_cat(x, [m.qweight for m in layers], [m.scale for m in layers],
+                                    [m.bias for m in layers], layers[0].threads)  # [..., sum N]
+        return paddle.split(y, [m.qweight.shape[0] for m in layers], axis=-1)
+
     def dequantized(self) -> np.ndarray:
         """float64 [N, K]: s * q, the weight the kernel multiplies by (for accuracy checks)."""
         return self.scale.numpy().astype(np.float64)[:, None] * self.qweight.numpy().astype(np.float64)
@@ -121,6 +129,12 @@ class Bf16Linear(nn.Layer):
 
     def forward(self, x):
         return _bf16_linear(x, self.weight, self.bias, self.threads)
+
+    @staticmethod
+    def linear_cat(layers, x):
+        """Int8Linear.linear_cat for bf16 layers (bf16_linear_cat)."""
+        y = kernels.bf16_linear_cat(x, [m.weight for m in layers], [m.bias for m in layers], layers[0].threads)
+        return paddle.split(y, [m.weight.shape[0] for m in layers], axis=-1)
 
     def dequantized(self) -> np.ndarray:
         """float64 [N, K]: the bf16 weights the kernel multiplies by."""

@@ -85,6 +85,7 @@ class _Ops:
         def run(*args):
             return _C_ops._run_custom_op(op, *args)
 
+        setattr(self, op, run)  # made once per op: a decode step calls the int8 op ~25 times
         return run
 
 
@@ -211,6 +212,20 @@ def bf16_linear(x, weight, bias, threads: int | None = None):
     if threads is None:
         threads = kernels_threads() if paddle.in_dynamic_mode() else 0
     return load_int8().pangu_bf16_linear(x, weight, bias, int(threads))[0]
+
+
+def int8_linear_cat(x, qweights, scales, biases, threads: int | None = None):
+    """Several int8 layers of one input x [..., K] (at most 16 rows: decode) in one call -> [..., sum N_g]: each
+    layer's int8_linear output side by side, equal bit for bit (the same row kernel), one dispatch and one
+    parallel region for all. Dygraph only (decode steps)."""
+    threads = kernels_threads() if threads is None else threads
+    return load_int8().pangu_int8_linear_cat(x, list(qweights), list(scales), list(biases), int(threads))[0]
+
+
+def bf16_linear_cat(x, weights, biases, threads: int | None = None):
+    """int8_linear_cat for bf16 layers."""
+    threads = kernels_threads() if threads is None else threads
+    return load_int8().pangu_bf16_linear_cat(x, list(weights), list(biases), int(threads))[0]
 
 
 def stream_read(x, threads: int):

@@ -369,6 +369,68 @@ std::vector<paddle::Tensor> LinearForward(const paddle::Tensor& x, const typenam
   return {y};
 }
 
+// Several linear layers of one input in one call (a decode step's q / k / v, or the query layer's k / v):
+// y [M, sum N_g] = the layers' outputs side by side. Each output channel is computed by the same row kernel
+// as LinearForward's (the same products in the same order: equal bit for bit), the rows of all layers split
+// over one parallel region instead of one per layer; one op dispatch instead of one per layer (issue 25's
+// profile, docs/INT8.md). Decode rows only (M <= kGemmRows): prefill calls the layers one by one.
+template <class W>
+paddle::Tensor LinearCatForward(const paddle::Tensor& x, const std::vector<const typename W::T*>& wp,
+                                const std::vector<const float*>& sp, const std::vector<const float*>& bp,
+                                const std::vector<int64_t>& ns, int64_t k, int threads) {
+  auto out_shape = x.shape();
+  int64_t n_total = 0, blocks = 0;
+  std::vector<int64_t> col0, block0;  // first output column and first row block of each layer
+  for (int64_t n : ns) {
+    col0.push_back(n_total);
+    block0.push_back(blocks);
+    n_total += n;
+    blocks += (n + kRows - 1) / kRows;
+  }
+  block0.push_back(blocks);
+  out_shape.back() = n_total;
+  auto y = paddle::empty(out_shape, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const int64_t m_rows = k ? x.numel() / k : 0;
+  if (m_rows == 0 || n_total == 0) return y;
+  PD_CHECK(m_rows <= kGemmRows, "linear cat: at most ", kGemmRows, " rows of x (decode), got ", m_rows);
+  const int level = ChosenLevel();
+  const float* xp = x.data<float>();
+  float* yp = y.data<float>();
+  // row blocks [b0, b1) of the concatenated layers: each layer's share written at its column offset (the
+  // row kernels index y as y[m * ldy + i], so y + col0 with ldy = n_total is that layer's column slice)
+  auto run = [&](int64_t b0, int64_t b1) {
+    for (size_t g = 0; g < ns.size(); ++g) {
+      const int64_t lo = std::max(b0, block0[g]) - block0[g], hi = std::min(b1, block0[g + 1]) - block0[g];
+      if (lo >= hi) continue;
+      const int64_t n0 = lo * kRows, n1 = std::min(ns[g], hi * kRows);
+      float* yg = yp + col0[g];
+      if (level == kAvx512) RowsAvx512<W>(xp, m_rows, k, wp[g], sp[g], bp[g], yg, n_total, n0, n1);
+      else if (level == kAvx2) RowsAvx2<W>(xp, m_rows, k, wp[g], sp[g], bp[g], yg, n_total, n0, n1);
+      else RowsScalar<W>(xp, m_rows, k, wp[g], sp[g], bp[g], yg, n_total, n0, n1);
+    }
+  };
+  int nt = 1;
+  if (n_total * k * static_cast<int64_t>(sizeof(typename W::T)) >= kParallelBytes) {
+    nt = Threads(threads);
+    g_last_threads = nt;
+  }
+  nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, blocks)));
+  if (nt == 1) {
+    run(0, blocks);
+    return y;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num(), cnt = omp_get_num_threads();
+#else
+    const int tid = 0, cnt = 1;
+#endif
+    run(blocks * tid / cnt, blocks * (tid + 1) / cnt);
+  }
+  return y;
+}
+
 void CheckCommon(const paddle::Tensor& x, const paddle::Tensor& w, const paddle::Tensor& bias, const char* what) {
   PD_CHECK(x.is_cpu() && w.is_cpu() && bias.is_cpu(), what, ": CPU tensors only");
   PD_CHECK(x.dtype() == paddle::DataType::FLOAT32, what, ": x must be float32");
@@ -447,6 +509,102 @@ PD_BUILD_OP(pangu_bf16_linear)
     .SetKernelFn(PD_KERNEL(Bf16LinearForward))
     .SetInferShapeFn(PD_INFER_SHAPE(Bf16LinearShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(Bf16LinearDtype));
+
+// x [..., K] fp32 and G int8 layers (qweight [N_g, K], scale [N_g], bias [N_g]) -> [..., sum N_g] fp32: each
+// layer's pangu_int8_linear output, side by side (LinearCatForward).
+std::vector<paddle::Tensor> Int8LinearCatForward(const paddle::Tensor& x_in, const std::vector<paddle::Tensor>& qw,
+                                                 const std::vector<paddle::Tensor>& sc,
+                                                 const std::vector<paddle::Tensor>& bi, int threads) {
+  const auto x = Dense(x_in);
+  PD_CHECK(!qw.empty() && qw.size() == sc.size() && qw.size() == bi.size(),
+           "int8 linear cat: as many weights, scales and biases, at least one");
+  std::vector<paddle::Tensor> dense;
+  std::vector<const int8_t*> wp;
+  std::vector<const float*> sp, bp;
+  std::vector<int64_t> ns;
+  for (size_t g = 0; g < qw.size(); ++g) {
+    dense.push_back(Dense(qw[g]));
+    CheckCommon(x, dense.back(), bi[g], "int8 linear cat");
+    PD_CHECK(dense.back().dtype() == paddle::DataType::INT8, "int8 linear cat: qweight must be int8");
+    const int64_t n = dense.back().shape()[0];
+    PD_CHECK(sc[g].is_cpu() && sc[g].dtype() == paddle::DataType::FLOAT32 && sc[g].numel() == n,
+             "int8 linear cat: scale must be float32 with N = ", n, " entries");
+    wp.push_back(dense.back().data<int8_t>());
+    sp.push_back(sc[g].data<float>());
+    bp.push_back(bi[g].data<float>());
+    ns.push_back(n);
+  }
+  return {LinearCatForward<I8>(x, wp, sp, bp, ns, x.shape().back(), threads)};
+}
+
+std::vector<std::vector<int64_t>> LinearCatShape(const std::vector<int64_t>& x,
+                                                 const std::vector<std::vector<int64_t>>& w) {
+  auto s = x;
+  s.back() = 0;
+  for (const auto& shape : w) s.back() += shape[0];
+  return {s};
+}
+
+std::vector<std::vector<int64_t>> Int8LinearCatShape(const std::vector<int64_t>& x,
+                                                     const std::vector<std::vector<int64_t>>& w,
+                                                     const std::vector<std::vector<int64_t>>&,
+                                                     const std::vector<std::vector<int64_t>>&) {
+  return LinearCatShape(x, w);
+}
+
+std::vector<paddle::DataType> Int8LinearCatDtype(const paddle::DataType& x, const std::vector<paddle::DataType>&,
+                                                 const std::vector<paddle::DataType>&,
+                                                 const std::vector<paddle::DataType>&) {
+  return {x};
+}
+
+PD_BUILD_OP(pangu_int8_linear_cat)
+    .Inputs({"X", paddle::Vec("QWeights"), paddle::Vec("Scales"), paddle::Vec("Biases")})
+    .Outputs({"Out"})
+    .Attrs({"threads: int"})
+    .SetKernelFn(PD_KERNEL(Int8LinearCatForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(Int8LinearCatShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(Int8LinearCatDtype));
+
+// The same for bf16 layers (weight [N_g, K] bfloat16, bias [N_g]).
+std::vector<paddle::Tensor> Bf16LinearCatForward(const paddle::Tensor& x_in, const std::vector<paddle::Tensor>& ws,
+                                                 const std::vector<paddle::Tensor>& bi, int threads) {
+  const auto x = Dense(x_in);
+  PD_CHECK(!ws.empty() && ws.size() == bi.size(), "bf16 linear cat: as many weights as biases, at least one");
+  std::vector<paddle::Tensor> dense;
+  std::vector<const uint16_t*> wp;
+  std::vector<const float*> sp, bp;
+  std::vector<int64_t> ns;
+  for (size_t g = 0; g < ws.size(); ++g) {
+    dense.push_back(Dense(ws[g]));
+    CheckCommon(x, dense.back(), bi[g], "bf16 linear cat");
+    PD_CHECK(dense.back().dtype() == paddle::DataType::BFLOAT16, "bf16 linear cat: the weight must be bfloat16");
+    wp.push_back(static_cast<const uint16_t*>(dense.back().data()));
+    sp.push_back(nullptr);
+    bp.push_back(bi[g].data<float>());
+    ns.push_back(dense.back().shape()[0]);
+  }
+  return {LinearCatForward<BF16>(x, wp, sp, bp, ns, x.shape().back(), threads)};
+}
+
+std::vector<std::vector<int64_t>> Bf16LinearCatShape(const std::vector<int64_t>& x,
+                                                     const std::vector<std::vector<int64_t>>& w,
+                                                     const std::vector<std::vector<int64_t>>&) {
+  return LinearCatShape(x, w);
+}
+
+std::vector<paddle::DataType> Bf16LinearCatDtype(const paddle::DataType& x, const std::vector<paddle::DataType>&,
+                                                 const std::vector<paddle::DataType>&) {
+  return {x};
+}
+
+PD_BUILD_OP(pangu_bf16_linear_cat)
+    .Inputs({"X", paddle::Vec("Weights"), paddle::Vec("Biases")})
+    .Outputs({"Out"})
+    .Attrs({"threads: int"})
+    .SetKernelFn(PD_KERNEL(Bf16LinearCatForward))
+    .SetInferShapeFn(PD_INFER_SHAPE(Bf16LinearCatShape))
+    .SetInferDtypeFn(PD_INFER_DTYPE(Bf16LinearCatDtype));
 
 // The level pangu_int8_linear would run now (0 scalar, 1 avx2, 2 avx512) as an int32 [3] tensor together
 // with the CPU's best level (lets the tests confirm that forcing PANGU_INT8_ISA really switched the path)

@@ -112,11 +112,15 @@ class PanGuAttention(nn.Layer):
     def forward(self, hidden, attention_mask, query_states=None, past_key_value=None, use_cache=False):
         """hidden: [B, S, H] (keys/values); query_states: [B, S, H] or None (= hidden);
         attention_mask: additive [B or 1, 1, S, T]; past_key_value: (k, v) each [B, nh, P, hd]."""
-        q = ops.linear(self.q_proj, hidden if query_states is None else query_states)
+        if query_states is None:  # [B, S, H] each; one kernel call for the three in an int8 / bf16 decode step
+            q, k, v = ops.linears((self.q_proj, self.k_proj, self.v_proj), hidden)
+        else:  # the query layer: q from the top query embedding, k / v from hidden
+            q = ops.linear(self.q_proj, query_states)
+            k, v = ops.linears((self.k_proj, self.v_proj), hidden)
         q, q_scaled = ops.prescale_query(q, self.impl, self.head_dim)  # CPU fast path: 1/sqrt(hd) on q
         q = self._split_heads(q)
-        k = self._split_heads(ops.linear(self.k_proj, hidden))
-        v = self._split_heads(ops.linear(self.v_proj, hidden))
+        k = self._split_heads(k)
+        v = self._split_heads(v)
         if past_key_value is not None:
             k = paddle.concat([past_key_value[0], k], axis=2)  # [B, nh, T, hd]
             v = paddle.concat([past_key_value[1], v], axis=2)

@@ -57,6 +57,10 @@ def cache_mask(new: int, past, padding_mask=None):
     """Causal mask [B|1, 1, S, T] for S new tokens after `past` cached ones (int or 0-d tensor, so the
     exported decode graph stays shape-dynamic), optionally with a [B, T] padding mask (1 = real token)
     for left-padded batches."""
+    if new == 1 and padding_mask is not None and ops.decode_shortcuts_on() and paddle.in_dynamic_mode():
+        # a dygraph decode step: its one query is the newest position, so the causal part allows every
+        # cached key and the mask is the padding alone (13 fewer ops per step; docs/INT8.md profile)
+        return padding_mask.astype("bool").unsqueeze([1, 2])  # [B, 1, 1, T]
     rows = paddle.arange(new, dtype="int64").unsqueeze(1) + past  # absolute index of each query
     cols = paddle.arange(past + new, dtype="int64").unsqueeze(0)
     mask = (cols <= rows).unsqueeze(0).unsqueeze(0)  # [1, 1, S, T]

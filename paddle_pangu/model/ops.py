@@ -26,13 +26,24 @@ ATTENTION_IMPLS = ("plain", "sdpa", "npu")
 # CPU fast paths that keep the math: a dense layer's bias folded into its GEMM (paddle.addmm: one pass
 # over the output instead of matmul then add) and 1/sqrt(hd) applied to q [B, S, H] instead of the
 # [B, nh, S, T] scores (exact when hd is a power of two). GPU/NPU keep their own kernels.
-_FAST_PATHS = {"on": True}
+_FAST_PATHS = {"on": True, "decode": True}
 
 
 def set_fast_paths(on: bool) -> bool:
     """Turn the CPU fast paths on or off (off = the reference ops); returns the previous setting."""
     previous, _FAST_PATHS["on"] = _FAST_PATHS["on"], bool(on)
     return previous
+
+
+def set_decode_shortcuts(on: bool) -> bool:
+    """Turn the dygraph decode-step shortcuts (one_new_token) on or off; returns the previous setting.
+    Off = the general ops, so a test can compare the two bit for bit."""
+    previous, _FAST_PATHS["decode"] = _FAST_PATHS["decode"], bool(on)
+    return previous
+
+
+def decode_shortcuts_on() -> bool:
+    return _FAST_PATHS["on"] and _FAST_PATHS["decode"]
 
 
 def linear(layer, x):
@@ -49,6 +60,18 @@ def linear(layer, x):
     return out.reshape(x.shape[:-1] + [layer.weight.shape[1]])
 
 
+def linears(layers, x):
+    """[linear(layer, x) for layer in layers]; in a dygraph decode step (one_new_token) whose layers are all of
+    one converted type offering `linear_cat` (inference.quantize's int8 / bf16 layers), one kernel call for
+    all of them (the same outputs bit for bit; one dispatch and one parallel region instead of one per layer:
+    docs/INT8.md profile). x [B, S, K] -> one [B, S, N_g] per layer."""
+    cat = getattr(type(layers[0]), "linear_cat", None)
+    if cat is not None and all(type(m) is type(layers[0]) for m in layers) and one_new_token(x, 1) \
+            and x.shape[0] <= 16:  # the kernels' decode tiles (more rows: the prefill GEMM, layer by layer)
+        return list(cat(layers, x))
+    return [linear(m, x) for m in layers]
+
+
 def layer_norm(x, normalized_shape, weight, bias, eps: float):
     """LayerNorm of x over `normalized_shape`: the fused CPU kernel (one normalized dimension), else Paddle's."""
     out = kernels.layer_norm(x, weight, bias, eps) if len(normalized_shape) == 1 else None
@@ -63,13 +86,25 @@ def swap_dims12(x):
     return dense_copy if dense_copy is not None else x.transpose([0, 2, 1, 3])
 
 
+def one_new_token(x, axis: int) -> bool:
+    """A dygraph decode step (x.shape[axis] == S == 1) with the CPU fast paths on: then [B, 1, nh, hd] and
+    [B, nh, 1, hd] are the same bytes, so a head split / merge is one reshape instead of a reshape and a
+    transpose (4 transposes a layer, 16 per decode step of the bench model; docs/INT8.md profile). Static
+    graphs (export) keep the general ops: their S is dynamic."""
+    return decode_shortcuts_on() and paddle.in_dynamic_mode() and x.shape[axis] == 1
+
+
 def split_heads(x, num_heads: int, head_dim: int):
     """[B, S, nh*hd] -> [B, nh, S, hd]; 0 = keep that dimension (no shape ops in an exported graph)."""
+    if one_new_token(x, 1):
+        return x.reshape([0, num_heads, 1, head_dim])  # [B, 1, nh*hd] -> [B, nh, 1, hd]: the same bytes
     return swap_dims12(x.reshape([0, 0, num_heads, head_dim]))
 
 
 def merge_heads(x, num_heads: int, head_dim: int):
     """[B, nh, S, hd] -> [B, S, nh*hd]."""
+    if one_new_token(x, 2) and x.is_contiguous():
+        return x.reshape([0, 1, num_heads * head_dim])  # [B, nh, 1, hd] -> [B, 1, nh*hd]: the same bytes
     return swap_dims12(x).reshape([0, 0, num_heads * head_dim])
 
 

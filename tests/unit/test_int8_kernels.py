@@ -119,6 +119,30 @@ def test_int8_linear_threads_and_leading_dims_do_not_change_the_result():
     np.testing.assert_array_equal(one.reshape(6, n), flat)
 
 
+@pytest.mark.parametrize("weights", ["int8", "bf16"])
+def test_linear_cat_equals_the_layers_one_by_one_bit_for_bit(weights, monkeypatch):
+    """int8_linear_cat / bf16_linear_cat (a decode step's q / k / v in one call): every layer's output exactly
+    as its own call, at every dispatch level, batch 1 and 8, one thread and split (the layers' rows together
+    over 256 KiB: one parallel region across layer boundaries; odd N so blocks straddle them)."""
+    rng = np.random.default_rng(3)
+    cls = Int8Linear if weights == "int8" else Bf16Linear
+    layers = [cls(_weights(rng, n, 200).T, rng.standard_normal(n).astype(np.float32)) for n in (517, 510, 301)]
+    for level in _levels():
+        monkeypatch.setenv("PANGU_INT8_ISA", level)
+        for m in (1, 8):
+            x = paddle.to_tensor(rng.standard_normal((m, 1, 200)).astype(np.float32))
+            one_by_one = [layer(x).numpy() for layer in layers]
+            for threads in (1, 2):
+                for layer in layers:
+                    layer.threads = threads
+                outs = cls.linear_cat(layers, x)
+                assert [list(o.shape) for o in outs] == [[m, 1, n] for n in (517, 510, 301)]
+                for got, want in zip(outs, one_by_one):
+                    np.testing.assert_array_equal(got.numpy(), want)
+            if weights == "int8":
+                assert kernels.int8_last_threads() == 2  # the split path ran
+
+
 def test_unknown_level_is_an_error_not_a_fallback(monkeypatch):
     monkeypatch.setenv(kernels.INT8_ISA_ENV, "sse9")
     with pytest.raises(Exception, match="PANGU_INT8_ISA=sse9"):
@@ -416,3 +440,46 @@ def test_int8_export_and_dygraph_agree_and_cli_runs_it_in_a_fresh_process(tiny_p
                           "--max-new-tokens", "6", "--no-stream"], capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip().splitlines()[-1] == prompt + want
+
+
+def test_decode_step_shortcuts_equal_the_general_ops_bit_for_bit(tiny_pair, monkeypatch):
+    """The dygraph decode-step shortcuts (model/ops.one_new_token: head split / merge as one reshape, the
+    padding-only mask of modeling.cache_mask, q / k / v in one int8_linear_cat call) give the general ops' logits bit for bit over a left-padded
+    batch, on the int8 model `pangu generate --weights int8` decodes with; they really run (no head
+    transpose in a shortcut step), and the weights are large enough that the padding mask matters."""
+    from paddle_pangu.inference.generation import DygraphStepper
+    from paddle_pangu.model import ops
+
+    int8 = tiny_pair[1]
+    stepper = DygraphStepper(int8, frozen=True)
+    ids = np.array([[6, 6, 101, 202, 303], [11, 12, 13, 14, 15]])
+    mask = np.array([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    pos = np.clip(np.cumsum(mask, 1) - 1, 0, None)
+    swaps, cats = [], []
+    real_swap, real_cat = ops.swap_dims12, kernels.int8_linear_cat
+    monkeypatch.setattr(ops, "swap_dims12", lambda x: swaps.append(1) or real_swap(x))
+    monkeypatch.setattr(kernels, "int8_linear_cat", lambda *a: cats.append(1) or real_cat(*a))
+
+    def decode(shortcuts, step_mask_of=lambda m: m):
+        previous = ops.set_decode_shortcuts(shortcuts)
+        try:
+            logits, cache = stepper(ids, pos, mask, None)
+            out, p, m = [logits], pos[:, -1:], mask
+            swaps.clear()
+            cats.clear()
+            for _ in range(4):
+                p, m = p + 1, np.concatenate([m, np.ones([2, 1], "int64")], 1)
+                logits, cache = stepper(logits.argmax(-1)[:, None], p, step_mask_of(m), cache)
+                out.append(logits)
+            return np.stack(out), len(swaps), len(cats)
+        finally:
+            ops.set_decode_shortcuts(previous)
+
+    fast, fast_swaps, fast_cats = decode(True)
+    general, general_swaps, general_cats = decode(False)
+    layers = int8.config.num_layers  # q / k / v of each block in one call, k / v of the query layer in one
+    assert (fast_swaps, fast_cats, general_cats) == (0, 4 * layers, 0) and general_swaps > 0
+    np.testing.assert_array_equal(fast, general)
+    unmasked = decode(True, step_mask_of=np.ones_like)[0]  # the two pad keys attended: row 0 must change
+    assert not np.allclose(unmasked[1:, 0], fast[1:, 0], rtol=1e-3, atol=1e-3)
+    np.testing.assert_array_equal(unmasked[:, 1], fast[:, 1])  # row 1 has no padding
