@@ -88,7 +88,7 @@ def shape_from_args(args, seq: int | None = None, batch: int | None = None):
 
 
 def _tokenize(args) -> dict:
-    from ..data.benchmark import run_benchmark
+    from .tokenize_bench import run_benchmark
 
     r = run_benchmark(args.mb, args.workers)
     return {"name": "tokenize", "config": f"{args.mb} MB", "detail": r,

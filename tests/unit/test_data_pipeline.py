@@ -180,7 +180,7 @@ def test_quality_stage_scores_then_rethreshold_without_rescoring(corpus, tmp_pat
 
 
 def test_benchmark_pipeline_tokens_equal_reference():
-    from paddle_pangu.data.benchmark import format_table, run_benchmark
+    from paddle_pangu.bench.tokenize_bench import format_table, run_benchmark
 
     result = run_benchmark(max_mb=0.05, workers=1)  # correctness only; speed is not asserted
     assert result["identical"] and result["documents"] > 5 and result["megabytes"] >= 0.05

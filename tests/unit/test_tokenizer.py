@@ -27,7 +27,7 @@ from paddle_pangu.tokenizer import (
     find_vocab_file,
 )
 from paddle_pangu.tokenizer import vocab as vocab_mod
-from paddle_pangu.tokenizer.benchmark import tokenize_throughput
+from paddle_pangu.bench.tokenizer_bench import tokenize_throughput
 
 MIXED = [
     "今天天气不错，我们去公园散步吧！",

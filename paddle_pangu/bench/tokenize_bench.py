@@ -1,7 +1,7 @@
 """Benchmark: tokenization throughput of the data pipeline vs the single-process reference.
 
     python tools/bench_tokenize.py --mb 2 --workers 2
-    python -m paddle_pangu.data.benchmark --mb 2
+    python -m paddle_pangu.bench.tokenize_bench --mb 2
 
 Both sides tokenize the same cleaned People's Daily articles (builtin corpus):
   * reference - REF "Tokenizer" written out literally, one document at a time
@@ -28,9 +28,9 @@ MB = 1e6
 
 def benchmark_corpus(max_mb: float) -> list[str]:
     """Cleaned People's Daily articles, up to `max_mb` MB of UTF-8."""
-    from .builtin import read_builtin
-    from .cleaning import Cleaner
-    from .stats import IssueLog, StageStats
+    from ..data.builtin import read_builtin
+    from ..data.cleaning import Cleaner
+    from ..data.stats import IssueLog, StageStats
 
     cleaner, stats, texts, size = Cleaner(), StageStats("clean"), [], 0
     for doc in read_builtin("builtin:peoples-daily", IssueLog()):
@@ -46,9 +46,9 @@ def benchmark_corpus(max_mb: float) -> list[str]:
 
 def _pipeline_tokenize(texts: list[str], workers: int, out_dir: Path) -> tuple[float, list]:
     """Time the pipeline's tokenize stage on `texts`; returns (seconds, documents from the .bin)."""
-    from .indexed_dataset import IndexedDataset
-    from .pipeline import PipelineConfig, _pass_tokenize
-    from .stats import PipelineStats
+    from ..data.indexed_dataset import IndexedDataset
+    from ..data.pipeline import PipelineConfig, _pass_tokenize
+    from ..data.stats import PipelineStats
 
     cfg = PipelineConfig(inputs=["-"], output=str(out_dir), name="bench", progress=False)
     records = ({"id": i, "ref": "", "text": t} for i, t in enumerate(texts))
@@ -63,7 +63,7 @@ def run_benchmark(max_mb: float = 2.0, workers: int | None = None) -> dict:
     """Both measurements on the same corpus; returns a dict (MB/s, ratio, identical)."""
     from ..tokenizer import PanGuSentencePiece
     from ..tokenizer.batch import default_num_workers
-    from ..tokenizer.benchmark import reference_encode
+    from .tokenizer_bench import reference_encode
 
     workers = workers or default_num_workers()
     texts = benchmark_corpus(max_mb)

@@ -1,6 +1,6 @@
 """Tokenizer throughput: the single-process reference vs our batch path, in the same run.
 
-    python -m paddle_pangu.tokenizer.benchmark --docs 4000 --workers 2
+    python -m paddle_pangu.bench.tokenizer_bench --docs 4000 --workers 2
 
 The reference is the REF "Tokenizer" algorithm exactly as pcl_pangu's JIEBATokenizer runs
 it: one document at a time, jieba then SentencePiece, in the calling process. Numbers on
@@ -15,8 +15,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from .batch import DEFAULT_CHUNK_SIZE, batch_encode_ids, default_num_workers
-from .core import PanGuSentencePiece, ensure_text
+from ..tokenizer.batch import DEFAULT_CHUNK_SIZE, batch_encode_ids, default_num_workers
+from ..tokenizer.core import PanGuSentencePiece, ensure_text
 
 
 @dataclass(frozen=True)
