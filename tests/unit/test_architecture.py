@@ -29,7 +29,6 @@ RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 
 # (importing module, imported package): the known exceptions, each with its reason
 ALLOWED = {
-    ("inference/server/protocol.py", "finetune"): "the chat template the fine-tuned model was trained with",
     ("runtime.py", "devices"): "PANGU_TEST_NPU loads the device plugin before paddle is imported",
     ("devices/sim_npu/__init__.py", "kernels"): "the native-build helpers (cache, lock, failure line) kernels/ owns",
     ("__init__.py", "model"): "registers PanGu with PaddleNLP's Auto classes once paddlenlp is imported (lazily)",

@@ -135,8 +135,8 @@ class ChatRequest(_Sampling):
 
 
 def chat_prompt(messages: list[ChatMessage]) -> str:
-    """The fine-tuning chat template (`finetune.data.render_chat`) ending in the assistant's prefix."""
-    from ...finetune.data import ASSISTANT_PREFIX, render_chat
+    """The fine-tuning chat template (`tokenizer.chat.render_chat`) ending in the assistant's prefix."""
+    from ...tokenizer.chat import ASSISTANT_PREFIX, render_chat
 
     text = "".join(segment for segment, _ in render_chat([m.model_dump() for m in messages]))
     if messages[-1].role == "system":
