@@ -73,8 +73,21 @@ def _load_model(model_args, training_args):
         raise ConfigError(f"model_name_or_path={path!r}: expected a model directory with config.json or preset:NAME")
     if training_args.recompute and hasattr(model, "pangu"):
         model.pangu.set_recompute(1)
+    _choose_attention(model)
     source = path if not path.startswith("preset:") else ""
     return model, load_tokenizer(source, model_args.tokenizer_name_or_path)
+
+
+def _choose_attention(model) -> None:
+    """The device's fused attention where it has one (the Ascend plugin's `flash_attention_npu` on npu,
+    sdpa on a CUDA build), as `pangu train` does; the reference math elsewhere. Without this the
+    Trainer ran the plain softmax(QK^T) path on npu and never called the op the Ascend run calls."""
+    import paddle
+
+    from ..model.layers import set_attention_impl
+    from ..parallel.device import fused_attention_available
+
+    set_attention_impl(model, fused_attention_available(paddle.get_device().split(":")[0]) or "plain")
 
 
 def _load_pipe(path, training_args):
