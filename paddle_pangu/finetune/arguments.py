@@ -167,6 +167,7 @@ def parse_finetune_args(config: str | None = None, overrides: dict | None = None
     except SystemExit as exc:  # argparse already printed which value was wrong
         raise ConfigError(f"{where}: a field has an invalid value (see the message above)") from exc
     training_args.device = device.type  # PaddleNLP's own npu branches (flatten_param_grads) read it
+    training_args.placed_on = device.type  # (not a field) trainer.run_finetune checks the place against it
     validate(model_args, data_args, training_args, where)
     return model_args, data_args, training_args
 
