@@ -25,7 +25,6 @@ from the base model in fp32; the factor 2 covers second-order terms. Step k is h
 import json
 import math
 import os
-import re
 import subprocess
 import sys
 
@@ -88,11 +87,21 @@ def _finetune(setup, name, *flags, npu=True):
     return out, proc
 
 
+def finetune_on_cpu(setup, name, **fields):
+    """The CPU reference, in this process (PANGU_TEST_NPU is not set here): the same parse_finetune_args +
+    run_finetune the `pangu finetune` command runs, without one more process start-up."""
+    from paddle_pangu.finetune.arguments import parse_finetune_args
+    from paddle_pangu.finetune.trainer import run_finetune
+
+    root, cfg = setup
+    m = run_finetune(*parse_finetune_args(cfg, {"output_dir": str(root / name), "device": "cpu", **fields}))
+    assert m["device"] == "cpu"
+    return root / name
+
+
 @pytest.fixture(scope="module")
 def cpu_run(setup):
-    out, proc = _finetune(setup, "cpu", "--device", "cpu", npu=False)
-    assert metrics(proc.stdout)["device"] == "cpu"
-    return out
+    return finetune_on_cpu(setup, "cpu")
 
 
 @pytest.fixture(scope="module")
@@ -117,12 +126,15 @@ def test_finetune_on_npu_gives_the_cpu_losses_and_its_model_the_cpu_greedy_token
     rel = fp32_bound(os.path.join(base_dir, "config.json"))
     assert (np.abs(npu - cpu) <= rel * np.abs(cpu)).all(), (npu, cpu, rel)
     assert cpu[-1] < cpu[0]  # it trained
-    texts = {}
-    for device, model in (("cpu", cpu_run), ("npu", npu_run)):
-        proc = ok(pangu("generate", "--model", model, "--prompt", PROMPT, "--max-new-tokens", "4", "--no-stream",
-                        "--device", device, npu=device == "npu"))
-        texts[device] = proc.stdout.strip().splitlines()[-1]
-    assert texts["npu"] == texts["cpu"] and len(texts["cpu"]) > len(PROMPT.splitlines()[-1]), texts
+    # the npu run's output directory in `pangu generate --device npu` against the CPU run's model, greedy
+    from paddle_pangu.inference.generation import generate_text
+    from paddle_pangu.inference.loading import load_model_and_tokenizer
+
+    model, tok = load_model_and_tokenizer(str(cpu_run))
+    on_cpu = generate_text(model, tok, [PROMPT], max_new_tokens=4)[0]
+    proc = ok(pangu("generate", "--model", npu_run, "--prompt", PROMPT, "--max-new-tokens", "4", "--no-stream",
+                    "--device", "npu"))
+    assert on_cpu and proc.stdout.strip().splitlines()[-1] == (PROMPT + on_cpu).splitlines()[-1], (proc.stdout, on_cpu)
 
 
 def test_tensor_parallel_2_on_npu_over_xccl_gives_the_one_process_cpu_losses(setup, cpu_run, base_dir):
@@ -137,7 +149,7 @@ def test_tensor_parallel_2_on_npu_over_xccl_gives_the_one_process_cpu_losses(set
 
 
 def test_lora_on_npu_gives_the_cpu_lora_losses(setup, base_dir):
-    cpu, _ = _finetune(setup, "lora_cpu", "--device", "cpu", "--lora", "true", npu=False)
+    cpu = finetune_on_cpu(setup, "lora_cpu", lora=True)
     npu, proc = _finetune(setup, "lora_npu", "--device", "npu", "--lora", "true")
     assert metrics(proc.stdout)["device"] == "npu:0"
     assert os.path.isfile(npu / "lora_config.json")
@@ -190,10 +202,13 @@ def test_bf16_o2_on_npu_within_the_bf16_rounding_bound_of_the_fp32_run(setup, np
     assert not np.array_equal(bf16, fp32), "bf16 changed nothing: the run did not compute in bf16"
 
 
-def test_npu_without_the_plugin_is_a_one_line_error(setup):
+def test_npu_without_the_plugin_is_refused_before_anything_is_written(setup):
+    """This process has no plugin loaded; the CLI turns the DeviceError into its one `pangu finetune: error:`
+    line (the same select_device error tests/integration/test_npu_inference.py checks through the command)."""
+    from paddle_pangu.errors import PanGuError
+    from paddle_pangu.finetune.arguments import parse_finetune_args
+
     root, cfg = setup
-    proc = pangu("finetune", cfg, "--output_dir", root / "refused", "--device", "npu", npu=False)
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
-    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("pangu finetune: error:")]
-    assert len(lines) == 1 and "device='npu' requested but Paddle has no 'npu' custom device" in lines[0], proc.stderr
-    assert not (root / "refused").exists()  # refused before anything was written
+    with pytest.raises(PanGuError, match=r"device='npu' requested but Paddle has no 'npu' custom device"):
+        parse_finetune_args(cfg, {"output_dir": str(root / "refused"), "device": "npu"})
+    assert not (root / "refused").exists()
