@@ -21,6 +21,7 @@ from the embedding to a logit, and S = sum_v |p_v - y_v| (|h| . |E_v|) the token
 loss to relative errors in the logits' factors (Higham's dot-product bound; dLoss/dz = p - y), here the
 largest over every loss token of the data set (the batch's loss is a mean over some of them), computed
 from the base model in fp32; the factor 2 covers second-order terms. Step k is held to k times that.
+A run resumed from the bf16 run's checkpoint repeats its later steps exactly (same kernels, same batches).
 """
 import json
 import math
@@ -200,6 +201,14 @@ def test_bf16_o2_on_npu_within_the_bf16_rounding_bound_of_the_fp32_run(setup, np
     bounds = step1 * np.arange(1, STEPS + 1)
     assert np.isfinite(bf16).all() and (np.abs(bf16 - fp32) <= bounds).all(), (bf16, fp32, bounds)
     assert not np.array_equal(bf16, fp32), "bf16 changed nothing: the run did not compute in bf16"
+    # resumed from checkpoint-2 (bf16 parameters, fp32 master weights, npu rng state) by a new process, the way a
+    # user resumes (the safe loader: no --trust-pickle): the same computation, so the same steps 3 and 4
+    resumed = setup[0] / "npu_bf16_resumed"
+    ok(pangu("finetune", setup[1], "--output_dir", resumed, "--device", "npu", "--bf16", "true", "--fp16_opt_level",
+             "O2", "--resume_from_checkpoint", out / "checkpoint-2"))
+    with open(resumed / "finetune_history.json", encoding="utf-8") as fh:
+        again = {h["step"]: h["loss"] for h in json.load(fh) if "loss" in h}
+    assert sorted(again) == [3, 4] and [again[3], again[4]] == list(bf16[2:]), (again, bf16)
 
 
 def test_npu_without_the_plugin_is_refused_before_anything_is_written(setup):
