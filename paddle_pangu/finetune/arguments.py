@@ -152,7 +152,7 @@ def parse_finetune_args(config: str | None = None, overrides: dict | None = None
     check_world_size(values, config, overrides or {})
     if values.get("eval_steps") and "evaluation_strategy" not in values:
         values["evaluation_strategy"] = "steps"  # eval_steps alone means "evaluate every eval_steps"
-    _install_cpu_backend()  # before TrainingArguments, whose __post_init__ runs fleet.init
+    device = place_on_device(values)  # before TrainingArguments, whose __post_init__ runs fleet.init
     parser = PdArgumentParser(dataclass_types())
     known = {f.name for d in dataclass_types() for f in dataclasses.fields(d) if f.init}
     unknown = sorted(set(values) - known)
@@ -164,6 +164,8 @@ def parse_finetune_args(config: str | None = None, overrides: dict | None = None
             args=_to_argv(values), look_for_args_file=False)
     except SystemExit as exc:  # argparse already printed which value was wrong
         raise ConfigError(f"{where}: a field has an invalid value (see the message above)") from exc
+    training_args.device = device.type  # PaddleNLP's own npu branches (flatten_param_grads) read it
+    training_args.placed_on = device.type  # (not a field) trainer.run_finetune checks the place against it
     validate(model_args, data_args, training_args, where)
     return model_args, data_args, training_args
 
@@ -202,12 +204,31 @@ def check_world_size(values: dict, config: str | None, overrides: dict, world: i
                      f"`{command_line(config, overrides, needed)}`")
 
 
-def _install_cpu_backend() -> None:
-    """Multi-process CPU runs: fleet's mp / pp / sharding paths need the gloo adapter before fleet.init."""
-    if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
-        from ..parallel import cpu_backend
+def place_on_device(values: dict):
+    """Put this process on the run's device before PaddleNLP's fleet.init; returns its DeviceInfo.
 
-        cpu_backend.install()
+    PaddleNLP's `device` field (default "gpu") only names the device: nothing in the Trainer calls
+    `paddle.set_device`, so a run went wherever Paddle's default place was. Here `device` (when the
+    config or a flag gives it; else "auto": npu, then gpu, then cpu) is resolved by
+    `parallel.device.select_device` (a missing device is a DeviceError, one line), the NPU recipe's
+    environment is applied, and each launched rank gets its own device (PADDLE_LOCAL_RANK) and the
+    process-group backend of that device (xccl on npu, the gloo adapter on cpu)."""
+    from ..parallel.device import npu_env_defaults, select_device
+    from ..parallel.topology import collective_env
+
+    import paddle
+
+    device = select_device(str(values.get("device") or "auto"))
+    npu_env_defaults(device)
+    local_rank = int(os.environ.get("PADDLE_LOCAL_RANK", os.environ.get("PADDLE_RANK_IN_NODE", "0")))
+    if int(os.environ.get("PADDLE_TRAINERS_NUM", "1")) > 1:
+        collective_env(device, local_rank)
+        if device.type == "cpu":  # fleet's mp / pp / sharding paths need the gloo adapter before fleet.init
+            from ..parallel import cpu_backend
+
+            cpu_backend.install()
+    paddle.set_device(device.paddle_device(local_rank))
+    return device
 
 
 def validate(model_args, data_args, training_args, where: str) -> None:

@@ -40,6 +40,12 @@ def apply_lora(model, model_args, training_args):
         lora_alpha=model_args.lora_alpha, lora_dropout=model_args.lora_dropout, merge_weights=False,
         tensor_parallel_degree=training_args.tensor_parallel_degree, dtype="float32",
         base_model_name_or_path=model_args.model_name_or_path)
+    import paddle
+
+    # the adapters' initial A from a generator seeded here: before this they came from whatever the model load
+    # had left of the default place's generator (the CPU one on cpu; a custom device's own, untouched one on
+    # npu), so `--device npu` started from other adapters than the CPU run with the same seed
+    paddle.seed(training_args.seed)
     lora_model = LoRAModel(model, config)
     lora_model.mark_only_lora_as_trainable()
     if not any(p.name for p in lora_model.parameters() if not p.stop_gradient):

@@ -73,8 +73,36 @@ def _load_model(model_args, training_args):
         raise ConfigError(f"model_name_or_path={path!r}: expected a model directory with config.json or preset:NAME")
     if training_args.recompute and hasattr(model, "pangu"):
         model.pangu.set_recompute(1)
+    _choose_attention(model)
     source = path if not path.startswith("preset:") else ""
     return model, load_tokenizer(source, model_args.tokenizer_name_or_path)
+
+
+def _check_placed(training_args) -> str:
+    """This process' place (e.g. "npu:1"), refused when it is not the device the run asked for: fleet.init
+    (TrainingArguments' __post_init__) sets the place again from the launcher's environment."""
+    import paddle
+
+    from ..parallel.device import DeviceError
+
+    placed = paddle.get_device()
+    wanted = getattr(training_args, "placed_on", None)  # set by arguments.parse_finetune_args
+    if wanted is not None and placed.split(":")[0] != wanted:
+        raise DeviceError(f"device={wanted!r} but this process was placed on {placed!r} "
+                          f"(PADDLE_DISTRI_BACKEND={os.environ.get('PADDLE_DISTRI_BACKEND')})")
+    return placed
+
+
+def _choose_attention(model) -> None:
+    """The device's fused attention where it has one (the Ascend plugin's `flash_attention_npu` on npu,
+    sdpa on a CUDA build), as `pangu train` does; the reference math elsewhere. Without this the
+    Trainer ran the plain softmax(QK^T) path on npu and never called the op the Ascend run calls."""
+    import paddle
+
+    from ..model.layers import set_attention_impl
+    from ..parallel.device import fused_attention_available
+
+    set_attention_impl(model, fused_attention_available(paddle.get_device().split(":")[0]) or "plain")
 
 
 def _load_pipe(path, training_args):
@@ -253,6 +281,7 @@ def _run_finetune(model_args, data_args, training_args, callbacks) -> dict:
     from .lora import apply_lora
 
     check_precision(training_args)
+    device = _check_placed(training_args)
     model, tokenizer = load_model(model_args, training_args)
     train, evals = build_datasets(data_args, tokenizer, model.config, training_args.seed)
     if model_args.lora:
@@ -273,6 +302,8 @@ def _run_finetune(model_args, data_args, training_args, callbacks) -> dict:
         metrics.update(trainer.evaluate())
     save_final(trainer, model, tokenizer, training_args)
     metrics["history"] = history
+    metrics["device"] = device
+    metrics["attention_impl"] = sorted({getattr(m, "impl", "") for m in model.sublayers() if hasattr(m, "impl")})
     if training_args.should_save:
         import json
 

@@ -114,12 +114,27 @@ def _refuse(path: str, why: str):
         f"rerun with --trust-pickle (or {TRUST_ENV}=1), or convert it to safetensors") from None
 
 
+class _NamedArray(np.ndarray):
+    """An array paddle.save pickled with its tensor's name: a nested tensor such as the optimizer's O2 master
+    weights, whose names key their moments (`embedding_0.w_0_fp32_master_0_moment1_0`). Dropping the name gave
+    the loaded master weight a `generated_tensor_N` name, and the resumed bf16 O2 fine-tune stopped in AdamW
+    ("Optimizer set error, generated_tensor_271_moment1_0 should in state dict"); paddle.load keeps it."""
+
+    tensor_name = ""
+
+
+def _named(name: str, array: np.ndarray) -> np.ndarray:
+    out = array.view(_NamedArray)
+    out.tensor_name = name
+    return out
+
+
 def _arrays_only(obj, path: str, budget: _Budget, depth: int = 0):
     budget.take(obj, depth)
     if isinstance(obj, np.ndarray) and obj.dtype == object:
         _refuse(path, "an object array")
     if isinstance(obj, tuple) and len(obj) == 2 and isinstance(obj[0], str) and isinstance(obj[1], np.ndarray):
-        return obj[1]  # older paddle.save: a tensor pickled as (name, ndarray)
+        return _named(obj[0], obj[1])  # paddle.save of a nested tensor: (name, ndarray)
     if isinstance(obj, dict):
         return OrderedDict((k, _arrays_only(v, path, budget, depth + 1)) for k, v in obj.items())
     if isinstance(obj, (list, tuple)):
@@ -154,17 +169,31 @@ def load_pdparams(path: str, return_numpy: bool = True, keep_name_table: bool = 
         if not keep_name_table:
             obj.pop("StructuredToParameterName@@", None)
     if return_numpy:
-        return obj
+        return _plain(obj)
     import paddle
 
     def to_tensor(v):
         if isinstance(v, np.ndarray):
-            return paddle.to_tensor(v)
+            t = paddle.to_tensor(np.asarray(v))
+            if getattr(v, "tensor_name", ""):
+                t.name = v.tensor_name  # as paddle.load names a nested tensor
+            return t
         if isinstance(v, dict):
             return type(v)((k, to_tensor(x)) for k, x in v.items())
         return v
 
     return to_tensor(obj)
+
+
+def _plain(obj):
+    """The arrays as plain numpy arrays (return_numpy: no names, as paddle.load gives)."""
+    if isinstance(obj, _NamedArray):
+        return obj.view(np.ndarray)
+    if isinstance(obj, dict):
+        return type(obj)((k, _plain(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    return obj
 
 
 _REAL_LOAD: list = []

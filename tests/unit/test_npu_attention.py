@@ -67,3 +67,10 @@ def test_training_dropout_grad_regenerates_the_forward_keep_mask(report):
     assert report["dropout_zero_fraction"] > 0  # dropout 0.5 really dropped probabilities
     for analytic, numeric in report["dropout_fd"]:
         assert abs(analytic - numeric) <= 5e-3 + 1e-3 * abs(numeric), report["dropout_fd"]
+
+
+def test_dropout_without_a_fixed_seed_follows_paddles_npu_generator(report):
+    """What makes a resume with attention dropout on npu bit-exact: the state a checkpoint saves replays the
+    keep masks (the op's own counter from 0 did not)."""
+    assert report["rng_replay"] == {"restored_state_replays": True, "reseed_replays": True,
+                                    "next_call_differs": True}, report["rng_replay"]

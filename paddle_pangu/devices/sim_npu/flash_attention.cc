@@ -19,7 +19,11 @@
 #include <limits>
 #include <vector>
 
+#include <tuple>
+#include <utility>
+
 #include "paddle/phi/api/all.h"  // the custom-op API of paddle/extension.h, without its pybind part
+#include "paddle/phi/core/generator.h"
 
 namespace {
 
@@ -139,7 +143,15 @@ inline bool keep(uint64_t seed, uint64_t offset, uint64_t i, float keep_prob) {
   return static_cast<float>(z >> 40) * (1.0f / 16777216.0f) < keep_prob;
 }
 
-uint64_t g_offset = 0;  // advances by the element count of each call, like the device RNG's offset
+// seed / offset of a call without fixed_seed_offset: drawn from Paddle's generator of the device (as the
+// Ascend op takes them from the device context's generator), advancing its offset by the call's element
+// count. paddle.seed seeds it and paddle.get_rng_state / set_rng_state (what the Trainer's rng_state.pth
+// and a resume save and restore) replay it, so training with attention dropout resumes bit-exactly. (A
+// process-wide counter from 0 did neither: the resumed process drew other keep masks.)
+std::pair<uint64_t, uint64_t> next_seed_offset(const paddle::Place& place, uint64_t numel) {
+  const auto& gen = phi::DefaultCustomDeviceGenerator(phi::CustomPlace(place.GetDeviceType(), place.GetDeviceId()));
+  return gen->IncrementOffset(numel);
+}
 
 paddle::Tensor int64_scalar(int64_t v, const paddle::Place& place) {
   paddle::Tensor t = paddle::empty({1}, paddle::DataType::INT64, place);
@@ -157,13 +169,14 @@ std::vector<paddle::Tensor> SimNpuFlashAttention(const paddle::Tensor& query, co
                                                  bool is_triangle_upper_mask) {
   Dims d = dims_of(query, key);
   const float keep_prob = is_test ? 1.0f : 1.0f - dropout;
-  uint64_t seed = 0, offset = g_offset;
+  uint64_t seed = 0, offset = 0;
   if (fixed_seed_offset) {
     const int64_t* so = fixed_seed_offset->data<int64_t>();
     seed = so[0];
     offset = so[1];
+  } else if (keep_prob < 1.0f) {  // only a call that drops consumes the generator
+    std::tie(seed, offset) = next_seed_offset(query.place(), d.B * d.N * d.S * d.T);
   }
-  g_offset += d.B * d.N * d.S * d.T;
   Mask mask(attn_mask, causal, d);
   const float scale = 1.0f / std::sqrt(static_cast<float>(d.D));
   std::vector<float> q = widen_any(query), k = widen_any(key), v = widen_any(value);

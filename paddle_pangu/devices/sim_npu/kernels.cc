@@ -491,8 +491,37 @@ void AdamwKernel(const Context& dev_ctx, const phi::DenseTensor& param, const ph
   *dev_ctx.template Alloc<float>(beta2_pow_out) = advance ? b2p * b2 : b2p;
 }
 
+// ---- squared_l2_norm: the global-norm gradient clip (ClipGradByGlobalNorm) of O2 bf16 / fp16 grads ----
+// x [...] -> out [1] = sum(x^2), summed in fp32 in index order, rounded once to T (Paddle's clip then
+// casts the half-precision partial norms to fp32 before adding them up). Needed by `pangu finetune
+// --bf16 true --fp16_opt_level O2 --device npu` (the Trainer's default max_grad_norm=1.0).
+template <typename T, typename Context>
+void SquaredL2NormKernel(const Context& dev_ctx, const phi::DenseTensor& x, phi::DenseTensor* out) {
+  const T* xp = x.data<T>();
+  float sum = 0.0f;
+  for (int64_t i = 0; i < x.numel(); ++i) {
+    const float v = widen(xp[i]);
+    sum += v * v;
+  }
+  out->Resize(phi::make_ddim({1}));
+  *dev_ctx.template Alloc<T>(out) = static_cast<T>(sum);
+}
+
+// ---- npu_identity: Paddle's save of a tensor on an `npu` place (paddle.save / the Trainer's checkpoint) ----
+// paddle/framework/io.py calls `_C_ops.npu_identity(value, -1)` on every dense npu tensor before copying it to
+// the host: on Ascend it converts an NZ-format tensor back to ND. The CPU build registers it for every dtype
+// but bf16, so an O2 bf16 checkpoint on npu failed to save. No NZ storage here (docs/NPU_KERNELS.md): a copy.
+template <typename T, typename Context>
+void NpuIdentityKernel(const Context& dev_ctx, const phi::DenseTensor& x, int format, phi::DenseTensor* out) {
+  out->Resize(x.dims());
+  std::memcpy(dev_ctx.template Alloc<T>(out), x.data<T>(), sizeof(T) * x.numel());
+}
+
 }  // namespace pangu_npu
 
+PD_REGISTER_PLUGIN_KERNEL(squared_l2_norm, npu, ALL_LAYOUT, pangu_npu::SquaredL2NormKernel, phi::dtype::bfloat16,
+                          phi::dtype::float16) {}
+PD_REGISTER_PLUGIN_KERNEL(npu_identity, npu, ALL_LAYOUT, pangu_npu::NpuIdentityKernel, phi::dtype::bfloat16) {}
 PD_REGISTER_PLUGIN_KERNEL(matmul, npu, ALL_LAYOUT, pangu_npu::MatmulKernel, phi::dtype::bfloat16,
                           phi::dtype::float16) {}
 PD_REGISTER_PLUGIN_KERNEL(matmul_grad, npu, ALL_LAYOUT, pangu_npu::MatmulGradKernel, phi::dtype::bfloat16,

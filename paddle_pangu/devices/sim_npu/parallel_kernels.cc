@@ -8,7 +8,8 @@
 // to, refuses them ("Illegal index value ... less than 0"), so no mp2 backward ran on npu. Out-of-range
 // indices give a zero row here too; in-range ones a single 1.0.
 //
-// embedding_grad: Paddle's CPU fallback left the dense weight gradient on the CPU place (found: after one
+// embedding_grad: (bf16 / fp16: `pangu finetune --bf16 true --fp16_opt_level O2 --device npu`, the Trainer's O2
+// casts the embedding tables to bf16 and the CPU build has no bf16 embedding_grad.) Paddle's CPU fallback left the dense weight gradient on the CPU place (found: after one
 // backward on npu the word, position and top-query embedding gradients were Place(cpu)); the pipeline's
 // shared-weight all-reduce and the sharding optimizer's gradient reduce then failed in xccl ("interface
 // not found": no device for a CPU place). This kernel writes it on the device, accumulating the rows of
@@ -21,6 +22,7 @@
 // and each other parameter were Place(cpu), and the sharding optimizer's gradient reduce then failed in
 // xccl with "interface not found"). These kernels write the pieces on the device, a byte copy per piece.
 #include <cstring>
+#include <type_traits>
 #include <vector>
 
 #include "paddle/phi/extension.h"
@@ -49,18 +51,22 @@ template <typename T, typename Context>
 void EmbeddingGradKernel(const Context& dev_ctx, const phi::DenseTensor& input, const phi::DenseTensor& weight,
                          const phi::DenseTensor& out_grad, int64_t padding_idx, phi::DenseTensor* weight_grad) {
   // input [N...] int ids, weight [V, H], out_grad [N..., H] -> weight_grad [V, H]
+  // bf16 / fp16 (O2: the embedding tables in half precision) accumulate in fp32 and round once at the end
+  // (kernels.cc's contract); fp32 / fp64 accumulate in their own type, in the same order as before
+  using Acc = typename std::conditional<std::is_same<T, double>::value, double, float>::type;
   weight_grad->Resize(weight.dims());
   T* g = dev_ctx.template Alloc<T>(weight_grad);
   const int64_t vocab = weight.dims()[0], hidden = weight.dims()[1], n = input.numel();
-  std::memset(g, 0, sizeof(T) * vocab * hidden);
+  std::vector<Acc> acc(vocab * hidden, Acc(0));
   const T* og = out_grad.data<T>();
   for (int64_t i = 0; i < n; ++i) {
     int64_t id = input.dtype() == phi::DataType::INT32 ? input.data<int32_t>()[i] : input.data<int64_t>()[i];
     if (id == padding_idx) continue;
     PADDLE_ENFORCE_EQ(id >= 0 && id < vocab, true,
                       phi::errors::InvalidArgument("sim npu embedding_grad: id %ld outside [0, %ld)", id, vocab));
-    for (int64_t h = 0; h < hidden; ++h) g[id * hidden + h] += og[i * hidden + h];
+    for (int64_t h = 0; h < hidden; ++h) acc[id * hidden + h] += static_cast<Acc>(og[i * hidden + h]);
   }
+  for (int64_t k = 0; k < vocab * hidden; ++k) g[k] = static_cast<T>(acc[k]);  // the one rounding
 }
 
 // x [d0, ..., d_axis, ..., dn] -> out[i] [d0, ..., sections[i], ..., dn]; one section may be -1 (the rest)
@@ -121,7 +127,8 @@ void SplitWithNumKernel(const Context& dev_ctx, const phi::DenseTensor& x, int n
 PD_REGISTER_PLUGIN_KERNEL(one_hot, npu, ALL_LAYOUT, pangu_npu_parallel::OneHotKernel, int, int64_t) {
   kernel->OutputAt(0).SetDataType(phi::DataType::FLOAT32);
 }
-PD_REGISTER_PLUGIN_KERNEL(embedding_grad, npu, ALL_LAYOUT, pangu_npu_parallel::EmbeddingGradKernel, float, double) {}
+PD_REGISTER_PLUGIN_KERNEL(embedding_grad, npu, ALL_LAYOUT, pangu_npu_parallel::EmbeddingGradKernel, float, double,
+                          phi::dtype::bfloat16, phi::dtype::float16) {}
 PD_REGISTER_PLUGIN_KERNEL(split, npu, ALL_LAYOUT, pangu_npu_parallel::SplitKernel, float, double, int, int64_t,
                           bool, uint8_t, int8_t, int16_t, phi::dtype::bfloat16, phi::dtype::float16) {}
 PD_REGISTER_PLUGIN_KERNEL(split_with_num, npu, ALL_LAYOUT, pangu_npu_parallel::SplitWithNumKernel, float, double, int,
