@@ -68,7 +68,7 @@ def test_paper_layouts():
 
 @pytest.mark.parametrize("path", DATA, ids=_id)
 def test_data_config_loads_through_the_typed_loader(path):
-    from paddle_pangu.data.cli import load_config_file
+    from paddle_pangu.cli.prepare_data import load_config_file
 
     cfg = load_config_file(path)
     assert cfg.stages[-1] == "tokenize" and isinstance(cfg.split, tuple)

@@ -51,7 +51,7 @@ TOKENIZE_BATCH_CHARS = 2_000_000
 
 @dataclasses.dataclass
 class PipelineConfig:
-    """Everything `prepare-data` needs; see `paddle_pangu.data.cli` for the flags.
+    """Everything `prepare-data` needs; see `paddle_pangu.cli.prepare_data` for the flags.
 
     Attributes:
         inputs: files, directories or builtin:<name> specs.

@@ -12,7 +12,6 @@ weights and writes a plain PanGu model directory (config, safetensors, tokenizer
 """
 from __future__ import annotations
 
-import argparse
 import os
 
 from ..errors import CheckpointError, ConfigError
@@ -108,15 +107,3 @@ def merge_lora(base: str, lora: str, output: str) -> str:
     load_tokenizer(lora if os.path.exists(os.path.join(lora, "vocab.model")) else base).save_pretrained(output)
     seal_model_dir(output)
     return output
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--base", required=True, help="model directory the adapters were trained on")
-    p.add_argument("--lora", required=True, help="output_dir of `pangu finetune --lora` (lora_config.json + weights)")
-    p.add_argument("--output", required=True, help="where to write the merged plain model directory")
-
-
-def run(args) -> int:
-    out = merge_lora(args.base, args.lora, args.output)
-    print(f"merged model written to {out}")
-    return 0

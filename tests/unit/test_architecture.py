@@ -1,8 +1,8 @@
 """The import rule of docs/ARCHITECTURE.md, checked on every module's imports (parsed, not executed).
 
-Packages are layers; a module may import its own package and lower layers only. Command modules
-(`cli.py`, `cli/`, `entry/` inside a package, and the top-level `cli.py` / `commands/`) sit on top:
-they may import anything and nothing in the library imports them. Private Paddle names stay behind
+Packages are layers; a module may import its own package and lower layers only. The commands (the
+`cli/` package, one module per `pangu` command) and the `entry/` scripts of launched processes sit on
+top: they may import anything and nothing in the library imports them. Private Paddle names stay behind
 `parallel/fleet_compat.py` and `parallel/cpu_backend/`.
 """
 import ast
@@ -23,7 +23,8 @@ LAYERS = [  # lowest first; same as docs/ARCHITECTURE.md
     {"training", "inference"},
     {"evaluation", "planner"},
     {"finetune"},
-    {"bench", "commands", "cli"},
+    {"bench"},
+    {"cli"},  # every `pangu` command: the top floor
 ]
 RANK = {pkg: i for i, layer in enumerate(LAYERS) for pkg in layer}
 
@@ -58,8 +59,8 @@ def _package(rel: Path) -> str:
 
 
 def _is_command(rel: Path) -> bool:
-    return (rel.name == "cli.py" or "cli" in rel.parts[:-1] or "entry" in rel.parts[:-1]
-            or _package(rel) in ("commands", "cli"))
+    """The top floor: the `cli/` package (every command) and the `entry/` scripts launched processes run."""
+    return _package(rel) == "cli" or "entry" in rel.parts[:-1]
 
 
 def _imported(path: Path) -> list[tuple[str, int]]:
@@ -94,7 +95,7 @@ def _violations():
             if target not in RANK:  # a new top-level package or module must be placed in LAYERS
                 found.append(f"{rel}:{line} imports {name}: {target!r} is in no layer of docs/ARCHITECTURE.md")
                 continue
-            imports_command = len(parts) > 2 and (parts[2] in ("cli", "entry")) or target in ("cli", "commands")
+            imports_command = len(parts) > 2 and parts[2] == "entry" or target == "cli"
             if imports_command and not _is_command(rel):
                 found.append(f"{rel}:{line} imports the command module {name}")
             if _is_command(rel) or (str(rel), target) in ALLOWED:
@@ -307,6 +308,18 @@ def test_the_private_name_rule_finds_each_kind_of_use(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(tmp_path))
     assert _private_uses(probe, "pangu_private_probe") == {"_pack_loaded_dict", "_cuda_synchronize",
                                                           "_append_optimize_op", "_beta1"}
+
+
+def test_every_command_lives_in_the_cli_package():
+    """One home for the top floor: each `pangu` subcommand is a module of `cli/`, and no command module
+    (`cli.py`, `*_cli.py`, a `commands/` or nested `cli/` directory) is left in a library package."""
+    from paddle_pangu.cli import COMMANDS
+
+    assert [m for m, _ in COMMANDS.values() if not m.startswith("paddle_pangu.cli.")] == []
+    assert all((ROOT / "cli" / (m.rsplit(".", 1)[1] + ".py")).is_file() for m, _ in COMMANDS.values())
+    stray = [str(p.relative_to(ROOT)) for p in _modules() if _package(p.relative_to(ROOT)) != "cli"
+             and (p.stem == "cli" or p.stem.endswith("_cli") or {"cli", "commands"} & set(p.relative_to(ROOT).parts[:-1]))]
+    assert stray == []
 
 
 def test_every_ref_citation_names_a_fact_in_docs_reference():

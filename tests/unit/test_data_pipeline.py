@@ -124,7 +124,7 @@ def test_stage_subset_writes_documents(corpus, tmp_path):
 def test_every_data_config_file_loads():
     from pathlib import Path
 
-    from paddle_pangu.data.cli import load_config_file
+    from paddle_pangu.cli.prepare_data import load_config_file
 
     files = sorted((Path(__file__).resolve().parents[2] / "configs" / "data").glob("*.yaml"))
     assert files

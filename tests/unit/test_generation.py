@@ -169,7 +169,7 @@ def test_cli_flags_and_http_request_become_the_same_sampling_config():
     import argparse
     from types import SimpleNamespace
 
-    from paddle_pangu.inference.cli.generate import add_sampling_arguments
+    from paddle_pangu.cli.generate import add_sampling_arguments
     from paddle_pangu.inference.server.protocol import CompletionRequest
 
     parser = argparse.ArgumentParser()

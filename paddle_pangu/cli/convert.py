@@ -15,7 +15,7 @@ import re
 import sys
 
 from ..config.model_config import ACTIVATIONS
-from .common import DEFAULT_SHARD_BYTES, DTYPES
+from ..convert.common import DEFAULT_SHARD_BYTES, DTYPES
 
 FROM_FORMATS = ("mindspore", "megatron", "hf")
 
@@ -53,12 +53,12 @@ def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     try:
         if args.dst_format == "hf":
-            from .hf import export_hf
+            from ..convert.hf import export_hf
 
             files = export_hf(args.src, args.output, dtype=args.dtype, max_shard_bytes=args.max_shard_size)
             print(f"exported {args.src} -> {args.output} ({len(files)} safetensors file(s), gpt_pangu names)")
             return 0
-        from .api import convert_checkpoint
+        from ..convert.api import convert_checkpoint
 
         overrides = {"hidden_act": args.hidden_act, "num_attention_heads": args.num_heads, "vocab_size": args.vocab_size}
         config = convert_checkpoint(args.src_format, args.src, args.output, preset=args.preset, overrides=overrides,

@@ -1,8 +1,9 @@
-"""`pangu` console script: a table from subcommand to importable functions.
+"""`pangu` console script: the top floor of the package, every command in this one `cli/` package.
 
-Each entry names a module that defines `add_arguments(parser)` and
-`run(args) -> int | None`. The CLI has no logic of its own; the modules
-are imported lazily so `pangu --help` stays fast.
+`COMMANDS` maps each subcommand to its module here (`cli/train.py`, `cli/evaluate.py`, ...), which defines
+`add_arguments(parser)` and `run(args) -> int | None` and turns options into calls of the library
+packages below it; nothing in the library imports this package (tests/unit/test_architecture.py). The
+modules are imported lazily so `pangu --help` stays fast. `python -m paddle_pangu.cli` runs `main`.
 """
 from __future__ import annotations
 
@@ -21,20 +22,20 @@ logging.getLogger("datasets").setLevel(logging.WARNING)  # "PyTorch version ... 
 
 # subcommand -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "info": ("paddle_pangu.commands.info", "versions, devices and where the tokenizer files were found"),
-    "tokenize": ("paddle_pangu.commands.tokenize", "tokenize text with the PanGu tokenizer (jieba + SentencePiece)"),
-    "prepare-data": ("paddle_pangu.data.cli", "clean, filter, dedup, tokenize and pack a corpus into .bin/.idx"),
-    "train": ("paddle_pangu.training.cli", "pretrain with fleet hybrid parallelism (dp/mp/pp/sharding/recompute)"),
-    "finetune": ("paddle_pangu.finetune.cli", "supervised fine-tuning with the PaddleNLP Trainer"),
-    "merge-lora": ("paddle_pangu.finetune.lora", "fold LoRA adapters from `pangu finetune --lora` into a plain model directory"),
-    "generate": ("paddle_pangu.inference.cli.generate", "generate text (streamed) from a model or export directory"),
-    "evaluate": ("paddle_pangu.evaluation.cli", "perplexity and zero/one/few-shot classification (paper protocol)"),
-    "plan": ("paddle_pangu.planner.cli", "size dp/mp/pp/sharding/recompute layouts for a cluster"),
-    "bench": ("paddle_pangu.bench.cli", "benchmarks vs same-run baselines (tokenize, train, generate); JSON + table"),
-    "export": ("paddle_pangu.inference.cli.export", "export prefill/decode graphs for the Paddle Inference predictor"),
-    "serve": ("paddle_pangu.inference.cli.serve", "OpenAI-compatible HTTP server with streaming, batching and a web page"),
-    "convert": ("paddle_pangu.convert.cli", "convert MindSpore / Megatron / HF checkpoints to a model directory"),
-    "reshard": ("paddle_pangu.convert.reshard_cli", "split or merge checkpoints between mp/pp layouts"),
+    "info": ("paddle_pangu.cli.info", "versions, devices and where the tokenizer files were found"),
+    "tokenize": ("paddle_pangu.cli.tokenize", "tokenize text with the PanGu tokenizer (jieba + SentencePiece)"),
+    "prepare-data": ("paddle_pangu.cli.prepare_data", "clean, filter, dedup, tokenize and pack a corpus into .bin/.idx"),
+    "train": ("paddle_pangu.cli.train", "pretrain with fleet hybrid parallelism (dp/mp/pp/sharding/recompute)"),
+    "finetune": ("paddle_pangu.cli.finetune", "supervised fine-tuning with the PaddleNLP Trainer"),
+    "merge-lora": ("paddle_pangu.cli.merge_lora", "fold LoRA adapters from `pangu finetune --lora` into a plain model directory"),
+    "generate": ("paddle_pangu.cli.generate", "generate text (streamed) from a model or export directory"),
+    "evaluate": ("paddle_pangu.cli.evaluate", "perplexity and zero/one/few-shot classification (paper protocol)"),
+    "plan": ("paddle_pangu.cli.plan", "size dp/mp/pp/sharding/recompute layouts for a cluster"),
+    "bench": ("paddle_pangu.cli.bench", "benchmarks vs same-run baselines (tokenize, train, generate); JSON + table"),
+    "export": ("paddle_pangu.cli.export", "export prefill/decode graphs for the Paddle Inference predictor"),
+    "serve": ("paddle_pangu.cli.serve", "OpenAI-compatible HTTP server with streaming, batching and a web page"),
+    "convert": ("paddle_pangu.cli.convert", "convert MindSpore / Megatron / HF checkpoints to a model directory"),
+    "reshard": ("paddle_pangu.cli.reshard", "split or merge checkpoints between mp/pp layouts"),
 }
 
 
@@ -68,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     runtime.apply()  # per-CPU math-library environment, before anything imports paddle
     argv = list(sys.argv[1:] if argv is None else argv)
-    from paddle_pangu import cli as this  # the imported module, also when this file runs as __main__
+    from paddle_pangu import cli as this  # the package module, also under `python -m paddle_pangu.cli`
 
     this.ARGV = list(argv)  # what `--nproc N` re-runs in each launched process (training/launch.py)
     command = next((a for a in argv if not a.startswith("-")), None)
@@ -106,7 +107,3 @@ def _quiet_paddlenlp() -> None:
         from paddlenlp.utils.log import logger
 
         logger.set_level("WARNING")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

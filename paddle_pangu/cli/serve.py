@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from ..export import DEVICES
+from ..inference.export import DEVICES
 from .generate import add_nproc_arguments, add_weights_argument
 
 API_KEY_ENV = "PANGU_API_KEY"
@@ -33,8 +33,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args) -> int:
-    from ...errors import UsageError
-    from ..server.app import DEFAULT_MAX_BODY_BYTES, serve, warn_if_open
+    from ..errors import UsageError
+    from ..inference.server.app import DEFAULT_MAX_BODY_BYTES, serve, warn_if_open
 
     api_key = args.api_key if args.api_key is not None else os.environ.get(API_KEY_ENV) or None
     warn_if_open(args.host, api_key)
@@ -48,7 +48,7 @@ def run(args) -> int:
         raise UsageError(f"--max-body-bytes must be >= 1, got {max_body}")
     if api_key is not None and not api_key.strip():
         raise UsageError("--api-key is empty")
-    from ..tensor_parallel import launched_world
+    from ..inference.tensor_parallel import launched_world
     from .generate import launched, open_tensor_parallel
 
     code = launched("serve", args, args.weights)
@@ -56,7 +56,7 @@ def run(args) -> int:
         return code
     backend = None
     if launched_world()[0] > 1:  # one rank of --nproc N: rank 0 serves, the others mirror its steps
-        from ..tensor_parallel import LeaderStepper, follow
+        from ..inference.tensor_parallel import LeaderStepper, follow
 
         net, tok, stepper, channel, rank = open_tensor_parallel(args)
         if rank != 0:

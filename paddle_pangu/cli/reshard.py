@@ -12,7 +12,7 @@ import logging
 import os
 
 from ..errors import UsageError
-from .common import DEFAULT_SHARD_BYTES, DTYPES
+from ..convert.common import DEFAULT_SHARD_BYTES, DTYPES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -24,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .reshard import reshard
+    from ..convert.reshard import reshard
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.mp < 1 or args.pp < 1:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ..export import DEVICES
-from ..quantize import WEIGHTS
+from ..inference.export import DEVICES
+from ..inference.quantize import WEIGHTS
 
 
 def add_sampling_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,7 +48,7 @@ def add_nproc_arguments(p: argparse.ArgumentParser) -> None:
 def launched(command: str, args, weights: str | None = None) -> "int | None":
     """The exit code of `--nproc N > 1` run under the launcher (this is the launching process), or None when
     this process runs the command itself (one process, or a launched rank)."""
-    from ..tensor_parallel import check_model_for_nproc, launched_world
+    from ..inference.tensor_parallel import check_model_for_nproc, launched_world
 
     world, _ = launched_world()
     if world > 1:
@@ -56,16 +56,16 @@ def launched(command: str, args, weights: str | None = None) -> "int | None":
     check_model_for_nproc(args.model, args.nproc, weights)
     if args.nproc == 1:
         return None
-    from ... import cli
-    from ...training.launch import launch_for
+    from .. import cli
+    from ..training.launch import launch_for
 
     return launch_for(command, cli.ARGV, args.nproc, args.launch_logs)
 
 
 def open_tensor_parallel(args):
     """In a launched rank: (model, DygraphStepper, Channel, rank) for this rank's part of --model."""
-    from ..generation import DygraphStepper
-    from ..tensor_parallel import Channel, init_tensor_parallel, load_rank_model
+    from ..inference.generation import DygraphStepper
+    from ..inference.tensor_parallel import Channel, init_tensor_parallel, load_rank_model
 
     topo = init_tensor_parallel(args.device)
     net, tok = load_rank_model(args.model, topo.context, seed=0, tokenizer=args.tokenizer)
@@ -86,7 +86,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def check_arguments(args) -> None:
     """What argparse cannot see, refused before the model is loaded (one line, exit 2)."""
-    from ...errors import UsageError
+    from ..errors import UsageError
 
     if args.seed is not None and not 0 <= args.seed < 2**63:
         raise UsageError(f"--seed {args.seed}: expected an integer in [0, 2^63)")
@@ -113,13 +113,13 @@ def sampling_seed(args) -> int:
 
 
 def run(args) -> int:
-    from ..backend import open_backend
+    from ..inference.backend import open_backend
 
     check_arguments(args)
     code = launched("generate", args, args.weights)
     if code is not None:
         return code
-    from ..tensor_parallel import launched_world
+    from ..inference.tensor_parallel import launched_world
 
     if launched_world()[0] > 1:
         return _run_rank(args)
@@ -135,7 +135,7 @@ def run(args) -> int:
 
 def _run_rank(args) -> int:
     """One rank of `--nproc N`: rank 0 decodes (its steps mirrored to the others), the others follow."""
-    from ..tensor_parallel import LeaderStepper, follow
+    from ..inference.tensor_parallel import LeaderStepper, follow
 
     net, tok, stepper, channel, rank = open_tensor_parallel(args)
     if rank != 0:
@@ -149,9 +149,9 @@ def _run_rank(args) -> int:
 
 
 def _decode(args, stepper, config, tok) -> int:
-    from ..decoding import BatchDecoder, Row
-    from ..sampling import SamplingConfig
-    from ..streaming import TextStream
+    from ..inference.decoding import BatchDecoder, Row
+    from ..inference.sampling import SamplingConfig
+    from ..inference.streaming import TextStream
 
     seed = sampling_seed(args)
     live = len(args.prompt) == 1 and not args.no_stream

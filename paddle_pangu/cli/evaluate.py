@@ -40,14 +40,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("cpu", "gpu", "npu"), default="cpu",
                    help="where the model runs (a missing device is a one-line error)")
     p.add_argument("--json", action="store_true", help="print JSON only")
-    from ..inference.cli.generate import add_nproc_arguments
+    from .generate import add_nproc_arguments
 
     add_nproc_arguments(p)
 
 
 def _jobs(args):
     """The tasks, examples and demonstration pools the options select (evaluation/discovery.py)."""
-    from .discovery import TaskSelection, find_jobs
+    from ..evaluation.discovery import TaskSelection, find_jobs
 
     return find_jobs(TaskSelection.from_options(args))
 
@@ -61,7 +61,7 @@ def run(args) -> int:
     from ..inference.quantize import check_weights, quantize_model
 
     check_weights(args.weights)  # a refusal (int8 / bf16 off the CPU) before anything loads
-    from ..inference.cli.generate import launched
+    from .generate import launched
     from ..inference.tensor_parallel import launched_world
 
     world, rank = launched_world()
@@ -104,8 +104,8 @@ def _run_rank(args, jobs) -> int:
 
 
 def _evaluate(args, jobs, model, tok) -> int:
-    from .report import format_table, plot_scores, write_json
-    from .runner import evaluate_task
+    from ..evaluation.report import format_table, plot_scores, write_json
+    from ..evaluation.runner import evaluate_task
 
     results = []
     if args.perplexity:
@@ -136,7 +136,7 @@ def _evaluate(args, jobs, model, tok) -> int:
 
 def _perplexity(args, model, tok) -> dict:
     from ..data import build_pretraining_datasets
-    from .scoring import perplexity
+    from ..evaluation.scoring import perplexity
 
     seq = model.config.max_position_embeddings
     test = build_pretraining_datasets([args.perplexity], None, seq, {"test": args.ppl_samples}, args.seed)["test"]

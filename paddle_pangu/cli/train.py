@@ -52,7 +52,7 @@ def _load_config(args, world: int = 1):
     import copy
     import os
 
-    from .run_config import apply_overrides, read_run_mapping, run_config_from_dict
+    from ..training.run_config import apply_overrides, read_run_mapping, run_config_from_dict
 
     overrides = list(args.overrides)
     if args.device:
@@ -96,13 +96,13 @@ def run(args) -> int:
         print(f"{args.config}: valid for world size {world}")
         return 0
     if args.evaluate:
-        from .evaluate import evaluate_model_dir
+        from ..training.evaluate import evaluate_model_dir
 
         result = evaluate_model_dir(args.evaluate, cfg, validated)
         print(f"{args.evaluate}: validation loss {result['loss']:.4f} perplexity {result['ppl']:.2f} "
               f"({result['tokens']} tokens)")
         return 0
-    from .trainer import Trainer
+    from ..training.trainer import Trainer
 
     trainer = Trainer(cfg, validated)  # data paths, device and AMP mode are checked before any process group
     result = trainer.train(stop_after=args.stop_after_steps)
@@ -117,7 +117,7 @@ def _worker_argv() -> list[str]:
     from paddle_pangu import cli
     from paddle_pangu.errors import UsageError
 
-    from .launch import strip_launch_flags
+    from ..training.launch import strip_launch_flags
 
     argv = cli.ARGV[1:] if cli.ARGV[:1] == ["train"] else list(cli.ARGV)
     argv = [a for a in strip_launch_flags(argv, ("--nproc",)) if a != "--verbose"]
@@ -133,7 +133,7 @@ def _launch(args) -> int:
 
     from paddle_pangu.errors import UsageError
 
-    from .launch import run_launched
+    from ..training.launch import run_launched
 
     if args.nproc < 1:
         raise UsageError(f"--nproc must be >= 1, got {args.nproc}")

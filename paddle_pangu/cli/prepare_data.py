@@ -17,11 +17,11 @@ from pathlib import Path
 
 from ..config import loader
 from ..errors import ConfigError, UsageError
-from .cleaning import CleaningConfig, load_word_list
-from .dedup import DedupConfig
-from .pipeline import STAGES, PipelineConfig, run_pipeline
-from .quality import QualityConfig
-from .readers import DOC_MODES, FORMATS, ReaderConfig
+from ..data.cleaning import CleaningConfig, load_word_list
+from ..data.dedup import DedupConfig
+from ..data.pipeline import STAGES, PipelineConfig, run_pipeline
+from ..data.quality import QualityConfig
+from ..data.readers import DOC_MODES, FORMATS, ReaderConfig
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = build_config(args)
         if getattr(args, "engine", "local") == "ray":
-            from .ray_engine import run_pipeline_ray
+            from ..data.ray_engine import run_pipeline_ray
 
             stats = run_pipeline_ray(cfg, address=args.ray_address)
         elif getattr(args, "ray_address", None):

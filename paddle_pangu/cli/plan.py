@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .hardware import PRESETS
+from ..planner.hardware import PRESETS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -42,8 +42,8 @@ def hardware_from_args(args):
     import dataclasses
 
     from ..errors import UsageError
-    from .estimate import Hardware
-    from .hardware import get_device_preset, override
+    from ..planner.estimate import Hardware
+    from ..planner.hardware import get_device_preset, override
 
     if args.devices < 1:
         raise UsageError(f"--devices {args.devices}: expected >= 1")
@@ -86,8 +86,8 @@ def print_table(args, config, hw, best, considered: int) -> None:
 
 def run(args) -> int:
     from ..config import get_preset
-    from .search import consider
-    from .write_config import load_base, run_config_dict, write_run_config
+    from ..planner.search import consider
+    from ..planner.write_config import load_base, run_config_dict, write_run_config
 
     config = get_preset(args.preset)
     hw = hardware_from_args(args)

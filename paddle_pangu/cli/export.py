@@ -10,8 +10,8 @@ import argparse
 import os
 import tempfile
 
-from ..export import DTYPES
-from ..quantize import WEIGHTS
+from ..inference.export import DTYPES
+from ..inference.quantize import WEIGHTS
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,25 +32,25 @@ def sharded_layout(model: str) -> tuple[int, int]:
     """(mp, pp) of a model directory's weight files; (1, 1) for a plain one or a preset."""
     if model.startswith("preset:") or not os.path.isdir(model):
         return 1, 1
-    from ...convert.reshard import detect_layout
+    from ..convert.reshard import detect_layout
 
     mp, pp, _ = detect_layout(model)
     return mp, pp
 
 
 def run(args) -> int:
-    from ...errors import CheckpointError
-    from ..export import export_model
-    from ..loading import load_model_and_tokenizer, load_tokenizer
+    from ..errors import CheckpointError
+    from ..inference.export import export_model
+    from ..inference.loading import load_model_and_tokenizer, load_tokenizer
 
-    from ..quantize import check_weights
+    from ..inference.quantize import check_weights
 
     check_weights(args.weights)  # a refusal before the model loads
     mp, pp = sharded_layout(args.model)
     with tempfile.TemporaryDirectory(prefix="pangu-export-merge-") as tmp:
         source = args.model
         if mp * pp > 1:
-            from ...convert.reshard import reshard
+            from ..convert.reshard import reshard
 
             print(f"{args.model} is saved per rank (mp{mp} pp{pp}); merging to one rank before export (the "
                   f"predictor runs in one process; a model too large for one device runs split with "

@@ -70,7 +70,7 @@ def _ints(text: str, flag: str) -> list[int]:
 
 def shape_from_args(args, seq: int | None = None, batch: int | None = None):
     from ..config import get_preset
-    from .train_bench import Shape
+    from ..bench.train_bench import Shape
 
     try:
         base = get_preset(args.preset)
@@ -88,7 +88,7 @@ def shape_from_args(args, seq: int | None = None, batch: int | None = None):
 
 
 def _tokenize(args) -> dict:
-    from .tokenize_bench import run_benchmark
+    from ..bench.tokenize_bench import run_benchmark
 
     r = run_benchmark(args.mb, args.workers)
     return {"name": "tokenize", "config": f"{args.mb} MB", "detail": r,
@@ -96,7 +96,7 @@ def _tokenize(args) -> dict:
 
 
 def _scaling(args) -> dict:
-    from .train_bench import bench_train
+    from ..bench.train_bench import bench_train
 
     points = []
     for seq in _ints(args.seqs, "--seqs"):
@@ -109,7 +109,7 @@ def _scaling(args) -> dict:
 
 
 def _parallel(args, given: dict) -> dict:
-    from .parallel_bench import bench_parallel
+    from ..bench.parallel_bench import bench_parallel
 
     dims = {k: getattr(args, k) for k in ("hidden", "layers", "heads", "ffn", "vocab")}
     for flag, value in {"seq": given.get("seq"), "batch": given.get("batch"), **dims}.items():
@@ -123,11 +123,11 @@ def _measure(args, target: str, given: dict | None = None) -> dict:
     if target == "parallel":  # multi-process layout vs one process, `pangu train` runs (bench/parallel_bench.py)
         return _parallel(args, given or {})
     if target == "eval":  # candidate scoring, batched vs one sequence at a time (bench/eval_bench.py)
-        from .eval_bench import bench_eval
+        from ..bench.eval_bench import bench_eval
 
         return bench_eval(args.preset, args.rounds)
     if target == "serve":  # pangu serve under N concurrent streaming clients (bench/serve_bench.py)
-        from .serve_bench import bench_serve
+        from ..bench.serve_bench import bench_serve
 
         clients = _ints(args.clients, "--clients")
         weights = [w.strip() for w in args.weights.split(",") if w.strip()]
@@ -136,15 +136,15 @@ def _measure(args, target: str, given: dict | None = None) -> dict:
     if target == "tokenize":
         return _tokenize(args)
     if target == "data":  # prepare-data, local vs Ray engine (bench/data_bench.py)
-        from .data_bench import bench_data
+        from ..bench.data_bench import bench_data
 
         return bench_data(args.mb, args.workers or 2, _ints(args.ray_workers, "--ray-workers"), rounds=args.rounds)
     if target == "train":
-        from .train_bench import bench_train
+        from ..bench.train_bench import bench_train
 
         return bench_train(shape_from_args(args), args.rounds, args.steps, args.compare, args.matmul_n)
     if target == "generate":
-        from .decode_bench import bench_generate
+        from ..bench.decode_bench import bench_generate
 
         return bench_generate(shape_from_args(args), _ints(args.decode_batches, "--decode-batches"),
                               args.prompt_len, args.new_tokens, args.rounds, args.compare,
@@ -162,7 +162,7 @@ def _fill_defaults(args) -> dict:
 
 
 def run(args) -> int:
-    from .report import table
+    from ..bench.report import table
 
     given = _fill_defaults(args)
     targets = []
@@ -175,13 +175,13 @@ def run(args) -> int:
     if args.json and args.json != "-":
         with open(args.json, "w") as f:
             f.write(text)
-    from .eval_bench import table as eval_table
+    from ..bench.eval_bench import table as eval_table
 
-    from .serve_bench import table as serve_table
+    from ..bench.serve_bench import table as serve_table
 
-    from .data_bench import table as data_table
+    from ..bench.data_bench import table as data_table
 
-    from .parallel_bench import table as parallel_table
+    from ..bench.parallel_bench import table as parallel_table
 
     rest = [r for r in results if r["name"] not in ("eval", "serve", "data", "parallel")]
     lines = ([table(rest)] if rest else []) + [eval_table(r) for r in results if r["name"] == "eval"]

@@ -19,7 +19,7 @@ RANK0_LINES = r"(step \d+/\d+: |finetune \w+ data: )"  # what rank 0 prints per 
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    from .arguments import add_arguments as add
+    from ..finetune.arguments import add_arguments as add
 
     p.formatter_class = argparse.ArgumentDefaultsHelpFormatter
     add(p)
@@ -32,8 +32,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args) -> int:
     from ..parallel.topology import launched_world_size
-    from .arguments import parse_finetune_args
-    from .trainer import run_finetune
+    from ..finetune.arguments import parse_finetune_args
+    from ..finetune.trainer import run_finetune
 
     overrides = {k: v for k, v in vars(args).items() if k not in ("command", "config", *LAUNCH_FLAGS)}
     if args.launch_nproc is not None and launched_world_size() == 1:
@@ -51,7 +51,7 @@ def _launch(args, overrides: dict) -> int:
 
     from ..errors import UsageError
     from ..training.launch import run_launched
-    from .arguments import _to_argv, check_world_size, read_config_file
+    from ..finetune.arguments import _to_argv, check_world_size, read_config_file
 
     nproc = args.launch_nproc
     if nproc < 1:
