@@ -34,20 +34,17 @@ import pytest
 
 pytestmark = pytest.mark.distributed
 
-STEPS = 4
-U32, UBF16 = 2.0 ** -24, 2.0 ** -8
-PROMPT = "评论：很好用\n顾客对商品"
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from npu_run import pangu as _npu_pangu  # noqa: E402  (tests/npu_run.py)
 
 
 def pangu(*args, npu=True, timeout=900):
-    env = {**os.environ, "GLOG_minloglevel": "2"}
-    env.pop("CUSTOM_DEVICE_ROOT", None)
-    if npu:
-        env["PANGU_TEST_NPU"] = "1"
-    else:
-        env.pop("PANGU_TEST_NPU", None)
-    return subprocess.run([sys.executable, "-m", "paddle_pangu.cli", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=timeout)
+    return _npu_pangu(*args, npu=npu, timeout=timeout)
+
+
+STEPS = 4
+U32, UBF16 = 2.0 ** -24, 2.0 ** -8
+PROMPT = "评论：很好用\n顾客对商品"
 
 
 def ok(proc):

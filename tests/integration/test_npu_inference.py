@@ -14,19 +14,11 @@ import pytest
 
 from serve_utils import Server  # tests/integration is on sys.path (rootdir conftest-less import)
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from npu_run import pangu as _pangu  # noqa: E402  (tests/npu_run.py)
+
 PROMPT = "今天天气很好，我们"
 NEW_TOKENS = "6"
-
-
-def _pangu(*args, npu=True, timeout=600):
-    env = {**os.environ, "GLOG_minloglevel": "2"}
-    env.pop("CUSTOM_DEVICE_ROOT", None)
-    if npu:
-        env["PANGU_TEST_NPU"] = "1"
-    else:
-        env.pop("PANGU_TEST_NPU", None)
-    return subprocess.run([sys.executable, "-m", "paddle_pangu.cli", *args], capture_output=True, text=True,
-                          env=env, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
