@@ -319,7 +319,7 @@ class Cleaner:
         cp = _codepoints(text)
         if rx["t2s"] is not None and self._may_look_traditional(text, cp, rx["t2s_changeable"]):
             converted = rx["t2s"].convert(text)
-            if converted != text and self._looks_traditional(text, converted):
+            if converted != text and self._looks_traditional(text, converted, cp):
                 stats.modified["t2s_converted"] += 1
                 text = converted
                 cp = _codepoints(text)
@@ -344,15 +344,19 @@ class Cleaner:
         if changeable is None:  # a dictionary entry changes the length: always convert
             return True
         possible = int(changeable[cp].sum())  # `cp` = text's code points, `changeable` a table of them
-        return possible >= self.cfg.t2s_min_changed * max(1, int(_char_tables()[2][cp].sum()))
+        return possible >= self._t2s_needed(cp)
 
-    def _looks_traditional(self, text: str, converted: str) -> bool:
+    def _looks_traditional(self, text: str, converted: str, cp: np.ndarray) -> bool:
         """Convert only documents written in traditional characters: OpenCC also rewrites
         a few characters that are valid in simplified text (乾隆 -> 干隆)."""
         if len(converted) != len(text):
             return True
-        changed = sum(a != b for a, b in zip(text, converted))
-        return changed >= self.cfg.t2s_min_changed * max(1, len(_CJK_RE.findall(text)))
+        return sum(a != b for a, b in zip(text, converted)) >= self._t2s_needed(cp)
+
+    def _t2s_needed(self, cp: np.ndarray) -> float:
+        """The 2% rule: changed characters needed for a conversion, t2s_min_changed x the Chinese characters
+        of the text whose code points are `cp` (at least 1)."""
+        return self.cfg.t2s_min_changed * max(1, int(_char_tables()[2][cp].sum()))
 
     # ---- step 2: paragraph-level removals --------------------------------
     def _is_nav(self, line: str) -> bool:
