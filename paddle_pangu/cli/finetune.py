@@ -47,6 +47,7 @@ def run(args) -> int:
 
 def _launch(args, overrides: dict) -> int:
     """`--nproc N`: check the layout against N processes here, then run under paddle.distributed.launch."""
+    import importlib.util
     import os
 
     from ..errors import UsageError
@@ -59,8 +60,7 @@ def _launch(args, overrides: dict) -> int:
     values = {**(read_config_file(args.config) if args.config else {}), **overrides}
     check_world_size(values, args.config, overrides, world=nproc)
     output_dir = values.get("output_dir") or "."
-    worker = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "finetune", "entry",
-                          "finetune_worker.py")
+    worker = importlib.util.find_spec("paddle_pangu.finetune.entry.finetune_worker").origin  # not executed
     argv = [*([args.config] if args.config else []), *_to_argv(overrides)]
     code = run_launched(argv, nproc, os.path.join(output_dir, "launch_logs"), verbose=args.launch_verbose,
                         worker=worker, marker=re.compile(RANK0_LINES), command="finetune")
