@@ -11,10 +11,10 @@ parameter bytes with the memory this machine has available, so an oversized
 """
 from __future__ import annotations
 
-import json
 import os
 
 from ..errors import ConfigError
+from ..utils.json_file import read_json
 
 # field: (low, high) inclusive; the highs are far beyond any PanGu model (200B: H 16384, 64 layers,
 # REF "Model sizes") and keep a typo from allocating the machine away
@@ -60,21 +60,9 @@ def validate_config_dict(data, where: str) -> dict:
 
 def read_config_file(path: str) -> dict:
     """config.json as a validated mapping (ConfigError: missing, not UTF-8 JSON, not an object, bad field)."""
-    try:
-        with open(path, "rb") as f:
-            raw = f.read((1 << 20) + 1)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such file (a model directory needs config.json)") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    if len(raw) > 1 << 20:
-        raise ConfigError(f"{path}: larger than 1 MB; a model config.json is a few hundred bytes")
-    try:
-        data = json.loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text (expected a JSON object of model fields)") from None
-    except ValueError as exc:
-        raise ConfigError(f"{path}: not valid JSON ({str(exc)[:80]}; truncated?)") from None
+    # 1 MB: a model config.json is a few hundred bytes; the cap keeps a wrong file from being read whole
+    data = read_json(path, "a model config.json: a JSON object of model fields", ConfigError, expect=None,
+                     max_bytes=1 << 20)
     return validate_config_dict(data, path)
 
 

@@ -16,6 +16,8 @@ import re
 import numpy as np
 
 from ..model.weight_tables import HF_IGNORE, HF_LM_HEAD, WORD_EMBEDDING, hf_name_map
+from ..io.weights import read_weight_map
+from ..utils.json_file import read_json
 from .common import ConversionError, LazyTensor, count_blocks, iter_safetensors, torch_to_numpy_dtype
 
 logger = logging.getLogger("paddle_pangu.convert")
@@ -39,8 +41,7 @@ def _weight_files(src: str) -> tuple[list[str], str]:
     for index, kind in (("model.safetensors.index.json", "safetensors"), ("pytorch_model.bin.index.json", "bin")):
         path = os.path.join(src, index)
         if os.path.exists(path):
-            with open(path, encoding="utf-8") as f:
-                return [os.path.join(src, n) for n in sorted(set(json.load(f)["weight_map"].values()))], kind
+            return [os.path.join(src, n) for n in sorted(set(read_weight_map(path, ConversionError).values()))], kind
     for name, kind in (("model.safetensors", "safetensors"), ("pytorch_model.bin", "bin")):
         if os.path.exists(os.path.join(src, name)):
             return [os.path.join(src, name)], kind
@@ -101,8 +102,7 @@ def _check_tied(head: LazyTensor, wte: LazyTensor | None) -> None:
 def _hints(config_path: str) -> dict:
     if not os.path.exists(config_path):
         return {}
-    with open(config_path, encoding="utf-8") as f:
-        cfg = json.load(f)
+    cfg = read_json(config_path, "an HF config.json", ConversionError)
     hints = {}
     if cfg.get("num_heads") or cfg.get("n_head"):
         hints["num_attention_heads"] = int(cfg.get("num_heads") or cfg.get("n_head"))

@@ -17,24 +17,18 @@ entries in `tasks/` turn these records into `Example`s.
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 
 from ..errors import DataError
+from ..utils.json_file import read_json
 from ..utils.jsonl import iter_jsonl
 
 _ASCII_WORD = re.compile(r"[A-Za-z0-9]$")
 
 
 def _load_json(path: str):
-    if not os.path.isfile(path):
-        raise DataError(f"{path}: file not found")
-    try:
-        with open(path, encoding="utf-8") as fh:
-            return json.load(fh)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from exc
+    return read_json(path, "a task file", DataError, expect=None)
 
 
 def _need(path: str, where: str, record, key: str, kind=None):

@@ -20,10 +20,11 @@ tensor) a missing, misshapen or non-finite tensor rather than loading it.
 """
 from __future__ import annotations
 
-import json
 import os
 
 from ..errors import CheckpointError
+from ..io.weights import read_weight_map
+from ..utils.json_file import read_json
 
 MODEL_INDEX = "model.safetensors.index.json"
 PEFT_INDEX = "peft_model.safetensors.index.json"  # a LoRA run's adapters (PaddleNLP's SAFE_PEFT_WEIGHTS_INDEX_NAME)
@@ -35,12 +36,7 @@ FP32_MASTER = "fp32_master_0"  # PaddleNLP's suffix of master-weight accumulator
 def read_index(checkpoint: str, name: str) -> dict:
     """The {key: file} weight map of one PaddleNLP index file, every listed file present."""
     path = os.path.join(checkpoint, name)
-    try:
-        with open(path, encoding="utf-8") as fh:
-            index = json.load(fh)
-        weight_map = index["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise CheckpointError(f"{path}: not a PaddleNLP safetensors index ({exc})") from None
+    weight_map = read_weight_map(path, CheckpointError)
     for file in sorted(set(weight_map.values())):
         if not os.path.isfile(os.path.join(checkpoint, file)):
             raise CheckpointError(f"{path}: lists {file}, which is not in {checkpoint}")
@@ -107,8 +103,8 @@ def load_optimizer_one_process(model, optimizer, checkpoint: str) -> dict:
 
     state = nested_copy(optimizer.state_dict())
     weight_map = read_index(checkpoint, OPTIMIZER_INDEX)  # a CheckpointError when absent or not an index
-    with open(os.path.join(checkpoint, OPTIMIZER_INDEX), encoding="utf-8") as fh:
-        has_master = bool(json.load(fh).get("master_weights", False))
+    has_master = bool(read_json(os.path.join(checkpoint, OPTIMIZER_INDEX), "a PaddleNLP optimizer index",
+                                CheckpointError).get("master_weights", False))
     moments = read_indexed_tensors(checkpoint, weight_map)
     params = get_expected_state_dict(model)
     static = {k: v.name for k, v in params.items()}  # plain name -> the parameter's static name

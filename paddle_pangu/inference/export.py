@@ -276,14 +276,12 @@ def read_meta(export_dir: str) -> dict:
     """The export's metadata; a CheckpointError naming the file when it is unreadable or of another format."""
     from ..errors import CheckpointError
 
+    from ..utils.json_file import read_json
+
     path = os.path.join(export_dir, META_FILE)
-    try:
-        with open(path) as f:
-            meta = json.load(f)
-    except (OSError, ValueError) as err:
-        raise CheckpointError(f"{path}: unreadable export metadata ({err})") from None
-    if not isinstance(meta, dict) or meta.get("format", 1) != FORMAT:
-        found = meta.get("format", 1) if isinstance(meta, dict) else meta
+    meta = read_json(path, "export metadata", CheckpointError)
+    if meta.get("format", 1) != FORMAT:
+        found = meta.get("format", 1)
         raise CheckpointError(f"{path}: export format {found!r}, this paddle_pangu reads format {FORMAT} "
                               f"(per-layer KV cache inputs); run `pangu export` again on the model")
     return meta

@@ -22,6 +22,7 @@ import os
 import re
 
 from paddle_pangu.errors import CheckpointError
+from paddle_pangu.utils.json_file import read_json as read_json_file
 
 MANIFEST = "MANIFEST.json"
 FORMAT = "paddle_pangu.checkpoint/2"
@@ -124,16 +125,8 @@ def write_manifest(rank_dir: str, meta: dict, algo: str, fmt: str = FORMAT, incl
 
 
 def read_json(path: str, what: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            obj = json.load(f)
-    except FileNotFoundError:
-        raise CheckpointError(f"{path}: missing ({what})") from None
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable {what} ({type(exc).__name__}: {str(exc)[:120]})") from None
-    if not isinstance(obj, dict):
-        raise CheckpointError(f"{path}: {what} is not a JSON object")
-    return obj
+    """A checkpoint's JSON object (manifest, marker, state); CheckpointError naming the file otherwise."""
+    return read_json_file(path, what, CheckpointError)
 
 
 def verify_rank_dir(rank_dir: str, expect: dict | None = None, fmt: str = FORMAT,

@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import PanGuError
+from ..utils.json_file import read_json
 from .durable import atomic_write, atomic_write_json
 from .model_dir import read_safetensors_header
 
@@ -111,18 +112,32 @@ def write_layout(dst: str, mp: int, pp: int) -> None:
     atomic_write_json(os.path.join(dst, LAYOUT_FILE), {"mp_degree": mp, "pp_degree": pp})
 
 
+def read_weight_map(index: str, error: type[Exception] = None) -> dict[str, str]:
+    """The {tensor name: file name} `weight_map` of a safetensors index (`*.safetensors.index.json`, ours,
+    PaddleNLP's or HF's), each file a plain name in the index's own directory; `error` (WeightFileError by
+    default) names the index when it is anything else."""
+    error = error or WeightFileError
+    doc = read_json(index, "a safetensors index with a weight_map", error)
+    weight_map = doc.get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise error(f"{index}: expected a non-empty \"weight_map\" object of tensor name -> file name")
+    for key, fn in weight_map.items():
+        if not isinstance(fn, str) or not fn or os.path.basename(fn) != fn:
+            raise error(f"{index}: weight_map[{key!r}] = {fn!r}, expected a file name in the same directory")
+    return weight_map
+
+
 def read_layout(path: str) -> tuple[int, int] | None:
     """(mp, pp) recorded in `path`'s layout file, or None when there is none."""
     layout_file = os.path.join(path, LAYOUT_FILE)
     if not os.path.exists(layout_file):
         return None
+    layout = read_json(layout_file, "a weight layout file", WeightFileError)
     try:
-        with open(layout_file, encoding="utf-8") as f:
-            layout = json.load(f)
         mp, pp = int(layout["mp_degree"]), int(layout["pp_degree"])
         if not (1 <= mp <= 4096 and 1 <= pp <= 4096):
             raise ValueError("degree out of range")
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (ValueError, KeyError, TypeError) as exc:
         raise WeightFileError(f"{layout_file}: expected {{\"mp_degree\": N, \"pp_degree\": M}} with 1 <= N, M <= 4096 "
                               f"({type(exc).__name__})") from None
     return mp, pp
@@ -265,14 +280,7 @@ def read_weight_files(path: str, variant: str | None = None) -> dict[str, LazyTe
 
     index = os.path.join(path, name(SAFE_WEIGHTS_INDEX_NAME))
     if os.path.exists(index):
-        try:
-            with open(index, encoding="utf-8") as f:
-                files = sorted(set(json.load(f)["weight_map"].values()))
-            if not all(isinstance(fn, str) and os.path.basename(fn) == fn for fn in files):
-                raise TypeError("file names with directories")
-        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-            raise WeightFileError(f"{index}: not a safetensors index with a weight_map of file names "
-                                  f"({type(exc).__name__})") from None
+        files = sorted(set(read_weight_map(index).values()))
         return iter_safetensors([os.path.join(path, fn) for fn in files])
     single = os.path.join(path, name(SAFE_WEIGHTS_NAME))
     if os.path.exists(single):

@@ -17,7 +17,7 @@ import paddle
 
 from paddle_pangu.errors import CheckpointError
 
-from .files import atomic_write, atomic_write_text
+from .files import atomic_write, atomic_write_text, read_json
 from .state_codec import from_json, join_tensors, split_tensors, to_json
 
 MODEL_FILE = "model.safetensors"
@@ -122,14 +122,20 @@ def write_rank_files(rank_dir: str, model, optimizer, state: dict) -> None:
     atomic_write_text(os.path.join(rank_dir, STATE_FILE), json.dumps(doc))
 
 
+def decode_state(path: str) -> dict:
+    """A rank's decoded state.json (step, scheduler, scaler, rng, optimizer skeleton); CheckpointError naming
+    the file when it is unreadable or does not decode."""
+    doc = read_json(path, "checkpoint state")
+    try:
+        return from_json(doc)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{path}: checkpoint state does not decode ({str(exc)[:160]})") from None
+
+
 def read_rank_files(rank_dir: str, model, optimizer) -> dict:
     """Load model and optimizer state from a verified rank dir; returns the decoded JSON state."""
     path = os.path.join(rank_dir, STATE_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            state = from_json(json.load(f))
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable checkpoint state ({str(exc)[:160]})") from None
+    state = decode_state(path)
     model.set_state_dict(_load_tensors(os.path.join(rank_dir, MODEL_FILE)))
     opt_tensors = _load_tensors(os.path.join(rank_dir, OPTIMIZER_FILE))
     apply_optimizer_state(model, optimizer, join_tensors(state.pop("optimizer"), opt_tensors, path))

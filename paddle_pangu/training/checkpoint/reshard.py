@@ -67,8 +67,7 @@ import numpy as np
 from paddle_pangu.errors import CheckpointError
 
 from .files import read_json
-from .rank_state import MODEL_FILE, OPTIMIZER_FILE, STATE_FILE
-from .state_codec import from_json
+from .rank_state import MODEL_FILE, OPTIMIZER_FILE, STATE_FILE, decode_state
 
 LAYOUT_AXES = ("dp", "mp", "pp", "sharding")
 # the run-config fields a reshard may change: the degrees and how the (unchanged) global batch is cut
@@ -115,7 +114,7 @@ def check_reshardable(step_dir: str, old: dict, new: dict, old_step: int, consum
 def rank_coords(rank_dir: str, rank: int, old: dict) -> dict:
     """{"dp", "mp", "pp", "sharding"} coordinates of old `rank`: as recorded in its state.json, else fleet's
     default order (dp, pp, sharding, mp; mp varies fastest)."""
-    extra = _state(rank_dir).get("extra") or {}
+    extra = read_json(os.path.join(rank_dir, STATE_FILE), "checkpoint state").get("extra") or {}
     if "coords" in extra:
         coords = extra["coords"]
         if not (isinstance(coords, dict) and all(isinstance(coords.get(a), int) for a in LAYOUT_AXES)):
@@ -130,16 +129,7 @@ def rank_coords(rank_dir: str, rank: int, old: dict) -> dict:
 
 def read_rank_state(step_dir: str, rank: int = 0) -> dict:
     """The decoded state.json of an old rank (step, scheduler, scaler, extra, optimizer skeleton)."""
-    return from_json(_state(os.path.join(step_dir, f"rank_{rank:05d}")))
-
-
-def _state(rank_dir: str) -> dict:
-    path = os.path.join(rank_dir, STATE_FILE)
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError) as exc:
-        raise CheckpointError(f"{path}: unreadable checkpoint state ({str(exc)[:160]})") from None
+    return decode_state(os.path.join(step_dir, f"rank_{rank:05d}", STATE_FILE))
 
 
 def plain_name(key: str) -> str:
