@@ -30,7 +30,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def sharded_layout(model: str) -> tuple[int, int]:
     """(mp, pp) of a model directory's weight files; (1, 1) for a plain one or a preset."""
-    if model.startswith("preset:") or not os.path.isdir(model):
+    from ..config.presets import PRESET_PREFIX
+
+    if model.startswith(PRESET_PREFIX) or not os.path.isdir(model):
         return 1, 1
     from ..convert.reshard import detect_layout
 

@@ -14,7 +14,7 @@ PaddleNLP's own parser). What this module adds around it:
 * `unified_checkpoint`: PaddleNLP's own save / load, plus the one-process load of a checkpoint that
   several processes wrote (`unified.py`, docs/FINETUNE.md).
 
-PLATFORM.md: the Paddle team moved LLM work to `paddleformers` (argument names differ, e.g.
+docs/PLATFORM.md: the Paddle team moved LLM work to `paddleformers` (argument names differ, e.g.
 tensor_model_parallel_size); keeping the Trainer here makes a later switch one place.
 """
 from __future__ import annotations
@@ -50,20 +50,20 @@ def load_model(model_args, training_args):
 def _load_model(model_args, training_args):
     import paddle
 
-    from ..config import get_preset
+    from ..config.presets import model_preset
     from ..inference.loading import load_tokenizer
     from ..model import PanGuForCausalLM
 
     path = model_args.model_name_or_path
+    config = model_preset(path, "model_name_or_path")  # None for a directory
     tp = dict(tensor_parallel_degree=training_args.tensor_parallel_degree,
               tensor_parallel_rank=training_args.tensor_parallel_rank)
     if training_args.pipeline_parallel_degree > 1:
-        model = _load_pipe(path, training_args)
-    elif path.startswith("preset:"):
+        model = _load_pipe(path, config, training_args)
+    elif config is not None:
         from ..config.config_file import check_fits_memory
 
         paddle.seed(training_args.seed)
-        config = get_preset(path.split(":", 1)[1])
         check_fits_memory(config, f"model_name_or_path={path}", 4 / training_args.tensor_parallel_degree)
         config.tensor_parallel_degree, config.tensor_parallel_rank = tp.values()
         model = PanGuForCausalLM(config)
@@ -74,7 +74,7 @@ def _load_model(model_args, training_args):
     if training_args.recompute and hasattr(model, "pangu"):
         model.pangu.set_recompute(1)
     _choose_attention(model)
-    source = path if not path.startswith("preset:") else ""
+    source = "" if config is not None else path
     return model, load_tokenizer(source, model_args.tokenizer_name_or_path)
 
 
@@ -105,10 +105,10 @@ def _choose_attention(model) -> None:
     set_attention_impl(model, fused_attention_available(paddle.get_device().split(":")[0]) or "plain")
 
 
-def _load_pipe(path, training_args):
+def _load_pipe(path, preset, training_args):
     from ..model.modeling_pp import PanGuForCausalLMPipe
 
-    if path.startswith("preset:"):
+    if preset is not None:
         raise ConfigError("pipeline_parallel_degree > 1 needs a model directory (save one with save_pretrained)")
     return PanGuForCausalLMPipe.from_pretrained(path, tensor_parallel_degree=training_args.tensor_parallel_degree,
                                                 tensor_parallel_rank=training_args.tensor_parallel_rank)

@@ -147,3 +147,23 @@ def test_auto_classes_open_a_pangu_directory(base_dir):
     tok = AutoTokenizer.from_pretrained(base_dir)
     assert type(tok) is PanGuTokenizer and tok.encode_ids("中国科学院") == PanGuTokenizer.from_default().encode_ids("中国科学院")
     assert json.load(open(f"{base_dir}/tokenizer_config.json"))["tokenizer_class"] == "PanGuTokenizer"
+
+
+def test_a_preset_model_is_read_by_the_one_preset_reader(tmp_path, sft_file):
+    """`model_name_or_path: preset:NAME` is read by config/presets.model_preset, as `--model` is: the preset's
+    shape, seeded by the run's seed; an unknown name is one UsageError naming the field and the presets."""
+    from paddle_pangu.config import get_preset
+    from paddle_pangu.errors import UsageError
+    from paddle_pangu.finetune.trainer import load_model
+
+    args = {"train_file": sft_file, "output_dir": str(tmp_path), "seed": 7}
+    m, _, t = parse_finetune_args(None, {"model_name_or_path": "preset:tiny", **args})
+    model, tok = load_model(m, t)
+    want = get_preset("tiny")
+    assert (model.config.hidden_size, model.config.num_layers) == (want.hidden_size, want.num_layers)
+    again, _ = load_model(m, t)  # the same seed gives the same initial weights
+    name = "pangu.embeddings.word_embeddings.weight"
+    assert np.array_equal(model.state_dict()[name].numpy(), again.state_dict()[name].numpy())
+    m, _, t = parse_finetune_args(None, {"model_name_or_path": "preset:nope", **args})
+    with pytest.raises(UsageError, match=r"model_name_or_path 'preset:nope': unknown PanGu preset 'nope'"):
+        load_model(m, t)

@@ -19,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 
+from ...config.presets import PRESET_PREFIX
 from ...errors import PanGuError, UsageError
 from . import protocol as P
 from .engine import Engine, ServerBusy
@@ -409,7 +410,7 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "
             close()
         raise
     bound = sock.getsockname()[1]
-    name = model if model.startswith("preset:") else os.path.basename(os.path.normpath(model))
+    name = model if model.startswith(PRESET_PREFIX) else os.path.basename(os.path.normpath(model))
     app = create_app(engine, name, truncate, api_key, max_body_bytes)
     shown = f"[{host}]" if ":" in host else host
     print(f"pangu serve: {name} (OpenAI API under /v1, web page at /; batch <= {max_batch}, queue <= {max_queue}"
