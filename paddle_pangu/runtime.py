@@ -5,11 +5,10 @@ Paddle's CPU wheel bundles Intel MKL (`paddle/libs/libmklml_intel.so`). MKL read
 `import paddle`:
 
 - AMD: without `MKL_DEBUG_CPU_TYPE=5` the bundled MKL takes its generic code path;
-  with it fp32 GEMM ran ~5x faster (PLATFORM.md; 2.5-3x per CPU-second on this
-  project's EPYC in a loaded re-measure). Set only when the bundled MKL is present.
-- Intel: the same variable made Paddle's GEMM 9.4x slower (Emerald Rapids). It is
-  never set there, and an inherited value (old scripts exported it unconditionally)
-  is removed.
+  with it fp32 GEMM runs several times faster (docs/PLATFORM.md "CPU math libraries").
+  Set only when the bundled MKL is present.
+- Intel: the same variable makes Paddle's GEMM many times slower. It is never set
+  there, and an inherited value (old scripts exported it unconditionally) is removed.
 - Threads: `import paddle` sets `OMP_NUM_THREADS=1` when it is unset (and warns when it
   is above 1), so by default every GEMM ran on one thread. MKL prefers `MKL_NUM_THREADS`,
   which is set to this process's share of the cores it may run on
@@ -19,12 +18,11 @@ Paddle's CPU wheel bundles Intel MKL (`paddle/libs/libmklml_intel.so`). MKL read
 
 - Allocator (any vendor, glibc): Paddle's CPU allocator hands each tensor to malloc and frees it
   at once, and glibc serves blocks over its mmap threshold with fresh `mmap` pages and returns
-  them on free, so every large activation, gradient and softmax page-faulted each step (measured,
-  mini-512 training step, AMD EPYC: 190k minor faults and 0.7 s of kernel time per step, a third of
-  the element-wise time). `mallopt(M_MMAP_MAX, 0)` + `mallopt(M_TRIM_THRESHOLD, 2^31-1)` keep freed
-  memory in the heap for reuse: 20k faults, 0.08 s kernel time, 17% less CPU per step, peak RSS
-  +15% (the heap keeps its high-water mark). Skipped when the user set any `MALLOC_*` variable or
-  the C library is not glibc. README "Platform notes" / "Benchmarks" have the numbers.
+  them on free, so every large activation, gradient and softmax page-faulted each step.
+  `mallopt(M_MMAP_MAX, 0)` + `mallopt(M_TRIM_THRESHOLD, 2^31-1)` keep freed memory in the heap for
+  reuse (about 10x fewer page faults and less CPU per step, at a higher peak RSS: the heap keeps its
+  high-water mark). Skipped when the user set any `MALLOC_*` variable or the C library is not glibc.
+  README "Platform notes" / "Benchmarks" have the measured numbers and their commands.
 
 - Devices: `PANGU_TEST_NPU=1` builds (once, cached) and loads the simulated Ascend device plugin
   (`devices/sim_npu`, via Paddle's `CUSTOM_DEVICE_ROOT`), and whenever an `npu` device will be loaded

@@ -10,7 +10,7 @@ Both sides tokenize the same cleaned People's Daily articles (builtin corpus):
     processes streaming into the memory-mapped `.bin/.idx` (pool start-up and
     file writing included).
 The ratio of the two rates is measured in the same run (machines are shared;
-absolute MB/s move from run to run, PLATFORM.md). The pipeline's output is
+absolute MB/s move from run to run, docs/PLATFORM.md). The pipeline's output is
 checked token for token against the reference (+ separator 9).
 """
 from __future__ import annotations

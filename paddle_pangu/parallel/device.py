@@ -2,9 +2,10 @@
 
 Selection order for `auto`: a custom `npu` device (paddle-custom-npu plugin),
 then CUDA, then CPU. An explicitly requested device that is missing is an
-error, never a silent fallback. The NPU path cannot run on the project's CPU
-machines (PLATFORM.md); it is written after PaddleNLP's NPU recipes and only
-its selection logic is unit-tested here.
+error, never a silent fallback. The NPU path follows PaddleNLP's NPU recipes; no
+Ascend device is available here (docs/PLATFORM.md), so it runs in the tests on the
+simulated `npu` plugin (`devices/sim_npu/`, README "Devices"), which Paddle loads
+the way it loads paddle-custom-npu.
 """
 from __future__ import annotations
 

@@ -180,7 +180,7 @@ def _init_fleet(parallel_config: ParallelConfig, device: DeviceInfo, force_cpu_b
         logger.info("process-group environment for %s: %s", device.type, changed)
     on_cpu = device.type == "cpu"
     if on_cpu:  # the adapter must be in place before fleet.init creates the groups
-        from . import cpu_backend  # the one import of the gloo adapter (LAYOUT.md)
+        from . import cpu_backend  # the one import of the gloo adapter (docs/ARCHITECTURE.md)
 
         cpu_backend.install(force=force_cpu_backend)
     fleet.init(is_collective=True, strategy=build_strategy(parallel_config, device.type))

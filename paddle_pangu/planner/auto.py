@@ -3,7 +3,7 @@
 The run's model, sequence length, AMP dtype and global batch (its `parallel:` section's
 micro_batch_size x accumulate_steps x data-parallel ranks) stay; the layout is the planner's fastest
 that fits one device of the run's type (on CPU the measured `cpu` preset, without sharding stage 2:
-paddle 3.3.1's gloo stage 2 stops reducing gradients after step 1, PLATFORM.md). Every rank computes
+paddle 3.3.1's gloo stage 2 stops reducing gradients after step 1, docs/PLATFORM.md). Every rank computes
 the same plan (a pure function of the config and the world size), so no collective is needed.
 """
 from __future__ import annotations

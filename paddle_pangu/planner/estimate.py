@@ -198,14 +198,6 @@ def memory_terms(config: PanGuConfig, par: ParallelConfig, hw: Hardware, stage: 
     }
 
 
-def state_bytes(params: int, par: ParallelConfig, mixed: bool = True) -> int:
-    """Weights + grads + optimizer state for `params` parameters on one device."""
-    sd = par.sharding_degree
-    weights, opt = (2, 12 / sd) if mixed else (4, 8 / sd)
-    grads = 4 / sd if par.sharding_stage == 2 else 4
-    return int(params * (weights + grads + opt))
-
-
 def step_seconds(config: PanGuConfig, par: ParallelConfig, hw: Hardware) -> float:
     s = _seq(config, par)
     tokens = par.global_batch_size * s

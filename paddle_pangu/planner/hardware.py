@@ -62,13 +62,10 @@ PRESETS: dict[str, DevicePreset] = {
     # 900 GB/s bidirectional = 450 one way; DGX H100: one 400 Gb/s NDR IB per GPU (50 GB/s).
     "h100": DevicePreset("h100", 80.0, 989.0, 989.0, 67.0, 450.0, 50.0, 8,
                          source="NVIDIA H100 SXM datasheet; DGX H100 system guide"),
-    # Measured here (docs/PLANNER.md): fp32 GEMM 1024^3 with paddle 3.3.1, 1 thread, MKL_DEBUG_CPU_TYPE=5
-    # (what paddle_pangu.runtime sets on AMD): 62.7 GFLOP per CPU-second (AMD EPYC, 2026-12-01, load 2.7;
-    # 18.3 without the variable). No fp16/bf16 matmul kernel on CPU (PLATFORM.md): CPU plans are fp32.
-    # Utilisation 0.63: the single-process `mini` run of tools/validate_planner.py did 42.4 GFLOP in
-    # 1.07 CPU-seconds (load 15); every other layout's time is a prediction. Memory: RAM / cores, read
-    # at run time. Bandwidth: gloo over loopback, nominal 1 GB/s (not measured). Reserve 0: the
-    # allocator statistics count exactly the tensors the terms model.
+    # Peak fp32 GEMM per CPU-second and utilisation: measured (docs/PLANNER.md "The cpu preset" has the
+    # figures, machine, load and commands). No fp16/bf16 matmul kernel on CPU (docs/PLATFORM.md): CPU plans
+    # are fp32. Memory: RAM / cores, read at run time. Bandwidth: gloo over loopback, nominal 1 GB/s (not
+    # measured). Reserve 0: the allocator statistics count exactly the tensors the terms model.
     "cpu": DevicePreset("cpu", _cpu_memory_gb(), 0.0, 0.0, 0.0627, 1.0, 1.0, max(os.cpu_count() or 1, 1),
                         utilization=0.63, reserve_gb=0.0,
                         source="measured on this machine: tools/validate_planner.py, docs/PLANNER.md"),

@@ -16,7 +16,7 @@ stops the run with a checkpoint of the last good state and a one-line
 gradient was non-finite. With fp16 loss scaling the scaler's own
 skip-and-rescale handles overflowing gradients; a non-finite loss still counts.
 
-Paddle's CPU `cross_entropy` returns ln(V) for all-NaN logits (PLATFORM.md),
+Paddle's CPU `cross_entropy` returns ln(V) for all-NaN logits (docs/PLATFORM.md),
 so the loss alone cannot be trusted: the gradient check is what catches a NaN
 model; evaluation uses `finite_or_nan` on the logits.
 """

@@ -101,8 +101,8 @@ class PanGuAdamW(paddle.optimizer.AdamW):
 
     The kernel evaluates Paddle's CPU AdamW in its order (decay from the un-scaled lr, the moments,
     the bias-corrected step) on the same accumulators, so `state_dict` and checkpoints are Paddle's.
-    Paddle's kernel runs on one thread here (the mini-512 embedding: 115 ms, the kernel 44 ms on 2
-    threads); its jit code rounds ~0.5% of updates 1 ulp differently (tests/unit/test_kernels.py).
+    Paddle's kernel runs on one thread on CPU, ours on all the process' threads (README "Benchmarks");
+    Paddle's jit code rounds a small fraction of updates 1 ulp differently (tests/unit/test_kernels.py).
     Everything else (GPU / NPU, master weights, amsgrad, lazy mode, static graphs, parameter groups)
     runs Paddle's op.
     """
@@ -139,9 +139,8 @@ class RecordingClipGrad(paddle.nn.ClipGradByGlobalNorm):
     once, with the clip's own kernel and summation order (squared_l2_norm per gradient, stacked and
     summed, then sqrt), the scale `clip_norm / norm` computed in fp32 as the clip computes it, and
     applied in place with `scale_` only when the norm exceeds the limit (below it the clip multiplies
-    by exactly 1.0). Measured on the mini-512 step: Paddle's broadcast `multiply_` by a [1] tensor took
-    78 ms per step and the duplicate sum(square(g)) norm 34 ms; `scale_` by a float is ~5x faster per
-    element. Anything else (fp16/bf16, selected rows, distributed tensors, sharded norms) runs Paddle's
+    by exactly 1.0). Paddle's clip multiplies every gradient by a broadcast [1] tensor and computes the norm
+    a second time; `scale_` by a float is much cheaper per element (README "Benchmarks"). Anything else (fp16/bf16, selected rows, distributed tensors, sharded norms) runs Paddle's
     clip. tests/unit/test_optim.py checks both paths give the same gradients and norm.
     """
 

@@ -32,7 +32,7 @@ from .amp import plan_amp
 from .batches import StepBatcher, run_datasets, split_tokens_labels
 from .evaluate import batch_mean_perplexity
 from .final_model import save_final_model
-from .logging import TrainLogger, logger, setup_console_logging
+from .train_log import TrainLogger, logger, setup_console_logging
 from .nonfinite import NonFiniteError, NonFiniteGuard, finite_or_nan, stop_message
 from .optim import attach_norm_recorder, build_optimizer, build_scheduler
 from .run_config import RunConfig, check_data_paths, to_dict

@@ -57,7 +57,7 @@ def test_summarize_medians_rates_and_sample_records_memory():
 
 
 def test_flops_formula_of_the_issue_shape():
-    # h512 L4 F2048 V40000 b4 s256: 6*N*tokens + attention = 209.6 GFLOP (PLATFORM.md's figure)
+    # h512 L4 F2048 V40000 b4 s256: 6*N*tokens + attention = 209.6 GFLOP (docs/PLATFORM.md's figure)
     shape = Shape(hidden=512, layers=4, heads=8, ffn=2048, vocab=40000, seq=256, batch=4)
     n = 4 * (4 * 512 ** 2 + 2 * 512 * 2048) + 40000 * 512
     assert shape.flops_per_step() == 6 * n * 1024 + 12 * 4 * 256 * 512 * 1024

@@ -1,7 +1,8 @@
 """Device selection / fallback logic, NPU environment defaults, fused-attention detection.
 
-The machines have no GPU or Ascend NPU, so the device queries are
-monkeypatched to simulate them (selection logic only; PLATFORM.md).
+The machines have no GPU or Ascend NPU, so these unit tests monkeypatch the device queries to check
+the selection logic alone (docs/PLATFORM.md); the npu paths themselves run on the simulated plugin in
+test_sim_npu.py, test_npu_*.py and tests/distributed/*npu*.
 """
 import paddle
 import pytest

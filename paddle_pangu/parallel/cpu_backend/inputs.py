@@ -2,7 +2,7 @@
 
 `TensorParallel._pre_forward` (what PaddleNLP's Trainer runs every step with
 `tensor_parallel_degree > 1`) calls `hybrid_parallel_util.broadcast_input_data`,
-which asserts a gpu / xpu / custom place (PLATFORM.md), so on CPU the Trainer
+which asserts a gpu / xpu / custom place (docs/PLATFORM.md), so on CPU the Trainer
 crashes at its first step. The replacement broadcasts the same nested
 inputs (tensors by shape then data, other values as objects) from the mp
 group's source rank with the synchronous gloo broadcast, through fleet's
