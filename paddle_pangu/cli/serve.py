@@ -27,6 +27,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-key", default=None,
                    help=f"require `Authorization: Bearer KEY` on /v1 (default: ${API_KEY_ENV} if set; "
                         f"/ and /health stay open)")
+    p.add_argument("--allowed-host", action="append", default=None, metavar="NAME",
+                   help="a name clients may reach this server by (the HTTP Host header; repeatable). Bound to "
+                        "127.0.0.1 / localhost the server answers only localhost, 127.0.0.1 and ::1 by default, "
+                        "which stops DNS-rebinding pages; bound elsewhere it answers any name unless this is given")
     p.add_argument("--max-body-bytes", type=int, default=None,
                    help="largest request body accepted; larger ones get HTTP 413 (default 1 MiB)")
     add_nproc_arguments(p)
@@ -65,5 +69,5 @@ def run(args) -> int:
         backend = (LeaderStepper(stepper, channel), net.config, tok)
     serve(args.model, args.host, args.port, args.device, args.tokenizer, args.max_batch, args.max_queue,
           args.truncate, args.threads, api_key=api_key, max_body_bytes=max_body, port_file=args.port_file, warn=False,
-          weights=args.weights, backend=backend)
+          weights=args.weights, backend=backend, allowed_host=args.allowed_host)
     return 0

@@ -269,6 +269,25 @@ def test_api_key_is_required_on_v1_and_health_stays_open(server):
     assert httpx.get(server.url + "/health", timeout=60).json()["status"] == "ok"
 
 
+def test_a_foreign_host_header_is_refused_by_a_loopback_server(server):
+    """DNS rebinding: a page of evil.example re-points its name at 127.0.0.1, and the browser then sends
+    `Host: evil.example:PORT` to this server. Bound to 127.0.0.1 it answers only its own names."""
+    from paddle_pangu.inference.server.app import allowed_hosts, host_name
+
+    for host in (f"evil.example:{server.port}", "evil.example", "localhost.evil.example", f"127.0.0.1.nip.io:{server.port}"):
+        for path in ("/health", "/", "/v1/models"):
+            r = httpx.get(server.url + path, headers={"Host": host, **AUTH}, timeout=60)
+            assert r.status_code == 403 and r.json()["error"]["code"] == "host_not_allowed", (host, path, r.text)
+            assert f"--allowed-host {host_name(host.encode())}" in r.json()["error"]["message"]
+    for host in (f"localhost:{server.port}", f"127.0.0.1:{server.port}", f"[::1]:{server.port}", "LOCALHOST."):
+        r = httpx.get(server.url + "/v1/models", headers={"Host": host, **AUTH}, timeout=60)
+        assert r.status_code == 200, (host, r.text)
+    assert host_name(b"[::1]:8000") == "::1" and host_name(b"::1") == "::1" and host_name(b"Example.COM.:80") == "example.com"
+    assert allowed_hosts("0.0.0.0") is None  # reachable by any name: the key is its guard (warned at start)
+    assert allowed_hosts("0.0.0.0", ["pangu.internal"]) == {"pangu.internal"}
+    assert {"pangu.internal", "localhost"} <= allowed_hosts("127.0.0.1", ["Pangu.Internal."])
+
+
 def test_hostile_fields_get_openai_400s_and_the_server_keeps_serving(client, server):
     """Floods of stop strings / stop ids, ids outside the vocabulary, lone surrogates, a negative seed,
     invalid UTF-8: each a 400 with an OpenAI error body naming the problem (issue 29)."""

@@ -29,10 +29,11 @@ DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: ~330k CJK characters, far beyond any 
 
 
 def create_app(engine: Engine, model_name: str, truncate: str = "error", api_key: str | None = None,
-               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES) -> FastAPI:
+               max_body_bytes: int = DEFAULT_MAX_BODY_BYTES, allowed_hosts: frozenset[str] | None = None) -> FastAPI:
+    """allowed_hosts: the names a request's Host header may carry (None: any; see `allowed_hosts`)."""
     app = FastAPI(title="pangu serve", docs_url=None, redoc_url=None)
     _add_error_handlers(app)
-    app.add_middleware(_Guard, api_key=api_key, max_body_bytes=max_body_bytes)
+    app.add_middleware(_Guard, api_key=api_key, max_body_bytes=max_body_bytes, allowed_hosts=allowed_hosts)
     state = {"tokenizing": 0}  # requests whose prompts are being tokenised right now (in worker threads)
 
     @app.get("/", response_class=HTMLResponse)
@@ -107,18 +108,49 @@ def create_app(engine: Engine, model_name: str, truncate: str = "error", api_key
     return app
 
 
-class _Guard:
-    """ASGI middleware in front of every route: the API key (on /v1) and the body bound and UTF-8 check
-    (on requests with a body), each answered with an OpenAI-style error before FastAPI parses anything."""
+LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 
-    def __init__(self, app, api_key: str | None, max_body_bytes: int):
-        self.app, self.max_body = app, max_body_bytes
+
+def allowed_hosts(bind_host: str, extra: list[str] | None = None) -> frozenset[str] | None:
+    """The Host header names a server bound to `bind_host` answers. Bound to loopback: this machine's own
+    names only (localhost, 127.0.0.1, ::1, the bound address) plus `extra` (--allowed-host), so a web page
+    from another site cannot reach it through DNS rebinding (a name it controls re-pointed at 127.0.0.1:
+    the browser then sends that name as Host). Bound to another address: any name, unless `extra` lists them."""
+    names = {h.strip().lower().rstrip(".") for h in extra or []}
+    if is_loopback(bind_host):
+        return frozenset(names | LOOPBACK_NAMES | {bind_host.lower()})
+    return frozenset(names) if names else None
+
+
+def host_name(header: bytes) -> str:
+    """The name part of a Host header value: `name[:port]`, `[v6]:port` or a bare IPv6 address."""
+    value = header.decode("latin-1").strip().lower()
+    if value.startswith("["):
+        return value[1:value.find("]")] if "]" in value else value
+    if value.count(":") == 1:
+        value = value.split(":", 1)[0]
+    return value.rstrip(".")
+
+
+class _Guard:
+    """ASGI middleware in front of every route: the Host header (`allowed_hosts`), the API key (on /v1), and
+    the body bound and UTF-8 check (on requests with a body), each answered with an OpenAI-style error before
+    FastAPI parses anything."""
+
+    def __init__(self, app, api_key: str | None, max_body_bytes: int, allowed_hosts: frozenset[str] | None = None):
+        self.app, self.max_body, self.hosts = app, max_body_bytes, allowed_hosts
         self.key = f"Bearer {api_key}".encode() if api_key else None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
+        if self.hosts is not None and b"host" in headers and host_name(headers[b"host"]) not in self.hosts:
+            name = host_name(headers[b"host"])
+            return await _reply(send, 403, P.error_body(
+                f"Host {name!r} is not a name of this server (it answers {', '.join(sorted(self.hosts))}): a web "
+                f"page of another site reaching a local server through DNS rebinding looks like this; to serve "
+                f"under that name, start pangu serve with --allowed-host {name}", code="host_not_allowed"))
         if self.key is not None and scope["path"].startswith("/v1"):
             given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, self.key):  # constant time in the key's content
@@ -389,7 +421,8 @@ def bind(host: str, port: int) -> socket.socket:
 def serve(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "cpu", tokenizer: str | None = None,
           max_batch: int = 8, max_queue: int = 64, truncate: str = "error", threads: int = 0,
           api_key: str | None = None, max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
-          port_file: str | None = None, warn: bool = True, weights: str | None = None, backend=None) -> None:
+          port_file: str | None = None, warn: bool = True, weights: str | None = None, backend=None,
+          allowed_host: list[str] | None = None) -> None:
     """Bind first (a taken port fails before the model loads; with `backend`, the (stepper, config, tokenizer)
     of a tensor-parallel rank 0, after it), load, then report the bound port: the line
     `pangu serve: listening on http://HOST:PORT` and, with `port_file`, the port written atomically there."""
@@ -411,7 +444,7 @@ def serve(model: str, host: str = "127.0.0.1", port: int = 8000, device: str = "
         raise
     bound = sock.getsockname()[1]
     name = model if model.startswith(PRESET_PREFIX) else os.path.basename(os.path.normpath(model))
-    app = create_app(engine, name, truncate, api_key, max_body_bytes)
+    app = create_app(engine, name, truncate, api_key, max_body_bytes, allowed_hosts(host, allowed_host))
     shown = f"[{host}]" if ":" in host else host
     print(f"pangu serve: {name} (OpenAI API under /v1, web page at /; batch <= {max_batch}, queue <= {max_queue}"
           f"{f', {weights} weights' if weights else ''}{', API key required' if api_key else ''})", flush=True)
