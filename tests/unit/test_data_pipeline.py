@@ -179,9 +179,21 @@ def test_quality_stage_scores_then_rethreshold_without_rescoring(corpus, tmp_pat
     assert second.stages["quality"].dropped["high_perplexity"] == expected_drops > 0
 
 
-def test_benchmark_pipeline_tokens_equal_reference():
-    from paddle_pangu.bench.tokenize_bench import format_table, run_benchmark
+def test_benchmark_pipeline_tokens_equal_reference(tmp_path, capsys, monkeypatch):
+    """`pangu bench tokenize` (correctness only; speed is not asserted): the pipeline's ids equal the
+    reference's, and a reference that differs makes the command fail in one line, not print a speed-up."""
+    from paddle_pangu.bench import tokenizer_bench
+    from paddle_pangu.cli import main
 
-    result = run_benchmark(max_mb=0.05, workers=1)  # correctness only; speed is not asserted
-    assert result["identical"] and result["documents"] > 5 and result["megabytes"] >= 0.05
-    assert "speedup" in format_table(result)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "tokenize", "--mb", "0.05", "--workers", "1", "--json", str(out)]) == 0
+    assert "token ids identical to the reference's" in capsys.readouterr().out
+    (result,) = json.loads(out.read_text())
+    detail = result["detail"]
+    assert detail["identical"] and detail["documents"] > 5 and detail["megabytes"] >= 0.05
+    reference = tokenizer_bench.reference_encode
+    monkeypatch.setattr(tokenizer_bench, "reference_encode", lambda *a, **k: reference(*a, **k)[:-1])
+    assert main(["bench", "tokenize", "--mb", "0.05", "--workers", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "pangu bench: error: tokenize: the pipeline's token ids differ from the reference's " \
+                      "(see the table above)" and "Traceback" not in "\n".join(err)
