@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from ..errors import ConfigError, UsageError
+from ..utils.json_file import read_json
 from ..utils.yaml_file import read_yaml
 
 TRUNCATION_POLICIES = ("left", "drop")
@@ -108,17 +109,7 @@ def read_config_file(path: str) -> dict:
     """A flat dict of fields from a .json / .yaml / .yml file (YAML through the one reader, utils/yaml_file.py)."""
     if path.endswith((".yaml", ".yml")):
         return read_yaml(path)
-    if not os.path.isfile(path):
-        raise ConfigError(f"{path}: config file not found")
-    with open(path, encoding="utf-8") as fh:
-        text = fh.read()
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping of field: value, got {type(data).__name__}")
-    return data
+    return read_json(path, "a fine-tune config: a mapping of field: value", ConfigError)  # the one JSON reader
 
 
 def _to_argv(values: dict) -> list[str]:

@@ -322,6 +322,51 @@ def test_every_command_lives_in_the_cli_package():
     assert stray == []
 
 
+# Library modules that define command-line arguments outside cli/ and entry/, with the reason.
+PARSERS_OUTSIDE_CLI = {
+    "finetune/arguments.py": "the fine-tune argument model: PaddleNLP's PdArgumentParser builds it from the "
+                             "Trainer's dataclasses, used by `pangu finetune` (cli/finetune.py) and in-process by "
+                             "parse_finetune_args for config files",
+}
+
+
+def test_command_lines_are_parsed_only_in_cli_and_entry():
+    """Every argparse parser and argument lives in the top floor (a `pangu` command or a launched entry
+    script); a library module that builds one is a second command line for the same job."""
+    found = set()
+    for path in _modules():
+        rel = path.relative_to(ROOT)
+        if _is_command(rel):
+            continue
+        for node in ast.walk(_tree(path)):
+            name = (node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")) \
+                if isinstance(node, ast.Call) else node.name if isinstance(node, ast.FunctionDef) else ""
+            if name in ("ArgumentParser", "add_argument", "add_arguments", "add_parser", "parse_args"):
+                found.add(rel.as_posix())
+    assert sorted(found - set(PARSERS_OUTSIDE_CLI)) == []
+    assert sorted(set(PARSERS_OUTSIDE_CLI) - found) == []  # a listed exception that no longer is one
+
+
+def test_every_document_the_code_cites_exists():
+    """A document named in the package, tools/ or tests/ (`docs/<name>.md`, or a bare `<name>.md`) is a file
+    of the repository: docs/<name>.md, or <name>.md at the top (README.md)."""
+    import re
+
+    repo = ROOT.parent
+    missing = set()
+    for path in [*repo.joinpath("paddle_pangu").rglob("*"), *repo.joinpath("tools").rglob("*"),
+                 *repo.joinpath("tests").rglob("*.py")]:
+        if path.suffix not in (".py", ".cc", ".h", ".sh") or not path.is_file():
+            continue
+        for cited in re.findall(r"(?<![\w/.-])((?:docs/)?[A-Za-z_]+\.md)\b", path.read_text(encoding="utf-8")):
+            name = cited.split("/")[-1]
+            exists = (repo / cited).is_file() if cited.startswith("docs/") else \
+                (repo / "docs" / name).is_file() or (repo / name).is_file()
+            if not exists:
+                missing.add(f"{path.relative_to(repo)}: {cited}")
+    assert sorted(missing) == []
+
+
 def test_every_ref_citation_names_a_fact_in_docs_reference():
     import re
 

@@ -167,3 +167,20 @@ def test_a_preset_model_is_read_by_the_one_preset_reader(tmp_path, sft_file):
     m, _, t = parse_finetune_args(None, {"model_name_or_path": "preset:nope", **args})
     with pytest.raises(UsageError, match=r"model_name_or_path 'preset:nope': unknown PanGu preset 'nope'"):
         load_model(m, t)
+
+
+def test_a_json_finetune_config_is_read_by_the_one_json_reader(tmp_path, base_dir, sft_file):
+    """`pangu finetune X.json`: the fields of a JSON file (the format PaddleNLP's own scripts take), with the
+    command line winning; a broken file is one ConfigError naming it, its line and column."""
+    path = tmp_path / "ft.json"
+    path.write_text(json.dumps({"model_name_or_path": base_dir, "train_file": sft_file, "output_dir": str(tmp_path),
+                                "max_steps": 3, "learning_rate": 1e-3}))
+    m, _, t = parse_finetune_args(str(path), {"max_steps": 5})
+    assert m.model_name_or_path == base_dir and t.max_steps == 5 and t.learning_rate == 1e-3
+    path.write_text('{"model_name_or_path": "x",\n "max_steps": }')
+    with pytest.raises(ConfigError, match=r"ft\.json: not valid JSON \(Expecting value: line 2, column 15"):
+        parse_finetune_args(str(path))
+    path.write_text('["max_steps", 3]')
+    with pytest.raises(ConfigError, match=r"ft\.json: expected a fine-tune config: a mapping of field: value as a "
+                                          r"JSON object, got list"):
+        parse_finetune_args(str(path))

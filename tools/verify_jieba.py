@@ -1,4 +1,4 @@
-"""`python -m paddle_pangu.data.verify_jieba [FILE ...]`: the compiled jieba segmenter against python jieba
+"""`python tools/verify_jieba.py [FILE ...]`: the compiled jieba segmenter against python jieba
 on every document of both built-in corpora and every line (and whole text) of each FILE; prints one JSON
 line (strings, characters, differing, times, load) and exits 1 when any string differs. The full-corpus
 check of docs/DATA.md "Speed at corpus scale" (the suite checks a sample: tests/unit/test_fastseg.py).
@@ -11,13 +11,15 @@ import os
 import sys
 from pathlib import Path
 
-from ..tokenizer.fastseg import verify
-from .builtin import read_builtin
-from .stats import IssueLog
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from paddle_pangu.data.builtin import read_builtin  # noqa: E402
+from paddle_pangu.data.stats import IssueLog  # noqa: E402
+from paddle_pangu.tokenizer.fastseg import verify  # noqa: E402
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m paddle_pangu.data.verify_jieba", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python tools/verify_jieba.py", description=__doc__.split("\n")[0])
     p.add_argument("files", nargs="*", help="UTF-8 text files: each line and each whole file is checked")
     args = p.parse_args(argv)
 
