@@ -167,7 +167,7 @@ def zero_stage2_grads_in_place(optimizer, max_depth: int = 8) -> bool:
     the next backward REPLACES `param.grad` by a new tensor instead of adding into it. Under stage 2 the
     gradient is a view of the fused buffer that is scaled, reduce-scattered and sliced for the optimizer, so
     every step after the first updated with zeros: found on `npu` (grad norm 0.0000 from step 2,
-    docs/NPU_KERNELS.md "Stage 2"), the same Paddle code on any device (cpu_backend/sharding.py patches it for
+    docs/NPU_KERNELS.md "Sharding stage 2"), the same Paddle code on any device (cpu_backend/sharding.py patches it for
     gloo). `zero_()` keeps the gradient a view of the buffer. Only the `set_to_zero` clear without
     `release_grads` changes; the rest is Paddle's method."""
     from paddle.distributed.fleet.meta_optimizers.dygraph_optimizer.dygraph_sharding_optimizer import (

@@ -1,5 +1,5 @@
 """The simulated npu's in-place kernels (paddle_pangu/devices/sim_npu/inplace_kernels.cc, fp32 `multiply` and
-`adamw` in kernels.cc; docs/NPU_KERNELS.md "Stage 2"): what sharding stage 2 writes into views of its fused
+`adamw` in kernels.cc; docs/NPU_KERNELS.md "Sharding stage 2"): what sharding stage 2 writes into views of its fused
 buffers stays in the buffer, and the fp32 AdamW update on `npu` is bit-identical to the one the CPU run uses.
 
 One subprocess (the plugin must load before paddle) runs every check on `npu` and the same on `cpu` and
@@ -129,7 +129,8 @@ def _run_probe() -> dict:
     proc = subprocess.run([sys.executable, "-c", _PROBE], env=_env(PANGU_TEST_NPU="1"), capture_output=True,
                           text=True, timeout=900, cwd=str(REPO))
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"probe failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}"
+    assert proc.returncode == 0 and lines, (f"probe failed ({proc.returncode}):\n{proc.stdout[-2000:]}\n"
+                                            f"{proc.stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT "):])
 
 

@@ -1,4 +1,4 @@
-// In-place kernels for views of fused buffers (sharding stage 2 on `npu`; docs/NPU_KERNELS.md "Stage 2").
+// In-place kernels for views of fused buffers (sharding stage 2 on `npu`; docs/NPU_KERNELS.md "Sharding stage 2").
 //
 // Paddle's stage-2 sharding optimizer (fleet/utils/tensor_fusion_helper.py, paddle 3.3.1) makes every
 // parameter, its gradient and the rank's slice views of two fused buffers and then writes them in place.

@@ -435,7 +435,7 @@ void UpdateLossScalingKernel(const Context& dev_ctx, const std::vector<const phi
 }
 
 // ---- adamw: fp32 parameters; bf16 / fp16 parameters with fp32 master weights (multi_precision) ----
-// fp32 (sharding stage 2, docs/NPU_KERNELS.md "Stage 2"): Paddle's CPU fallback wrote the updated
+// fp32 (sharding stage 2, docs/NPU_KERNELS.md "Sharding stage 2"): Paddle's CPU fallback wrote the updated
 // parameter into a new allocation, detaching a stage-2 slice parameter from the fused parameter buffer;
 // this kernel writes in place. Its arithmetic is, operation for operation, that of the AdamW the CPU run
 // uses, `pangu_adamw_` (paddle_pangu/kernels/cpu_kernels.cc AdamWInplace: PanGuAdamW on dense fp32 CPU
@@ -443,7 +443,7 @@ void UpdateLossScalingKernel(const Context& dev_ctx, const std::vector<const phi
 // `p - old_lr * lr_ratio * coeff * p` (lr_ratio scales the decay only, as on Paddle's CPU), the moments,
 // then `p + (-old_lr * (sqrt(1 - b2p) / (1 - b1p))) * (m1 / (sqrt(m2) + eps * sqrt(1 - b2p)))`. Both files
 // are compiled with -ffp-contract=off and no -march (no FMA), so an fp32 update is bit-identical to the
-// CPU run's (tests/unit/test_sim_npu.py checks np.array_equal). Half precision: the same math on the fp32
+// CPU run's (tests/unit/test_npu_inplace.py checks np.array_equal). Half precision: the same math on the fp32
 // master copy, the parameter being the master rounded once.
 template <typename T, typename Context>
 void AdamwKernel(const Context& dev_ctx, const phi::DenseTensor& param, const phi::DenseTensor& grad,
@@ -540,8 +540,8 @@ PD_REGISTER_PLUGIN_KERNEL(multiply_grad, npu, ALL_LAYOUT, pangu_npu::MultiplyGra
                           phi::dtype::bfloat16, phi::dtype::float16) {}
 PD_REGISTER_PLUGIN_KERNEL(add, npu, ALL_LAYOUT, pangu_npu::AddKernel, phi::dtype::bfloat16, phi::dtype::float16) {}
 PD_REGISTER_PLUGIN_KERNEL(subtract, npu, ALL_LAYOUT, pangu_npu::SubtractKernel, phi::dtype::bfloat16, phi::dtype::float16) {}
-// fp32: the gradient clip's in-place `g.multiply_(clip)` on stage-2 gradient views (docs/NPU_KERNELS.md "Stage 2");
-// a * b is one rounding, so it equals Paddle's CPU multiply bit for bit
+// fp32: the gradient clip's in-place `g.multiply_(clip)` on stage-2 gradient views
+// (docs/NPU_KERNELS.md "Sharding stage 2"); a * b is one rounding, so it equals Paddle's CPU multiply bit for bit
 PD_REGISTER_PLUGIN_KERNEL(multiply, npu, ALL_LAYOUT, pangu_npu::MultiplyKernel, float, phi::dtype::bfloat16,
                           phi::dtype::float16) {}
 PD_REGISTER_PLUGIN_KERNEL(divide, npu, ALL_LAYOUT, pangu_npu::DivideKernel, phi::dtype::bfloat16, phi::dtype::float16) {}
