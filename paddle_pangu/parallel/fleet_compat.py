@@ -158,6 +158,46 @@ def sharding_stage2_ranges(optimizer, max_depth: int = 8) -> dict | None:
     return None
 
 
+def zero_stage2_grads_in_place(optimizer, max_depth: int = 8) -> bool:
+    """Make fleet's sharding stage 2 (DygraphShardingOptimizerV2 inside the wrappers) clear gradients in
+    place on every device; True if there was one to change.
+
+    Paddle 3.3.1 `DygraphShardingOptimizerV2.clear_grad` calls `param.clear_gradient(True)`, which zeroes
+    the gradient and marks its accumulation node "fake empty" (eager_method.cc `tensor_clear_gradient`), so
+    the next backward REPLACES `param.grad` by a new tensor instead of adding into it. Under stage 2 the
+    gradient is a view of the fused buffer that is scaled, reduce-scattered and sliced for the optimizer, so
+    every step after the first updated with zeros: found on `npu` (grad norm 0.0000 from step 2,
+    docs/NPU_KERNELS.md "Sharding stage 2"), the same Paddle code on any device (cpu_backend/sharding.py patches it for
+    gloo). `zero_()` keeps the gradient a view of the buffer. Only the `set_to_zero` clear without
+    `release_grads` changes; the rest is Paddle's method."""
+    from paddle.distributed.fleet.meta_optimizers.dygraph_optimizer.dygraph_sharding_optimizer import (
+        DygraphShardingOptimizerV2,
+    )
+
+    seen = 0
+    while optimizer is not None and seen < max_depth:
+        if isinstance(optimizer, DygraphShardingOptimizerV2):
+            check_version()
+            original = optimizer.clear_grad
+            stage2 = optimizer
+
+            def clear_grad(set_to_zero=True):
+                if not set_to_zero or stage2.sd_release_grads:
+                    return original(set_to_zero)
+                for param in stage2._parameter_list:
+                    if getattr(param, "main_grad", None) is not None:
+                        param.main_grad.zero_()
+                    elif param.grad is not None:
+                        param.grad.zero_()  # in place: stays a view of the fused gradient buffer
+                return None
+
+            optimizer.clear_grad = clear_grad
+            return True
+        optimizer = vars(optimizer).get("_inner_opt") or vars(optimizer).get("_optim")
+        seen += 1
+    return False
+
+
 def record_hybrid_global_norm(clip):
     """Wrap fleet's `HybridParallelClipGrad._global_norm(dist_sq, not_dist_sq)` (paddle 3.3.1: it
     all-reduces the squared norms over the sharding / mp / pp groups in place) so the global norm can

@@ -345,8 +345,11 @@ def _distribute(model, optimizer, scaler):
     """
     from paddle.distributed import fleet
 
+    from ..parallel.fleet_compat import zero_stage2_grads_in_place
+
     model = fleet.distributed_model(model)
     optimizer = fleet.distributed_optimizer(optimizer)
+    zero_stage2_grads_in_place(optimizer)  # stage 2 on npu / gpu: Paddle's clear_grad detaches the gradients
     if scaler is not None:
         scaler = fleet.distributed_scaler(scaler)
     return model, optimizer, scaler

@@ -2,8 +2,11 @@
 every `pangu` process and in the ranks `--nproc 2` launches), driven as a user runs it, against the CPU run.
 
 fp32 bound (npu one process, npu tp2 over xccl, LoRA on npu, each against the one-process CPU run). At fp32
-the npu runs Paddle's own CPU kernels through the custom-device fallback, so the only computations that
-differ from the CPU run are the order of fp32 sums: the attention is the plugin's `flash_attention_npu` op
+the npu runs Paddle's own CPU kernels through the custom-device fallback, or plugin kernels that compute the
+same exactly (copies, fills, one-rounding products), except the AdamW update (the plugin's fp32 adamw rounds
+in `pangu_adamw_`'s order, the Trainer's CPU run uses Paddle's jit adamw: per step a few roundings of
+|w| + lr per weight, i.e. a relative weight perturbation of order u, less than one GEMM's rounding below)
+and the order of fp32 sums: the attention is the plugin's `flash_attention_npu` op
 (reference attention in its own loops: the q.k dot products over head_dim D, the softmax denominator and
 the probabilities x values over the S keys) instead of the CPU path's MKL GEMMs, and under tp2 each
 row-parallel GEMM adds two half contractions (length F/2 or H/2) and the vocab-parallel log-sum-exp adds

@@ -62,9 +62,7 @@ REFERENCE = {"micro_batch_size": 2, "accumulate_steps": 2}
 # reference by the same rules (its fp32 kernels are Paddle's CPU kernels, summed in a different order
 # than the fused CPU kernels the CPU runs use: within the rules' fp32 floors, not bit-identical)
 NPU_ENV = {"PANGU_TEST_NPU": "1", "PADDLE_DISTRI_BACKEND": "xccl"}
-# sharding2_stage2_acc2 is not here yet: stage 2's fused parameter buffer fails its own check on npu
-# ("assert self._param_buffer._is_shared_buffer_with(slice_param)", README "Devices")
-NPU_LAYOUTS = ("dp2", "mp2_recompute", "pp2_4micro", "sharding2_stage1", "dp2_mp2")
+NPU_LAYOUTS = ("dp2", "mp2_recompute", "pp2_4micro", "sharding2_stage1", "sharding2_stage2_acc2", "dp2_mp2")
 
 
 @pytest.fixture(scope="module")

@@ -29,7 +29,8 @@ SWITCH_ENV = "PANGU_TEST_NPU"  # "1": load the simulated npu in this process and
 ROOT_ENV = "CUSTOM_DEVICE_ROOT"  # Paddle's: the folder of device plugins it loads at import
 HERE = Path(__file__).resolve().parent
 LIBRARY = "libpangu_sim_npu.so"
-CXXFLAGS = ["-std=c++17", "-shared", "-fPIC", "-O2"]
+# -ffp-contract=off, no -march: no FMA contraction, so fp32 kernels round like Paddle's CPU kernels and pangu_adamw_
+CXXFLAGS = ["-std=c++17", "-shared", "-fPIC", "-O2", "-ffp-contract=off"]
 
 
 class PluginBuildError(PanGuError, RuntimeError):

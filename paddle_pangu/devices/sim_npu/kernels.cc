@@ -434,9 +434,17 @@ void UpdateLossScalingKernel(const Context& dev_ctx, const std::vector<const phi
   *dev_ctx.template Alloc<int>(out_bad_steps) = bad;
 }
 
-// ---- adamw with bf16 / fp16 parameters and fp32 master weights (multi_precision) ---------------
-// Paddle's CPU AdamW math (phi funcs/adam_functors.h, CPUAdamW then CPUAdam) on the fp32 master copy;
-// the bf16 / fp16 parameter is the master rounded once.
+// ---- adamw: fp32 parameters; bf16 / fp16 parameters with fp32 master weights (multi_precision) ----
+// fp32 (sharding stage 2, docs/NPU_KERNELS.md "Sharding stage 2"): Paddle's CPU fallback wrote the updated
+// parameter into a new allocation, detaching a stage-2 slice parameter from the fused parameter buffer;
+// this kernel writes in place. Its arithmetic is, operation for operation, that of the AdamW the CPU run
+// uses, `pangu_adamw_` (paddle_pangu/kernels/cpu_kernels.cc AdamWInplace: PanGuAdamW on dense fp32 CPU
+// parameters), itself Paddle's CPU adamw order (phi/kernels/cpu/adamw_kernel.cc + jit refer AdamW): decay
+// `p - old_lr * lr_ratio * coeff * p` (lr_ratio scales the decay only, as on Paddle's CPU), the moments,
+// then `p + (-old_lr * (sqrt(1 - b2p) / (1 - b1p))) * (m1 / (sqrt(m2) + eps * sqrt(1 - b2p)))`. Both files
+// are compiled with -ffp-contract=off and no -march (no FMA), so an fp32 update is bit-identical to the
+// CPU run's (tests/unit/test_npu_inplace.py checks np.array_equal). Half precision: the same math on the fp32
+// master copy, the parameter being the master rounded once.
 template <typename T, typename Context>
 void AdamwKernel(const Context& dev_ctx, const phi::DenseTensor& param, const phi::DenseTensor& grad,
                  const phi::DenseTensor& learning_rate, const phi::DenseTensor& moment1,
@@ -467,17 +475,19 @@ void AdamwKernel(const Context& dev_ctx, const phi::DenseTensor& param, const ph
   if (skip) {
     for (int64_t i = 0; i < n; ++i) { m1o[i] = m1[i]; m2o[i] = m2[i]; if (m2max) m2mo[i] = m2max[i]; }
   } else {
-    const float lr = *learning_rate.data<float>() * lr_ratio;
-    const float decay = with_decay ? coeff : 0.0f;
-    const float lr_t = lr * std::sqrt(1.0f - b2p) / (1.0f - b1p);
+    const float old_lr = learning_rate.dtype() == phi::DataType::FLOAT64
+                             ? static_cast<float>(*learning_rate.data<double>()) : *learning_rate.data<float>();
+    const float neg_step = -(old_lr * (std::sqrt(1 - b2p) / (1 - b1p)));
+    const float eps_t = eps * std::sqrt(1 - b2p);
+    const float one_b1 = 1 - b1, one_b2 = 1 - b2;
     for (int64_t i = 0; i < n; ++i) {
-      float gi = widen(g[i]);
-      w[i] -= lr * decay * w[i];
-      m1o[i] = b1 * m1[i] + (1.0f - b1) * gi;
-      m2o[i] = b2 * m2[i] + (1.0f - b2) * gi * gi;
+      const float gi = widen(g[i]);
+      const float pt = with_decay ? w[i] - old_lr * lr_ratio * coeff * w[i] : w[i];
+      m1o[i] = b1 * m1[i] + one_b1 * gi;
+      m2o[i] = b2 * m2[i] + one_b2 * gi * gi;
       float denom_m2 = m2o[i];
       if (m2max) denom_m2 = m2mo[i] = std::max(m2o[i], m2max[i]);
-      w[i] -= lr_t * (m1o[i] / (std::sqrt(denom_m2) + eps * std::sqrt(1.0f - b2p)));
+      w[i] = pt + neg_step * (m1o[i] / (std::sqrt(denom_m2) + eps_t));
     }
   }
   T* po = dev_ctx.template Alloc<T>(param_out);
@@ -530,7 +540,10 @@ PD_REGISTER_PLUGIN_KERNEL(multiply_grad, npu, ALL_LAYOUT, pangu_npu::MultiplyGra
                           phi::dtype::bfloat16, phi::dtype::float16) {}
 PD_REGISTER_PLUGIN_KERNEL(add, npu, ALL_LAYOUT, pangu_npu::AddKernel, phi::dtype::bfloat16, phi::dtype::float16) {}
 PD_REGISTER_PLUGIN_KERNEL(subtract, npu, ALL_LAYOUT, pangu_npu::SubtractKernel, phi::dtype::bfloat16, phi::dtype::float16) {}
-PD_REGISTER_PLUGIN_KERNEL(multiply, npu, ALL_LAYOUT, pangu_npu::MultiplyKernel, phi::dtype::bfloat16, phi::dtype::float16) {}
+// fp32: the gradient clip's in-place `g.multiply_(clip)` on stage-2 gradient views
+// (docs/NPU_KERNELS.md "Sharding stage 2"); a * b is one rounding, so it equals Paddle's CPU multiply bit for bit
+PD_REGISTER_PLUGIN_KERNEL(multiply, npu, ALL_LAYOUT, pangu_npu::MultiplyKernel, float, phi::dtype::bfloat16,
+                          phi::dtype::float16) {}
 PD_REGISTER_PLUGIN_KERNEL(divide, npu, ALL_LAYOUT, pangu_npu::DivideKernel, phi::dtype::bfloat16, phi::dtype::float16) {}
 PD_REGISTER_PLUGIN_KERNEL(add_grad, npu, ALL_LAYOUT, pangu_npu::AddGradKernel, phi::dtype::bfloat16, phi::dtype::float16) {}
 PD_REGISTER_PLUGIN_KERNEL(subtract_grad, npu, ALL_LAYOUT, pangu_npu::SubtractGradKernel, phi::dtype::bfloat16, phi::dtype::float16) {}
@@ -550,6 +563,7 @@ PD_REGISTER_PLUGIN_KERNEL(update_loss_scaling, npu, ALL_LAYOUT, pangu_npu::Updat
   kernel->OutputAt(2).SetDataType(phi::DataType::INT32);
   kernel->OutputAt(3).SetDataType(phi::DataType::INT32);
 }
-PD_REGISTER_PLUGIN_KERNEL(adamw, npu, ALL_LAYOUT, pangu_npu::AdamwKernel, phi::dtype::bfloat16, phi::dtype::float16) {
+PD_REGISTER_PLUGIN_KERNEL(adamw, npu, ALL_LAYOUT, pangu_npu::AdamwKernel, float, phi::dtype::bfloat16,
+                          phi::dtype::float16) {
   for (int i = 1; i <= 6; ++i) kernel->OutputAt(i).SetDataType(phi::DataType::FLOAT32);  // moments, pows, master
 }
