@@ -152,13 +152,6 @@ def init_custom_allocator(device_type: str, device_id: int) -> None:
     _ALLOCATORS_READY.add(key)
 
 
-def _registered_kernels() -> set[str]:
-    try:
-        return set(paddle.base.core._get_all_register_op_kernels("all"))
-    except (AttributeError, RuntimeError, TypeError):
-        return set()
-
-
 _PLUGIN_OPS_LOADED: list[str] = []
 
 
@@ -201,7 +194,9 @@ def fused_attention_available(device: DeviceInfo | str) -> str | None:
     dev_type = device if isinstance(device, str) else device.type
     if dev_type == "npu":
         register_npu_plugin_ops()
-        return "npu" if "flash_attention_npu" in _registered_kernels() else None
+        from .fleet_compat import registered_kernels
+
+        return "npu" if "flash_attention_npu" in registered_kernels() else None
     if dev_type == "gpu":
         has_fa = hasattr(paddle.nn.functional, "flash_attention")
         return "sdpa" if has_fa and paddle.device.is_compiled_with_cuda() else None

@@ -214,3 +214,15 @@ def record_hybrid_global_norm(clip):
 
     clip._global_norm = recording
     return lambda: float(record["norm"]) if "norm" in record else None
+
+
+# ---- kernels (paddle 3.3.1) ------------------------------------------------------------------------
+def registered_kernels() -> set[str]:
+    """Names of every op with a registered kernel, a loaded device plugin's included (empty when the query
+    fails). Private: `paddle.base.core._get_all_register_op_kernels` (no public API lists a plugin's kernels;
+    parallel/device.py asks it whether the Ascend plugin's `flash_attention_npu` is there)."""
+    check_version()
+    try:
+        return set(paddle.base.core._get_all_register_op_kernels("all"))
+    except (AttributeError, RuntimeError, TypeError):
+        return set()

@@ -230,8 +230,6 @@ PRIVATE_USES = {
                                                            "epsilon and shape"),
     "model/modeling.py": ({"_get_tensor_parallel_mappings", "_init_weights"},
                           "PretrainedModel's documented hooks: the weight table's split actions, the init"),
-    "parallel/device.py": ({"_get_all_register_op_kernels"}, "which kernels a loaded device plugin registered "
-                                                             "(no public API)"),
     "tokenizer/tokenization.py": ({"_convert_id_to_token", "_convert_token_to_id", "_decode", "_tokenize"},
                                   "PretrainedTokenizer's documented subclass methods"),
     "training/optim.py": ({"_amsgrad", "_append_optimize_op", "_apply_decay_param_fun", "_beta1", "_beta1_pow_acc_str",

@@ -72,7 +72,7 @@ def _compiler_id() -> str:
 
 
 def command(pdir: Path, output: Path) -> list[str]:
-    """The g++ command line (PLATFORM.md "Custom devices": the wheel's headers + libpaddle.so)."""
+    """The g++ command line (docs/PLATFORM.md "Custom devices, bf16 and the CPU kernels Paddle lacks": the wheel's headers + libpaddle.so)."""
     include = pdir / "include"
     return [*compiler(), *CXXFLAGS, f"-I{include}", f"-I{include / 'third_party'}",
             f"-I{include / 'third_party' / 'install' / 'onednn' / 'include'}",

@@ -1,7 +1,7 @@
 // Low-precision kernels of the simulated `npu` device: the bf16 / fp16 kernels mixed-precision
 // training, the loss scaler, export and decode need on `npu` and that Paddle's CPU build lacks
 // (Paddle falls back to a CPU kernel for an op on a custom place only where the CPU registers that
-// dtype; PLATFORM.md "Custom devices, bf16 and GPUs").
+// dtype; docs/PLATFORM.md "Custom devices, bf16 and the CPU kernels Paddle lacks").
 //
 // Numerics: every kernel widens its bf16 / fp16 inputs to fp32, computes in fp32 and rounds ONCE
 // to the output dtype (round-to-nearest-even, phi::dtype conversions), the contract of Ascend's
