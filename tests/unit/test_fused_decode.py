@@ -15,7 +15,9 @@ decode them) are exact; for each computed quantity z the bound e(z) on |fl(z) - 
      (the subtraction before exp, and an exp accurate to 8 units of u: Paddle's vectorised exp and glibc's)
   ctx = sum_j p_j v_j: e <= sum_j (e(p_j) |v_j| + p_j e(v_j)) + gamma(T + 1) sum_j p_j |v_j|
   residual x + y: e(x) + e(y) + u |x + y|
-  gelu_tanh g = f/2 (1 + tanh(z)): e(g) <= |g'(f)| e(f) + |f|/2 (gamma(6) |z| + 8u) + gamma(4) |g|
+  gelu_tanh g = f/2 (1 + tanh(z)): e(g) <= |g'(f)| e(f) + |f|/2 (gamma(6) |z| + 8u) + gamma(4) |g|, with a tanh
+     accurate to 8u absolute (the kernel's 1 - 2 / (exp(2z) + 1): exp to 1u relative, + 1 and 2 / d one rounding
+     each, so 2 / d in (0, 2) is within 6u, and the final subtraction u: 7u)
 Both the fused call and the general ops must lie within e of the float64 value, so they differ by at most 2e.
 The inputs are large (x std 3, cache keys std 2, values std 5) and the padded keys point along the query, so a wrong mask, a k / v written to
 the wrong cache column, or a missing residual moves the result far beyond e (checked on the reference itself).
