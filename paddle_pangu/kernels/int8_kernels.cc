@@ -526,7 +526,8 @@ __attribute__((target("avx2,fma"))) float Dot256(const float* a, const float* b,
 __attribute__((target("avx2,fma"))) void Axpy256(float p, const float* x, float* y, int64_t n) {
   const __m256 pv = _mm256_set1_ps(p);
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(pv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(pv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
   for (; i < n; ++i) y[i] += p * x[i];
 }
 
@@ -544,10 +545,12 @@ __attribute__((target("avx512f,avx512bw,avx512vl"))) float Dot512(const float* a
 __attribute__((target("avx512f,avx512bw,avx512vl"))) void Axpy512(float p, const float* x, float* y, int64_t n) {
   const __m512 pv = _mm512_set1_ps(p);
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, _mm512_fmadd_ps(pv, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(y + i, _mm512_fmadd_ps(pv, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
   if (i < n) {
     const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
-    _mm512_mask_storeu_ps(y + i, m, _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i)));
+    const __m512 sum = _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i));
+    _mm512_mask_storeu_ps(y + i, m, sum);
   }
 }
 
@@ -562,8 +565,9 @@ inline void AxpyAt(int level, float p, const float* x, float* y, int64_t n) {
 }
 
 // One row m, one head hh: append k / v at column t, then the masked softmax attention over columns [0, t]
-void AttendHead(int level, const DecodeShape& d, const float* q, int64_t ldq, const float* k, const float* v, int64_t ldkv,
-                float* kc, float* vc, const int64_t* mask, int64_t m, int64_t hh, float* ctx, float* scores) {
+void AttendHead(int level, const DecodeShape& d, const float* q, int64_t ldq, const float* k, const float* v,
+                int64_t ldkv, float* kc, float* vc, const int64_t* mask, int64_t m, int64_t hh, float* ctx,
+                float* scores) {
   const int64_t T = d.t + 1, hd = d.hd;
   float* kcol = kc + ((m * d.nh + hh) * d.cap) * hd;  // [cap, hd] of this row and head
   float* vcol = vc + ((m * d.nh + hh) * d.cap) * hd;
@@ -572,7 +576,8 @@ void AttendHead(int level, const DecodeShape& d, const float* q, int64_t ldq, co
   const float* qh = q + m * ldq + hh * hd;  // already times 1 / sqrt(hd)
   float mx = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; j < T; ++j) {
-    const float sj = DotAt(level, qh, kcol + j * hd, hd) + (mask[m * T + j] ? 0.0f : -10000.0f);  // REF: additive -10000
+    // REF "attention": the additive mask, -10000 where the padding mask is 0
+    const float sj = DotAt(level, qh, kcol + j * hd, hd) + (mask[m * T + j] ? 0.0f : -10000.0f);
     scores[j] = sj;
     mx = std::max(mx, sj);
   }

@@ -19,8 +19,9 @@ decode them) are exact; for each computed quantity z the bound e(z) on |fl(z) - 
      accurate to 8u absolute (the kernel's 1 - 2 / (exp(2z) + 1): exp to 1u relative, + 1 and 2 / d one rounding
      each, so 2 / d in (0, 2) is within 6u, and the final subtraction u: 7u)
 Both the fused call and the general ops must lie within e of the float64 value, so they differ by at most 2e.
-The inputs are large (x std 3, cache keys std 2, values std 5) and the padded keys point along the query, so a wrong mask, a k / v written to
-the wrong cache column, or a missing residual moves the result far beyond e (checked on the reference itself).
+The inputs are large (x std 3, cache keys std 2, values std 5) and the padded keys point along the query, so a
+wrong mask, a k / v written to the wrong cache column, or a missing residual moves the result far beyond e
+(checked on the reference itself).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ import paddle
 import pytest
 
 from paddle_pangu import kernels
-from paddle_pangu.inference.fused_decode import FusedDecoder, set_fused_decode
+from paddle_pangu.inference.fused_decode import FusedCache, FusedDecoder, set_fused_decode
 from paddle_pangu.inference.quantize import quantize_model
 
 U = 2.0 ** -24
@@ -218,7 +219,8 @@ def test_fused_layer_and_general_ops_within_the_derived_bound_of_float64(models,
                                                   past, True)
             else:
                 general, (kg, vg) = block(paddle.to_tensor(x[:, None]), add, past, True)
-        assert (np.abs(general.numpy()[:, 0] - out) <= e_out).all(), (mode, i, np.abs(general.numpy()[:, 0] - out).max())
+        err = np.abs(general.numpy()[:, 0] - out)
+        assert (err <= e_out).all(), (mode, i, err.max())
         assert (np.abs(kg.numpy()[:, :, t] - k_new) <= e_k).all()
 
 
@@ -258,3 +260,36 @@ def test_fused_steps_give_the_general_steps_greedy_tokens(models, monkeypatch):
         set_fused_decode(previous)
     assert not calls and fused == general, (fused, general)
     assert len(gaps) >= 12 and min(gaps) > 1e-3, min(gaps)
+
+
+def test_rows_joining_and_leaving_a_fused_batch_get_the_op_by_op_tokens(models):
+    """The batch decoder's row changes on a FusedCache (what `pangu serve` does between steps): a row that ends
+    early (its cache rows dropped: select, then the unused left columns trimmed) and a row that joins mid-run
+    (both caches left-padded to one width and concatenated) give every row the tokens of the op-by-op path."""
+    from paddle_pangu.inference.decoding import BatchDecoder, Row
+    from paddle_pangu.inference.generation import DygraphStepper
+    from paddle_pangu.inference.sampling import SamplingConfig
+
+    model = models["bf16"]
+
+    def decode(fused_on):
+        rows = [Row([101, 202, 303], SamplingConfig(max_new_tokens=3)),
+                Row([11, 12, 13, 14, 15, 16, 17], SamplingConfig(max_new_tokens=9))]
+        late = Row([7, 8], SamplingConfig(max_new_tokens=6))
+        dec = BatchDecoder(DygraphStepper(model), model.config)
+        dec.add(rows)
+        for _ in range(4):  # row 0 ends after its third token
+            dec.step()
+        assert isinstance(dec.cache, FusedCache) == fused_on  # the fused steps ran (and their cache is converted)
+        dec.add([late])
+        while dec.rows:
+            dec.step()
+        return [r.tokens for r in rows + [late]]
+
+    fused = decode(True)
+    previous = set_fused_decode(False)
+    try:
+        general = decode(False)
+    finally:
+        set_fused_decode(previous)
+    assert [len(t) for t in fused] == [3, 9, 6] and fused == general, (fused, general)
