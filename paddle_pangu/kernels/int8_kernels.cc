@@ -500,6 +500,44 @@ inline float Activation(float v, int act) {
   return v / (1.0f + std::exp(-1.702f * v));
 }
 
+// gelu_tanh over n values at the AVX-512 level (the scalar Activation's formula, 16 lanes): exp(2z) by Cephes'
+// expf (2z = n ln2 + r, |r| <= ln2 / 2, a degree-7 polynomial; relative error <= 4u over the clamped range
+// [-87.3, 88.3], beyond which tanh is +-1 to within u), then tanh = 1 - 2 / (e + 1): |error| <= 13u absolute
+// (e: 4u relative; + 1 and / one rounding each, so 2 / d in (0, 2) within 12u; the subtraction u). The scalar
+// loop cost ~0.4 ms of a batch-8 layer (16k expf + divisions); tests/unit/test_fused_decode.py checks the
+// bound against float64 over [-12, 12].
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void GeluTanh512(float* v, int64_t n) {
+  const __m512 c = _mm512_set1_ps(0.7978845608028654f), a = _mm512_set1_ps(0.044715f), one = _mm512_set1_ps(1.0f),
+               two = _mm512_set1_ps(2.0f), half = _mm512_set1_ps(0.5f);
+  const __m512 lo = _mm512_set1_ps(-87.3f), hi = _mm512_set1_ps(88.3f), log2e = _mm512_set1_ps(1.44269504088896341f);
+  const __m512 c1 = _mm512_set1_ps(0.693359375f), c2 = _mm512_set1_ps(-2.12194440e-4f);
+  const float p[6] = {1.9875691500E-4f, 1.3981999507E-3f, 8.3334519073E-3f, 4.1665795894E-2f, 1.6666665459E-1f,
+                      5.0000001201E-1f};
+  int64_t i = 0;
+  for (; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 f = _mm512_maskz_loadu_ps(m, v + i);
+    const __m512 f3 = _mm512_mul_ps(_mm512_mul_ps(f, f), f);
+    const __m512 z = _mm512_mul_ps(c, _mm512_add_ps(f, _mm512_mul_ps(a, f3)));
+    __m512 x = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(two, z), lo), hi);  // 2z, clamped
+    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm512_sub_ps(_mm512_sub_ps(x, _mm512_mul_ps(k, c1)), _mm512_mul_ps(k, c2));  // r (k * c1 exact)
+    __m512 poly = _mm512_set1_ps(p[0]);
+    for (int j = 1; j < 6; ++j) poly = _mm512_add_ps(_mm512_mul_ps(poly, x), _mm512_set1_ps(p[j]));
+    poly = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(poly, _mm512_mul_ps(x, x)), x), one);
+    const __m512 e = _mm512_scalef_ps(poly, k);  // * 2^k, exact
+    const __m512 t = _mm512_sub_ps(one, _mm512_div_ps(two, _mm512_add_ps(e, one)));
+    _mm512_mask_storeu_ps(v + i, m, _mm512_mul_ps(_mm512_mul_ps(half, f), _mm512_add_ps(one, t)));
+  }
+}
+
+// The model's activation over n values in place: gelu_tanh vectorised at the AVX-512 level, else the scalar
+// Activation.
+void ActivationRow(int level, float* v, int64_t n, int act) {
+  if (act == 0 && level == kAvx512) return GeluTanh512(v, n);
+  for (int64_t i = 0; i < n; ++i) v[i] = Activation(v[i], act);
+}
+
 inline float Dot(const float* a, const float* b, int64_t n) {
   float acc = 0.0f;
 #pragma omp simd reduction(+ : acc)
@@ -594,6 +632,20 @@ void AttendHead(int level, const DecodeShape& d, const float* q, int64_t ldq, co
   }
 }
 
+// A float buffer on a 64-byte (cache line) boundary, freed with its scope.
+struct AlignedBuffer {
+  explicit AlignedBuffer(int64_t n)
+      : p(static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>((n * 4 + 63) / 64 * 64)))) {
+    PD_CHECK(p != nullptr, "decode layer: out of memory for ", n, " floats of scratch");
+  }
+  ~AlignedBuffer() { std::free(p); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  float* data() { return p; }
+  float& operator[](int64_t i) { return p[i]; }
+  float* p;
+};
+
 // w / s / bias: q, k, v, out, fc_in, fc_out (s null for bf16); ln: ln1 w, ln1 b, ln2 w, ln2 b
 template <class W>
 void DecodeLayer(const DecodeShape& d, float* x, const float* query, const float* const* ln,
@@ -601,7 +653,9 @@ void DecodeLayer(const DecodeShape& d, float* x, const float* query, const float
                  const int64_t* mask) {
   const int level = ChosenLevel();
   const int64_t B = d.b, H = d.h, F = d.f;
-  std::vector<float> a(B * H), qkv(B * 3 * H), ctx(B * H), proj(B * H), ffn(B * F);
+  // scratch on 64-byte boundaries: the row kernels load x rows with full-width unaligned loads, which split
+  // across two cache lines from a 16-byte-aligned std::vector (8 x loads per weight pair at batch 8)
+  AlignedBuffer a(B * H), qkv(B * 3 * H), ctx(B * H), proj(B * H), ffn(B * F);
   for (int64_t m = 0; m < B; ++m) LayerNormRow(x + m * H, H, ln[0], ln[1], d.eps, a.data() + m * H);
   float *q, *k, *v;
   int64_t ldq, ldkv;
@@ -632,7 +686,7 @@ void DecodeLayer(const DecodeShape& d, float* x, const float* query, const float
   for (int64_t i = 0; i < B * H; ++i) x[i] = x[i] + proj[i];  // the attention residual
   for (int64_t m = 0; m < B; ++m) LayerNormRow(x + m * H, H, ln[2], ln[3], d.eps, a.data() + m * H);
   RunRows<W>(level, a.data(), B, H, w[4], s[4], bias[4], ffn.data(), F, d.threads);
-  for (int64_t i = 0; i < B * F; ++i) ffn[i] = Activation(ffn[i], d.act);
+  ActivationRow(level, ffn.data(), B * F, d.act);
   RunRows<W>(level, ffn.data(), B, F, w[5], s[5], bias[5], proj.data(), H, d.threads);
   for (int64_t i = 0; i < B * H; ++i) x[i] = x[i] + proj[i];  // the FFN residual
 }
@@ -895,6 +949,23 @@ PD_BUILD_OP(pangu_bf16_decode_layer_)
     .Attrs({"t: int", "eps: float", "act: int", "query_layer: bool", "threads: int"})
     .SetInplaceMap({{"X", "XOut"}, {"KCache", "KCacheOut"}, {"VCache", "VCacheOut"}})
     .SetKernelFn(PD_KERNEL(Bf16DecodeLayer));
+
+// The fused layer's activation of x (float32, any shape) at the chosen level, as a new tensor: for the
+// accuracy test of the vectorised gelu_tanh (tests/unit/test_fused_decode.py).
+std::vector<paddle::Tensor> DecodeActivation(const paddle::Tensor& x_in, int act) {
+  const auto x = Dense(x_in);
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, "decode activation: a float32 CPU tensor");
+  auto y = paddle::empty(x.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
+  std::memcpy(y.data<float>(), x.data<float>(), x.numel() * sizeof(float));
+  ActivationRow(ChosenLevel(), y.data<float>(), x.numel(), act);
+  return {y};
+}
+
+PD_BUILD_OP(pangu_decode_activation)
+    .Inputs({"X"})
+    .Outputs({"Out"})
+    .Attrs({"act: int"})
+    .SetKernelFn(PD_KERNEL(DecodeActivation));
 
 // The level pangu_int8_linear would run now (0 scalar, 1 avx2, 2 avx512) as an int32 [3] tensor together
 // with the CPU's best level (lets the tests confirm that forcing PANGU_INT8_ISA really switched the path)
