@@ -296,16 +296,39 @@ def test_rows_joining_and_leaving_a_fused_batch_get_the_op_by_op_tokens(models):
     assert [len(t) for t in fused] == [3, 9, 6] and fused == general, (fused, general)
 
 
-def test_the_layers_gelu_tanh_within_its_bound_at_every_level(monkeypatch):
-    """The fused layer's activation (the vectorised gelu_tanh at the AVX-512 level, the scalar formula below it)
-    against float64 over [-12, 12] (400001 points: both tails, where tanh saturates, and 0) and 10^5 normal
-    draws x 3: within the gelu_tanh term of the module docstring (input exact)."""
-    f = np.concatenate([np.linspace(-12, 12, 400001), np.random.default_rng(0).standard_normal(100000) * 3])
+def _activations(f):
+    """{model hidden_act: (float64 value, bound on the fp32 kernel's error)} for exact inputs f (float64).
+    gelu_tanh: the module docstring's term. gelu (erf): the argument f / sqrt(2) one rounding, erf' <= 2 / sqrt(pi)
+    and an erf within 2u absolute, then 1 + and two products: |f|/2 (0.8u |f| + 2u + 2u) + gamma(2) |g|.
+    fast_gelu f / (1 + exp(-1.702 f)): the exponent's rounding u 1.702 |f| and the exp's 4u as relative errors
+    of exp, damped by e / (1 + e) <= 1, then + 1 and / one rounding each: |g| (1.702 u |f| + 4u + 2u)."""
+    from math import erf
+
+    g_tanh, e_tanh = _gelu_tanh(f, np.zeros_like(f))
+    g_erf = 0.5 * f * (1 + np.vectorize(erf)(f / np.sqrt(2)))
+    e_erf = 0.5 * np.abs(f) * (0.8 * U * np.abs(f) + 4 * U) + gamma(2) * np.abs(g_erf)
+    g_fast = f / (1 + np.exp(-1.702 * f))
+    e_fast = np.abs(g_fast) * (1.702 * U * np.abs(f) + 6 * U)
+    return {"gelu_tanh": (g_tanh, e_tanh), "gelu": (g_erf, e_erf), "fast_gelu": (g_fast, e_fast)}
+
+
+def test_the_layers_activations_within_their_bounds_at_every_level(monkeypatch):
+    """The fused layer's activation for each hidden_act (its code from fused_decode.ACT_CODES; gelu_tanh
+    vectorised at the AVX-512 level, the scalar formulas otherwise) against float64 over [-12, 12] (200001
+    points: both tails and 0) and 50000 normal draws x 3, within the derived bounds (_activations); and the
+    model's own activation (model/layers.activation, Paddle fp32) within the same bound, so a code mapped to
+    the wrong function fails."""
+    from paddle_pangu.inference.fused_decode import ACT_CODES
+    from paddle_pangu.model.layers import activation
+
+    f = np.concatenate([np.linspace(-12, 12, 200001), np.random.default_rng(0).standard_normal(50000) * 3])
     f = f.astype(np.float32)
-    f64 = f.astype(np.float64)
-    ref, bound = _gelu_tanh(f64, np.zeros_like(f64))
-    for level in _levels():
-        monkeypatch.setenv("PANGU_INT8_ISA", level)
-        got = kernels.load_int8().pangu_decode_activation(paddle.to_tensor(f), 0)[0].numpy()
-        err = np.abs(got.astype(np.float64) - ref)
-        assert (err <= bound).all(), (level, f[np.argmax(err - bound)])
+    refs = _activations(f.astype(np.float64))
+    for name, (ref, bound) in refs.items():
+        model_act = activation(name)(paddle.to_tensor(f)).numpy().astype(np.float64)
+        assert (np.abs(model_act - ref) <= bound).all(), name
+        for level in _levels():
+            monkeypatch.setenv("PANGU_INT8_ISA", level)
+            got = kernels.load_int8().pangu_decode_activation(paddle.to_tensor(f), ACT_CODES[name])[0].numpy()
+            err = np.abs(got.astype(np.float64) - ref)
+            assert (err <= bound).all(), (name, level, f[np.argmax(err - bound)])
