@@ -7,6 +7,8 @@ prefills a 32-token prompt, then runs `--steps` decode steps through the stepper
 reports: the whole step (stepper call, incl. logits -> numpy), the sampling pick (BatchDecoder.step minus
 the model), and, from paddle's per-op host timers (cProfile over the Python frames), the time inside each
 model component. Times are wall-clock on a shared machine: the load average is printed beside them.
+Fused decode steps (inference/fused_decode.py, the default for int8 / bf16) show one entry per kind of fused
+layer call (blocks, the query layer) beside the head's kernel.
 """
 from __future__ import annotations
 
@@ -79,6 +81,19 @@ def main() -> None:
             return out
 
         setattr(kernels, name, wrapped_cat)
+
+    for name in ("int8_decode_layer_", "bf16_decode_layer_"):  # the fused decode layer: one call per layer
+        inner = getattr(kernels, name, None)
+        if inner is None:  # a package before the fused layer
+            continue
+
+        def wrapped_layer(x, query, norms, *rest, _inner=inner):
+            t = time.perf_counter()
+            _inner(x, query, norms, *rest)
+            key = ("fused layer", "query" if rest[-2] else "block", tuple(x.shape))
+            kernel_ms[key] = kernel_ms.get(key, 0.0) + time.perf_counter() - t
+
+        setattr(kernels, name, wrapped_layer)
 
     def timed(*args):
         t = time.perf_counter()

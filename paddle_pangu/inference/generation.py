@@ -11,6 +11,7 @@ import numpy as np
 import paddle
 
 from .decoding import BatchDecoder, Row
+from .fused_decode import FusedDecoder, as_tuple
 from .sampling import SamplingConfig
 from .streaming import TextStream
 
@@ -38,9 +39,14 @@ class DygraphStepper:
         if frozen and weight.place.is_cpu_place() and getattr(model, "quantized_head", None) is None:
             with paddle.no_grad():
                 self.head_t = weight.t().contiguous()
+        # int8 / bf16 decode steps: one compiled call per layer, the cache preallocated (inference/fused_decode.py)
+        self.fused = FusedDecoder(model) if getattr(model, "weights_mode", None) in ("int8", "bf16") else None
 
     @paddle.no_grad()
     def __call__(self, ids: np.ndarray, positions: np.ndarray, mask: np.ndarray, cache):
+        if self.fused is not None and FusedDecoder.usable(self.model, ids, cache):
+            return self.fused(ids, positions, mask, cache)
+        cache = as_tuple(cache)
         logits, cache = self.model(
             paddle.to_tensor(ids), position_ids=paddle.to_tensor(positions),
             attention_mask=paddle.to_tensor(mask), past_key_values=cache, use_cache=True,
@@ -50,13 +56,17 @@ class DygraphStepper:
         # [B, 1, V] (logits_to_keep=1): the last position is the only one; numpy's slice, not a Paddle op per step
         return logits.astype("float32").numpy()[:, -1, :], cache  # [B, V]
 
+    # the batch decoder's cache helpers see the model's (k, v) tuples (a FusedCache converted: rows joining or
+    # leaving are rare next to steps; the next fused step allocates its buffers again)
     @staticmethod
     def select(cache, rows: list[int]):
+        cache = as_tuple(cache)
         index = paddle.to_tensor(np.asarray(rows, dtype="int64"))
         return tuple((paddle.gather(k, index, axis=0), paddle.gather(v, index, axis=0)) for k, v in cache)
 
     @staticmethod
     def pad_left(cache, n: int):
+        cache = as_tuple(cache)
         if n == 0:
             return cache
         return tuple(tuple(paddle.concat([paddle.zeros([t.shape[0], t.shape[1], n, t.shape[3]], t.dtype), t], 2)
@@ -64,10 +74,12 @@ class DygraphStepper:
 
     @staticmethod
     def concat(a, b):
+        a, b = as_tuple(a), as_tuple(b)
         return tuple((paddle.concat([ka, kb], 0), paddle.concat([va, vb], 0)) for (ka, va), (kb, vb) in zip(a, b))
 
     @staticmethod
     def trim_left(cache, n: int):
+        cache = as_tuple(cache)
         return tuple((k[:, :, n:], v[:, :, n:]) for k, v in cache) if n else cache
 
 

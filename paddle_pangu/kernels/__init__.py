@@ -228,6 +228,24 @@ def bf16_linear_cat(x, weights, biases, threads: int | None = None):
     return load_int8().pangu_bf16_linear_cat(x, list(weights), list(biases), int(threads))[0]
 
 
+def int8_decode_layer_(x, query, norms, qweights, scales, biases, k_cache, v_cache, mask, t: int, eps: float,
+                       act: int, query_layer: bool, threads: int) -> None:
+    """One whole decoder layer for decode rows, in place (int8_kernels.cc DecodeLayer): x [B, 1, H] becomes the
+    layer's output, k / v of the new token go to column t of k_cache / v_cache [B, nh, cap, hd]; mask int64
+    [B, t + 1]. norms: ln1 w, ln1 b, ln2 w, ln2 b; qweights / scales / biases: q, k, v, out, fc_in, fc_out;
+    query [B, 1, H] (the query layer's query source; any tensor for a block). act: 0 gelu_tanh, 1 gelu, 2
+    fast_gelu. Dygraph only (inference.fused_decode)."""
+    load_int8().pangu_int8_decode_layer_(x, query, list(norms), list(qweights), list(scales), list(biases), k_cache,
+                                         v_cache, mask, int(t), float(eps), int(act), bool(query_layer), int(threads))
+
+
+def bf16_decode_layer_(x, query, norms, weights, biases, k_cache, v_cache, mask, t: int, eps: float, act: int,
+                       query_layer: bool, threads: int) -> None:
+    """int8_decode_layer_ for bf16 weights."""
+    load_int8().pangu_bf16_decode_layer_(x, query, list(norms), list(weights), list(biases), k_cache, v_cache, mask,
+                                         int(t), float(eps), int(act), bool(query_layer), int(threads))
+
+
 def stream_read(x, threads: int):
     """Sum of a large fp32 CPU tensor read once over `threads` threads (the benchmark's bandwidth probe)."""
     return load_int8().pangu_stream_read(x, int(threads))[0]

@@ -35,7 +35,9 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdlib>
+#include <cmath>
 #include <cstring>
+#include <limits>
 #include <vector>
 
 #include "paddle/extension.h"
@@ -289,6 +291,41 @@ int Threads(int threads) {
 #endif
 }
 
+// y [M, N] = x [M, K] . dec(w)^T (+ scale) + bias for M <= kGemmRows rows (decode), raw pointers: output
+// channels split in contiguous row blocks over `threads` threads when the weight has >= kParallelBytes, else
+// one thread. Shared by the linear op and the fused decode layer (the same row kernels: the same sums).
+template <class W>
+void RunRows(int level, const float* xp, int64_t m_rows, int64_t k, const typename W::T* wp, const float* sp,
+             const float* bp, float* yp, int64_t n, int threads) {
+  auto rows = [&](int64_t n0, int64_t n1) {
+    if (level == kAvx512) RowsAvx512<W>(xp, m_rows, k, wp, sp, bp, yp, n, n0, n1);
+    else if (level == kAvx2) RowsAvx2<W>(xp, m_rows, k, wp, sp, bp, yp, n, n0, n1);
+    else RowsScalar<W>(xp, m_rows, k, wp, sp, bp, yp, n, n0, n1);
+  };
+  int nt = 1;
+  if (n * k * static_cast<int64_t>(sizeof(typename W::T)) >= kParallelBytes) {
+    nt = Threads(threads);
+    g_last_threads = nt;
+  }
+  const int64_t blocks = (n + kRows - 1) / kRows;
+  nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, blocks)));
+  if (nt == 1) {
+    rows(0, n);
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num(), cnt = omp_get_num_threads();
+#else
+    const int tid = 0, cnt = 1;
+#endif
+    // contiguous block ranges (each thread streams its own slice of the weight)
+    const int64_t b0 = blocks * tid / cnt, b1 = blocks * (tid + 1) / cnt;
+    rows(std::min(n, b0 * kRows), std::min(n, b1 * kRows));
+  }
+}
+
 // Many rows (prefill: batch x prompt tokens), blocked: the weight is taken kPrefillBlockBytes of fp32 at a
 // time (nb output channels): those nb rows are decoded to fp32 once (each weight element is read once per
 // call, whatever M is) into an L2-sized buffer, MKL's blocked GEMM computes acc [M, nb] = x [M, K] . buf^T
@@ -337,48 +374,16 @@ std::vector<paddle::Tensor> LinearForward(const paddle::Tensor& x, const typenam
   const int level = ChosenLevel();
   if (m_rows > kGemmRows) return {PrefillGemm<W>(x, wp, sp, bp, n, k, m_rows, threads, out_shape)};
   auto y = paddle::empty(out_shape, paddle::DataType::FLOAT32, paddle::CPUPlace());
-  const float* xp = x.data<float>();
-  float* yp = y.data<float>();
-  auto rows = [&](int64_t n0, int64_t n1) {
-    if (level == kAvx512) RowsAvx512<W>(xp, m_rows, k, wp, sp, bp, yp, n, n0, n1);
-    else if (level == kAvx2) RowsAvx2<W>(xp, m_rows, k, wp, sp, bp, yp, n, n0, n1);
-    else RowsScalar<W>(xp, m_rows, k, wp, sp, bp, yp, n, n0, n1);
-  };
-  int nt = 1;
-  if (n * k * static_cast<int64_t>(sizeof(typename W::T)) >= kParallelBytes) {
-    nt = Threads(threads);
-    g_last_threads = nt;
-  }
-  const int64_t blocks = (n + kRows - 1) / kRows;
-  nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, blocks)));
-  if (nt == 1) {
-    rows(0, n);
-    return {y};
-  }
-#pragma omp parallel num_threads(nt)
-  {
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num(), cnt = omp_get_num_threads();
-#else
-    const int tid = 0, cnt = 1;
-#endif
-    // contiguous block ranges (each thread streams its own slice of the weight)
-    const int64_t b0 = blocks * tid / cnt, b1 = blocks * (tid + 1) / cnt;
-    rows(std::min(n, b0 * kRows), std::min(n, b1 * kRows));
-  }
+  RunRows<W>(level, x.data<float>(), m_rows, k, wp, sp, bp, y.data<float>(), n, threads);
   return {y};
 }
 
-// Several linear layers of one input in one call (a decode step's q / k / v, or the query layer's k / v):
-// y [M, sum N_g] = the layers' outputs side by side. Each output channel is computed by the same row kernel
-// as LinearForward's (the same products in the same order: equal bit for bit), the rows of all layers split
-// over one parallel region instead of one per layer; one op dispatch instead of one per layer (issue 25's
-// profile, docs/INT8.md). Decode rows only (M <= kGemmRows): prefill calls the layers one by one.
+// The row blocks of G layers of one input x [M, K] (M <= kGemmRows) over one parallel region; y [M, sum N_g],
+// each layer's output channels at its column offset (LinearCatForward and the fused decode layer).
 template <class W>
-paddle::Tensor LinearCatForward(const paddle::Tensor& x, const std::vector<const typename W::T*>& wp,
-                                const std::vector<const float*>& sp, const std::vector<const float*>& bp,
-                                const std::vector<int64_t>& ns, int64_t k, int threads) {
-  auto out_shape = x.shape();
+void CatRows(int level, const float* xp, int64_t m_rows, int64_t k, const std::vector<const typename W::T*>& wp,
+             const std::vector<const float*>& sp, const std::vector<const float*>& bp, const std::vector<int64_t>& ns,
+             float* yp, int threads) {
   int64_t n_total = 0, blocks = 0;
   std::vector<int64_t> col0, block0;  // first output column and first row block of each layer
   for (int64_t n : ns) {
@@ -388,14 +393,6 @@ paddle::Tensor LinearCatForward(const paddle::Tensor& x, const std::vector<const
     blocks += (n + kRows - 1) / kRows;
   }
   block0.push_back(blocks);
-  out_shape.back() = n_total;
-  auto y = paddle::empty(out_shape, paddle::DataType::FLOAT32, paddle::CPUPlace());
-  const int64_t m_rows = k ? x.numel() / k : 0;
-  if (m_rows == 0 || n_total == 0) return y;
-  PD_CHECK(m_rows <= kGemmRows, "linear cat: at most ", kGemmRows, " rows of x (decode), got ", m_rows);
-  const int level = ChosenLevel();
-  const float* xp = x.data<float>();
-  float* yp = y.data<float>();
   // row blocks [b0, b1) of the concatenated layers: each layer's share written at its column offset (the
   // row kernels index y as y[m * ldy + i], so y + col0 with ldy = n_total is that layer's column slice)
   auto run = [&](int64_t b0, int64_t b1) {
@@ -417,7 +414,7 @@ paddle::Tensor LinearCatForward(const paddle::Tensor& x, const std::vector<const
   nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, blocks)));
   if (nt == 1) {
     run(0, blocks);
-    return y;
+    return;
   }
 #pragma omp parallel num_threads(nt)
   {
@@ -428,6 +425,26 @@ paddle::Tensor LinearCatForward(const paddle::Tensor& x, const std::vector<const
 #endif
     run(blocks * tid / cnt, blocks * (tid + 1) / cnt);
   }
+}
+
+// Several linear layers of one input in one call (a decode step's q / k / v, or the query layer's k / v):
+// y [M, sum N_g] = the layers' outputs side by side. Each output channel is computed by the same row kernel
+// as LinearForward's (the same products in the same order: equal bit for bit), the rows of all layers split
+// over one parallel region instead of one per layer; one op dispatch instead of one per layer (issue 25's
+// profile, docs/INT8.md). Decode rows only (M <= kGemmRows): prefill calls the layers one by one.
+template <class W>
+paddle::Tensor LinearCatForward(const paddle::Tensor& x, const std::vector<const typename W::T*>& wp,
+                                const std::vector<const float*>& sp, const std::vector<const float*>& bp,
+                                const std::vector<int64_t>& ns, int64_t k, int threads) {
+  auto out_shape = x.shape();
+  int64_t n_total = 0;
+  for (int64_t n : ns) n_total += n;
+  out_shape.back() = n_total;
+  auto y = paddle::empty(out_shape, paddle::DataType::FLOAT32, paddle::CPUPlace());
+  const int64_t m_rows = k ? x.numel() / k : 0;
+  if (m_rows == 0 || n_total == 0) return y;
+  PD_CHECK(m_rows <= kGemmRows, "linear cat: at most ", kGemmRows, " rows of x (decode), got ", m_rows);
+  CatRows<W>(ChosenLevel(), x.data<float>(), m_rows, k, wp, sp, bp, ns, y.data<float>(), threads);
   return y;
 }
 
@@ -441,6 +458,276 @@ void CheckCommon(const paddle::Tensor& x, const paddle::Tensor& w, const paddle:
   PD_CHECK(!xs.empty() && xs.back() == k, what, ": x [..., K] with K = ", k, " expected, got last dim ",
            xs.empty() ? -1 : xs.back());
   PD_CHECK(bias.numel() == n, what, ": bias must have N = ", n, " entries");
+}
+
+// ------------------------------------------------------------------------------------------------
+// A whole decoder layer for decode rows in one call (issue 25: the framework's per-op dispatch was about half
+// of a batch-1 int8 step, docs/INT8.md). For B <= kGemmRows rows of one new token each, in place:
+//   a = LN1(x);  q, k, v = Wq a (or Wq query: the query layer, REF "query layer"), Wk a, Wv a
+//   k, v -> column t of the preallocated caches [B, nh, cap, hd] (no concat per step)
+//   ctx = softmax(q / sqrt(hd) . K^T + mask) V over the t + 1 columns, mask additive -10000 where the padding
+//         mask is 0 (REF "attention")
+//   x += Wo ctx;  x += W_out act(W_in LN2(x))  (REF "block": pre-LN, both residuals; REF "activation")
+// The GEMVs are the linear ops' own row kernels (RunRows / CatRows: the same sums bit for bit); the layer
+// norms accumulate in double, the attention and the activation in fp32 in their own order: the fused layer
+// equals the general ops within an fp32 rounding bound (tests/unit/test_fused_decode.py derives it), not
+// bit for bit.
+struct DecodeShape {
+  int64_t b, h, nh, hd, f, cap, t;  // t: cache columns filled before this step (the new k / v go to column t)
+  float eps;
+  int act, threads;
+  bool query_layer;
+};
+
+// LayerNorm of one row of h values: mean and variance accumulated in double, the result rounded once to fp32
+void LayerNormRow(const float* x, int64_t h, const float* w, const float* b, float eps, float* y) {
+  double sum = 0.0;
+  for (int64_t j = 0; j < h; ++j) sum += x[j];
+  const double mean = sum / static_cast<double>(h);
+  double sq = 0.0;
+  for (int64_t j = 0; j < h; ++j) sq += (x[j] - mean) * (x[j] - mean);
+  const double inv = 1.0 / std::sqrt(sq / static_cast<double>(h) + static_cast<double>(eps));
+  for (int64_t j = 0; j < h; ++j) y[j] = static_cast<float>((x[j] - mean) * inv * w[j] + b[j]);
+}
+
+// The model's activation (model/layers.activation, REF "activation"): 0 gelu_tanh, 1 gelu (erf), 2 fast_gelu
+inline float Activation(float v, int act) {
+  if (act == 0) {  // tanh(z) = 1 - 2 / (exp(2z) + 1): glibc's expf is ~4x faster than its tanhf, within 7 u absolute
+    const float z = 0.7978845608028654f * (v + 0.044715f * v * v * v);
+    return 0.5f * v * (1.0f + (1.0f - 2.0f / (std::exp(2.0f * z) + 1.0f)));
+  }
+  if (act == 1) return 0.5f * v * (1.0f + std::erf(v * 0.7071067811865476f));
+  return v / (1.0f + std::exp(-1.702f * v));
+}
+
+// gelu_tanh over n values at the AVX-512 level (the scalar Activation's formula, 16 lanes): exp(2z) by Cephes'
+// expf (2z = n ln2 + r, |r| <= ln2 / 2, a degree-7 polynomial; relative error <= 4u over the clamped range
+// [-87.3, 88.3], beyond which tanh is +-1 to within u), then tanh = 1 - 2 / (e + 1): |error| <= 13u absolute
+// (e: 4u relative; + 1 and / one rounding each, so 2 / d in (0, 2) within 12u; the subtraction u). The scalar
+// loop cost ~0.4 ms of a batch-8 layer (16k expf + divisions); tests/unit/test_fused_decode.py checks the
+// bound against float64 over [-12, 12].
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void GeluTanh512(float* v, int64_t n) {
+  const __m512 c = _mm512_set1_ps(0.7978845608028654f), a = _mm512_set1_ps(0.044715f), one = _mm512_set1_ps(1.0f),
+               two = _mm512_set1_ps(2.0f), half = _mm512_set1_ps(0.5f);
+  const __m512 lo = _mm512_set1_ps(-87.3f), hi = _mm512_set1_ps(88.3f), log2e = _mm512_set1_ps(1.44269504088896341f);
+  const __m512 c1 = _mm512_set1_ps(0.693359375f), c2 = _mm512_set1_ps(-2.12194440e-4f);
+  const float p[6] = {1.9875691500E-4f, 1.3981999507E-3f, 8.3334519073E-3f, 4.1665795894E-2f, 1.6666665459E-1f,
+                      5.0000001201E-1f};
+  int64_t i = 0;
+  for (; i < n; i += 16) {
+    const __mmask16 m = n - i >= 16 ? static_cast<__mmask16>(0xFFFF) : static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 f = _mm512_maskz_loadu_ps(m, v + i);
+    const __m512 f3 = _mm512_mul_ps(_mm512_mul_ps(f, f), f);
+    const __m512 z = _mm512_mul_ps(c, _mm512_add_ps(f, _mm512_mul_ps(a, f3)));
+    __m512 x = _mm512_min_ps(_mm512_max_ps(_mm512_mul_ps(two, z), lo), hi);  // 2z, clamped
+    const __m512 k = _mm512_roundscale_ps(_mm512_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    x = _mm512_sub_ps(_mm512_sub_ps(x, _mm512_mul_ps(k, c1)), _mm512_mul_ps(k, c2));  // r (k * c1 exact)
+    __m512 poly = _mm512_set1_ps(p[0]);
+    for (int j = 1; j < 6; ++j) poly = _mm512_add_ps(_mm512_mul_ps(poly, x), _mm512_set1_ps(p[j]));
+    poly = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(poly, _mm512_mul_ps(x, x)), x), one);
+    const __m512 e = _mm512_scalef_ps(poly, k);  // * 2^k, exact
+    const __m512 t = _mm512_sub_ps(one, _mm512_div_ps(two, _mm512_add_ps(e, one)));
+    _mm512_mask_storeu_ps(v + i, m, _mm512_mul_ps(_mm512_mul_ps(half, f), _mm512_add_ps(one, t)));
+  }
+}
+
+// The model's activation over n values in place: gelu_tanh vectorised at the AVX-512 level, else the scalar
+// Activation.
+void ActivationRow(int level, float* v, int64_t n, int act) {
+  if (act == 0 && level == kAvx512) return GeluTanh512(v, n);
+  for (int64_t i = 0; i < n; ++i) v[i] = Activation(v[i], act);
+}
+
+inline float Dot(const float* a, const float* b, int64_t n) {
+  float acc = 0.0f;
+#pragma omp simd reduction(+ : acc)
+  for (int64_t i = 0; i < n; ++i) acc += a[i] * b[i];
+  return acc;
+}
+
+inline void Axpy(float p, const float* x, float* y, int64_t n) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) y[i] += p * x[i];
+}
+
+// The attention's dot products and row updates at the run-time level (the build has no -march: the plain
+// loops above vectorise to SSE2 only). Any summation order is within the test's gamma(hd) bound.
+__attribute__((target("avx2,fma"))) float Dot256(const float* a, const float* b, int64_t n) {
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+  float tail = 0.0f;
+  for (; i < n; ++i) tail += a[i] * b[i];
+  return Hsum8(acc) + tail;
+}
+
+__attribute__((target("avx2,fma"))) void Axpy256(float p, const float* x, float* y, int64_t n) {
+  const __m256 pv = _mm256_set1_ps(p);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(y + i, _mm256_fmadd_ps(pv, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; ++i) y[i] += p * x[i];
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) float Dot512(const float* a, const float* b, int64_t n) {
+  __m512 acc = _mm512_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) acc = _mm512_fmadd_ps(_mm512_loadu_ps(a + i), _mm512_loadu_ps(b + i), acc);
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    acc = _mm512_fmadd_ps(_mm512_maskz_loadu_ps(m, a + i), _mm512_maskz_loadu_ps(m, b + i), acc);
+  }
+  return _mm512_reduce_add_ps(acc);
+}
+
+__attribute__((target("avx512f,avx512bw,avx512vl"))) void Axpy512(float p, const float* x, float* y, int64_t n) {
+  const __m512 pv = _mm512_set1_ps(p);
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16)
+    _mm512_storeu_ps(y + i, _mm512_fmadd_ps(pv, _mm512_loadu_ps(x + i), _mm512_loadu_ps(y + i)));
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    const __m512 sum = _mm512_fmadd_ps(pv, _mm512_maskz_loadu_ps(m, x + i), _mm512_maskz_loadu_ps(m, y + i));
+    _mm512_mask_storeu_ps(y + i, m, sum);
+  }
+}
+
+inline float DotAt(int level, const float* a, const float* b, int64_t n) {
+  return level == kAvx512 ? Dot512(a, b, n) : level == kAvx2 ? Dot256(a, b, n) : Dot(a, b, n);
+}
+
+inline void AxpyAt(int level, float p, const float* x, float* y, int64_t n) {
+  if (level == kAvx512) Axpy512(p, x, y, n);
+  else if (level == kAvx2) Axpy256(p, x, y, n);
+  else Axpy(p, x, y, n);
+}
+
+// One row m, one head hh: append k / v at column t, then the masked softmax attention over columns [0, t]
+void AttendHead(int level, const DecodeShape& d, const float* q, int64_t ldq, const float* k, const float* v,
+                int64_t ldkv, float* kc, float* vc, const int64_t* mask, int64_t m, int64_t hh, float* ctx,
+                float* scores) {
+  const int64_t T = d.t + 1, hd = d.hd;
+  float* kcol = kc + ((m * d.nh + hh) * d.cap) * hd;  // [cap, hd] of this row and head
+  float* vcol = vc + ((m * d.nh + hh) * d.cap) * hd;
+  std::memcpy(kcol + d.t * hd, k + m * ldkv + hh * hd, hd * sizeof(float));
+  std::memcpy(vcol + d.t * hd, v + m * ldkv + hh * hd, hd * sizeof(float));
+  const float* qh = q + m * ldq + hh * hd;  // already times 1 / sqrt(hd)
+  float mx = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < T; ++j) {
+    // REF "attention": the additive mask, -10000 where the padding mask is 0
+    const float sj = DotAt(level, qh, kcol + j * hd, hd) + (mask[m * T + j] ? 0.0f : -10000.0f);
+    scores[j] = sj;
+    mx = std::max(mx, sj);
+  }
+  float sum = 0.0f;
+  for (int64_t j = 0; j < T; ++j) {
+    scores[j] = std::exp(scores[j] - mx);
+    sum += scores[j];
+  }
+  float* out = ctx + m * d.h + hh * hd;
+  for (int64_t i = 0; i < hd; ++i) out[i] = 0.0f;
+  for (int64_t j = 0; j < T; ++j) {
+    const float p = scores[j] / sum;
+    AxpyAt(level, p, vcol + j * hd, out, hd);
+  }
+}
+
+// A float buffer on a 64-byte (cache line) boundary, freed with its scope.
+struct AlignedBuffer {
+  explicit AlignedBuffer(int64_t n)
+      : p(static_cast<float*>(std::aligned_alloc(64, static_cast<size_t>((n * 4 + 63) / 64 * 64)))) {
+    PD_CHECK(p != nullptr, "decode layer: out of memory for ", n, " floats of scratch");
+  }
+  ~AlignedBuffer() { std::free(p); }
+  AlignedBuffer(const AlignedBuffer&) = delete;
+  AlignedBuffer& operator=(const AlignedBuffer&) = delete;
+  float* data() { return p; }
+  float& operator[](int64_t i) { return p[i]; }
+  float* p;
+};
+
+// w / s / bias: q, k, v, out, fc_in, fc_out (s null for bf16); ln: ln1 w, ln1 b, ln2 w, ln2 b
+template <class W>
+void DecodeLayer(const DecodeShape& d, float* x, const float* query, const float* const* ln,
+                 const typename W::T* const* w, const float* const* s, const float* const* bias, float* kc, float* vc,
+                 const int64_t* mask) {
+  const int level = ChosenLevel();
+  const int64_t B = d.b, H = d.h, F = d.f;
+  // scratch on 64-byte boundaries: the row kernels load x rows with full-width unaligned loads, which split
+  // across two cache lines from a 16-byte-aligned std::vector (8 x loads per weight pair at batch 8)
+  AlignedBuffer a(B * H), qkv(B * 3 * H), ctx(B * H), proj(B * H), ffn(B * F);
+  for (int64_t m = 0; m < B; ++m) LayerNormRow(x + m * H, H, ln[0], ln[1], d.eps, a.data() + m * H);
+  float *q, *k, *v;
+  int64_t ldq, ldkv;
+  if (!d.query_layer) {  // [B, 3H]: q | k | v in one parallel region
+    CatRows<W>(level, a.data(), B, H, {w[0], w[1], w[2]}, {s[0], s[1], s[2]}, {bias[0], bias[1], bias[2]},
+               {H, H, H}, qkv.data(), d.threads);
+    q = qkv.data(), k = q + H, v = q + 2 * H, ldq = ldkv = 3 * H;
+  } else {  // q [B, H] from the top query embedding, k | v [B, 2H] from LN1(x)
+    RunRows<W>(level, query, B, H, w[0], s[0], bias[0], qkv.data(), H, d.threads);
+    CatRows<W>(level, a.data(), B, H, {w[1], w[2]}, {s[1], s[2]}, {bias[1], bias[2]}, {H, H},
+               qkv.data() + B * H, d.threads);
+    q = qkv.data(), k = q + B * H, v = k + H, ldq = H, ldkv = 2 * H;
+  }
+  const float qscale = static_cast<float>(1.0 / std::sqrt(static_cast<double>(d.hd)));  // as ops.prescale_query
+  for (int64_t m = 0; m < B; ++m)
+    for (int64_t i = 0; i < H; ++i) q[m * ldq + i] *= qscale;
+  const int64_t pairs = B * d.nh, T = d.t + 1;
+  // one (row, head) per iteration; split over threads only when the cache reads are worth a parallel region
+  const int nt = (pairs > 1 && pairs * T * d.hd * 8 >= kParallelBytes) ? Threads(d.threads) : 1;
+#pragma omp parallel num_threads(nt)
+  {
+    std::vector<float> scores(T);
+#pragma omp for schedule(static)
+    for (int64_t p = 0; p < pairs; ++p)
+      AttendHead(level, d, q, ldq, k, v, ldkv, kc, vc, mask, p / d.nh, p % d.nh, ctx.data(), scores.data());
+  }
+  RunRows<W>(level, ctx.data(), B, H, w[3], s[3], bias[3], proj.data(), H, d.threads);
+  for (int64_t i = 0; i < B * H; ++i) x[i] = x[i] + proj[i];  // the attention residual
+  for (int64_t m = 0; m < B; ++m) LayerNormRow(x + m * H, H, ln[2], ln[3], d.eps, a.data() + m * H);
+  RunRows<W>(level, a.data(), B, H, w[4], s[4], bias[4], ffn.data(), F, d.threads);
+  ActivationRow(level, ffn.data(), B * F, d.act);
+  RunRows<W>(level, ffn.data(), B, F, w[5], s[5], bias[5], proj.data(), H, d.threads);
+  for (int64_t i = 0; i < B * H; ++i) x[i] = x[i] + proj[i];  // the FFN residual
+}
+
+// Shapes and dtypes of the fused layer's operands; fills DecodeShape (b, h, nh, hd, f, cap) from them.
+void CheckDecodeLayer(DecodeShape& d, const paddle::Tensor& x, const paddle::Tensor& query,
+                      const std::vector<paddle::Tensor>& norms, const std::vector<paddle::Tensor>& weights,
+                      const std::vector<paddle::Tensor>& biases, const paddle::Tensor& kc, const paddle::Tensor& vc,
+                      const paddle::Tensor& mask, paddle::DataType wtype) {
+  const char* what = "decode layer";
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32 && x.is_contiguous(), what,
+           ": x must be a contiguous float32 CPU tensor");
+  const auto xs = x.shape();
+  PD_CHECK(xs.size() == 3 && xs[1] == 1, what, ": x must be [B, 1, H] (one new token per row)");
+  d.b = xs[0], d.h = xs[2];
+  PD_CHECK(d.b >= 1 && d.b <= kGemmRows, what, ": 1 to ", kGemmRows, " rows, got ", d.b);
+  PD_CHECK(kc.shape().size() == 4 && kc.shape() == vc.shape(), what, ": caches must be [B, nh, cap, hd], equal");
+  PD_CHECK(kc.dtype() == paddle::DataType::FLOAT32 && vc.dtype() == paddle::DataType::FLOAT32 && kc.is_contiguous() &&
+               vc.is_contiguous(), what, ": caches must be contiguous float32");
+  d.nh = kc.shape()[1], d.cap = kc.shape()[2], d.hd = kc.shape()[3];
+  PD_CHECK(kc.shape()[0] == d.b && d.nh * d.hd == d.h, what, ": cache [", d.b, ", nh, cap, hd] with nh * hd = ", d.h);
+  PD_CHECK(d.t >= 0 && d.t < d.cap, what, ": cache column ", d.t, " outside its capacity ", d.cap);
+  PD_CHECK(mask.dtype() == paddle::DataType::INT64 && mask.shape().size() == 2 && mask.shape()[0] == d.b &&
+               mask.shape()[1] == d.t + 1 && mask.is_contiguous(), what, ": mask must be int64 [B, t + 1] = [", d.b,
+           ", ", d.t + 1, "]");
+  if (d.query_layer)
+    PD_CHECK(query.dtype() == paddle::DataType::FLOAT32 && query.numel() == d.b * d.h && query.is_contiguous(), what,
+             ": query must be float32 [B, 1, H]");
+  PD_CHECK(norms.size() == 4 && weights.size() == 6 && biases.size() == 6, what,
+           ": 4 layer-norm tensors, 6 weights and 6 biases expected");
+  for (const auto& n : norms)
+    PD_CHECK(n.dtype() == paddle::DataType::FLOAT32 && n.numel() == d.h, what, ": layer norms must be float32 [H]");
+  d.f = weights[4].shape()[0];
+  const int64_t want[6][2] = {{d.h, d.h}, {d.h, d.h}, {d.h, d.h}, {d.h, d.h}, {d.f, d.h}, {d.h, d.f}};
+  for (int g = 0; g < 6; ++g) {
+    PD_CHECK(weights[g].dtype() == wtype && weights[g].is_contiguous() && weights[g].shape().size() == 2 &&
+                 weights[g].shape()[0] == want[g][0] && weights[g].shape()[1] == want[g][1],
+             what, ": weight ", g, " must be contiguous [", want[g][0], ", ", want[g][1], "] of the layer's type");
+    PD_CHECK(biases[g].dtype() == paddle::DataType::FLOAT32 && biases[g].numel() == want[g][0], what, ": bias ", g,
+             " must be float32 [", want[g][0], "]");
+  }
 }
 
 }  // namespace
@@ -605,6 +892,80 @@ PD_BUILD_OP(pangu_bf16_linear_cat)
     .SetKernelFn(PD_KERNEL(Bf16LinearCatForward))
     .SetInferShapeFn(PD_INFER_SHAPE(Bf16LinearCatShape))
     .SetInferDtypeFn(PD_INFER_DTYPE(Bf16LinearCatDtype));
+
+// The fused decode layer (DecodeLayer above), int8 weights: x [B, 1, H] (updated in place to the layer's
+// output), query [B, 1, H] (the query layer's top query embedding; ignored for a block), norms (ln1 w, ln1 b,
+// ln2 w, ln2 b), weights / scales / biases of q, k, v, out, fc_in, fc_out, caches [B, nh, cap, hd] (column t
+// written in place), mask int64 [B, t + 1] (1 = a real token). Dygraph decode steps only.
+void Int8DecodeLayer(paddle::Tensor& x, const paddle::Tensor& query, const std::vector<paddle::Tensor>& norms,
+                     const std::vector<paddle::Tensor>& weights, const std::vector<paddle::Tensor>& scales,
+                     const std::vector<paddle::Tensor>& biases, paddle::Tensor& kc, paddle::Tensor& vc,
+                     const paddle::Tensor& mask, int t, float eps, int act, bool query_layer, int threads) {
+  DecodeShape d{0, 0, 0, 0, 0, 0, t, eps, act, threads, query_layer};
+  CheckDecodeLayer(d, x, query, norms, weights, biases, kc, vc, mask, paddle::DataType::INT8);
+  PD_CHECK(scales.size() == 6, "decode layer: 6 scales expected");
+  const float* ln[4];
+  const int8_t* w[6];
+  const float *s[6], *b[6];
+  for (int i = 0; i < 4; ++i) ln[i] = norms[i].data<float>();
+  for (int g = 0; g < 6; ++g) {
+    PD_CHECK(scales[g].dtype() == paddle::DataType::FLOAT32 && scales[g].numel() == weights[g].shape()[0],
+             "decode layer: scale ", g, " must be float32 [N]");
+    w[g] = weights[g].data<int8_t>(), s[g] = scales[g].data<float>(), b[g] = biases[g].data<float>();
+  }
+  DecodeLayer<I8>(d, x.data<float>(), query_layer ? query.data<float>() : nullptr, ln, w, s, b, kc.data<float>(),
+                  vc.data<float>(), mask.data<int64_t>());
+}
+
+PD_BUILD_OP(pangu_int8_decode_layer_)
+    .Inputs({"X", "Query", paddle::Vec("Norms"), paddle::Vec("Weights"), paddle::Vec("Scales"),
+             paddle::Vec("Biases"), "KCache", "VCache", "Mask"})
+    .Outputs({"XOut", "KCacheOut", "VCacheOut"})
+    .Attrs({"t: int", "eps: float", "act: int", "query_layer: bool", "threads: int"})
+    .SetInplaceMap({{"X", "XOut"}, {"KCache", "KCacheOut"}, {"VCache", "VCacheOut"}})
+    .SetKernelFn(PD_KERNEL(Int8DecodeLayer));
+
+// The same for bf16 weights (no scales).
+void Bf16DecodeLayer(paddle::Tensor& x, const paddle::Tensor& query, const std::vector<paddle::Tensor>& norms,
+                     const std::vector<paddle::Tensor>& weights, const std::vector<paddle::Tensor>& biases,
+                     paddle::Tensor& kc, paddle::Tensor& vc, const paddle::Tensor& mask, int t, float eps, int act,
+                     bool query_layer, int threads) {
+  DecodeShape d{0, 0, 0, 0, 0, 0, t, eps, act, threads, query_layer};
+  CheckDecodeLayer(d, x, query, norms, weights, biases, kc, vc, mask, paddle::DataType::BFLOAT16);
+  const float* ln[4];
+  const uint16_t* w[6];
+  const float *s[6], *b[6];
+  for (int i = 0; i < 4; ++i) ln[i] = norms[i].data<float>();
+  for (int g = 0; g < 6; ++g)
+    w[g] = static_cast<const uint16_t*>(weights[g].data()), s[g] = nullptr, b[g] = biases[g].data<float>();
+  DecodeLayer<BF16>(d, x.data<float>(), query_layer ? query.data<float>() : nullptr, ln, w, s, b, kc.data<float>(),
+                    vc.data<float>(), mask.data<int64_t>());
+}
+
+PD_BUILD_OP(pangu_bf16_decode_layer_)
+    .Inputs({"X", "Query", paddle::Vec("Norms"), paddle::Vec("Weights"), paddle::Vec("Biases"), "KCache", "VCache",
+             "Mask"})
+    .Outputs({"XOut", "KCacheOut", "VCacheOut"})
+    .Attrs({"t: int", "eps: float", "act: int", "query_layer: bool", "threads: int"})
+    .SetInplaceMap({{"X", "XOut"}, {"KCache", "KCacheOut"}, {"VCache", "VCacheOut"}})
+    .SetKernelFn(PD_KERNEL(Bf16DecodeLayer));
+
+// The fused layer's activation of x (float32, any shape) at the chosen level, as a new tensor: for the
+// accuracy test of the vectorised gelu_tanh (tests/unit/test_fused_decode.py).
+std::vector<paddle::Tensor> DecodeActivation(const paddle::Tensor& x_in, int act) {
+  const auto x = Dense(x_in);
+  PD_CHECK(x.is_cpu() && x.dtype() == paddle::DataType::FLOAT32, "decode activation: a float32 CPU tensor");
+  auto y = paddle::empty(x.shape(), paddle::DataType::FLOAT32, paddle::CPUPlace());
+  std::memcpy(y.data<float>(), x.data<float>(), x.numel() * sizeof(float));
+  ActivationRow(ChosenLevel(), y.data<float>(), x.numel(), act);
+  return {y};
+}
+
+PD_BUILD_OP(pangu_decode_activation)
+    .Inputs({"X"})
+    .Outputs({"Out"})
+    .Attrs({"act: int"})
+    .SetKernelFn(PD_KERNEL(DecodeActivation));
 
 // The level pangu_int8_linear would run now (0 scalar, 1 avx2, 2 avx512) as an int32 [3] tensor together
 // with the CPU's best level (lets the tests confirm that forcing PANGU_INT8_ISA really switched the path)

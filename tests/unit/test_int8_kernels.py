@@ -447,6 +447,7 @@ def test_decode_step_shortcuts_equal_the_general_ops_bit_for_bit(tiny_pair, monk
     padding-only mask of modeling.cache_mask, q / k / v in one int8_linear_cat call) give the general ops' logits bit for bit over a left-padded
     batch, on the int8 model `pangu generate --weights int8` decodes with; they really run (no head
     transpose in a shortcut step), and the weights are large enough that the padding mask matters."""
+    from paddle_pangu.inference.fused_decode import set_fused_decode
     from paddle_pangu.inference.generation import DygraphStepper
     from paddle_pangu.model import ops
 
@@ -462,6 +463,7 @@ def test_decode_step_shortcuts_equal_the_general_ops_bit_for_bit(tiny_pair, monk
 
     def decode(shortcuts, step_mask_of=lambda m: m):
         previous = ops.set_decode_shortcuts(shortcuts)
+        fused = set_fused_decode(False)  # the op-by-op shortcuts (the fused layer: tests/unit/test_fused_decode.py)
         try:
             logits, cache = stepper(ids, pos, mask, None)
             out, p, m = [logits], pos[:, -1:], mask
@@ -474,6 +476,7 @@ def test_decode_step_shortcuts_equal_the_general_ops_bit_for_bit(tiny_pair, monk
             return np.stack(out), len(swaps), len(cats)
         finally:
             ops.set_decode_shortcuts(previous)
+            set_fused_decode(fused)
 
     fast, fast_swaps, fast_cats = decode(True)
     general, general_swaps, general_cats = decode(False)
