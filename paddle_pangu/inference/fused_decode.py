@@ -136,7 +136,7 @@ class FusedDecoder:
             k, v = cache.kv[i]
             query_layer = i == len(self.layers) - 1
             if query_layer:  # REF "final layernorm" before the query layer; its q from the top query embedding
-                x = F.layer_norm(x, [x.shape[-1]], self.final_ln.weight, self.final_ln.bias, self.final_ln._epsilon)
+                x = F.layer_norm(x, [x.shape[-1]], self.final_ln.weight, self.final_ln.bias, self.final_ln.eps)
                 query = F.embedding(pos_t, self.top_query)  # [B, 1, H]
             else:
                 query = x

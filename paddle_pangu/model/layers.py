@@ -58,13 +58,18 @@ def activation(name: str):
 
 
 class FP32LayerNorm(nn.LayerNorm):
-    """LayerNorm computed in fp32 whatever the activation dtype (REF "layernorm")."""
+    """LayerNorm computed in fp32 whatever the activation dtype (REF "layernorm"). Its shape and epsilon are
+    kept as public attributes (`shape`, `eps`) for the fused kernels, not read from nn.LayerNorm's privates."""
+
+    def __init__(self, normalized_shape: int, epsilon: float = 1e-5, **kw):
+        super().__init__(normalized_shape, epsilon=epsilon, **kw)
+        self.shape, self.eps = [int(normalized_shape)], float(epsilon)
 
     def forward(self, x):
         dtype = x.dtype
         w = self.weight.astype("float32") if self.weight is not None else None
         b = self.bias.astype("float32") if self.bias is not None else None
-        return ops.layer_norm(x.astype("float32"), self._normalized_shape, w, b, self._epsilon).astype(dtype)
+        return ops.layer_norm(x.astype("float32"), self.shape, w, b, self.eps).astype(dtype)
 
 
 class PanGuEmbeddings(nn.Layer):

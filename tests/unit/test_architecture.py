@@ -226,8 +226,6 @@ PRIVATE_USES = {
     "model/auto.py": ({"_BaseAutoModelClass", "_get_model_class_from_config"},
                       "PaddleNLP 3.0.0b4's Auto classes have no register() for models: PanGu is found by its "
                       "architectures field"),
-    "model/layers.py": ({"_epsilon", "_normalized_shape"}, "the fused layer-norm kernel reads nn.LayerNorm's own "
-                                                           "epsilon and shape"),
     "model/modeling.py": ({"_get_tensor_parallel_mappings", "_init_weights"},
                           "PretrainedModel's documented hooks: the weight table's split actions, the init"),
     "tokenizer/tokenization.py": ({"_convert_id_to_token", "_convert_token_to_id", "_decode", "_tokenize"},
