@@ -172,7 +172,7 @@ def predictor_settings(device: str = "cpu", threads: int = 0, dtype: str = "floa
     else:
         calls = [("disable_gpu", ())] + ([("set_cpu_math_library_num_threads", (threads,))] if threads else [])
         # fp32: oneDNN off. Every decode step has a new cache length, so oneDNN re-plans its primitives each
-        # token; measured 2.6x less CPU per generate at batch 1 and 1.7x at batch 8 with it off (AMD EPYC).
+        # token, which costs more CPU per generate than it saves (measured: README "Benchmarks", oneDNN).
         calls += ([("enable_mkldnn", ()), ("enable_mkldnn_bfloat16", ())] if dtype == "bfloat16"
                   else [("disable_mkldnn", ())])
     return calls + [("disable_glog_info", ())]

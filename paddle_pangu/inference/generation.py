@@ -24,9 +24,9 @@ class DygraphStepper:
 
     frozen=True promises that the model's weights do not change while the stepper lives (a model loaded
     to be served or to answer `pangu generate`): the tied head is then copied once into the [H, V] layout.
-    Per decode token the head is a GEMV over the largest weight, and MKL reads [H, V] about 2x faster than
-    the embedding's [V, H] (40k x 512: 3.7 vs 7.0 ms at batch 1, 6.0 vs 8.9 ms at batch 8; AMD EPYC). The
-    copy costs one transpose of the embedding (~90 ms here) and its memory, so a one-off `generate` call,
+    Per decode token the head is a GEMV over the largest weight, and MKL reads [H, V] faster than the
+    embedding's [V, H] (README "Benchmarks" has the measurement). The copy costs one transpose of the
+    embedding and its memory, so a one-off `generate` call,
     whose model may be training between calls, keeps reading the embedding itself, and so does a model on
     a GPU / NPU, where the layout was not measured to matter and device memory is the scarcer resource."""
 
