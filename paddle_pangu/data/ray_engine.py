@@ -109,6 +109,28 @@ def _injected_fault(fault: str, stage: str, shard: int, attempt: int) -> None:
             raise OSError(f"injected fault ({FAULT_ENV}={item}, attempt {attempt + 1})")
 
 
+# ---- timeline (docs/DATA.md "Ray timeline") ----------------------------------------------
+TIMELINE: dict = {"phases": [], "tasks": []}  # the last run_pipeline_ray of this (driver) process
+
+
+def _phase(name: str) -> None:
+    """The driver reached `name` (wall clock, comparable with the tasks' times on one machine)."""
+    TIMELINE["phases"].append((name, time.time()))
+
+
+def _timing(stage: str, k: int, start: float, warm: float) -> dict:
+    """What a task reports of its own time: its worker, when the worker process started, the warm-up (the
+    per-worker caches it had to build first) and the task's start and end."""
+    try:
+        import psutil
+
+        born = psutil.Process().create_time()
+    except Exception:  # psutil is Ray's dependency, but the timeline must never fail a shard
+        born = None
+    return {"stage": stage, "shard": k, "pid": os.getpid(), "born": born, "start": start, "end": time.time(),
+            "warm_s": round(warm, 3)}
+
+
 # ---- per-worker caches -------------------------------------------------------------
 _WORKER_CACHE: dict = {}
 
@@ -185,8 +207,14 @@ def _scan_task(cfg, k: int, spec: str, work_dir: str, fault: str = "", attempt: 
     from .pipeline import CHUNK_DOCS, _build_quality_filter, _chunks
 
     work = Path(work_dir)
+    start = time.time()
     issues, read, clean, quality = IssueLog(), StageStats("read"), StageStats("clean"), StageStats("quality")
     cleaner = _cleaner(cfg) if "clean" in cfg.stages else None
+    if cleaner is not None:
+        cleaner._regexes()  # built once per worker: the timeline counts it as warm-up, not as this shard's work
+    if "dedup" in cfg.stages:
+        minhash_values("", cfg.dedup)  # the permutations and the compiled loop, once per worker
+    warm = time.time() - start
     ids, chars, sigs, last, n = [], [], [], None, 0
     text_path, sigs_path = work / f"{k:05d}.jsonl", work / f"{k:05d}.sigs.npy"
     scores_fh = open(work / f"{k:05d}.scores.jsonl", "w", encoding="utf-8") if "quality" in cfg.stages else None
@@ -227,7 +255,8 @@ def _scan_task(cfg, k: int, spec: str, work_dir: str, fault: str = "", attempt: 
     record = {"shard": k, "spec": spec, "n_read": n, "ids": ids, "chars": chars, "error": error, "line": line,
               "stats": {"read": read.to_dict(), "clean": clean.to_dict(), "quality": quality.to_dict(),
                         "issues": issues.to_dict()},
-              "text_sha256": sha256_file(text_path), "sigs_sha256": sha256_file(sigs_path)}
+              "text_sha256": sha256_file(text_path), "sigs_sha256": sha256_file(sigs_path),
+              "timing": _timing("scan", k, start, warm)}
     if error is None:
         _write_record(work / f"{k:05d}.scan.json", record)
     return record
@@ -289,8 +318,10 @@ def _tokenize_task(cfg, k: int, spec: str, work_dir: str, shards_dir: str, offse
     from .pipeline import TOKENIZE_BATCH_CHARS, _text_batches, write_document
 
     work = Path(work_dir)
+    start = time.time()
     drop_set, wanted_set = set(drop.tolist()), set(wanted.tolist())
     codec = _codec(cfg.vocab_file)
+    warm = time.time() - start
     st, lengths, refs = StageStats("tokenize"), [], {}
     prefix = Path(shards_dir) / f"{k:05d}"
     _injected_fault(fault, "tokenize", k, attempt)
@@ -312,7 +343,8 @@ def _tokenize_task(cfg, k: int, spec: str, work_dir: str, shards_dir: str, offse
                 write_document(builder, st, lengths, rec["text"], ids, cfg.separator_id)
     record = {"shard": k, "lengths": lengths, "stats": st.to_dict(), "refs": refs,
               "selection": _selection_digest(drop, wanted),
-              "bin_sha256": sha256_file(f"{prefix}.bin"), "idx_sha256": sha256_file(f"{prefix}.idx")}
+              "bin_sha256": sha256_file(f"{prefix}.bin"), "idx_sha256": sha256_file(f"{prefix}.idx"),
+              "timing": _timing("tokenize", k, start, warm)}
     _write_record(Path(shards_dir) / f"{k:05d}.json", record)
     return record
 
@@ -343,6 +375,8 @@ def _run_shards(ray, stage: str, todo: list[int], submit, shards: list[str], sta
         k, attempt = pending.pop(done[0])
         try:
             out[k] = ray.get(done[0])
+            if isinstance(out[k], dict) and "timing" in out[k]:
+                TIMELINE["tasks"].append(out[k]["timing"])
         except ray.exceptions.RayError as exc:
             error = _describe(exc)
             if attempt + 1 < SHARD_ATTEMPTS:
@@ -406,6 +440,7 @@ def _scan(ray, cfg, shards: list[str], work: Path, stats: PipelineStats) -> dict
 
     scans.update(_run_shards(ray, "scan", todo, submit, shards, stats,
                              lambda k, error: _failed_scan(k, shards[k], work, error)))
+    _phase("scan: merge records")
     total = 0
     for k in range(len(shards)):
         r = scans[k]
@@ -426,6 +461,7 @@ def _dedup(ray, cfg, scans: dict, work: Path) -> tuple[DedupResult, tuple[int, i
     """Stage 2 (module docstring); returns (result, (bands, rows), {dropped doc: chars})."""
     lsh = MinHashDeduplicator(cfg.dedup)  # the local engine's b x r for this threshold
     ranges = lsh.ranges
+    _phase("dedup: shuffle")
     parts = _partitions(ray)
     band = ray.remote(_band_task).options(num_returns=parts, max_retries=SHARD_ATTEMPTS - 1)
     bucket = ray.remote(_bucket_task).options(max_retries=SHARD_ATTEMPTS - 1)
@@ -436,9 +472,11 @@ def _dedup(ray, cfg, scans: dict, work: Path) -> tuple[DedupResult, tuple[int, i
     found = [f for f in found if len(f)]
     candidates = unique_pairs(np.concatenate(found)) if found else np.zeros((0, 2), np.int64)
     offsets = {k: r["offset"] for k, r in scans.items()}
+    _phase("dedup: verify")
     verified = _verify(candidates, scans, offsets, work, cfg.dedup.threshold, cfg.dedup.verify)
     result = clusters_from_pairs(sorted({d for pair in verified for d in pair}), verified)
     result.candidate_pairs, result.verified_pairs = len(candidates), len(verified)
+    _phase("dedup: dropped chars")
     chars = {}
     for k, r in scans.items():
         gids = r["offset"] + np.asarray(r["ids"], np.int64)
@@ -521,6 +559,7 @@ def _run_stages(ray, cfg, tmp: Path, stats: PipelineStats, shards: list[str]) ->
     work.mkdir(exist_ok=True)
     shards_dir.mkdir(exist_ok=True)
     t0 = time.perf_counter()
+    _phase("scan")
     scans = _scan(ray, cfg, shards, work, stats)
     stats.summary["pass 1 seconds (read+clean+quality+minhash)"] = round(time.perf_counter() - t0, 1)
     for name in ("clean", "quality"):
@@ -530,13 +569,19 @@ def _run_stages(ray, cfg, tmp: Path, stats: PipelineStats, shards: list[str]) ->
     result = DedupResult([], set())
     if "dedup" in cfg.stages:
         st = stats.start("dedup")
+        _phase("dedup")
         result, bands_rows, dropped_chars = _dedup(ray, cfg, scans, work)
         _dedup_stats(st, result, bands_rows, stats, dropped_chars)
         stats.stop("dedup")
+    _phase("tokenize")
     lengths, refs = _tokenize(ray, cfg, shards, scans, work, shards_dir, result, stats)
+    _phase("clusters file")
     _write_clusters(tmp / "dedup_clusters.jsonl", result.clusters, refs)
+    _phase("driver tokenizer")
     codec = _codec(cfg.vocab_file)
+    _phase("concatenate")
     listing = _concatenate(shards_dir, len(shards), tmp / cfg.name, dtype_for_vocab(codec.vocab_size))
+    _phase("finish (split, manifest)")
     _finish_dataset(cfg, tmp, stats, lengths, codec)
     _add_shards_to_manifest(tmp, shards, listing)
     (tmp / RESUME_FILE).unlink()
@@ -607,11 +652,14 @@ def run_pipeline_ray(cfg, model=None, address: str | None = None) -> PipelineSta
 
     cfg.validate(has_model=model is not None)
     _check_supported(cfg, model)
+    TIMELINE["phases"], TIMELINE["tasks"] = [], []
+    _phase("start")
     final = Path(cfg.output)
     if final.exists() and not cfg.overwrite:
         raise FileExistsError(f"{final} exists; pass --overwrite to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
     ray = _connect(address, cfg.num_workers or default_num_workers())
+    _phase("shard specs")
     shards = shard_specs(cfg.inputs, cfg.reader, cfg.shard_mb)
     tmp = _partial_for(final, _resume_key(cfg, shards))
     stats = PipelineStats()
@@ -619,7 +667,9 @@ def run_pipeline_ray(cfg, model=None, address: str | None = None) -> PipelineSta
         stats.stage(name)
     try:
         _run_stages(ray, cfg, tmp, stats, shards)
+        _phase("commit")
         commit_dir(tmp, final, cfg.overwrite)
+        _phase("end")
     except KeyboardInterrupt:  # Ctrl-C: kept, like a killed driver's, for the rerun to resume from
         logger.warning("prepare-data --engine ray: interrupted; the shards done so far are in %s: rerun the same "
                        "command to resume from them", tmp)

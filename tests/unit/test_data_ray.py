@@ -8,6 +8,7 @@ same documents (same clusters, same drops by reason), write byte-identical
 `.bin/.idx`, and report the corrupt file with its file and line while
 keeping every other shard's documents.
 """
+import copy
 import gzip
 import json
 
@@ -58,12 +59,17 @@ def _cfg(corpus, out):
 
 @pytest.fixture(scope="module")
 def both(corpus, cluster, tmp_path_factory):
+    from paddle_pangu.data import ray_engine
     from paddle_pangu.data.ray_engine import run_pipeline_ray
 
     out = tmp_path_factory.mktemp("ray_out")
     local = run_pipeline(_cfg(corpus, out / "local"))
     distributed = run_pipeline_ray(_cfg(corpus, out / "ray"))
+    _TIMELINE.update(copy.deepcopy(ray_engine.TIMELINE))  # this run's, before another run replaces it
     return out / "local", out / "ray", local, distributed
+
+
+_TIMELINE: dict = {}
 
 
 def test_same_bytes_same_drops_same_clusters(both):
@@ -80,6 +86,25 @@ def test_same_bytes_same_drops_same_clusters(both):
         assert rs["stages"]["dedup"][key] == ls["stages"]["dedup"][key], key
     assert rs["issues"] == ls["issues"]
     assert (ray_dir / "dedup_clusters.jsonl").read_text() == (local_dir / "dedup_clusters.jsonl").read_text()
+
+
+def test_the_timeline_has_every_shards_tasks_in_the_drivers_phases(both):
+    """`pangu bench data`'s timeline (docs/DATA.md): the driver's phases in order, and one scan and one
+    tokenize task per shard, each inside its phase, with its worker and a non-negative warm-up and work."""
+    from paddle_pangu.bench.data_bench import timeline, timeline_table
+
+    tl = timeline(_TIMELINE)
+    names = [p["phase"] for p in tl["phases"]]
+    order = ["start", "shard specs", "scan", "dedup", "tokenize", "concatenate", "commit", "end"]
+    assert [n for n in names if n in order] == order
+    at = {p["phase"]: p["at_s"] for p in tl["phases"]}
+    for stage, lo, hi in (("scan", at["scan"], at["dedup"]), ("tokenize", at["tokenize"], at["clusters file"])):
+        tasks = [t for t in tl["tasks"] if t["stage"] == stage]
+        assert sorted(t["shard"] for t in tasks) == [0, 1, 2], stage  # a.jsonl, b.jsonl, c.jsonl.gz
+        for t in tasks:  # rounded to 0.01 s on both sides
+            assert lo - 0.01 <= t["start_s"] <= t["end_s"] <= hi + 0.01 and t["warm_s"] >= 0 and t["work_s"] >= -0.01
+    assert len({t["pid"] for t in tl["tasks"]}) <= 2  # the cluster's 2 CPUs: at most two worker processes
+    assert "| scan | 0 |" in timeline_table({"workers": 2, "seconds": 1.0, "timeline": tl})
 
 
 def test_corrupt_gzip_is_reported_and_other_shards_kept(both):
