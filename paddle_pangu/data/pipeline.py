@@ -69,7 +69,8 @@ class PipelineConfig:
         max_docs: stop reading after this many documents (quick runs).
         keep_work: keep the intermediate work files in the output.
         shard_mb: --engine ray: an uncompressed input file larger than this is cut into byte ranges at
-            line ends, one shard each (same output; the local engine reads it as one stream).
+            line ends, one shard each (same output; the local engine reads it as one stream). None: the
+            splittable input's size / 8, within 2-64 MB (`ray_engine.auto_shard_mb`).
     """
 
     inputs: list[str]
@@ -94,7 +95,7 @@ class PipelineConfig:
     overwrite: bool = False
     keep_work: bool = False
     progress: bool = True
-    shard_mb: float = 64.0
+    shard_mb: float | None = None
     max_undecodable_fraction: float = 0.01  # warn above this share of input lines not in reader.encoding
 
     def validate(self, has_model: bool = False) -> None:
@@ -112,7 +113,7 @@ class PipelineConfig:
             raise ValueError("prepare-data: --classifier-good and --classifier-bad go together")
         if not self.name or "/" in self.name:
             raise ValueError(f"prepare-data --name {self.name!r}: expected a plain file stem")
-        if not self.shard_mb > 0:
+        if self.shard_mb is not None and not self.shard_mb > 0:
             raise ValueError(f"prepare-data --shard-mb {self.shard_mb}: expected a size in MB > 0")
         self.reader.validate()
         self.cleaning.validate()

@@ -86,6 +86,24 @@ def shard_specs(inputs, reader=None, shard_mb: float | None = None) -> list[str]
     return out
 
 
+AUTO_SHARDS = 8  # without --shard-mb, splittable input is cut into about this many shards...
+AUTO_SHARD_MB = (2.0, 64.0)  # ...of at least / at most this many MB
+
+
+def auto_shard_mb(inputs, reader) -> float:
+    """The shard size when `--shard-mb` is not given: the splittable input's size over AUTO_SHARDS, within
+    AUTO_SHARD_MB. Several shards per CPU let a CPU that finishes early take the next one: shards' work is
+    uneven (dedup keeps the earliest copy, so later shards tokenize less), and with one shard per input file
+    a run of few large files had one task per CPU per stage (docs/DATA.md, Ray timeline). It depends on the
+    input alone, so a resumed run (any --workers) finds the same shards."""
+    total = 0
+    for spec in inputs:
+        if not str(spec).startswith(BUILTIN_PREFIX):
+            total += sum(f.stat().st_size for f in list_input_files(spec) if splittable(f, reader))
+    lo, hi = AUTO_SHARD_MB
+    return min(hi, max(lo, total / 1e6 / AUTO_SHARDS))
+
+
 def _shard_documents(spec: str, cfg, issues: IssueLog):
     if spec.startswith(BUILTIN_PREFIX):
         return read_builtin(spec, issues)
@@ -457,9 +475,10 @@ def _scan(ray, cfg, shards: list[str], work: Path, stats: PipelineStats) -> dict
     return scans
 
 
-def _dedup(ray, cfg, scans: dict, work: Path) -> tuple[DedupResult, tuple[int, int], dict]:
-    """Stage 2 (module docstring); returns (result, (bands, rows), {dropped doc: chars})."""
-    lsh = MinHashDeduplicator(cfg.dedup)  # the local engine's b x r for this threshold
+def _dedup(ray, cfg, scans: dict, work: Path,
+           lsh: MinHashDeduplicator) -> tuple[DedupResult, tuple[int, int], dict]:
+    """Stage 2 (module docstring); returns (result, (bands, rows), {dropped doc: chars}). `lsh` gives the local
+    engine's b x r for the threshold."""
     ranges = lsh.ranges
     _phase("dedup: shuffle")
     parts = _partitions(ray)
@@ -558,6 +577,14 @@ def _run_stages(ray, cfg, tmp: Path, stats: PipelineStats, shards: list[str]) ->
     work, shards_dir = tmp / "work", tmp / "shards"
     work.mkdir(exist_ok=True)
     shards_dir.mkdir(exist_ok=True)
+    # the driver's own start-up (datasketch's b x r for the threshold: it imports scipy; the tokenizer for the
+    # vocabulary and the manifest) runs in a thread while the driver waits on the scan tasks, not after them
+    from concurrent.futures import ThreadPoolExecutor
+
+    prefetch = ThreadPoolExecutor(1, thread_name_prefix="pangu-driver-prefetch")
+    lsh = prefetch.submit(MinHashDeduplicator, cfg.dedup) if "dedup" in cfg.stages else None
+    codec = prefetch.submit(_codec, cfg.vocab_file)
+    prefetch.shutdown(wait=False)
     t0 = time.perf_counter()
     _phase("scan")
     scans = _scan(ray, cfg, shards, work, stats)
@@ -570,7 +597,7 @@ def _run_stages(ray, cfg, tmp: Path, stats: PipelineStats, shards: list[str]) ->
     if "dedup" in cfg.stages:
         st = stats.start("dedup")
         _phase("dedup")
-        result, bands_rows, dropped_chars = _dedup(ray, cfg, scans, work)
+        result, bands_rows, dropped_chars = _dedup(ray, cfg, scans, work, lsh.result())
         _dedup_stats(st, result, bands_rows, stats, dropped_chars)
         stats.stop("dedup")
     _phase("tokenize")
@@ -578,7 +605,7 @@ def _run_stages(ray, cfg, tmp: Path, stats: PipelineStats, shards: list[str]) ->
     _phase("clusters file")
     _write_clusters(tmp / "dedup_clusters.jsonl", result.clusters, refs)
     _phase("driver tokenizer")
-    codec = _codec(cfg.vocab_file)
+    codec = codec.result()
     _phase("concatenate")
     listing = _concatenate(shards_dir, len(shards), tmp / cfg.name, dtype_for_vocab(codec.vocab_size))
     _phase("finish (split, manifest)")
@@ -660,7 +687,8 @@ def run_pipeline_ray(cfg, model=None, address: str | None = None) -> PipelineSta
     final.parent.mkdir(parents=True, exist_ok=True)
     ray = _connect(address, cfg.num_workers or default_num_workers())
     _phase("shard specs")
-    shards = shard_specs(cfg.inputs, cfg.reader, cfg.shard_mb)
+    shard_mb = cfg.shard_mb if cfg.shard_mb is not None else auto_shard_mb(cfg.inputs, cfg.reader)
+    shards = shard_specs(cfg.inputs, cfg.reader, shard_mb)
     tmp = _partial_for(final, _resume_key(cfg, shards))
     stats = PipelineStats()
     for name in ("read",) + tuple(s for s in STAGES if s in cfg.stages):

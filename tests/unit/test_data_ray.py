@@ -168,3 +168,24 @@ def test_byte_range_shards_give_the_unsplit_bytes(both, corpus, cluster, tmp_pat
     for name in ("a.jsonl", "b.jsonl"):
         assert sum(f"{name}#bytes=" in s for s in inputs) >= 3, inputs
     assert sum(s.endswith("c.jsonl.gz") for s in inputs) == 1
+
+
+def test_auto_shard_size_follows_the_splittable_input(tmp_path):
+    """Without --shard-mb the splittable input (uncompressed JSONL) is cut into about AUTO_SHARDS shards of
+    2-64 MB; gzip files are not counted (never cut). Sparse files: only sizes are read."""
+    from paddle_pangu.data.readers import ReaderConfig
+    from paddle_pangu.data.ray_engine import AUTO_SHARDS, auto_shard_mb
+
+    def sized(name, mb):
+        with open(tmp_path / name, "wb") as fh:
+            fh.truncate(int(mb * 1e6))
+
+    reader = ReaderConfig()
+    sized("a.jsonl", 30)
+    sized("b.jsonl", 10)
+    sized("c.jsonl.gz", 500)
+    assert AUTO_SHARDS == 8 and auto_shard_mb([str(tmp_path)], reader) == 40 / 8
+    assert auto_shard_mb([str(tmp_path / "c.jsonl.gz")], reader) == 2.0  # nothing to cut: the floor
+    sized("a.jsonl", 2000)
+    assert auto_shard_mb([str(tmp_path)], reader) == 64.0  # the ceiling
+    assert auto_shard_mb(["builtin:peoples-daily", str(tmp_path / "b.jsonl")], reader) == 2.0
