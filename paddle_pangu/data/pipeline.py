@@ -70,7 +70,7 @@ class PipelineConfig:
         keep_work: keep the intermediate work files in the output.
         shard_mb: --engine ray: an uncompressed input file larger than this is cut into byte ranges at
             line ends, one shard each (same output; the local engine reads it as one stream). None: the
-            splittable input's size / 8, within 2-64 MB (`ray_engine.auto_shard_mb`).
+            splittable input's size / 16, within 1-64 MB (`ray_engine.auto_shard_mb`).
     """
 
     inputs: list[str]

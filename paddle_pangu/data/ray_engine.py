@@ -48,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -79,15 +80,17 @@ def shard_specs(inputs, reader=None, shard_mb: float | None = None) -> list[str]
             out.append(str(spec))
             continue
         for f in list_input_files(spec):
-            if shard_mb and reader is not None and splittable(f, reader) and f.stat().st_size > shard_mb * 1e6:
-                out += [r.spec(f) for r in byte_ranges(f, max(1, int(shard_mb * 1e6)))]
+            size = f.stat().st_size
+            if shard_mb and reader is not None and splittable(f, reader) and size > shard_mb * 1e6:
+                pieces = math.ceil(size / (shard_mb * 1e6))  # equal pieces: no small remainder shard
+                out += [r.spec(f) for r in byte_ranges(f, max(1, math.ceil(size / pieces)))]
             else:
                 out.append(str(f))
     return out
 
 
-AUTO_SHARDS = 8  # without --shard-mb, splittable input is cut into about this many shards...
-AUTO_SHARD_MB = (2.0, 64.0)  # ...of at least / at most this many MB
+AUTO_SHARDS = 16  # without --shard-mb, splittable input is cut into about this many shards...
+AUTO_SHARD_MB = (1.0, 64.0)  # ...of at least / at most this many MB
 
 
 def auto_shard_mb(inputs, reader) -> float:

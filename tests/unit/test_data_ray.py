@@ -172,7 +172,7 @@ def test_byte_range_shards_give_the_unsplit_bytes(both, corpus, cluster, tmp_pat
 
 def test_auto_shard_size_follows_the_splittable_input(tmp_path):
     """Without --shard-mb the splittable input (uncompressed JSONL) is cut into about AUTO_SHARDS shards of
-    2-64 MB; gzip files are not counted (never cut). Sparse files: only sizes are read."""
+    1-64 MB; gzip files are not counted (never cut). Sparse files: only sizes are read."""
     from paddle_pangu.data.readers import ReaderConfig
     from paddle_pangu.data.ray_engine import AUTO_SHARDS, auto_shard_mb
 
@@ -184,8 +184,8 @@ def test_auto_shard_size_follows_the_splittable_input(tmp_path):
     sized("a.jsonl", 30)
     sized("b.jsonl", 10)
     sized("c.jsonl.gz", 500)
-    assert AUTO_SHARDS == 8 and auto_shard_mb([str(tmp_path)], reader) == 40 / 8
-    assert auto_shard_mb([str(tmp_path / "c.jsonl.gz")], reader) == 2.0  # nothing to cut: the floor
+    assert AUTO_SHARDS == 16 and auto_shard_mb([str(tmp_path)], reader) == 40 / 16
+    assert auto_shard_mb([str(tmp_path / "c.jsonl.gz")], reader) == 1.0  # nothing to cut: the floor
     sized("a.jsonl", 2000)
     assert auto_shard_mb([str(tmp_path)], reader) == 64.0  # the ceiling
-    assert auto_shard_mb(["builtin:peoples-daily", str(tmp_path / "b.jsonl")], reader) == 2.0
+    assert auto_shard_mb(["builtin:peoples-daily", str(tmp_path / "b.jsonl")], reader) == 1.0
