@@ -379,15 +379,19 @@ def _describe(exc) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
 
 
-def _run_shards(ray, stage: str, todo: list[int], submit, shards: list[str], stats: PipelineStats, last_failure):
+def _run_shards(ray, stage: str, todo: list[int], submit, shards: list[str], stats: PipelineStats, last_failure,
+                submitted=None):
     """Run `submit(k, attempt) -> ObjectRef` for every shard in `todo`; a task that raises or whose worker
     dies is logged and submitted again (SHARD_ATTEMPTS in all); `last_failure(k, error)` gives the result
-    of a shard whose last attempt failed (or raises). Returns {k: result}."""
+    of a shard whose last attempt failed (or raises); `submitted()` is called once the first tasks are out
+    (the driver's own work then overlaps them). Returns {k: result}."""
     kill_at = [int(f.split(":")[2]) for f in os.environ.get(FAULT_ENV, "").split(",") if f.startswith(f"driver:{stage}:")]
     # the test hook submits no more than it lets finish, so exactly kill_at shards are done when it kills
     window = kill_at[0] if kill_at else len(todo)
     waiting = list(todo[window:])
     pending = {submit(k, 0): (k, 0) for k in todo[:window]}
+    if submitted is not None:
+        submitted()
     out = {}
     while pending:
         if kill_at and len(out) >= kill_at[0]:
@@ -447,8 +451,9 @@ def _partitions(ray) -> int:
     return max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
 
 
-def _scan(ray, cfg, shards: list[str], work: Path, stats: PipelineStats) -> dict:
-    """Stage 1: every shard's scan record (verified ones of an earlier run reused); merges the stats."""
+def _scan(ray, cfg, shards: list[str], work: Path, stats: PipelineStats, submitted=None) -> dict:
+    """Stage 1: every shard's scan record (verified ones of an earlier run reused); merges the stats.
+    `submitted()`: called once the scan tasks are out."""
     fault = os.environ.get(FAULT_ENV, "")
     scans, todo = _reusable(len(shards), "scanned", lambda k: (
         _read_record(work / f"{k:05d}.scan.json", {"text_sha256": work / f"{k:05d}.jsonl",
@@ -460,7 +465,7 @@ def _scan(ray, cfg, shards: list[str], work: Path, stats: PipelineStats) -> dict
         return task.remote(cfg, k, shards[k], str(work), fault, attempt, attempt == SHARD_ATTEMPTS - 1)
 
     scans.update(_run_shards(ray, "scan", todo, submit, shards, stats,
-                             lambda k, error: _failed_scan(k, shards[k], work, error)))
+                             lambda k, error: _failed_scan(k, shards[k], work, error), submitted))
     _phase("scan: merge records")
     total = 0
     for k in range(len(shards)):
@@ -581,16 +586,25 @@ def _run_stages(ray, cfg, tmp: Path, stats: PipelineStats, shards: list[str]) ->
     work.mkdir(exist_ok=True)
     shards_dir.mkdir(exist_ok=True)
     # the driver's own start-up (datasketch's b x r for the threshold: it imports scipy; the tokenizer for the
-    # vocabulary and the manifest) runs in a thread while the driver waits on the scan tasks, not after them
+    # vocabulary and the manifest) runs in a thread while the driver waits on the scan tasks, not after them,
+    # and only once they are submitted (it holds the GIL in bursts: submitting behind it delayed the first task)
     from concurrent.futures import ThreadPoolExecutor
 
-    prefetch = ThreadPoolExecutor(1, thread_name_prefix="pangu-driver-prefetch")
-    lsh = prefetch.submit(MinHashDeduplicator, cfg.dedup) if "dedup" in cfg.stages else None
-    codec = prefetch.submit(_codec, cfg.vocab_file)
-    prefetch.shutdown(wait=False)
+    ahead: dict = {}
+
+    def prefetch():
+        if ahead:
+            return
+        pool = ThreadPoolExecutor(1, thread_name_prefix="pangu-driver-prefetch")
+        if "dedup" in cfg.stages:
+            ahead["lsh"] = pool.submit(MinHashDeduplicator, cfg.dedup)
+        ahead["codec"] = pool.submit(_codec, cfg.vocab_file)
+        pool.shutdown(wait=False)
+
     t0 = time.perf_counter()
     _phase("scan")
-    scans = _scan(ray, cfg, shards, work, stats)
+    scans = _scan(ray, cfg, shards, work, stats, prefetch)
+    prefetch()  # (already done unless no scan task was submitted)
     stats.summary["pass 1 seconds (read+clean+quality+minhash)"] = round(time.perf_counter() - t0, 1)
     for name in ("clean", "quality"):
         if name not in cfg.stages:
@@ -600,7 +614,7 @@ def _run_stages(ray, cfg, tmp: Path, stats: PipelineStats, shards: list[str]) ->
     if "dedup" in cfg.stages:
         st = stats.start("dedup")
         _phase("dedup")
-        result, bands_rows, dropped_chars = _dedup(ray, cfg, scans, work, lsh.result())
+        result, bands_rows, dropped_chars = _dedup(ray, cfg, scans, work, ahead["lsh"].result())
         _dedup_stats(st, result, bands_rows, stats, dropped_chars)
         stats.stop("dedup")
     _phase("tokenize")
@@ -608,7 +622,7 @@ def _run_stages(ray, cfg, tmp: Path, stats: PipelineStats, shards: list[str]) ->
     _phase("clusters file")
     _write_clusters(tmp / "dedup_clusters.jsonl", result.clusters, refs)
     _phase("driver tokenizer")
-    codec = codec.result()
+    codec = ahead["codec"].result()
     _phase("concatenate")
     listing = _concatenate(shards_dir, len(shards), tmp / cfg.name, dtype_for_vocab(codec.vocab_size))
     _phase("finish (split, manifest)")
