@@ -237,6 +237,15 @@ def _ratios(rows: list[dict]) -> dict:
                        ("ray1/local1", ("ray", 1), ("local", 1)), ("local2/local1", ("local", 2), ("local", 1))):
         if a in by and b in by:
             out[name] = round(by[a] / by[b], 3)
+    # whether the 2-CPU run had two cores: the same shards' scan seconds, Ray 2 over Ray 1 (≈ 1 with a free
+    # second core; ≈ 2 when its two workers shared one core, e.g. with other jobs running)
+    per_shard = {}
+    for r in rows:
+        scans = [t["work_s"] for t in r.get("timeline", {}).get("tasks", []) if t["stage"] == "scan"]
+        if r["engine"] == "ray" and scans:
+            per_shard[r["workers"]] = sum(scans) / len(scans)
+    if per_shard.get(1) and 2 in per_shard:
+        out["ray2/ray1 scan s per shard"] = round(per_shard[2] / per_shard[1], 2)
     return out
 
 
