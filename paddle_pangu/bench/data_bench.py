@@ -111,6 +111,7 @@ def _ray(corpus: Path, out: Path, workers: int, mb: float) -> dict:
     import ray
 
     from ..data.pipeline import PipelineConfig
+    from ..data import ray_engine
     from ..data.ray_engine import run_pipeline_ray
 
     cfg = PipelineConfig(inputs=[str(corpus)], output=str(out), name="c", progress=False, num_workers=workers)
@@ -124,7 +125,39 @@ def _ray(corpus: Path, out: Path, workers: int, mb: float) -> dict:
             seconds = time.perf_counter() - t1
         finally:
             ray.shutdown()
-    return _row("ray", workers, stats, seconds, mb, peak.peak, round(startup, 1))
+    row = _row("ray", workers, stats, seconds, mb, peak.peak, round(startup, 1))
+    row["timeline"] = timeline(ray_engine.TIMELINE)
+    return row
+
+
+def timeline(tl: dict) -> dict:
+    """The driver's phases (seconds from the run's start, and each phase's length) and every task's worker,
+    warm-up and work (`ray_engine.TIMELINE`: wall clocks of one machine), relative to the run's start."""
+    phases = tl["phases"]
+    t0 = phases[0][1] if phases else 0.0
+    out = {"phases": [{"phase": name, "at_s": round(t - t0, 2),
+                       "seconds": round((phases[i + 1][1] if i + 1 < len(phases) else t) - t, 2)}
+                      for i, (name, t) in enumerate(phases)], "tasks": []}
+    for task in sorted(tl["tasks"], key=lambda x: x["start"]):
+        out["tasks"].append({"stage": task["stage"], "shard": task["shard"], "pid": task["pid"],
+                             "worker_born_s": None if task["born"] is None else round(task["born"] - t0, 2),
+                             "start_s": round(task["start"] - t0, 2), "end_s": round(task["end"] - t0, 2),
+                             "warm_s": task["warm_s"],
+                             "work_s": round(task["end"] - task["start"] - task["warm_s"], 2)})
+    return out
+
+
+def timeline_table(row: dict) -> str:
+    """One Ray run's timeline: the driver's phases, then each task (worker pid, when it started, warm-up)."""
+    tl = row["timeline"]
+    lines = [f"Ray {row['workers']} CPU(s), round {row.get('round', '-')}, load {row.get('load', '-')}: "
+             f"{row['seconds']} s", "| driver phase | from s | seconds |", "|---|---|---|"]
+    lines += [f"| {p['phase']} | {p['at_s']} | {p['seconds']} |" for p in tl["phases"]]
+    lines += ["| task | shard | worker pid | worker started s | start s | end s | warm-up s | work s |",
+              "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {t['stage']} | {t['shard']} | {t['pid']} | {t['worker_born_s']} | {t['start_s']} | {t['end_s']} | "
+              f"{t['warm_s']} | {t['work_s']} |" for t in tl["tasks"]]
+    return "\n".join(lines)
 
 
 def profile_stages(corpus: Path, mb: float, out: Path) -> dict:
@@ -204,6 +237,15 @@ def _ratios(rows: list[dict]) -> dict:
                        ("ray1/local1", ("ray", 1), ("local", 1)), ("local2/local1", ("local", 2), ("local", 1))):
         if a in by and b in by:
             out[name] = round(by[a] / by[b], 3)
+    # whether the 2-CPU run had two cores: the same shards' scan seconds, Ray 2 over Ray 1 (≈ 1 with a free
+    # second core; ≈ 2 when its two workers shared one core, e.g. with other jobs running)
+    per_shard = {}
+    for r in rows:
+        scans = [t["work_s"] for t in r.get("timeline", {}).get("tasks", []) if t["stage"] == "scan"]
+        if r["engine"] == "ray" and scans:
+            per_shard[r["workers"]] = sum(scans) / len(scans)
+    if per_shard.get(1) and 2 in per_shard:
+        out["ray2/ray1 scan s per shard"] = round(per_shard[2] / per_shard[1], 2)
     return out
 
 
@@ -258,6 +300,7 @@ def table(result: dict) -> str:
                  f"{result['load_after']} on {result['cpus']} CPUs")
     if "profile" in result:
         lines.append(profile_table(result["profile"]))
+    lines += [timeline_table(r) for r in result["rows"] if r.get("timeline")]
     return "\n".join(lines)
 
 

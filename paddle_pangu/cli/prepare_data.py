@@ -73,7 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     io.add_argument("--ray-address", help="join this running Ray cluster (default: start a local one with "
                                           "--workers CPUs)")
     io.add_argument("--shard-mb", type=float, help="--engine ray: cut an uncompressed input file larger than this "
-                                                   "into shards of about this size at line ends (64)")
+                                                   "into shards of about this size at line ends (default: the input's size / 16, within 1-64 MB)")
     cl = parser.add_argument_group("cleaning (paper rules)")
     cl.add_argument("--min-chinese-ratio", type=float, help="drop below this Chinese-character ratio (0.6)")
     cl.add_argument("--min-chars", type=int, help="drop documents shorter than this (150)")

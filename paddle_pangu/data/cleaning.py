@@ -130,11 +130,8 @@ def load_word_list(path: str | Path) -> tuple[str, ...]:
     return words
 
 
-@lru_cache(maxsize=1)
-def _category_runs() -> tuple[tuple[str, int, int], ...]:
-    """(category, first, last) runs of equal Unicode category over every code point: one pass of
-    `unicodedata.category` per process (≈1.3 s), shared by every `_category_ranges` call (each used to make
-    its own pass: three of them were most of a Ray worker's first-task start-up)."""
+def _compute_category_runs() -> tuple[tuple[str, int, int], ...]:
+    """One pass of `unicodedata.category` over every code point (0.25-1.3 s)."""
     runs: list = []
     cats = map(unicodedata.category, map(chr, range(sys.maxunicode + 1)))
     start = 0
@@ -143,6 +140,62 @@ def _category_runs() -> tuple[tuple[str, int, int], ...]:
         runs.append((cat, start, start + n - 1))
         start += n
     return tuple(runs)
+
+
+def _category_runs_cache() -> Path:
+    """The cache file of the runs, keyed by this Python's Unicode database version (beside the compiled
+    kernels: `$PANGU_KERNEL_CACHE`, default ~/.cache/paddle_pangu/kernels)."""
+    import os
+
+    root = os.environ.get("PANGU_KERNEL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "paddle_pangu",
+                                                                 "kernels")
+    return Path(root) / f"unicode_categories_{unicodedata.unidata_version}_{sys.maxunicode:x}.json"
+
+
+def _runs_are_valid(runs) -> bool:
+    """Runs that tile U+0000..sys.maxunicode in order, with this interpreter's category at both ends of each
+    (8 k lookups: a cache from another Unicode database or a damaged one fails)."""
+    expect = 0
+    for cat, first, last in runs:
+        if first != expect or last < first or unicodedata.category(chr(first)) != cat or \
+                unicodedata.category(chr(last)) != cat:
+            return False
+        expect = last + 1
+    return expect == sys.maxunicode + 1
+
+
+@lru_cache(maxsize=1)
+def _category_runs() -> tuple[tuple[str, int, int], ...]:
+    """(category, first, last) runs of equal Unicode category over every code point, shared by every
+    `_category_ranges` call (each used to make its own pass: three of them were most of a Ray worker's
+    first-task start-up). Read from a JSON cache written by the first process (sha256 and the runs checked;
+    a cache that fails is computed and written again: temporary name + rename), since the pass itself was
+    still the largest part of a scan worker's warm-up (docs/DATA.md, Ray timeline)."""
+    import hashlib
+    import json
+    import os
+    import tempfile
+
+    path = _category_runs_cache()
+    try:
+        digest, body = path.read_text(encoding="utf-8").split("\n", 1)
+        if hashlib.sha256(body.encode()).hexdigest() == digest:
+            runs = tuple((c, int(a), int(b)) for c, a, b in json.loads(body))
+            if _runs_are_valid(runs):
+                return runs
+    except (OSError, ValueError, TypeError):
+        pass
+    runs = _compute_category_runs()
+    body = json.dumps(runs, separators=(",", ":"))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(hashlib.sha256(body.encode()).hexdigest() + "\n" + body)
+        os.replace(tmp, path)
+    except OSError:  # a read-only cache only costs the next process the pass
+        pass
+    return runs
 
 
 @lru_cache(maxsize=8)

@@ -282,12 +282,45 @@ _MERSENNE = np.uint64((1 << 61) - 1)  # datasketch's "legacy" scheme: (a * h + b
 _MAX_HASH = np.uint64((1 << 32) - 1)
 
 
+def _default_scheme() -> str:
+    """The scheme of datasketch's `MinHash()` (no scheme given), read from its installed version without
+    importing it (its import pulls in scipy: 0.4-1.2 s per worker process, only for these arrays): "affine32"
+    from 2.0 on, "legacy" before. None for a major version this code does not know (then datasketch decides)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        major = int(version("datasketch").split(".")[0])
+    except (PackageNotFoundError, ValueError):
+        return None
+    return {1: "legacy", 2: "affine32"}.get(major)
+
+
+def datasketch_permutations(num_perm: int, seed: int, scheme: str):
+    """(a [num_perm], b [num_perm], empty hash values [num_perm]) exactly as datasketch 2.0's
+    `MinHash._init_permutations` / `_init_hashvalues` make them (same RandomState draws, same dtypes), in
+    numpy alone; tested equal to datasketch's for both schemes."""
+    gen = np.random.RandomState(seed)
+    if scheme == "legacy":  # one (a, b) pair per permutation, drawn in turn
+        ab = np.array([(gen.randint(1, _MERSENNE, dtype=np.uint64), gen.randint(0, _MERSENNE, dtype=np.uint64))
+                       for _ in range(num_perm)], dtype=np.uint64).T  # [2, num_perm]
+        return ab[0], ab[1], np.full(num_perm, _MAX_HASH, np.uint64)
+    if scheme == "affine32":  # odd a (a bijection mod 2^32), then b
+        a = gen.randint(0, 1 << 31, num_perm, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+        b = gen.randint(0, 1 << 32, num_perm, dtype=np.uint32)
+        return a, b, np.full(num_perm, np.uint32(0xFFFFFFFF), np.uint32)
+    raise ValueError(f"datasketch MinHash scheme {scheme!r}: not one this code generates")
+
+
 @functools.lru_cache(maxsize=4)
 def _permutations(num_perm: int, seed: int):
     """(scheme, a [1, num_perm], b [1, num_perm], empty hash values [num_perm]) of datasketch's MinHash."""
-    m = _empty_minhash(num_perm, seed)
-    a, b = m.permutations
-    return getattr(m, "scheme", "legacy"), a.reshape(1, -1), b.reshape(1, -1), m.hashvalues.copy()
+    scheme = _default_scheme()
+    if scheme is None:  # an unknown datasketch: ask it
+        m = _empty_minhash(num_perm, seed)
+        a, b = m.permutations
+        return getattr(m, "scheme", "legacy"), a.reshape(1, -1), b.reshape(1, -1), m.hashvalues.copy()
+    a, b, empty = datasketch_permutations(num_perm, seed, scheme)
+    return scheme, a.reshape(1, -1), b.reshape(1, -1), empty
 
 
 USE_COMPILED = True  # the tests turn it off to check the numpy path too
@@ -303,11 +336,10 @@ def _compiled_minhash():
     return ext.minhash if ext is not None else None
 
 
-@functools.lru_cache(maxsize=1)
 def _fmix32() -> tuple:
-    from datasketch.minhash import _FMIX_CONSTANTS
-
-    return tuple(int(c) for c in _FMIX_CONSTANTS[32])
+    """murmur3's 32-bit finaliser (shift, multiplier, shift, multiplier, shift): datasketch 2.0's
+    `_FMIX_CONSTANTS[32]` pre-mix of the affine schemes (tested equal)."""
+    return (16, 0x85EBCA6B, 13, 0xC2B2AE35, 16)
 
 
 def minhash_values(text: str, cfg: DedupConfig) -> np.ndarray:

@@ -24,7 +24,9 @@ import datetime
 import json
 import logging
 import multiprocessing
+import os
 import shutil
+import signal
 import sys
 import time
 from collections import Counter, deque
@@ -40,7 +42,7 @@ from .manifest import commit_dir, partial_dir, sha256_file, write_manifest
 from .packing import DEFAULT_SPLIT, DEFAULT_SPLIT_NAMES, split_documents
 from .quality import PerplexityScorer, QualityConfig, QualityFilter, ScoreCache, TextClassifier, read_examples
 from .readers import ProgressTracker, ReaderConfig, input_size_bytes, read_documents
-from .stats import Document, PipelineStats, StageStats
+from .stats import Document, IssueLog, PipelineStats, StageStats
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +71,8 @@ class PipelineConfig:
         max_docs: stop reading after this many documents (quick runs).
         keep_work: keep the intermediate work files in the output.
         shard_mb: --engine ray: an uncompressed input file larger than this is cut into byte ranges at
-            line ends, one shard each (same output; the local engine reads it as one stream).
+            line ends, one shard each (same output; the local engine reads it as one stream). None: the
+            splittable input's size / 16, within 1-64 MB (`ray_engine.auto_shard_mb`).
     """
 
     inputs: list[str]
@@ -94,7 +97,7 @@ class PipelineConfig:
     overwrite: bool = False
     keep_work: bool = False
     progress: bool = True
-    shard_mb: float = 64.0
+    shard_mb: float | None = None
     max_undecodable_fraction: float = 0.01  # warn above this share of input lines not in reader.encoding
 
     def validate(self, has_model: bool = False) -> None:
@@ -112,7 +115,7 @@ class PipelineConfig:
             raise ValueError("prepare-data: --classifier-good and --classifier-bad go together")
         if not self.name or "/" in self.name:
             raise ValueError(f"prepare-data --name {self.name!r}: expected a plain file stem")
-        if not self.shard_mb > 0:
+        if self.shard_mb is not None and not self.shard_mb > 0:
             raise ValueError(f"prepare-data --shard-mb {self.shard_mb}: expected a size in MB > 0")
         self.reader.validate()
         self.cleaning.validate()
@@ -452,16 +455,122 @@ def _kept_chars(stats: PipelineStats) -> int:
     return 0
 
 
-def _run_stages(cfg: PipelineConfig, tmp: Path, stats: PipelineStats, workers: int, model) -> None:
-    scores_fh = open(tmp / "scores.jsonl", "w", encoding="utf-8") if "quality" in cfg.stages else None
-    dedup = MinHashDeduplicator(cfg.dedup) if "dedup" in cfg.stages else None
-    doc_chars: dict = {}
-    try:
-        qfilter = _build_quality_filter(cfg, tmp, scores_fh, model)
-        _pass_filter(cfg, stats, tmp / "work.jsonl", dedup, qfilter, workers, doc_chars)
-    finally:
-        if scores_fh is not None:
-            scores_fh.close()
+# ---- resume after a kill: pass 1 is saved, a rerun of the same command adopts it -----------------------
+PASS1_FILE = "pass1.json"
+LOCAL_FAULT_ENV = "PANGU_LOCAL_TEST_FAULT"  # tests only: "kill-after-pass1": SIGKILL this process once pass 1
+#   is saved (a process killed mid-run, deterministically)
+_NOT_OUTPUT = ("num_workers", "overwrite", "progress", "keep_work")  # flags that do not change the output
+
+
+def _local_resume_key(cfg: PipelineConfig) -> dict:
+    """What a dead run's partial directory must have been started with to be adopted: the output-changing
+    config and every input file's size and mtime (an input edited since is read again)."""
+    from .readers import list_input_files
+
+    snap = {k: v for k, v in _config_snapshot(cfg).items() if k not in _NOT_OUTPUT}
+    files = []
+    for spec in cfg.inputs:
+        if str(spec).startswith(BUILTIN_PREFIX):
+            files.append([str(spec), None, None])
+            continue
+        for f in list_input_files(spec):
+            st = f.stat()
+            files.append([str(f), st.st_size, st.st_mtime_ns])
+    return json.loads(json.dumps({"engine": "local", "config": snap, "inputs": files}, default=str))
+
+
+def _pass1_files(tmp: Path) -> dict:
+    files = {"work_sha256": tmp / "work.jsonl", "sigs_sha256": tmp / "pass1.sigs.npy"}
+    if (tmp / "scores.jsonl").exists():
+        files["scores_sha256"] = tmp / "scores.jsonl"
+    return files
+
+
+def _save_pass1(cfg, tmp: Path, key: dict, stats: PipelineStats, dedup, doc_chars: dict) -> None:
+    """Pass 1's outcome (the work file is already there): signatures as .npy (no pickle), the rest as JSON
+    with the files' sha256s, written last under a temporary name and renamed: it marks pass 1 done."""
+    import numpy as np
+
+    num_perm = cfg.dedup.num_perm
+    values = dedup._values if dedup is not None else []
+    np.save(tmp / "pass1.sigs.npy", np.stack(values) if values else np.zeros((0, num_perm), np.uint64),
+            allow_pickle=False)
+    record = {"key": key, "ids": list(dedup._order) if dedup is not None else [],
+              "doc_chars": [[int(k), int(v)] for k, v in doc_chars.items()],
+              "stages": {k: v.to_dict() for k, v in stats.stages.items()}, "issues": stats.issues.to_dict(),
+              "summary": stats.summary, **{f: sha256_file(path) for f, path in _pass1_files(tmp).items()}}
+    part = tmp / (PASS1_FILE + ".tmp")
+    part.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+    part.replace(tmp / PASS1_FILE)
+
+
+def _adopt_partial(final: Path, key: dict):
+    """(this process's partial directory, the saved pass 1 record) when a dead run of the same command left
+    a verified one (renamed to this process's name, with a line saying so); else None."""
+    import os
+
+    if not Path("/proc/self").exists():
+        return None
+    for old in sorted(final.parent.glob(f"{final.name}.partial-*")):
+        pid = old.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or Path(f"/proc/{pid}").exists() or not (old / PASS1_FILE).exists():
+            continue
+        try:
+            record = json.loads((old / PASS1_FILE).read_text(encoding="utf-8"))
+            if record.get("key") != key:
+                continue
+            for field, path in _pass1_files(old).items():
+                if sha256_file(path) != record[field]:
+                    raise ValueError(f"{path.name} does not match its sha256 in {PASS1_FILE}")
+            if "scores_sha256" in record and "scores_sha256" not in _pass1_files(old):
+                raise ValueError("scores.jsonl is missing")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            logger.warning("prepare-data: the interrupted run in %s is corrupt or partial (%s); starting again",
+                           old, " ".join(str(exc).split())[:200])
+            continue
+        mine = final.parent / f"{final.name}.partial-{os.getpid()}"
+        shutil.rmtree(mine, ignore_errors=True)
+        os.replace(old, mine)
+        logger.warning("prepare-data: resuming the interrupted run in %s: pass 1 (read, clean, filter, MinHash) "
+                       "is kept, dedup and tokenize are done again", old)
+        return mine, record
+    return None
+
+
+def _restore_pass1(cfg, tmp: Path, record: dict, stats: PipelineStats):
+    """(dedup index, {doc id: chars}) and the stats of the saved pass 1."""
+    import numpy as np
+
+    stats.stages = {k: StageStats.from_dict(k, v) for k, v in record["stages"].items()}
+    stats.issues = IssueLog.from_dict(record["issues"])
+    stats.summary.update(record["summary"])
+    dedup = None
+    if "dedup" in cfg.stages:
+        dedup = MinHashDeduplicator(cfg.dedup)
+        sigs = np.load(tmp / "pass1.sigs.npy", allow_pickle=False)  # [docs, num_perm]
+        for doc_id, row in zip(record["ids"], sigs):
+            dedup.add(doc_id, row)
+    return dedup, {k: v for k, v in record["doc_chars"]}
+
+
+def _run_stages(cfg: PipelineConfig, tmp: Path, stats: PipelineStats, workers: int, model,
+                key: dict | None = None, resumed: dict | None = None) -> None:
+    if resumed is not None:
+        dedup, doc_chars = _restore_pass1(cfg, tmp, resumed, stats)
+    else:
+        scores_fh = open(tmp / "scores.jsonl", "w", encoding="utf-8") if "quality" in cfg.stages else None
+        dedup = MinHashDeduplicator(cfg.dedup) if "dedup" in cfg.stages else None
+        doc_chars: dict = {}
+        try:
+            qfilter = _build_quality_filter(cfg, tmp, scores_fh, model)
+            _pass_filter(cfg, stats, tmp / "work.jsonl", dedup, qfilter, workers, doc_chars)
+        finally:
+            if scores_fh is not None:
+                scores_fh.close()
+        if key is not None:
+            _save_pass1(cfg, tmp, key, stats, dedup, doc_chars)
+            if os.environ.get(LOCAL_FAULT_ENV) == "kill-after-pass1":
+                os.kill(os.getpid(), signal.SIGKILL)  # the test hook: a process killed mid-run
     warn_undecodable(cfg, stats)
     drop, clusters = _dedup_decision(dedup, stats, doc_chars) if dedup is not None else (set(), [])
     clusters_of = {k for c in clusters for k in c}
@@ -474,6 +583,8 @@ def _run_stages(cfg: PipelineConfig, tmp: Path, stats: PipelineStats, workers: i
     else:
         _finish_documents(cfg, tmp, stats, records)
         _write_clusters(tmp / "dedup_clusters.jsonl", clusters, cluster_docs)
+    for name in (PASS1_FILE, "pass1.sigs.npy"):
+        (tmp / name).unlink(missing_ok=True)
     if not cfg.keep_work:
         (tmp / "work.jsonl").unlink()
 
@@ -490,14 +601,18 @@ def run_pipeline(cfg: PipelineConfig, model=None) -> PipelineStats:
     if final.exists() and not cfg.overwrite:
         raise FileExistsError(f"{final} exists; pass --overwrite to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
+    # a run killed after pass 1 is resumed from it when the same command is run again (not with an in-memory
+    # model: nothing says it is the same model)
+    key = _local_resume_key(cfg) if model is None else None
+    adopted = _adopt_partial(final, key) if key is not None else None
     _remove_stale_partials(final)
     workers = cfg.num_workers or default_num_workers()
-    tmp = partial_dir(final)
+    tmp, resumed = adopted if adopted is not None else (partial_dir(final), None)
     stats = PipelineStats()
     for name in ("read",) + tuple(s for s in STAGES if s in cfg.stages):
         stats.stage(name)  # report rows in pipeline order
     try:
-        _run_stages(cfg, tmp, stats, workers, model)
+        _run_stages(cfg, tmp, stats, workers, model, key, resumed)
         commit_dir(tmp, final, cfg.overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -48,6 +48,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import signal
@@ -79,11 +80,31 @@ def shard_specs(inputs, reader=None, shard_mb: float | None = None) -> list[str]
             out.append(str(spec))
             continue
         for f in list_input_files(spec):
-            if shard_mb and reader is not None and splittable(f, reader) and f.stat().st_size > shard_mb * 1e6:
-                out += [r.spec(f) for r in byte_ranges(f, max(1, int(shard_mb * 1e6)))]
+            size = f.stat().st_size
+            if shard_mb and reader is not None and splittable(f, reader) and size > shard_mb * 1e6:
+                pieces = math.ceil(size / (shard_mb * 1e6))  # equal pieces: no small remainder shard
+                out += [r.spec(f) for r in byte_ranges(f, max(1, math.ceil(size / pieces)))]
             else:
                 out.append(str(f))
     return out
+
+
+AUTO_SHARDS = 16  # without --shard-mb, splittable input is cut into about this many shards...
+AUTO_SHARD_MB = (1.0, 64.0)  # ...of at least / at most this many MB
+
+
+def auto_shard_mb(inputs, reader) -> float:
+    """The shard size when `--shard-mb` is not given: the splittable input's size over AUTO_SHARDS, within
+    AUTO_SHARD_MB. Several shards per CPU let a CPU that finishes early take the next one: shards' work is
+    uneven (dedup keeps the earliest copy, so later shards tokenize less), and with one shard per input file
+    a run of few large files had one task per CPU per stage (docs/DATA.md, Ray timeline). It depends on the
+    input alone, so a resumed run (any --workers) finds the same shards."""
+    total = 0
+    for spec in inputs:
+        if not str(spec).startswith(BUILTIN_PREFIX):
+            total += sum(f.stat().st_size for f in list_input_files(spec) if splittable(f, reader))
+    lo, hi = AUTO_SHARD_MB
+    return min(hi, max(lo, total / 1e6 / AUTO_SHARDS))
 
 
 def _shard_documents(spec: str, cfg, issues: IssueLog):
@@ -107,6 +128,28 @@ def _injected_fault(fault: str, stage: str, shard: int, attempt: int) -> None:
             if how == ["exit"]:
                 os._exit(1)  # a worker that dies, not one that raises
             raise OSError(f"injected fault ({FAULT_ENV}={item}, attempt {attempt + 1})")
+
+
+# ---- timeline (docs/DATA.md "Ray timeline") ----------------------------------------------
+TIMELINE: dict = {"phases": [], "tasks": []}  # the last run_pipeline_ray of this (driver) process
+
+
+def _phase(name: str) -> None:
+    """The driver reached `name` (wall clock, comparable with the tasks' times on one machine)."""
+    TIMELINE["phases"].append((name, time.time()))
+
+
+def _timing(stage: str, k: int, start: float, warm: float) -> dict:
+    """What a task reports of its own time: its worker, when the worker process started, the warm-up (the
+    per-worker caches it had to build first) and the task's start and end."""
+    try:
+        import psutil
+
+        born = psutil.Process().create_time()
+    except Exception:  # psutil is Ray's dependency, but the timeline must never fail a shard
+        born = None
+    return {"stage": stage, "shard": k, "pid": os.getpid(), "born": born, "start": start, "end": time.time(),
+            "warm_s": round(warm, 3)}
 
 
 # ---- per-worker caches -------------------------------------------------------------
@@ -185,8 +228,14 @@ def _scan_task(cfg, k: int, spec: str, work_dir: str, fault: str = "", attempt: 
     from .pipeline import CHUNK_DOCS, _build_quality_filter, _chunks
 
     work = Path(work_dir)
+    start = time.time()
     issues, read, clean, quality = IssueLog(), StageStats("read"), StageStats("clean"), StageStats("quality")
     cleaner = _cleaner(cfg) if "clean" in cfg.stages else None
+    if cleaner is not None:
+        cleaner._regexes()  # built once per worker: the timeline counts it as warm-up, not as this shard's work
+    if "dedup" in cfg.stages:
+        minhash_values("", cfg.dedup)  # the permutations and the compiled loop, once per worker
+    warm = time.time() - start
     ids, chars, sigs, last, n = [], [], [], None, 0
     text_path, sigs_path = work / f"{k:05d}.jsonl", work / f"{k:05d}.sigs.npy"
     scores_fh = open(work / f"{k:05d}.scores.jsonl", "w", encoding="utf-8") if "quality" in cfg.stages else None
@@ -227,7 +276,8 @@ def _scan_task(cfg, k: int, spec: str, work_dir: str, fault: str = "", attempt: 
     record = {"shard": k, "spec": spec, "n_read": n, "ids": ids, "chars": chars, "error": error, "line": line,
               "stats": {"read": read.to_dict(), "clean": clean.to_dict(), "quality": quality.to_dict(),
                         "issues": issues.to_dict()},
-              "text_sha256": sha256_file(text_path), "sigs_sha256": sha256_file(sigs_path)}
+              "text_sha256": sha256_file(text_path), "sigs_sha256": sha256_file(sigs_path),
+              "timing": _timing("scan", k, start, warm)}
     if error is None:
         _write_record(work / f"{k:05d}.scan.json", record)
     return record
@@ -260,26 +310,34 @@ def _bucket_task(*pieces: np.ndarray) -> np.ndarray:
     return bucket_pairs(rows[0], rows[1], rows[2].astype(np.int64))
 
 
-def _verify(candidates: np.ndarray, scans: dict, offsets: dict, work: Path, threshold: float, verify: bool) -> list:
+def _verify(candidates: np.ndarray, scans: dict, offsets: dict, work: Path, threshold: float, verify: bool,
+            chunk: int = 1 << 14) -> list:
     """The candidate pairs (sorted, unique) whose estimated Jaccard (equal signature positions) passes
-    `threshold`; signatures read (memory-mapped) for those documents only."""
+    `threshold`; signatures read (memory-mapped) for those documents only. On arrays: the driver does this
+    alone, and a Python loop per pair was ~1 s of serial driver time per 64 MB of the bench corpus."""
     if not verify:
         return [(int(a), int(b)) for a, b in candidates]
-    sig_of: dict = {}
+    if not len(candidates):
+        return []
     # shards with survivors only: an empty (or failed) shard has the same offset as the next one
     shard_at = {offsets[k]: k for k in sorted(offsets) if len(scans[k]["ids"])}
-    starts = sorted(shard_at)
-    wanted = np.unique(candidates)
-    for doc in wanted.tolist():
-        k = shard_at[starts[int(np.searchsorted(starts, doc, side="right")) - 1]]
-        sig_of.setdefault(k, []).append(doc)
-    sigs = {}
-    for k, docs in sig_of.items():
-        table = np.load(work / f"{k:05d}.sigs.npy", mmap_mode="r", allow_pickle=False)
-        rows = np.searchsorted(np.asarray(scans[k]["ids"], np.int64), np.asarray(docs) - offsets[k])
-        sigs.update(zip(docs, np.asarray(table[rows])))
-    return [(int(a), int(b)) for a, b in candidates
-            if np.count_nonzero(sigs[a] == sigs[b]) / len(sigs[a]) >= threshold]
+    starts = np.asarray(sorted(shard_at), np.int64)  # [shards] first global id of each
+    wanted = np.unique(candidates)  # [docs] sorted global ids
+    which = np.searchsorted(starts, wanted, side="right") - 1  # [docs] index into starts
+    sigs = None  # [docs, num_perm] the wanted documents' signatures, in `wanted` order
+    for i in np.unique(which).tolist():
+        k = shard_at[int(starts[i])]
+        table = np.load(work / f"{k:05d}.sigs.npy", mmap_mode="r", allow_pickle=False)  # [shard docs, num_perm]
+        if sigs is None:
+            sigs = np.empty((len(wanted), table.shape[1]), table.dtype)
+        sel = which == i
+        sigs[sel] = table[np.searchsorted(np.asarray(scans[k]["ids"], np.int64), wanted[sel] - offsets[k])]
+    ia, ib = np.searchsorted(wanted, candidates[:, 0]), np.searchsorted(wanted, candidates[:, 1])  # [m] rows
+    keep = np.zeros(len(candidates), bool)
+    for lo in range(0, len(candidates), chunk):  # [chunk, num_perm] temporaries
+        same = np.count_nonzero(sigs[ia[lo:lo + chunk]] == sigs[ib[lo:lo + chunk]], axis=1)
+        keep[lo:lo + chunk] = same / sigs.shape[1] >= threshold  # the same float64 division as the local rule
+    return [(int(a), int(b)) for a, b in candidates[keep].tolist()]
 
 
 # ---- stage 3: tokenize ---------------------------------------------------------------------------
@@ -289,8 +347,10 @@ def _tokenize_task(cfg, k: int, spec: str, work_dir: str, shards_dir: str, offse
     from .pipeline import TOKENIZE_BATCH_CHARS, _text_batches, write_document
 
     work = Path(work_dir)
+    start = time.time()
     drop_set, wanted_set = set(drop.tolist()), set(wanted.tolist())
     codec = _codec(cfg.vocab_file)
+    warm = time.time() - start
     st, lengths, refs = StageStats("tokenize"), [], {}
     prefix = Path(shards_dir) / f"{k:05d}"
     _injected_fault(fault, "tokenize", k, attempt)
@@ -312,7 +372,8 @@ def _tokenize_task(cfg, k: int, spec: str, work_dir: str, shards_dir: str, offse
                 write_document(builder, st, lengths, rec["text"], ids, cfg.separator_id)
     record = {"shard": k, "lengths": lengths, "stats": st.to_dict(), "refs": refs,
               "selection": _selection_digest(drop, wanted),
-              "bin_sha256": sha256_file(f"{prefix}.bin"), "idx_sha256": sha256_file(f"{prefix}.idx")}
+              "bin_sha256": sha256_file(f"{prefix}.bin"), "idx_sha256": sha256_file(f"{prefix}.idx"),
+              "timing": _timing("tokenize", k, start, warm)}
     _write_record(Path(shards_dir) / f"{k:05d}.json", record)
     return record
 
@@ -326,15 +387,19 @@ def _describe(exc) -> str:
     return f"{type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
 
 
-def _run_shards(ray, stage: str, todo: list[int], submit, shards: list[str], stats: PipelineStats, last_failure):
+def _run_shards(ray, stage: str, todo: list[int], submit, shards: list[str], stats: PipelineStats, last_failure,
+                submitted=None):
     """Run `submit(k, attempt) -> ObjectRef` for every shard in `todo`; a task that raises or whose worker
     dies is logged and submitted again (SHARD_ATTEMPTS in all); `last_failure(k, error)` gives the result
-    of a shard whose last attempt failed (or raises). Returns {k: result}."""
+    of a shard whose last attempt failed (or raises); `submitted()` is called once the first tasks are out
+    (the driver's own work then overlaps them). Returns {k: result}."""
     kill_at = [int(f.split(":")[2]) for f in os.environ.get(FAULT_ENV, "").split(",") if f.startswith(f"driver:{stage}:")]
     # the test hook submits no more than it lets finish, so exactly kill_at shards are done when it kills
     window = kill_at[0] if kill_at else len(todo)
     waiting = list(todo[window:])
     pending = {submit(k, 0): (k, 0) for k in todo[:window]}
+    if submitted is not None:
+        submitted()
     out = {}
     while pending:
         if kill_at and len(out) >= kill_at[0]:
@@ -343,6 +408,8 @@ def _run_shards(ray, stage: str, todo: list[int], submit, shards: list[str], sta
         k, attempt = pending.pop(done[0])
         try:
             out[k] = ray.get(done[0])
+            if isinstance(out[k], dict) and "timing" in out[k]:
+                TIMELINE["tasks"].append(out[k]["timing"])
         except ray.exceptions.RayError as exc:
             error = _describe(exc)
             if attempt + 1 < SHARD_ATTEMPTS:
@@ -392,8 +459,9 @@ def _partitions(ray) -> int:
     return max(2, 2 * int(ray.cluster_resources().get("CPU", 1)))
 
 
-def _scan(ray, cfg, shards: list[str], work: Path, stats: PipelineStats) -> dict:
-    """Stage 1: every shard's scan record (verified ones of an earlier run reused); merges the stats."""
+def _scan(ray, cfg, shards: list[str], work: Path, stats: PipelineStats, submitted=None) -> dict:
+    """Stage 1: every shard's scan record (verified ones of an earlier run reused); merges the stats.
+    `submitted()`: called once the scan tasks are out."""
     fault = os.environ.get(FAULT_ENV, "")
     scans, todo = _reusable(len(shards), "scanned", lambda k: (
         _read_record(work / f"{k:05d}.scan.json", {"text_sha256": work / f"{k:05d}.jsonl",
@@ -405,7 +473,8 @@ def _scan(ray, cfg, shards: list[str], work: Path, stats: PipelineStats) -> dict
         return task.remote(cfg, k, shards[k], str(work), fault, attempt, attempt == SHARD_ATTEMPTS - 1)
 
     scans.update(_run_shards(ray, "scan", todo, submit, shards, stats,
-                             lambda k, error: _failed_scan(k, shards[k], work, error)))
+                             lambda k, error: _failed_scan(k, shards[k], work, error), submitted))
+    _phase("scan: merge records")
     total = 0
     for k in range(len(shards)):
         r = scans[k]
@@ -422,10 +491,12 @@ def _scan(ray, cfg, shards: list[str], work: Path, stats: PipelineStats) -> dict
     return scans
 
 
-def _dedup(ray, cfg, scans: dict, work: Path) -> tuple[DedupResult, tuple[int, int], dict]:
-    """Stage 2 (module docstring); returns (result, (bands, rows), {dropped doc: chars})."""
-    lsh = MinHashDeduplicator(cfg.dedup)  # the local engine's b x r for this threshold
+def _dedup(ray, cfg, scans: dict, work: Path,
+           lsh: MinHashDeduplicator) -> tuple[DedupResult, tuple[int, int], dict]:
+    """Stage 2 (module docstring); returns (result, (bands, rows), {dropped doc: chars}). `lsh` gives the local
+    engine's b x r for the threshold."""
     ranges = lsh.ranges
+    _phase("dedup: shuffle")
     parts = _partitions(ray)
     band = ray.remote(_band_task).options(num_returns=parts, max_retries=SHARD_ATTEMPTS - 1)
     bucket = ray.remote(_bucket_task).options(max_retries=SHARD_ATTEMPTS - 1)
@@ -436,9 +507,11 @@ def _dedup(ray, cfg, scans: dict, work: Path) -> tuple[DedupResult, tuple[int, i
     found = [f for f in found if len(f)]
     candidates = unique_pairs(np.concatenate(found)) if found else np.zeros((0, 2), np.int64)
     offsets = {k: r["offset"] for k, r in scans.items()}
+    _phase("dedup: verify")
     verified = _verify(candidates, scans, offsets, work, cfg.dedup.threshold, cfg.dedup.verify)
     result = clusters_from_pairs(sorted({d for pair in verified for d in pair}), verified)
     result.candidate_pairs, result.verified_pairs = len(candidates), len(verified)
+    _phase("dedup: dropped chars")
     chars = {}
     for k, r in scans.items():
         gids = r["offset"] + np.asarray(r["ids"], np.int64)
@@ -520,8 +593,26 @@ def _run_stages(ray, cfg, tmp: Path, stats: PipelineStats, shards: list[str]) ->
     work, shards_dir = tmp / "work", tmp / "shards"
     work.mkdir(exist_ok=True)
     shards_dir.mkdir(exist_ok=True)
+    # the driver's own start-up (datasketch's b x r for the threshold: it imports scipy; the tokenizer for the
+    # vocabulary and the manifest) runs in a thread while the driver waits on the scan tasks, not after them,
+    # and only once they are submitted (it holds the GIL in bursts: submitting behind it delayed the first task)
+    from concurrent.futures import ThreadPoolExecutor
+
+    ahead: dict = {}
+
+    def prefetch():
+        if ahead:
+            return
+        pool = ThreadPoolExecutor(1, thread_name_prefix="pangu-driver-prefetch")
+        if "dedup" in cfg.stages:
+            ahead["lsh"] = pool.submit(MinHashDeduplicator, cfg.dedup)
+        ahead["codec"] = pool.submit(_codec, cfg.vocab_file)
+        pool.shutdown(wait=False)
+
     t0 = time.perf_counter()
-    scans = _scan(ray, cfg, shards, work, stats)
+    _phase("scan")
+    scans = _scan(ray, cfg, shards, work, stats, prefetch)
+    prefetch()  # (already done unless no scan task was submitted)
     stats.summary["pass 1 seconds (read+clean+quality+minhash)"] = round(time.perf_counter() - t0, 1)
     for name in ("clean", "quality"):
         if name not in cfg.stages:
@@ -530,13 +621,19 @@ def _run_stages(ray, cfg, tmp: Path, stats: PipelineStats, shards: list[str]) ->
     result = DedupResult([], set())
     if "dedup" in cfg.stages:
         st = stats.start("dedup")
-        result, bands_rows, dropped_chars = _dedup(ray, cfg, scans, work)
+        _phase("dedup")
+        result, bands_rows, dropped_chars = _dedup(ray, cfg, scans, work, ahead["lsh"].result())
         _dedup_stats(st, result, bands_rows, stats, dropped_chars)
         stats.stop("dedup")
+    _phase("tokenize")
     lengths, refs = _tokenize(ray, cfg, shards, scans, work, shards_dir, result, stats)
+    _phase("clusters file")
     _write_clusters(tmp / "dedup_clusters.jsonl", result.clusters, refs)
-    codec = _codec(cfg.vocab_file)
+    _phase("driver tokenizer")
+    codec = ahead["codec"].result()
+    _phase("concatenate")
     listing = _concatenate(shards_dir, len(shards), tmp / cfg.name, dtype_for_vocab(codec.vocab_size))
+    _phase("finish (split, manifest)")
     _finish_dataset(cfg, tmp, stats, lengths, codec)
     _add_shards_to_manifest(tmp, shards, listing)
     (tmp / RESUME_FILE).unlink()
@@ -607,19 +704,25 @@ def run_pipeline_ray(cfg, model=None, address: str | None = None) -> PipelineSta
 
     cfg.validate(has_model=model is not None)
     _check_supported(cfg, model)
+    TIMELINE["phases"], TIMELINE["tasks"] = [], []
+    _phase("start")
     final = Path(cfg.output)
     if final.exists() and not cfg.overwrite:
         raise FileExistsError(f"{final} exists; pass --overwrite to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
     ray = _connect(address, cfg.num_workers or default_num_workers())
-    shards = shard_specs(cfg.inputs, cfg.reader, cfg.shard_mb)
+    _phase("shard specs")
+    shard_mb = cfg.shard_mb if cfg.shard_mb is not None else auto_shard_mb(cfg.inputs, cfg.reader)
+    shards = shard_specs(cfg.inputs, cfg.reader, shard_mb)
     tmp = _partial_for(final, _resume_key(cfg, shards))
     stats = PipelineStats()
     for name in ("read",) + tuple(s for s in STAGES if s in cfg.stages):
         stats.stage(name)
     try:
         _run_stages(ray, cfg, tmp, stats, shards)
+        _phase("commit")
         commit_dir(tmp, final, cfg.overwrite)
+        _phase("end")
     except KeyboardInterrupt:  # Ctrl-C: kept, like a killed driver's, for the rerun to resume from
         logger.warning("prepare-data --engine ray: interrupted; the shards done so far are in %s: rerun the same "
                        "command to resume from them", tmp)

@@ -133,8 +133,10 @@ class PanGuSentencePiece:
 
     def __init__(self, vocab_file: str | os.PathLike | None = None, check_special_ids: bool = True):
         self.vocab_file, self.sp = load_sentencepiece(vocab_file, check_special_ids)
-        init_jieba()
-        fastseg.load()  # build / load the compiled segmenter before any timing or forking
+        # build / load the compiled segmenter before any timing or forking; it restores its cached tables
+        # without loading jieba's dictionary (fastseg: ~1 s per process), which python jieba needs otherwise
+        if fastseg.load() is None:
+            init_jieba()
 
     @property
     def vocab_size(self) -> int:

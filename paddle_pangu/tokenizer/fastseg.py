@@ -98,6 +98,80 @@ def _build():
         return _import(library)
 
 
+# ---- the tables cache: a worker restores the initialised tables instead of loading jieba's dictionary ----
+_CACHE_MAGIC = b"PGJIEBA-TABLES1 "
+
+
+def _jieba_files() -> list[Path]:
+    """The installed jieba files the tables come from (found without importing jieba)."""
+    spec = importlib.util.find_spec("jieba")
+    root = Path(spec.origin).parent
+    return [root / "__init__.py", root / "dict.txt", root / "finalseg" / "__init__.py",
+            *(root / "finalseg" / f"prob_{n}.py" for n in ("start", "trans", "emit"))]
+
+
+def tables_cache_path() -> Path:
+    """The cache file of the initialised tables, keyed by the extension's tag (its source, flags, Python)
+    and the sha256 of jieba's dictionary, HMM tables and code."""
+    h = hashlib.sha256(_tag().encode())
+    for f in _jieba_files():
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
+    return build_dir() / f"tables_{h.hexdigest()[:20]}.bin"
+
+
+def _pristine_jieba() -> bool:
+    """jieba's dictionary has not been loaded, set or changed in this process (so the cache, built from the
+    default dictionary, is what jieba would load)."""
+    jieba = sys.modules.get("jieba")
+    if jieba is None:
+        return True
+    finalseg = sys.modules.get("jieba.finalseg")
+    return (not jieba.dt.initialized and jieba.dt.dictionary is None
+            and not (finalseg is not None and finalseg.Force_Split_Words))
+
+
+def _restore_cached(module):
+    """(dictionary size, total) after restoring the cached tables into `module`, or None (no cache, or one
+    that does not verify: then a line says so and the tables are built from jieba and cached again)."""
+    path = tables_cache_path()
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    try:
+        head, _, rest = data.partition(b"\n")
+        if not head.startswith(_CACHE_MAGIC):
+            raise ValueError("not a tables cache")
+        size, total, digest = head[len(_CACHE_MAGIC):].split(b" ")
+        payload = memoryview(data)[len(head) + 1:]
+        h = hashlib.sha256(size + b" " + total)
+        h.update(payload)
+        if h.hexdigest().encode() != digest:
+            raise ValueError("sha256 mismatch")
+        module.restore(payload)
+        return int(size), int(total)
+    except (ValueError, TypeError) as exc:
+        print(f"pangu jieba: the tables cache {path} is damaged ({exc}); building it again", file=sys.stderr)
+        return None
+
+
+def _write_cache(module, size: int, total: int) -> None:
+    """The initialised tables to the cache, written to a temporary name and renamed (never seen half-written);
+    a cache that cannot be written only costs the next process the dictionary load."""
+    path = tables_cache_path()
+    payload = module.dump()
+    h = hashlib.sha256(f"{size} {total}".encode())
+    h.update(payload)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(_CACHE_MAGIC + f"{size} {total} {h.hexdigest()}\n".encode())
+            fh.write(payload)
+        os.replace(tmp, path)
+    except OSError as exc:
+        logger.debug("pangu jieba: tables cache not written (%s)", exc)
+
+
 def _jieba_tables():
     """(dict object, its size, total) of jieba's loaded dictionary, after `init_jieba()`."""
     import jieba
@@ -136,16 +210,23 @@ def load():
             _STATE["reason"] = _STATE["build_error"]
         else:
             try:
-                from jieba import finalseg
-
-                from .core import init_jieba
-
-                init_jieba()
                 module = _STATE["ext"]
-                freq, size, total = _jieba_tables()
-                module.init(freq, math.log(total), finalseg.start_P, finalseg.trans_P, finalseg.emit_P,
-                            float(finalseg.MIN_FLOAT))
-                _STATE["dict"] = (freq, size, total)
+                cached = _restore_cached(module) if _pristine_jieba() else None
+                if cached is not None:  # jieba's dictionary is not loaded in this process (1 s saved)
+                    _STATE["dict"] = (None, *cached)
+                else:
+                    from jieba import finalseg
+
+                    from .core import init_jieba
+
+                    fresh = _pristine_jieba()  # the tables about to load are the default dictionary's
+                    init_jieba()
+                    freq, size, total = _jieba_tables()
+                    module.init(freq, math.log(total), finalseg.start_P, finalseg.trans_P, finalseg.emit_P,
+                                float(finalseg.MIN_FLOAT))
+                    _STATE["dict"] = (freq, size, total)
+                    if fresh:
+                        _write_cache(module, size, total)
                 _STATE["module"] = module
             except Exception as exc:  # jieba's tables not as expected: python jieba then
                 first = str(exc).splitlines()[0] if str(exc) else ""
@@ -164,10 +245,19 @@ def _usable():
     module = load()
     if module is None:
         return None
+    freq, size, total = _STATE["dict"]
+    if freq is None:  # restored from the cache: jieba untouched, or loaded since with the same dictionary
+        jieba = sys.modules.get("jieba")
+        if jieba is None:
+            return module
+        finalseg = sys.modules.get("jieba.finalseg")
+        if (jieba.dt.dictionary is not None or finalseg is not None and finalseg.Force_Split_Words
+                or jieba.dt.initialized and (len(jieba.dt.FREQ) != size or jieba.dt.total != total)):
+            return None
+        return module
     import jieba
     from jieba import finalseg
 
-    freq, size, total = _STATE["dict"]
     if jieba.dt.FREQ is not freq or len(freq) != size or jieba.dt.total != total or finalseg.Force_Split_Words:
         return None
     return module
@@ -176,6 +266,10 @@ def _usable():
 def python_segment(text: str) -> str:
     """The reference: python jieba, exactly as REF "Tokenizer" writes it."""
     import jieba
+
+    from .core import init_jieba
+
+    init_jieba()  # quiet, once (the compiled path may have left jieba's dictionary unloaded)
 
     return " ".join(seg.translate(_TRANSLATE) for seg in jieba.cut(text, cut_all=False))
 
@@ -194,6 +288,9 @@ def cut(text: str) -> list[str]:
     if module is None:
         import jieba
 
+        from .core import init_jieba
+
+        init_jieba()
         return list(jieba.cut(text, cut_all=False))
     return module.cut(text)
 
@@ -209,7 +306,10 @@ def verify(texts, progress_every: int = 5000) -> dict:
 
     import jieba
 
+    from .core import init_jieba
+
     module = load()
+    init_jieba()
     if module is None:
         raise RuntimeError(f"the compiled segmenter is not available: {reason()}")
     n = chars = differing = 0

@@ -457,6 +457,72 @@ PyObject* PyInit(PyObject*, PyObject* args) {
   return PyLong_FromSize_t(g.trie.weight.size());
 }
 
+// ---- the initialised tables as one byte string (fastseg.py's cache, so a worker need not load jieba) ----
+// Layout (native byte order; the cache is keyed by this file's hash, the Python version and jieba's files):
+// "PGJIEBA1", u64 trie slots, u64 trie nodes, u64 emit entries, f64 logtotal, f64 min_float, f64 start[4],
+// f64 trans[16], then keys[slots] u64, child[slots] u32, weight[nodes] f64, flags[nodes] u8, emit[entries] f64.
+constexpr char kDumpMagic[8] = {'P', 'G', 'J', 'I', 'E', 'B', 'A', '1'};
+constexpr size_t kDumpHeader = 8 + 3 * 8 + 2 * 8 + 4 * 8 + 16 * 8;
+
+// dump() -> bytes of the initialised tables
+PyObject* PyDump(PyObject*, PyObject*) {
+  if (!CheckReady()) return nullptr;
+  const uint64_t slots = g.trie.keys.size(), nodes = g.trie.weight.size(), emits = g.emit.size();
+  const size_t total = kDumpHeader + slots * 12 + nodes * 9 + emits * 8;
+  PyObject* out = PyBytes_FromStringAndSize(nullptr, static_cast<Py_ssize_t>(total));
+  if (!out) return nullptr;
+  char* p = PyBytes_AS_STRING(out);
+  auto put = [&p](const void* src, size_t n) { std::memcpy(p, src, n); p += n; };
+  put(kDumpMagic, 8);
+  put(&slots, 8); put(&nodes, 8); put(&emits, 8);
+  put(&g.logtotal, 8); put(&g.min_float, 8); put(g.start, sizeof(g.start)); put(g.trans, sizeof(g.trans));
+  put(g.trie.keys.data(), slots * 8); put(g.trie.child.data(), slots * 4);
+  put(g.trie.weight.data(), nodes * 8); put(g.trie.flags.data(), nodes);
+  put(g.emit.data(), emits * 8);
+  return out;
+}
+
+// restore(buffer) -> trie nodes: the tables of a dump(); every size and every edge's node checked, so a
+// damaged buffer is refused (ValueError) and never indexes out of range
+PyObject* PyRestore(PyObject*, PyObject* args) {
+  Py_buffer buf;
+  if (!PyArg_ParseTuple(args, "y*", &buf)) return nullptr;
+  const char* p = static_cast<const char*>(buf.buf);
+  const size_t len = static_cast<size_t>(buf.len);
+  auto fail = [&buf](const char* why) {
+    PyBuffer_Release(&buf);
+    PyErr_SetString(PyExc_ValueError, why);
+    return nullptr;
+  };
+  if (len < kDumpHeader || std::memcmp(p, kDumpMagic, 8) != 0) return fail("not a _pangu_jieba dump");
+  uint64_t slots, nodes, emits;
+  std::memcpy(&slots, p + 8, 8);
+  std::memcpy(&nodes, p + 16, 8);
+  std::memcpy(&emits, p + 24, 8);
+  if (slots < 1024 || (slots & (slots - 1)) != 0 || slots > (uint64_t(1) << 40) || nodes == 0 || nodes > slots + 1 ||
+      emits != uint64_t(kHanHi - kHanLo + 1) * 4 || len != kDumpHeader + slots * 12 + nodes * 9 + emits * 8)
+    return fail("_pangu_jieba dump: sizes do not match");
+  g.ready = false;
+  const char* q = p + 32;
+  auto get = [&q](void* dst, size_t n) { std::memcpy(dst, q, n); q += n; };
+  get(&g.logtotal, 8); get(&g.min_float, 8); get(g.start, sizeof(g.start)); get(g.trans, sizeof(g.trans));
+  g.trie.keys.resize(slots); g.trie.child.resize(slots); g.trie.weight.resize(nodes); g.trie.flags.resize(nodes);
+  g.emit.resize(emits);
+  get(g.trie.keys.data(), slots * 8); get(g.trie.child.data(), slots * 4);
+  get(g.trie.weight.data(), nodes * 8); get(g.trie.flags.data(), nodes);
+  get(g.emit.data(), emits * 8);
+  PyBuffer_Release(&buf);
+  g.trie.mask = slots - 1;
+  for (uint64_t h = 0; h < slots; ++h) {
+    if (g.trie.keys[h] != kEmpty && (g.trie.child[h] == 0 || g.trie.child[h] >= nodes || (g.trie.keys[h] >> 21) >= nodes)) {
+      PyErr_SetString(PyExc_ValueError, "_pangu_jieba dump: an edge points outside the trie");
+      return nullptr;
+    }
+  }
+  g.ready = true;
+  return PyLong_FromUnsignedLongLong(nodes);
+}
+
 // word_weight(word) -> (in FREQ, FREQ > 0, log(FREQ or 1) - logtotal): for the tests' bit-for-bit check
 PyObject* PyWordWeight(PyObject*, PyObject* arg) {
   if (!CheckReady() || !ReadText(arg, tl_text)) return nullptr;
@@ -557,6 +623,8 @@ PyMethodDef kMethods[] = {
     {"cut", PyCut, METH_O, "cut(text) -> list[str], identical to jieba.cut(text, cut_all=False, HMM=True)"},
     {"segment", PySegment, METH_O, "segment(text) -> the PanGu pre-SentencePiece string (REF Tokenizer)"},
     {"word_weight", PyWordWeight, METH_O, "word_weight(word) -> (in_freq, positive, weight)"},
+    {"dump", PyDump, METH_NOARGS, "dump() -> bytes of the initialised tables (fastseg's cache)"},
+    {"restore", PyRestore, METH_VARARGS, "restore(buffer) -> trie nodes; the tables of a dump(), checked"},
     {nullptr, nullptr, 0, nullptr}};
 
 PyModuleDef kModule = {PyModuleDef_HEAD_INIT, "_pangu_jieba", "exact compiled jieba 0.42.1 cut (HMM=True)", -1,

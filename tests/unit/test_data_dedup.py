@@ -106,17 +106,11 @@ def test_explicit_bands_rows_and_config_errors():
 @pytest.mark.parametrize("scheme", ["affine32", "legacy"])  # datasketch 2.0's default; the only one before 2.0
 def test_vectorised_minhash_values_equal_datasketch_update_batch(monkeypatch, scheme, compiled):
     # minhash_values replaces datasketch's per-document MinHash.update_batch: the numbers must be the same
-    import functools
-
     from datasketch import MinHash
 
     from paddle_pangu.data import dedup as dedup_mod
 
-    @functools.lru_cache(maxsize=4)
-    def empty(num_perm, seed):
-        return MinHash(num_perm=num_perm, seed=seed, hashfunc=dedup_mod._identity, scheme=scheme)
-
-    monkeypatch.setattr(dedup_mod, "_empty_minhash", empty)
+    monkeypatch.setattr(dedup_mod, "_default_scheme", lambda: scheme)  # as an installed datasketch 1.x / 2.x
     monkeypatch.setattr(dedup_mod, "USE_COMPILED", compiled)
     assert (dedup_mod._compiled_minhash() is not None) == compiled
     dedup_mod._permutations.cache_clear()
@@ -131,6 +125,32 @@ def test_vectorised_minhash_values_equal_datasketch_update_batch(monkeypatch, sc
                 assert got.dtype == m.hashvalues.dtype and np.array_equal(got, m.hashvalues), text[:40]
     finally:
         dedup_mod._permutations.cache_clear()
+
+
+def test_permutations_are_datasketchs_without_importing_it():
+    """The workers build datasketch's MinHash permutations with numpy alone (its import pulls in scipy): the
+    arrays, dtypes and empty values must be datasketch's own for both schemes, the default scheme the one
+    `MinHash()` picks, the fmix32 constants its own; and a fresh process computing a signature imports
+    neither datasketch nor scipy."""
+    from datasketch import MinHash
+    from datasketch.minhash import _FMIX_CONSTANTS
+
+    from paddle_pangu.data import dedup as dedup_mod
+
+    assert dedup_mod._default_scheme() == MinHash(num_perm=4).scheme
+    assert dedup_mod._fmix32() == tuple(int(c) for c in _FMIX_CONSTANTS[32])
+    for scheme in ("affine32", "legacy"):
+        for num_perm, seed in ((128, 1), (64, 7), (3, 123456)):
+            m = MinHash(num_perm=num_perm, seed=seed, scheme=scheme)
+            a, b, empty = dedup_mod.datasketch_permutations(num_perm, seed, scheme)
+            for got, want in ((a, m.permutations[0]), (b, m.permutations[1]), (empty, m.hashvalues)):
+                assert got.dtype == want.dtype and np.array_equal(got, want), (scheme, num_perm, seed)
+    code = ("import sys; from paddle_pangu.data.dedup import DedupConfig, minhash_values; "
+            "v = minhash_values('一二三四五六七八九十', DedupConfig()); assert v.shape == (128,); "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('datasketch', 'scipy')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("cfg", [DedupConfig(), DedupConfig(threshold=0.5), DedupConfig(num_perm=64, bands=16, rows=4),

@@ -8,6 +8,7 @@ same documents (same clusters, same drops by reason), write byte-identical
 `.bin/.idx`, and report the corrupt file with its file and line while
 keeping every other shard's documents.
 """
+import copy
 import gzip
 import json
 
@@ -58,12 +59,17 @@ def _cfg(corpus, out):
 
 @pytest.fixture(scope="module")
 def both(corpus, cluster, tmp_path_factory):
+    from paddle_pangu.data import ray_engine
     from paddle_pangu.data.ray_engine import run_pipeline_ray
 
     out = tmp_path_factory.mktemp("ray_out")
     local = run_pipeline(_cfg(corpus, out / "local"))
     distributed = run_pipeline_ray(_cfg(corpus, out / "ray"))
+    _TIMELINE.update(copy.deepcopy(ray_engine.TIMELINE))  # this run's, before another run replaces it
     return out / "local", out / "ray", local, distributed
+
+
+_TIMELINE: dict = {}
 
 
 def test_same_bytes_same_drops_same_clusters(both):
@@ -80,6 +86,25 @@ def test_same_bytes_same_drops_same_clusters(both):
         assert rs["stages"]["dedup"][key] == ls["stages"]["dedup"][key], key
     assert rs["issues"] == ls["issues"]
     assert (ray_dir / "dedup_clusters.jsonl").read_text() == (local_dir / "dedup_clusters.jsonl").read_text()
+
+
+def test_the_timeline_has_every_shards_tasks_in_the_drivers_phases(both):
+    """`pangu bench data`'s timeline (docs/DATA.md): the driver's phases in order, and one scan and one
+    tokenize task per shard, each inside its phase, with its worker and a non-negative warm-up and work."""
+    from paddle_pangu.bench.data_bench import timeline, timeline_table
+
+    tl = timeline(_TIMELINE)
+    names = [p["phase"] for p in tl["phases"]]
+    order = ["start", "shard specs", "scan", "dedup", "tokenize", "concatenate", "commit", "end"]
+    assert [n for n in names if n in order] == order
+    at = {p["phase"]: p["at_s"] for p in tl["phases"]}
+    for stage, lo, hi in (("scan", at["scan"], at["dedup"]), ("tokenize", at["tokenize"], at["clusters file"])):
+        tasks = [t for t in tl["tasks"] if t["stage"] == stage]
+        assert sorted(t["shard"] for t in tasks) == [0, 1, 2], stage  # a.jsonl, b.jsonl, c.jsonl.gz
+        for t in tasks:  # rounded to 0.01 s on both sides
+            assert lo - 0.01 <= t["start_s"] <= t["end_s"] <= hi + 0.01 and t["warm_s"] >= 0 and t["work_s"] >= -0.01
+    assert len({t["pid"] for t in tl["tasks"]}) <= 2  # the cluster's 2 CPUs: at most two worker processes
+    assert "| scan | 0 |" in timeline_table({"workers": 2, "seconds": 1.0, "timeline": tl})
 
 
 def test_corrupt_gzip_is_reported_and_other_shards_kept(both):
@@ -143,3 +168,61 @@ def test_byte_range_shards_give_the_unsplit_bytes(both, corpus, cluster, tmp_pat
     for name in ("a.jsonl", "b.jsonl"):
         assert sum(f"{name}#bytes=" in s for s in inputs) >= 3, inputs
     assert sum(s.endswith("c.jsonl.gz") for s in inputs) == 1
+
+
+def test_auto_shard_size_follows_the_splittable_input(tmp_path):
+    """Without --shard-mb the splittable input (uncompressed JSONL) is cut into about AUTO_SHARDS shards of
+    1-64 MB; gzip files are not counted (never cut). Sparse files: only sizes are read."""
+    from paddle_pangu.data.readers import ReaderConfig
+    from paddle_pangu.data.ray_engine import AUTO_SHARDS, auto_shard_mb
+
+    def sized(name, mb):
+        with open(tmp_path / name, "wb") as fh:
+            fh.truncate(int(mb * 1e6))
+
+    reader = ReaderConfig()
+    sized("a.jsonl", 30)
+    sized("b.jsonl", 10)
+    sized("c.jsonl.gz", 500)
+    assert AUTO_SHARDS == 16 and auto_shard_mb([str(tmp_path)], reader) == 40 / 16
+    assert auto_shard_mb([str(tmp_path / "c.jsonl.gz")], reader) == 1.0  # nothing to cut: the floor
+    sized("a.jsonl", 2000)
+    assert auto_shard_mb([str(tmp_path)], reader) == 64.0  # the ceiling
+    assert auto_shard_mb(["builtin:peoples-daily", str(tmp_path / "b.jsonl")], reader) == 1.0
+
+
+def test_driver_verification_on_arrays_keeps_exactly_the_pairs_at_or_above_the_threshold(tmp_path):
+    """`_verify` (the driver's candidate check, vectorised): signatures read from the right shard file and row
+    (three shards, one empty, ids with gaps), pairs within and across shards, chunked; kept iff the share of
+    equal positions >= threshold, as the local rule computes it, including pairs exactly at the threshold."""
+    import itertools
+
+    import numpy as np
+
+    from paddle_pangu.data.ray_engine import _verify
+
+    rng = np.random.default_rng(5)
+    num_perm, base = 16, rng.integers(0, 2**32, 16, dtype=np.uint64)
+    scans, offsets, sig_of, total = {}, {}, {}, 0
+    # document j differs from `base` in its first r[j] positions (values of its own): two documents agree on
+    # num_perm - max(r) positions, so r = 4, 8, 12 put pairs exactly at 0.75, 0.5, 0.25
+    changed = iter([0, 4, 8, 12, 16, 8, 2, 10, 4])
+    for k, ids in enumerate([[0, 2, 3, 7], [], [1, 4, 5, 6, 9]]):
+        rows = []
+        for i in ids:
+            row, r = base.copy(), next(changed)
+            row[:r] = rng.integers(0, 2**32, r, dtype=np.uint64)
+            rows.append(row)
+            sig_of[total + i] = row
+        np.save(tmp_path / f"{k:05d}.sigs.npy", np.asarray(rows, np.uint64).reshape(len(ids), num_perm))
+        scans[k], offsets[k] = {"ids": np.asarray(ids, np.int64)}, total
+        total += 10
+    docs = sorted(sig_of)
+    candidates = np.asarray(list(itertools.combinations(docs, 2)), np.int64)  # [m, 2], a < b, sorted
+    for threshold in (0.25, 0.5, 0.75):
+        want = [(a, b) for a, b in candidates.tolist()
+                if np.count_nonzero(sig_of[a] == sig_of[b]) / num_perm >= threshold]
+        assert 0 < len(want) < len(candidates)  # some pairs pass and some fail
+        assert _verify(candidates, scans, offsets, tmp_path, threshold, True, chunk=7) == want
+    assert _verify(candidates, scans, offsets, tmp_path, 0.5, False) == [tuple(p) for p in candidates.tolist()]
+    assert _verify(np.zeros((0, 2), np.int64), scans, offsets, tmp_path, 0.5, True) == []

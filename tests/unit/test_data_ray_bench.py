@@ -59,3 +59,19 @@ def test_stage_profile_checks_the_segmenter_against_python_jieba(tmp_path):
                                  "pack"]
     assert abs(p["pipeline_cpu_s"] - sum(s["cpu_s"] for s in p["stages"].values())) < 0.01
     assert p["python_jieba_cpu_s"] > 0 and "python jieba alone" in profile_table(p)
+
+
+def test_round_ratios_include_the_per_shard_contention_gauge():
+    """Same-round ratios, and the Ray 2 / Ray 1 scan seconds per shard that says whether the 2-CPU run had two
+    free cores (made-up rows: only the arithmetic is under test)."""
+    from paddle_pangu.bench.data_bench import _ratios
+
+    def ray(workers, mb_per_s, scans):
+        tasks = [{"stage": "scan", "work_s": w} for w in scans] + [{"stage": "tokenize", "work_s": 9.0}]
+        return {"engine": "ray", "workers": workers, "mb_per_s": mb_per_s, "timeline": {"tasks": tasks}}
+
+    rows = [{"engine": "local", "workers": 1, "mb_per_s": 4.0}, {"engine": "local", "workers": 2, "mb_per_s": 6.0},
+            ray(1, 3.0, [1.0, 2.0, 3.0]), ray(2, 4.5, [3.0, 5.0])]
+    assert _ratios(rows) == {"ray2/ray1": 1.5, "ray2/local2": 0.75, "ray1/local1": 0.75, "local2/local1": 1.5,
+                             "ray2/ray1 scan s per shard": 2.0}
+    assert "ray2/ray1 scan s per shard" not in _ratios(rows[:3])

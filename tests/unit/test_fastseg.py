@@ -137,3 +137,64 @@ def test_env_forces_python_and_user_dictionary_switches_to_python(module):
     # a word added after start-up is not in the compiled copy: the python path (which knows it) takes over
     proc = _run(_PROBE.format(setup="assert fastseg.backend() == 'compiled'\njieba.add_word('处女干事每月')"))
     assert proc.returncode == 0 and proc.stdout.strip() == "python", proc.stderr
+
+
+def test_cached_tables_are_the_tables_built_from_jieba_and_a_damaged_cache_is_refused(module, tmp_path,
+                                                                                     monkeypatch, capfd):
+    """The tables cache (a worker restores it instead of loading jieba's dictionary) holds exactly the tables
+    built from jieba's FREQ and HMM dicts; segmenting from restored tables is python jieba's; a flipped bit,
+    a truncated dump or an edge pointing outside the trie is refused, never loaded."""
+    import numpy as np
+
+    built = module.dump()
+    path = tmp_path / "tables.bin"
+    monkeypatch.setattr(fastseg, "tables_cache_path", lambda: path)
+    size, total = len(jieba.dt.FREQ), jieba.dt.total
+    try:
+        fastseg._write_cache(module, size, total)
+        assert fastseg._restore_cached(module) == (size, total)
+        assert module.dump() == built  # byte for byte: every trie slot, weight, flag, HMM entry
+        _assert_same(module, _corpus_sample("builtin:peoples-daily", 10, seed=11) + _adversarial(300, seed=12))
+        data = bytearray(path.read_bytes())
+        data[-3] ^= 1  # one bit of the last emission probability
+        path.write_bytes(bytes(data))
+        capfd.readouterr()
+        assert fastseg._restore_cached(module) is None
+        err = capfd.readouterr().err.splitlines()
+        assert len(err) == 1 and "damaged (sha256 mismatch)" in err[0], err
+        with pytest.raises(ValueError, match="sizes"):
+            module.restore(built[:-8])
+        with pytest.raises(ValueError, match="not a _pangu_jieba dump"):
+            module.restore(b"\0" * 4096)
+        slots, nodes = int.from_bytes(built[8:16], "little"), int.from_bytes(built[16:24], "little")
+        keys = np.frombuffer(built, np.uint64, slots, 208)  # after the 208-byte header (jieba_exact.cc)
+        used = int(np.flatnonzero(keys != np.uint64(2**64 - 1))[0])
+        bad = bytearray(built)
+        bad[208 + slots * 8 + used * 4: 208 + slots * 8 + used * 4 + 4] = (nodes + 5).to_bytes(4, "little")
+        with pytest.raises(ValueError, match="outside the trie"):
+            module.restore(bytes(bad))
+    finally:
+        module.restore(built)
+    assert module.dump() == built
+
+
+def test_a_fresh_process_segments_from_the_cache_without_loading_jieba(module):
+    """What a data worker does: the tokenizer restores the cached tables (jieba's dictionary never loaded: ~1 s
+    saved per process) and its token ids are python jieba's + SentencePiece's."""
+    import json
+
+    fastseg._write_cache(module, len(jieba.dt.FREQ), jieba.dt.total)  # as the first process of a machine does
+    texts = _corpus_sample("builtin:peoples-daily", 5, seed=21) + _adversarial(100, seed=22)
+    texts = [t for t in texts if "\ud800" not in t]  # not encodable by SentencePiece on either path
+    code = ("import json, sys\nfrom paddle_pangu.tokenizer import fastseg, PanGuSentencePiece\n"
+            "c = PanGuSentencePiece()\nids = [c.encode_ids(t) for t in json.loads(sys.stdin.read())]\n"
+            "jb = sys.modules.get('jieba')\n"
+            "print(json.dumps({'ids': ids, 'jieba_loaded': bool(jb and jb.dt.initialized), "
+            "'cached': fastseg._STATE['dict'][0] is None, 'backend': fastseg.backend()}))")
+    proc = subprocess.run([sys.executable, "-c", code], input=json.dumps(texts), capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    assert (got["backend"], got["cached"], got["jieba_loaded"]) == ("compiled", True, False)
+    codec = PanGuSentencePiece()
+    assert got["ids"] == [codec.sp.encode(fastseg.python_segment(t)) for t in texts]
