@@ -184,18 +184,24 @@ def zero_stage2_grads_in_place(optimizer, max_depth: int = 8) -> bool:
             def clear_grad(set_to_zero=True):
                 if not set_to_zero or stage2.sd_release_grads:
                     return original(set_to_zero)
-                for param in stage2._parameter_list:
-                    if getattr(param, "main_grad", None) is not None:
-                        param.main_grad.zero_()
-                    elif param.grad is not None:
-                        param.grad.zero_()  # in place: stays a view of the fused gradient buffer
-                return None
+                return zero_grads_in_place(stage2)
 
             optimizer.clear_grad = clear_grad
             return True
         optimizer = vars(optimizer).get("_inner_opt") or vars(optimizer).get("_optim")
         seen += 1
     return False
+
+
+def zero_grads_in_place(stage2) -> None:
+    """Zero every gradient (or fp32 `main_grad`) of a DygraphShardingOptimizerV2's parameters in place, so each
+    stays a view of the fused gradient buffer (`zero_stage2_grads_in_place`; cpu_backend/sharding.py on gloo).
+    Private: `DygraphShardingOptimizerV2._parameter_list` (paddle 3.3.1)."""
+    for param in stage2._parameter_list:
+        if getattr(param, "main_grad", None) is not None:
+            param.main_grad.zero_()
+        elif param.grad is not None:
+            param.grad.zero_()  # in place: stays a view of the fused gradient buffer
 
 
 def record_hybrid_global_norm(clip):

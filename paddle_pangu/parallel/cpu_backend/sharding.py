@@ -25,6 +25,8 @@ from paddle.distributed.fleet.meta_optimizers.dygraph_optimizer.dygraph_sharding
 )
 from paddle.distributed.fleet.utils import tensor_fusion_helper
 
+from ..fleet_compat import zero_grads_in_place
+
 _original_v2_clear_grad = DygraphShardingOptimizerV2.clear_grad
 
 
@@ -32,12 +34,7 @@ def v2_clear_grad(self, set_to_zero=True):
     """`DygraphShardingOptimizerV2.clear_grad` that zeroes fused grads in place."""
     if not set_to_zero or self.sd_release_grads:
         return _original_v2_clear_grad(self, set_to_zero)
-    for param in self._parameter_list:
-        if getattr(param, "main_grad", None) is not None:
-            param.main_grad.zero_()
-        elif param.grad is not None:
-            param.grad.zero_()  # in place: stays a view of the fused grad buffer
-    return None
+    return zero_grads_in_place(self)
 
 
 def patch_table() -> list[tuple[object, str, object]]:
