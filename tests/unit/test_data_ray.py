@@ -192,18 +192,18 @@ def test_auto_shard_size_follows_the_splittable_input(tmp_path):
 
 
 def test_driver_verification_on_arrays_keeps_exactly_the_pairs_at_or_above_the_threshold(tmp_path):
-    """`_verify` (the driver's candidate check, vectorised): signatures read from the right shard file and row
+    """`_verify` (the reducers' candidate check, vectorised): signatures read from the right shard file and row
     (three shards, one empty, ids with gaps), pairs within and across shards, chunked; kept iff the share of
     equal positions >= threshold, as the local rule computes it, including pairs exactly at the threshold."""
     import itertools
 
     import numpy as np
 
-    from paddle_pangu.data.ray_engine import _verify
+    from paddle_pangu.data.ray_engine import _signature_index, _verify
 
     rng = np.random.default_rng(5)
     num_perm, base = 16, rng.integers(0, 2**32, 16, dtype=np.uint64)
-    scans, offsets, sig_of, total = {}, {}, {}, 0
+    scans, sig_of, total = {}, {}, 0
     # document j differs from `base` in its first r[j] positions (values of its own): two documents agree on
     # num_perm - max(r) positions, so r = 4, 8, 12 put pairs exactly at 0.75, 0.5, 0.25
     changed = iter([0, 4, 8, 12, 16, 8, 2, 10, 4])
@@ -215,14 +215,15 @@ def test_driver_verification_on_arrays_keeps_exactly_the_pairs_at_or_above_the_t
             rows.append(row)
             sig_of[total + i] = row
         np.save(tmp_path / f"{k:05d}.sigs.npy", np.asarray(rows, np.uint64).reshape(len(ids), num_perm))
-        scans[k], offsets[k] = {"ids": np.asarray(ids, np.int64)}, total
+        scans[k] = {"ids": np.asarray(ids, np.int64), "offset": total}
         total += 10
+    index = _signature_index(scans, tmp_path)
     docs = sorted(sig_of)
     candidates = np.asarray(list(itertools.combinations(docs, 2)), np.int64)  # [m, 2], a < b, sorted
     for threshold in (0.25, 0.5, 0.75):
         want = [(a, b) for a, b in candidates.tolist()
                 if np.count_nonzero(sig_of[a] == sig_of[b]) / num_perm >= threshold]
         assert 0 < len(want) < len(candidates)  # some pairs pass and some fail
-        assert _verify(candidates, scans, offsets, tmp_path, threshold, True, chunk=7) == want
-    assert _verify(candidates, scans, offsets, tmp_path, 0.5, False) == [tuple(p) for p in candidates.tolist()]
-    assert _verify(np.zeros((0, 2), np.int64), scans, offsets, tmp_path, 0.5, True) == []
+        assert _verify(candidates, index, threshold, True, chunk=7).tolist() == [list(p) for p in want]
+    assert _verify(candidates, index, 0.5, False).tolist() == candidates.tolist()
+    assert _verify(np.zeros((0, 2), np.int64), index, 0.5, True).shape == (0, 2)
