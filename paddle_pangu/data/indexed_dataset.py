@@ -56,7 +56,8 @@ class IndexedDatasetBuilder:
         self._code = _dtype_code(self.dtype)
         self._max = np.iinfo(self.dtype).max
         self._bin = open(self.prefix.with_suffix(".bin"), "wb")
-        self._lengths: list[int] = []
+        self._lengths: list[int] = []  # of the documents added one by one since the last whole dataset
+        self._length_parts: list[np.ndarray] = []  # [N_i] earlier lengths, as arrays
         self.num_tokens = 0
 
     def add_document(self, ids) -> None:
@@ -69,9 +70,28 @@ class IndexedDatasetBuilder:
         self._lengths.append(int(arr.size))
         self.num_tokens += int(arr.size)
 
+    def add_dataset(self, ds: "IndexedDataset", chunk_tokens: int = 1 << 22) -> None:
+        """Append every document of `ds` in order, as `add_document` would, with no per-document Python: the
+        tokens are copied in chunks of `chunk_tokens` and the lengths as one array (the Ray engine joins its
+        shards with this; at corpus scale a per-document loop on the driver is hours)."""
+        if ds.dtype != self.dtype:
+            raise ValueError(f"add_dataset: {ds.prefix} holds {ds.dtype} tokens, this dataset {self.dtype}")
+        lengths = np.asarray(ds.lengths, np.int64)  # [N]
+        ends = np.cumsum(lengths)
+        if len(lengths) and (int(ds.offsets[0]) != 0 or not np.array_equal(ds.offsets[1:], ends[:-1])
+                             or int(ends[-1]) != ds.num_tokens):
+            for i in range(len(ds)):  # documents not stored back to back: copy them one by one
+                self.add_document(ds[i])
+            return
+        for lo in range(0, ds.num_tokens, chunk_tokens):
+            self._bin.write(np.ascontiguousarray(ds.tokens[lo:lo + chunk_tokens]).tobytes())
+        self._length_parts += [np.asarray(self._lengths, np.int64), lengths]
+        self._lengths = []
+        self.num_tokens += ds.num_tokens
+
     def finalize(self) -> None:
         self._bin.close()
-        lengths = np.asarray(self._lengths, dtype=np.int64)  # [N]
+        lengths = np.concatenate(self._length_parts + [np.asarray(self._lengths, dtype=np.int64)])  # [N]
         offsets = np.zeros_like(lengths)
         if len(lengths):
             offsets[1:] = np.cumsum(lengths)[:-1]

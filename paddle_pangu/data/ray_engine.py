@@ -574,8 +574,7 @@ def _concatenate(shards_dir: Path, n_shards: int, prefix: Path, dtype) -> list[d
     with IndexedDatasetBuilder(prefix, dtype) as out:
         for k in range(n_shards):
             ds = IndexedDataset(shards_dir / f"{k:05d}")
-            for i in range(len(ds)):
-                out.add_document(ds[i])
+            out.add_dataset(ds)
             listing.append({"prefix": f"shards/{k:05d}", "documents": len(ds)})
     return listing
 

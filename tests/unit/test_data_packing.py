@@ -47,6 +47,44 @@ def test_indexed_round_trip_and_errors(tmp_path):
         IndexedDataset(tmp_path / "x")
 
 
+def test_whole_datasets_appended_give_the_files_of_documents_added_one_by_one(tmp_path):
+    """`add_dataset` (the Ray engine's shard join): shards appended whole, between single documents and with an
+    empty shard, give byte-identical .bin / .idx to adding every document in order; copied in chunks smaller
+    than a shard, so the chunk loop runs; a shard whose documents are not stored back to back (offsets
+    permuted by hand) is copied document by document in index order; another dtype is refused."""
+    shards = [_docs(n, seed) for n, seed in ((7, 1), (0, 2), (13, 3))]
+    singles = _docs(3, 4)
+    for k, docs in enumerate(shards):
+        with IndexedDatasetBuilder(tmp_path / f"s{k}") as b:
+            for d in docs:
+                b.add_document(d)
+    with IndexedDatasetBuilder(tmp_path / "one") as b:
+        for d in [singles[0]] + shards[0] + shards[1] + [singles[1]] + shards[2] + [singles[2]]:
+            b.add_document(d)
+    with IndexedDatasetBuilder(tmp_path / "whole") as b:
+        b.add_document(singles[0])
+        b.add_dataset(IndexedDataset(tmp_path / "s0"), chunk_tokens=16)
+        b.add_dataset(IndexedDataset(tmp_path / "s1"), chunk_tokens=16)
+        b.add_document(singles[1])
+        b.add_dataset(IndexedDataset(tmp_path / "s2"), chunk_tokens=16)
+        b.add_document(singles[2])
+    for ext in (".bin", ".idx"):
+        assert (tmp_path / f"whole{ext}").read_bytes() == (tmp_path / f"one{ext}").read_bytes()
+    # s2 with documents 0 and 1 swapped in the index only: the tokens stay, the reading order changes
+    idx = bytearray((tmp_path / "s2.idx").read_bytes())
+    n, head = 13, 40
+    lengths = np.frombuffer(bytes(idx[head:head + 8 * n]), np.int64).copy()
+    offsets = np.frombuffer(bytes(idx[head + 8 * n:]), np.int64).copy()
+    lengths[[0, 1]], offsets[[0, 1]] = lengths[[1, 0]], offsets[[1, 0]]
+    (tmp_path / "s2.idx").write_bytes(bytes(idx[:head]) + lengths.tobytes() + offsets.tobytes())
+    swapped = IndexedDataset(tmp_path / "s2")
+    with IndexedDatasetBuilder(tmp_path / "perm") as b:
+        b.add_dataset(swapped)
+    assert [list(d) for d in IndexedDataset(tmp_path / "perm")] == [shards[2][1], shards[2][0]] + shards[2][2:]
+    with pytest.raises(ValueError, match="uint16 tokens, this dataset uint32"):
+        IndexedDatasetBuilder(tmp_path / "wide", np.uint32).add_dataset(IndexedDataset(tmp_path / "s0"))
+
+
 def test_split_documents_deterministic_disjoint_complete():
     parts = split_documents(1000, (949, 50, 1), seed=3)
     assert [len(p) for p in parts] == [949, 50, 1]
