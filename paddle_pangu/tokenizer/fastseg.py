@@ -139,11 +139,12 @@ def _restore_cached(module):
     except FileNotFoundError:
         return None
     try:
-        head, _, rest = data.partition(b"\n")
+        end = data.find(b"\n", 0, 256)  # the header line (a view of the rest, not a 55 MB copy of it)
+        head = data[:end] if end > 0 else b""
         if not head.startswith(_CACHE_MAGIC):
             raise ValueError("not a tables cache")
         size, total, digest = head[len(_CACHE_MAGIC):].split(b" ")
-        payload = memoryview(data)[len(head) + 1:]
+        payload = memoryview(data)[end + 1:]
         h = hashlib.sha256(size + b" " + total)
         h.update(payload)
         if h.hexdigest().encode() != digest:
