@@ -45,6 +45,7 @@ must be shared storage (docs/DATA.md).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -64,7 +65,7 @@ from .dedup import (DedupResult, MinHashDeduplicator, band_keys, bucket_pairs, c
                     unique_pairs)
 from .indexed_dataset import IndexedDataset, IndexedDatasetBuilder, dtype_for_vocab
 from .manifest import commit_dir, partial_dir, sha256_file, write_manifest
-from .readers import byte_ranges, list_input_files, parse_range_spec, read_file, splittable
+from .readers import byte_ranges, count_newlines, list_input_files, parse_range_spec, read_file, splittable
 from .stats import IssueLog, PipelineStats, StageStats
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,8 @@ logger = logging.getLogger(__name__)
 def shard_specs(inputs, reader=None, shard_mb: float | None = None) -> list[str]:
     """One shard per input file (directories expanded, sorted as the local reader does) or builtin spec; an
     uncompressed file larger than `shard_mb` whose documents never span lines is cut into byte ranges at
-    line ends (`readers.byte_ranges`), so several workers share it and each holds one range at a time."""
+    line ends (`readers.byte_ranges`: a seek per cut, no pass over the data), so several workers share it and
+    each holds one range at a time."""
     out: list[str] = []
     for spec in inputs:
         if str(spec).startswith(BUILTIN_PREFIX):
@@ -107,11 +109,37 @@ def auto_shard_mb(inputs, reader) -> float:
     return min(hi, max(lo, total / 1e6 / AUTO_SHARDS))
 
 
-def _shard_documents(spec: str, cfg, issues: IssueLog):
+def _shard_documents(spec: str, cfg, issues: IssueLog, newlines_before: int = 0):
+    """The documents of a shard; a byte range's lines are numbered from 1 + the newlines before it."""
     if spec.startswith(BUILTIN_PREFIX):
         return read_builtin(spec, issues)
     path, span = parse_range_spec(spec)
+    if span is not None:
+        span = dataclasses.replace(span, first_line=1 + newlines_before)
     return read_file(path, cfg.reader, issues, span=span)
+
+
+def _count_task(spec: str) -> int:
+    """Newlines in a byte-range shard (a pass at memory / disk speed, one task per range, beside the scans)."""
+    path, span = parse_range_spec(spec)
+    return count_newlines(path, span.start, span.end)
+
+
+def _counts_before(shards: list[str]) -> dict[int, list[int]]:
+    """For each byte-range shard after the first of its file: the indices of its file's earlier ranges (their
+    newline counts give its first line)."""
+    earlier: dict[Path, list[int]] = {}
+    out = {}
+    for k, spec in enumerate(shards):
+        if spec.startswith(BUILTIN_PREFIX):
+            continue
+        path, span = parse_range_spec(spec)
+        if span is None:
+            continue
+        if span.start > 0:
+            out[k] = list(earlier.get(path, []))
+        earlier.setdefault(path, []).append(k)
+    return out
 
 
 SHARD_ATTEMPTS = 3  # a shard whose task raises or dies is submitted again, at most this many times in all
@@ -220,11 +248,14 @@ def _selection_digest(drop: np.ndarray, wanted: np.ndarray) -> str:
 
 
 # ---- stage 1: scan ---------------------------------------------------------------------
-def _scan_task(cfg, k: int, spec: str, work_dir: str, fault: str = "", attempt: int = 0, final: bool = True) -> dict:
+def _scan_task(cfg, k: int, spec: str, work_dir: str, fault: str = "", attempt: int = 0, final: bool = True,
+               *newline_counts: int) -> dict:
     """Read + clean + quality + MinHash one shard: survivors to work/<k>.jsonl, signatures to work/<k>.sigs.npy,
     then the record work/<k>.scan.json (returned too). An attempt that is not the `final` one raises its error
     (to be retried); the final one reports it as the shard's (`error`, with file and line) and keeps nothing
-    of the shard (no record is written, so a resumed run scans it again)."""
+    of the shard (no record is written, so a resumed run scans it again). `newline_counts`: of the file's
+    byte ranges before this one (Ray passes `_count_task` results), so its refs and issues keep the lines of
+    the whole file."""
     from .pipeline import CHUNK_DOCS, _build_quality_filter, _chunks
 
     work = Path(work_dir)
@@ -245,7 +276,7 @@ def _scan_task(cfg, k: int, spec: str, work_dir: str, fault: str = "", attempt: 
         qfilter = _build_quality_filter(cfg, qdir, scores_fh)
         _injected_fault(fault, "scan", k, attempt)
         with open(text_path, "w", encoding="utf-8") as out:
-            for chunk in _chunks(_shard_documents(spec, cfg, issues), CHUNK_DOCS):
+            for chunk in _chunks(_shard_documents(spec, cfg, issues, sum(newline_counts)), CHUNK_DOCS):
                 for doc in chunk:
                     doc.doc_id, n, last = n, n + 1, doc.ref  # shard-local id; the driver adds the offset
                     read.count_in(doc)
@@ -475,9 +506,15 @@ def _scan(ray, cfg, shards: list[str], work: Path, stats: PipelineStats, submitt
                                                     "sigs_sha256": work / f"{k:05d}.sigs.npy"}, "the scan", shards[k]),
         lambda rec: rec.get("spec") == shards[k]))
     task = ray.remote(_scan_task).options(max_retries=0)
+    # a byte range's first line: the newlines of its file's earlier ranges, counted by tasks submitted first
+    # (Ray starts a range's scan once its counts are in); a range scanned in an earlier run needs none
+    before = {k: ks for k, ks in _counts_before(shards).items() if k in set(todo)}
+    count = ray.remote(_count_task).options(max_retries=SHARD_ATTEMPTS - 1)
+    counts = {j: count.remote(shards[j]) for j in sorted({j for ks in before.values() for j in ks})}
 
     def submit(k, attempt):
-        return task.remote(cfg, k, shards[k], str(work), fault, attempt, attempt == SHARD_ATTEMPTS - 1)
+        return task.remote(cfg, k, shards[k], str(work), fault, attempt, attempt == SHARD_ATTEMPTS - 1,
+                           *[counts[j] for j in before.get(k, [])])
 
     scans.update(_run_shards(ray, "scan", todo, submit, shards, stats,
                              lambda k, error: _failed_scan(k, shards[k], work, error), submitted))

@@ -99,6 +99,8 @@ def _raw_lines(path: Path, issues: IssueLog, progress: ProgressTracker,
 
     Progress is reported in on-disk bytes (compressed bytes for .gz) so it matches the ETA total.
     """
+    if span is not None and span.first_line is None:
+        raise ValueError(f"{path}: byte range {span.start}-{span.end} read before its first line was counted")
     lineno = 0 if span is None else span.first_line - 1
     with open(path, "rb") as raw:
         fh = gzip.GzipFile(fileobj=raw, mode="rb") if path.name.endswith(".gz") else raw
@@ -134,25 +136,27 @@ def _lines_until(raw, end: int) -> Iterator[bytes]:
 
 @dataclasses.dataclass(frozen=True)
 class ByteRange:
-    """Bytes [start, end) of a plain input file, cut at line ends; its first line is line `first_line`."""
+    """Bytes [start, end) of a plain input file, cut at line ends; its first line is line `first_line` (None
+    until counted: `count_newlines` over the ranges before it; the range's spec does not hold it)."""
 
     start: int
     end: int
-    first_line: int
+    first_line: int | None = None
 
     def spec(self, path) -> str:
-        return f"{path}#bytes={self.start}-{self.end},line={self.first_line}"
+        return f"{path}#bytes={self.start}-{self.end}"
 
 
-_RANGE_SPEC = re.compile(r"^(.*)#bytes=(\d+)-(\d+),line=(\d+)$")
+_RANGE_SPEC = re.compile(r"^(.*)#bytes=(\d+)-(\d+)$")
 
 
 def parse_range_spec(spec: str) -> tuple[Path, ByteRange | None]:
-    """(path, range) of a shard spec written by `ByteRange.spec`, or (path, None) for a whole file."""
+    """(path, range) of a shard spec written by `ByteRange.spec` (its first line not yet known), or
+    (path, None) for a whole file."""
     m = _RANGE_SPEC.match(spec)
     if m is None or Path(spec).exists():
         return Path(spec), None
-    return Path(m.group(1)), ByteRange(int(m.group(2)), int(m.group(3)), int(m.group(4)))
+    return Path(m.group(1)), ByteRange(int(m.group(2)), int(m.group(3)))
 
 
 def splittable(path: Path, cfg: ReaderConfig) -> bool:
@@ -160,28 +164,40 @@ def splittable(path: Path, cfg: ReaderConfig) -> bool:
     return not path.name.endswith(".gz") and (_file_format(path, cfg.format) == "jsonl" or cfg.doc_mode == "line")
 
 
-def byte_ranges(path: Path, target_bytes: int, block: int = 1 << 24) -> list[ByteRange]:
+def byte_ranges(path: Path, target_bytes: int) -> list[ByteRange]:
     """`path` cut into ranges of about `target_bytes`, each ending at a line end (so a range holds whole
-    documents), with the number of its first line; one streaming pass (`block` bytes at a time) counts the
-    lines, so memory stays at one block whatever the file size."""
+    documents): a seek and one line read per cut, whatever the file size. The ranges' first line numbers are
+    not counted here: that is a pass over the data, which the Ray engine runs as tasks beside the scan
+    (`count_newlines`), not on the driver before any work starts."""
     size = path.stat().st_size
     out: list[ByteRange] = []
-    start, line = 0, 1
+    start = 0
     with open(path, "rb") as fh:
         while start < size:
             end = size
             if start + target_bytes < size:
                 fh.seek(start + target_bytes - 1)
                 end = min(size, start + target_bytes - 1 + len(fh.readline()))  # to the end of that line
-            fh.seek(start)
-            newlines, left = 0, end - start
-            while left:
-                chunk = fh.read(min(block, left))
-                newlines += chunk.count(b"\n")
-                left -= len(chunk)
-            out.append(ByteRange(start, end, line))
-            start, line = end, line + newlines
+            out.append(ByteRange(start, end))
+            start = end
     return out
+
+
+def count_newlines(path: Path, start: int, end: int, block: int = 1 << 24) -> int:
+    """The number of b"\\n" in bytes [start, end) of `path`, `block` bytes at a time (memory: one block). For a
+    range that ends at a line end this is its number of lines, so a range's first line is 1 + the counts of
+    the ranges before it."""
+    newlines = 0
+    with open(path, "rb") as fh:
+        fh.seek(start)
+        left = end - start
+        while left > 0:
+            chunk = fh.read(min(block, left))
+            if not chunk:
+                break
+            newlines += chunk.count(b"\n")
+            left -= len(chunk)
+    return newlines
 
 
 def _decoded_lines(path: Path, cfg: ReaderConfig, issues: IssueLog, progress: ProgressTracker,

@@ -92,9 +92,13 @@ def test_builtin_peoples_daily_articles_and_reviews():
 
 
 def test_byte_ranges_end_at_line_ends_and_read_the_whole_file_in_order(tmp_path):
-    """Every cut size, including one byte and ones that fall inside a multi-byte character: the ranges read
-    one after another give the documents (text and file:line ref) and issues of the whole file."""
-    from paddle_pangu.data.readers import byte_ranges, parse_range_spec
+    """Every cut size, including one byte and ones that fall inside a multi-byte character: the ranges, each
+    numbered from 1 + the newlines counted in the ranges before it, read one after another give the
+    documents (text and file:line ref) and issues of the whole file; a range whose first line was never
+    counted is refused, not read from line 1."""
+    import dataclasses
+
+    from paddle_pangu.data.readers import byte_ranges, count_newlines, parse_range_spec
 
     f = tmp_path / "x.jsonl"
     lines = [json.dumps({"text": "文本" * (i % 7 + 1) + str(i)}, ensure_ascii=False) for i in range(40)]
@@ -107,10 +111,14 @@ def test_byte_ranges_end_at_line_ends_and_read_the_whole_file_in_order(tmp_path)
         assert all(a.end == b.start for a, b in zip(ranges, ranges[1:]))
         data = f.read_bytes()
         assert all(data[r.end - 1:r.end] == b"\n" for r in ranges[:-1])
-        docs, issues = [], IssueLog()
+        docs, issues, newlines = [], IssueLog(), 0
         for r in ranges:
             path, span = parse_range_spec(r.spec(f))
-            assert (path, span) == (f, r)
-            docs += list(read_file(path, ReaderConfig(), issues, span=span))
+            assert (path, span) == (f, r) and span.first_line is None
+            docs += list(read_file(path, ReaderConfig(), issues, span=dataclasses.replace(span, first_line=1 + newlines)))
+            newlines += count_newlines(path, r.start, r.end, block=5)  # blocks smaller than a line
+        assert newlines == data.count(b"\n")
         assert [(d.text, d.ref) for d in docs] == [(d.text, d.ref) for d in whole], target
         assert issues.to_dict() == whole_issues.to_dict(), target
+    with pytest.raises(ValueError, match="before its first line was counted"):
+        list(read_file(f, ReaderConfig(), IssueLog(), span=ranges[-1]))
