@@ -85,7 +85,9 @@ SHAPES = [(1, 77, 37), (1, 64, 48), (3, 130, 19), (8, 200, 61), (16, 33, 5), (1,
 @pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
 def test_int8_linear_within_the_derived_bound_at_every_level(level, monkeypatch):
     if level not in _levels():
-        pytest.fail(f"this CPU cannot run the {level} path ({kernels.int8_isa()}); the test machines all have AVX-512")
+        # the CPU decides which levels can execute (this project's machines have been AVX2-only AMD and
+        # AVX-512 Intel / AMD): a level the CPU lacks cannot be run here, and says so in the report
+        pytest.skip(f"this CPU cannot execute the {level} path (best level here: {kernels.int8_isa()[1]})")
     monkeypatch.setenv(kernels.INT8_ISA_ENV, level)
     assert kernels.int8_isa()[0] == level  # the forced level is the one the kernel reports running
     rng = np.random.default_rng(1)
@@ -177,7 +179,9 @@ BF16_SHAPES = [(1, 77, 37), (3, 130, 19), (8, 300, 1000), (16, 33, 5), (17, 300,
 @pytest.mark.parametrize("level", ["scalar", "avx2", "avx512"])
 def test_bf16_linear_within_the_derived_bound_at_every_level(level, monkeypatch):
     if level not in _levels():
-        pytest.fail(f"this CPU cannot run the {level} path ({kernels.int8_isa()}); the test machines all have AVX-512")
+        # the CPU decides which levels can execute (this project's machines have been AVX2-only AMD and
+        # AVX-512 Intel / AMD): a level the CPU lacks cannot be run here, and says so in the report
+        pytest.skip(f"this CPU cannot execute the {level} path (best level here: {kernels.int8_isa()[1]})")
     monkeypatch.setenv(kernels.INT8_ISA_ENV, level)
     assert kernels.int8_isa()[0] == level
     rng = np.random.default_rng(4)
