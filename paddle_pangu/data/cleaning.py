@@ -29,6 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..kernels.native_build import cache_root
+from ..utils.json_cache import cached_json
 from .stats import Document, StageStats
 
 DEFAULT_NAV_KEYWORDS = (
@@ -145,11 +147,7 @@ def _compute_category_runs() -> tuple[tuple[str, int, int], ...]:
 def _category_runs_cache() -> Path:
     """The cache file of the runs, keyed by this Python's Unicode database version (beside the compiled
     kernels: `$PANGU_KERNEL_CACHE`, default ~/.cache/paddle_pangu/kernels)."""
-    import os
-
-    root = os.environ.get("PANGU_KERNEL_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "paddle_pangu",
-                                                                 "kernels")
-    return Path(root) / f"unicode_categories_{unicodedata.unidata_version}_{sys.maxunicode:x}.json"
+    return cache_root("kernels") / f"unicode_categories_{unicodedata.unidata_version}_{sys.maxunicode:x}.json"
 
 
 def _runs_are_valid(runs) -> bool:
@@ -171,31 +169,13 @@ def _category_runs() -> tuple[tuple[str, int, int], ...]:
     first-task start-up). Read from a JSON cache written by the first process (sha256 and the runs checked;
     a cache that fails is computed and written again: temporary name + rename), since the pass itself was
     still the largest part of a scan worker's warm-up (docs/DATA.md, Ray timeline)."""
-    import hashlib
-    import json
-    import os
-    import tempfile
+    def decode(rows):
+        runs = tuple((str(c), int(a), int(b)) for c, a, b in rows)
+        if not _runs_are_valid(runs):
+            raise ValueError("runs from another Unicode database")
+        return runs
 
-    path = _category_runs_cache()
-    try:
-        digest, body = path.read_text(encoding="utf-8").split("\n", 1)
-        if hashlib.sha256(body.encode()).hexdigest() == digest:
-            runs = tuple((c, int(a), int(b)) for c, a, b in json.loads(body))
-            if _runs_are_valid(runs):
-                return runs
-    except (OSError, ValueError, TypeError):
-        pass
-    runs = _compute_category_runs()
-    body = json.dumps(runs, separators=(",", ":"))
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(hashlib.sha256(body.encode()).hexdigest() + "\n" + body)
-        os.replace(tmp, path)
-    except OSError:  # a read-only cache only costs the next process the pass
-        pass
-    return runs
+    return cached_json(_category_runs_cache(), _compute_category_runs, decode)
 
 
 @lru_cache(maxsize=8)

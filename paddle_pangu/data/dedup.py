@@ -179,11 +179,49 @@ def unique_pairs(pairs: np.ndarray) -> np.ndarray:
     return np.stack([codes // n, codes % n], axis=1)
 
 
+def lsh_bands_rows(cfg: DedupConfig) -> tuple[int, int]:
+    """(bands, rows) of the LSH index: the configured ones, or datasketch's choice for the threshold
+    (`MinHashLSH(threshold, num_perm)`: its `_optimal_param` with weights 0.5 / 0.5; b x r may be < num_perm,
+    the bands then cover the first b x r positions). That choice integrates with scipy, whose import is
+    0.4-0.6 CPU-s per process (a Ray driver paid it while its workers scanned), so it is computed once per
+    datasketch version, threshold and num_perm and kept beside the kernels (`utils/json_cache.py`)."""
+    if cfg.bands is not None:
+        return int(cfg.bands), int(cfg.rows)
+    return _optimal_bands_rows(float(cfg.threshold), int(cfg.num_perm))
+
+
+@functools.lru_cache(maxsize=16)
+def _optimal_bands_rows(threshold: float, num_perm: int) -> tuple[int, int]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    from ..kernels.native_build import cache_root
+    from ..utils.json_cache import cached_json
+
+    def compute():
+        from datasketch import MinHashLSH
+
+        lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+        return [int(lsh.b), int(lsh.r)]
+
+    def decode(value):
+        b, r = (int(v) for v in value)
+        if b < 1 or r < 1 or b * r > num_perm:
+            raise ValueError(f"bands x rows {b} x {r} outside num_perm {num_perm}")
+        return b, r
+
+    try:
+        ver = version("datasketch")
+    except PackageNotFoundError:
+        return decode(compute())  # (the import then says what is missing)
+    name = f"lsh_bands_rows_datasketch{ver}_t{threshold!r}_p{num_perm}.json"
+    return cached_json(cache_root("kernels") / name, compute, decode)
+
+
 class MinHashDeduplicator:
     """Near-duplicate finder: `add(key, signature)` in input order, then `result()`.
 
     The LSH decision is made on arrays once every document is in (`result`): each document's band keys
-    (`band_keys`, b x r chosen by datasketch's MinHashLSH for the threshold), candidate pairs from the
+    (`band_keys`, b x r chosen by datasketch's MinHashLSH for the threshold: `lsh_bands_rows`), candidate pairs from the
     buckets (`bucket_pairs`), verified by the estimated Jaccard, then `clusters_from_pairs`: the same rule
     and the same functions as the Ray engine's shuffle. (It was datasketch's streaming query + insert per
     document: the same clusters, ~160 us of Python per document.) `signature(text)` is pure and picklable,
@@ -191,12 +229,9 @@ class MinHashDeduplicator:
     """
 
     def __init__(self, cfg: DedupConfig | None = None):
-        from datasketch import MinHashLSH
-
         self.cfg = cfg or DedupConfig()
         self.cfg.validate()
-        params = (self.cfg.bands, self.cfg.rows) if self.cfg.bands is not None else None
-        self.lsh = MinHashLSH(threshold=self.cfg.threshold, num_perm=self.cfg.num_perm, params=params)
+        self._bands_rows = lsh_bands_rows(self.cfg)
         self._order: dict = {}
         self._values: list = []
         self.candidate_pairs = 0
@@ -204,12 +239,13 @@ class MinHashDeduplicator:
 
     @property
     def bands_rows(self) -> tuple[int, int]:
-        return self.lsh.b, self.lsh.r
+        return self._bands_rows
 
     @property
     def ranges(self) -> list[tuple[int, int]]:
-        """[start, end) of each band's signature positions."""
-        return [tuple(map(int, r)) for r in self.lsh.hashranges]
+        """[start, end) of each band's signature positions (datasketch's `hashranges`)."""
+        b, r = self._bands_rows
+        return [(i * r, (i + 1) * r) for i in range(b)]
 
     def signature(self, text: str):
         """datasketch MinHash of the text's shingle set."""

@@ -1,4 +1,6 @@
 """Fuzzy dedup: planted near-duplicates in real People's Daily text are found; distinct articles are not."""
+import hashlib
+import os
 import random
 import subprocess
 import sys
@@ -151,6 +153,47 @@ def test_permutations_are_datasketchs_without_importing_it():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_bands_rows_are_datasketchs_choice_and_come_from_the_cache_without_scipy(tmp_path, monkeypatch):
+    """b x r for a threshold is what datasketch's MinHashLSH picks (b, r and hashranges) for several thresholds
+    and signature lengths, including ones where b x r < num_perm; the second time it is read from the cache
+    file (a fresh process building the deduplicator then imports neither datasketch nor scipy); a damaged
+    or out-of-range cache is computed again, never used."""
+    from datasketch import MinHashLSH
+
+    from paddle_pangu.data import dedup as dedup_mod
+
+    monkeypatch.setenv("PANGU_KERNEL_CACHE", str(tmp_path))
+    dedup_mod._optimal_bands_rows.cache_clear()
+    short = 0
+    for threshold in (0.3, 0.5, 0.8, 0.95):
+        for num_perm in (64, 128, 100):
+            cfg = DedupConfig(threshold=threshold, num_perm=num_perm)
+            lsh = MinHashLSH(threshold=threshold, num_perm=num_perm)
+            dedup = MinHashDeduplicator(cfg)
+            assert dedup.bands_rows == (lsh.b, lsh.r), (threshold, num_perm)
+            assert dedup.ranges == [tuple(map(int, r)) for r in lsh.hashranges]
+            short += lsh.b * lsh.r < num_perm
+    assert short  # the b x r < num_perm case was among them
+    assert MinHashDeduplicator(DedupConfig(num_perm=64, bands=16, rows=4)).ranges[-1] == (60, 64)
+    files = sorted(tmp_path.glob("lsh_bands_rows_*_t0.5_p128.json"))
+    assert len(files) == 1
+    code = ("import sys; from paddle_pangu.data.dedup import DedupConfig, MinHashDeduplicator; "
+            "print(MinHashDeduplicator(DedupConfig()).bands_rows, "
+            "sorted(m for m in sys.modules if m.split('.')[0] in ('datasketch', 'scipy')))")
+    env = {**os.environ, "PANGU_KERNEL_CACHE": str(tmp_path)}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    lsh = MinHashLSH(threshold=0.5, num_perm=128)
+    assert out.stdout.strip() == f"{(lsh.b, lsh.r)} []"
+    for body in ("[300, 1]", "not json"):  # out of range / damaged: the digest is recomputed for the first
+        text = body if body == "not json" else hashlib.sha256(body.encode()).hexdigest() + "\n" + body
+        files[0].write_text(text, encoding="utf-8")
+        dedup_mod._optimal_bands_rows.cache_clear()
+        assert MinHashDeduplicator(DedupConfig()).bands_rows == (lsh.b, lsh.r)
+        assert files[0].read_text(encoding="utf-8").endswith(f"[{lsh.b},{lsh.r}]")
+    dedup_mod._optimal_bands_rows.cache_clear()
 
 
 @pytest.mark.parametrize("cfg", [DedupConfig(), DedupConfig(threshold=0.5), DedupConfig(num_perm=64, bands=16, rows=4),
