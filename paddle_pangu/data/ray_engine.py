@@ -55,6 +55,7 @@ import shutil
 import signal
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -197,6 +198,15 @@ def _codec(vocab_file):
     from ..tokenizer import PanGuSentencePiece
 
     return _cached("codec", str(vocab_file), lambda: PanGuSentencePiece(vocab_file))
+
+
+def _vocabulary(vocab_file) -> SimpleNamespace:
+    """What the driver needs of the tokenizer (the manifest's vocabulary file and size, the token dtype): the
+    SentencePiece model alone, without the segmenter's 55 MB of tables."""
+    from ..tokenizer.core import load_sentencepiece
+
+    path, sp = load_sentencepiece(vocab_file)
+    return SimpleNamespace(vocab_file=path, vocab_size=sp.get_piece_size())
 
 
 def _cleaner(cfg):
@@ -638,9 +648,12 @@ def _run_stages(ray, cfg, tmp: Path, stats: PipelineStats, shards: list[str]) ->
     work, shards_dir = tmp / "work", tmp / "shards"
     work.mkdir(exist_ok=True)
     shards_dir.mkdir(exist_ok=True)
-    # the driver's own start-up (datasketch's b x r for the threshold: it imports scipy; the tokenizer for the
-    # vocabulary and the manifest) runs in a thread while the driver waits on the scan tasks, not after them,
-    # and only once they are submitted (it holds the GIL in bursts: submitting behind it delayed the first task)
+    # the driver's own start-up (b x r for the threshold, from its cache after the first run; the vocabulary
+    # for the manifest: the SentencePiece model alone, the driver segments nothing) runs in a thread while the
+    # driver waits on the scan tasks, and only once they are submitted (it holds the GIL in bursts: submitting
+    # behind it delayed the first task). It is kept small: on a machine with as many CPUs as workers its CPU
+    # time is taken from the scan (session 9: 0.8 CPU-s, the scipy import and the segmenter's tables, was
+    # ~0.3 s of a 2-CPU 16 MB run's scan on a 2-core machine)
     from concurrent.futures import ThreadPoolExecutor
 
     ahead: dict = {}
@@ -651,7 +664,7 @@ def _run_stages(ray, cfg, tmp: Path, stats: PipelineStats, shards: list[str]) ->
         pool = ThreadPoolExecutor(1, thread_name_prefix="pangu-driver-prefetch")
         if "dedup" in cfg.stages:
             ahead["lsh"] = pool.submit(MinHashDeduplicator, cfg.dedup)
-        ahead["codec"] = pool.submit(_codec, cfg.vocab_file)
+        ahead["vocab"] = pool.submit(_vocabulary, cfg.vocab_file)
         pool.shutdown(wait=False)
 
     t0 = time.perf_counter()
@@ -674,12 +687,12 @@ def _run_stages(ray, cfg, tmp: Path, stats: PipelineStats, shards: list[str]) ->
     lengths, refs = _tokenize(ray, cfg, shards, scans, work, shards_dir, result, stats)
     _phase("clusters file")
     _write_clusters(tmp / "dedup_clusters.jsonl", result.clusters, refs)
-    _phase("driver tokenizer")
-    codec = ahead["codec"].result()
+    _phase("driver vocabulary")
+    vocab = ahead["vocab"].result()
     _phase("concatenate")
-    listing = _concatenate(shards_dir, len(shards), tmp / cfg.name, dtype_for_vocab(codec.vocab_size))
+    listing = _concatenate(shards_dir, len(shards), tmp / cfg.name, dtype_for_vocab(vocab.vocab_size))
     _phase("finish (split, manifest)")
-    _finish_dataset(cfg, tmp, stats, lengths, codec)
+    _finish_dataset(cfg, tmp, stats, lengths, vocab)
     _add_shards_to_manifest(tmp, shards, listing)
     (tmp / RESUME_FILE).unlink()
     if not cfg.keep_work:
