@@ -291,6 +291,31 @@ int Threads(int threads) {
 #endif
 }
 
+// f(u0, u1) over contiguous slices of [0, units) of row blocks: one thread when the weight has fewer than
+// kParallelBytes, else `threads` (at most one per unit) in one parallel region, each streaming its own slice.
+template <class F>
+void SplitRowBlocks(int64_t units, int64_t weight_bytes, int threads, F&& f) {
+  int nt = 1;
+  if (weight_bytes >= kParallelBytes) {
+    nt = Threads(threads);
+    g_last_threads = nt;
+  }
+  nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, units)));
+  if (nt == 1) {
+    f(int64_t{0}, units);
+    return;
+  }
+#pragma omp parallel num_threads(nt)
+  {
+#ifdef _OPENMP
+    const int tid = omp_get_thread_num(), cnt = omp_get_num_threads();
+#else
+    const int tid = 0, cnt = 1;
+#endif
+    f(units * tid / cnt, units * (tid + 1) / cnt);
+  }
+}
+
 // y [M, N] = x [M, K] . dec(w)^T (+ scale) + bias for M <= kGemmRows rows (decode), raw pointers: output
 // channels split in contiguous row blocks over `threads` threads when the weight has >= kParallelBytes, else
 // one thread. Shared by the linear op and the fused decode layer (the same row kernels: the same sums).
@@ -302,28 +327,9 @@ void RunRows(int level, const float* xp, int64_t m_rows, int64_t k, const typena
     else if (level == kAvx2) RowsAvx2<W>(xp, m_rows, k, wp, sp, bp, yp, n, n0, n1);
     else RowsScalar<W>(xp, m_rows, k, wp, sp, bp, yp, n, n0, n1);
   };
-  int nt = 1;
-  if (n * k * static_cast<int64_t>(sizeof(typename W::T)) >= kParallelBytes) {
-    nt = Threads(threads);
-    g_last_threads = nt;
-  }
   const int64_t blocks = (n + kRows - 1) / kRows;
-  nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, blocks)));
-  if (nt == 1) {
-    rows(0, n);
-    return;
-  }
-#pragma omp parallel num_threads(nt)
-  {
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num(), cnt = omp_get_num_threads();
-#else
-    const int tid = 0, cnt = 1;
-#endif
-    // contiguous block ranges (each thread streams its own slice of the weight)
-    const int64_t b0 = blocks * tid / cnt, b1 = blocks * (tid + 1) / cnt;
-    rows(std::min(n, b0 * kRows), std::min(n, b1 * kRows));
-  }
+  SplitRowBlocks(blocks, n * k * static_cast<int64_t>(sizeof(typename W::T)), threads,
+                 [&](int64_t b0, int64_t b1) { rows(std::min(n, b0 * kRows), std::min(n, b1 * kRows)); });
 }
 
 // Many rows (prefill: batch x prompt tokens), blocked: the weight is taken kPrefillBlockBytes of fp32 at a
@@ -406,25 +412,7 @@ void CatRows(int level, const float* xp, int64_t m_rows, int64_t k, const std::v
       else RowsScalar<W>(xp, m_rows, k, wp[g], sp[g], bp[g], yg, n_total, n0, n1);
     }
   };
-  int nt = 1;
-  if (n_total * k * static_cast<int64_t>(sizeof(typename W::T)) >= kParallelBytes) {
-    nt = Threads(threads);
-    g_last_threads = nt;
-  }
-  nt = static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(nt, blocks)));
-  if (nt == 1) {
-    run(0, blocks);
-    return;
-  }
-#pragma omp parallel num_threads(nt)
-  {
-#ifdef _OPENMP
-    const int tid = omp_get_thread_num(), cnt = omp_get_num_threads();
-#else
-    const int tid = 0, cnt = 1;
-#endif
-    run(blocks * tid / cnt, blocks * (tid + 1) / cnt);
-  }
+  SplitRowBlocks(blocks, n_total * k * static_cast<int64_t>(sizeof(typename W::T)), threads, run);
 }
 
 // Several linear layers of one input in one call (a decode step's q / k / v, or the query layer's k / v):
