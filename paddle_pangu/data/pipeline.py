@@ -38,6 +38,7 @@ from .builtin import BUILTIN_PREFIX, builtin_size_bytes, read_builtin
 from .cleaning import Cleaner, CleaningConfig, clean_chunk
 from .dedup import DedupConfig, MinHashDeduplicator, minhash_values
 from .indexed_dataset import IndexedDatasetBuilder, dtype_for_vocab
+from ..io.durable import atomic_write_text
 from .manifest import commit_dir, partial_dir, sha256_file, write_manifest
 from .packing import DEFAULT_SPLIT, DEFAULT_SPLIT_NAMES, split_documents
 from .quality import PerplexityScorer, QualityConfig, QualityFilter, ScoreCache, TextClassifier, read_examples
@@ -418,14 +419,22 @@ def _finish_documents(cfg, tmp: Path, stats: PipelineStats, records: Iterator[di
                          "files": ["documents.jsonl"]})
 
 
-def _remove_stale_partials(final: Path) -> None:
-    """Delete `<final>.partial-<pid>` left by processes that no longer run (Linux /proc only)."""
+def dead_partials(final: Path) -> list[Path]:
+    """`<final>.partial-<pid>` directories of processes that no longer run, sorted (Linux /proc only)."""
     if not Path("/proc/self").exists():
-        return
-    for p in final.parent.glob(f"{final.name}.partial-*"):
+        return []
+    out = []
+    for p in sorted(final.parent.glob(f"{final.name}.partial-*")):
         pid = p.name.rsplit("-", 1)[-1]
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            shutil.rmtree(p, ignore_errors=True)
+            out.append(p)
+    return out
+
+
+def _remove_stale_partials(final: Path) -> None:
+    """Delete `<final>.partial-<pid>` left by processes that no longer run."""
+    for p in dead_partials(final):
+        shutil.rmtree(p, ignore_errors=True)
 
 
 def _dedup_decision(dedup: MinHashDeduplicator, stats: PipelineStats, doc_chars: dict) -> tuple[set, list]:
@@ -462,21 +471,29 @@ LOCAL_FAULT_ENV = "PANGU_LOCAL_TEST_FAULT"  # tests only: "kill-after-pass1": SI
 _NOT_OUTPUT = ("num_workers", "overwrite", "progress", "keep_work")  # flags that do not change the output
 
 
+def resume_key(engine: str, cfg: PipelineConfig, inputs: list[tuple[str, Path | None]]) -> dict:
+    """What a dead run's partial directory must have been started with to be adopted (both engines): the
+    output-changing config and each input's label (a file, a builtin spec, a Ray shard spec) with its file's
+    size and mtime (an input edited since is read again); None for a builtin or a missing file."""
+    snap = {k: v for k, v in _config_snapshot(cfg).items() if k not in _NOT_OUTPUT}
+    rows = []
+    for label, path in inputs:
+        st = path.stat() if path is not None and path.exists() else None
+        rows.append([label, st.st_size if st else None, st.st_mtime_ns if st else None])
+    return json.loads(json.dumps({"engine": engine, "config": snap, "inputs": rows}, default=str))
+
+
 def _local_resume_key(cfg: PipelineConfig) -> dict:
-    """What a dead run's partial directory must have been started with to be adopted: the output-changing
-    config and every input file's size and mtime (an input edited since is read again)."""
+    """`resume_key` over every input file (directories expanded as the reader expands them)."""
     from .readers import list_input_files
 
-    snap = {k: v for k, v in _config_snapshot(cfg).items() if k not in _NOT_OUTPUT}
-    files = []
+    inputs = []
     for spec in cfg.inputs:
         if str(spec).startswith(BUILTIN_PREFIX):
-            files.append([str(spec), None, None])
-            continue
-        for f in list_input_files(spec):
-            st = f.stat()
-            files.append([str(f), st.st_size, st.st_mtime_ns])
-    return json.loads(json.dumps({"engine": "local", "config": snap, "inputs": files}, default=str))
+            inputs.append((str(spec), None))
+        else:
+            inputs += [(str(f), f) for f in list_input_files(spec)]
+    return resume_key("local", cfg, inputs)
 
 
 def _pass1_files(tmp: Path) -> dict:
@@ -499,21 +516,14 @@ def _save_pass1(cfg, tmp: Path, key: dict, stats: PipelineStats, dedup, doc_char
               "doc_chars": [[int(k), int(v)] for k, v in doc_chars.items()],
               "stages": {k: v.to_dict() for k, v in stats.stages.items()}, "issues": stats.issues.to_dict(),
               "summary": stats.summary, **{f: sha256_file(path) for f, path in _pass1_files(tmp).items()}}
-    part = tmp / (PASS1_FILE + ".tmp")
-    part.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
-    part.replace(tmp / PASS1_FILE)
+    atomic_write_text(str(tmp / PASS1_FILE), json.dumps(record, ensure_ascii=False))
 
 
 def _adopt_partial(final: Path, key: dict):
     """(this process's partial directory, the saved pass 1 record) when a dead run of the same command left
     a verified one (renamed to this process's name, with a line saying so); else None."""
-    import os
-
-    if not Path("/proc/self").exists():
-        return None
-    for old in sorted(final.parent.glob(f"{final.name}.partial-*")):
-        pid = old.name.rsplit("-", 1)[-1]
-        if not pid.isdigit() or Path(f"/proc/{pid}").exists() or not (old / PASS1_FILE).exists():
+    for old in dead_partials(final):
+        if not (old / PASS1_FILE).exists():
             continue
         try:
             record = json.loads((old / PASS1_FILE).read_text(encoding="utf-8"))

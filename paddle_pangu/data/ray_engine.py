@@ -712,34 +712,25 @@ def _add_shards_to_manifest(tmp: Path, shards: list[str], listing: list[dict]) -
 
 # ---- resume -----------------------------------------------------------------------------------------
 RESUME_FILE = "resume.json"
-_NOT_OUTPUT = ("num_workers", "overwrite", "progress", "keep_work")  # flags that do not change the output
 
 
 def _resume_key(cfg, shards: list[str]) -> dict:
-    """What a partial directory must have been started with to be adopted: the output-changing config and
-    each shard's spec, size and mtime (an input edited since is not mixed with the old scan)."""
-    from .pipeline import _config_snapshot
+    """`pipeline.resume_key` over the shards: each spec with its file's size and mtime (an input edited since
+    is not mixed with the old scan)."""
+    from .pipeline import resume_key
 
-    snap = {k: v for k, v in _config_snapshot(cfg).items() if k not in _NOT_OUTPUT}
-    inputs = []
-    for spec in shards:
-        path = parse_range_spec(spec)[0]
-        st = path.stat() if not spec.startswith(BUILTIN_PREFIX) and path.exists() else None
-        inputs.append([spec, st.st_size if st else None, st.st_mtime_ns if st else None])
-    return json.loads(json.dumps({"engine": "ray", "config": snap, "inputs": inputs}, default=str))
+    return resume_key("ray", cfg, [(spec, None if spec.startswith(BUILTIN_PREFIX) else parse_range_spec(spec)[0])
+                                   for spec in shards])
 
 
 def _partial_for(final: Path, key: dict) -> Path:
     """This run's partial directory: a dead driver's one with the same `resume.json` is adopted (renamed to
     this process's name); otherwise a fresh one. Partial directories of dead drivers that do not match are
     removed (`pipeline._remove_stale_partials`)."""
-    from .pipeline import _remove_stale_partials
+    from .pipeline import _remove_stale_partials, dead_partials
 
     mine = partial_dir(final)
-    for old in sorted(final.parent.glob(f"{final.name}.partial-*")):
-        pid = old.name.rsplit("-", 1)[-1]
-        if old == mine or not pid.isdigit() or Path(f"/proc/{pid}").exists():
-            continue
+    for old in dead_partials(final):
         try:
             same = json.loads((old / RESUME_FILE).read_text(encoding="utf-8")) == key
         except (OSError, ValueError):
