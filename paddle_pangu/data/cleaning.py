@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from ..kernels.native_build import cache_root
-from ..utils.json_cache import cached_json
+from ..io.json_cache import cached_json
 from .stats import Document, StageStats
 
 DEFAULT_NAV_KEYWORDS = (

@@ -184,7 +184,7 @@ def lsh_bands_rows(cfg: DedupConfig) -> tuple[int, int]:
     (`MinHashLSH(threshold, num_perm)`: its `_optimal_param` with weights 0.5 / 0.5; b x r may be < num_perm,
     the bands then cover the first b x r positions). That choice integrates with scipy, whose import is
     0.4-0.6 CPU-s per process (a Ray driver paid it while its workers scanned), so it is computed once per
-    datasketch version, threshold and num_perm and kept beside the kernels (`utils/json_cache.py`)."""
+    datasketch version, threshold and num_perm and kept beside the kernels (`io/json_cache.py`)."""
     if cfg.bands is not None:
         return int(cfg.bands), int(cfg.rows)
     return _optimal_bands_rows(float(cfg.threshold), int(cfg.num_perm))
@@ -195,7 +195,7 @@ def _optimal_bands_rows(threshold: float, num_perm: int) -> tuple[int, int]:
     from importlib.metadata import PackageNotFoundError, version
 
     from ..kernels.native_build import cache_root
-    from ..utils.json_cache import cached_json
+    from ..io.json_cache import cached_json
 
     def compute():
         from datasketch import MinHashLSH

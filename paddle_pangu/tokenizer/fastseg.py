@@ -31,10 +31,12 @@ import tempfile
 import threading
 from pathlib import Path
 
+from ..io.durable import atomic_write
+from ..kernels.native_build import cache_root
+
 logger = logging.getLogger(__name__)
 
 ENV = "PANGU_JIEBA"  # "python": always python jieba
-CACHE_ENV = "PANGU_KERNEL_CACHE"
 SOURCE = Path(__file__).with_name("jieba_exact.cc")
 MODULE_NAME = "_pangu_jieba"
 # -O2 without -ffast-math and without FMA contraction: the route and Viterbi sums must round exactly as
@@ -55,8 +57,7 @@ def _tag() -> str:
 
 
 def build_dir() -> Path:
-    root = os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "paddle_pangu", "kernels")
-    return Path(root) / f"jieba_{_tag()}"
+    return cache_root("kernels") / f"jieba_{_tag()}"
 
 
 def _import(path: Path):
@@ -163,12 +164,13 @@ def _write_cache(module, size: int, total: int) -> None:
     payload = module.dump()
     h = hashlib.sha256(f"{size} {total}".encode())
     h.update(payload)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "wb") as fh:
+    def write(tmp):
+        with open(tmp, "wb") as fh:
             fh.write(_CACHE_MAGIC + f"{size} {total} {h.hexdigest()}\n".encode())
             fh.write(payload)
-        os.replace(tmp, path)
+
+    try:
+        atomic_write(str(path), write)
     except OSError as exc:
         logger.debug("pangu jieba: tables cache not written (%s)", exc)
 

@@ -1,16 +1,16 @@
 """A small value computed once per machine and kept as JSON beside the compiled kernels.
 
 The file is `<sha256 of the body>\n<body>`: a damaged or foreign file fails the digest or the caller's own
-check, and the value is then computed and written again (temporary name + rename, so no reader sees half a
-file); a cache that cannot be written only costs the next process the computation. Never pickled."""
+check, and the value is then computed and written again (`io/durable.atomic_write_text`: no reader sees half
+a file); a cache that cannot be written only costs the next process the computation. Never pickled."""
 from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+from .durable import atomic_write_text
 
 
 def cached_json(path: Path, compute: Callable[[], Any], decode: Callable[[Any], Any]) -> Any:
@@ -26,10 +26,7 @@ def cached_json(path: Path, compute: Callable[[], Any], decode: Callable[[Any], 
     body = json.dumps(value, separators=(",", ":"))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(hashlib.sha256(body.encode()).hexdigest() + "\n" + body)
-        os.replace(tmp, path)
+        atomic_write_text(str(path), hashlib.sha256(body.encode()).hexdigest() + "\n" + body)
     except OSError:
         pass
     return decode(json.loads(body))
