@@ -49,20 +49,17 @@ class FusedCache:
 
     @classmethod
     def from_tuple(cls, cache, capacity: int) -> "FusedCache":
-        """Copy the model's cache (one (k, v) [B, nh, T, hd] per layer) into buffers of `capacity` >= T columns."""
+        """Copy the model's cache (one (k, v) [B, nh, T, hd] per layer) into buffers of `capacity` > T columns:
+        [B, nh, T, hd] + zeros [B, nh, capacity - T, hd]."""
         t = int(cache[0][0].shape[2])
-        kv = []
-        for k, v in cache:
-            pair = []
-            for src in (k, v):
-                b, nh, _, hd = src.shape
-                if capacity == t:
-                    buf = src.contiguous()
-                else:  # [B, nh, T, hd] + zeros [B, nh, cap - T, hd]
-                    buf = paddle.concat([src, paddle.zeros([b, nh, capacity - t, hd], src.dtype)], axis=2)
-                pair.append(buf)
-            kv.append(tuple(pair))
-        return cls(kv, t)
+        if capacity <= t:
+            raise ValueError(f"fused decode: a cache of {capacity} columns for {t} filled ones and the next")
+
+        def grown(src):
+            b, nh, _, hd = src.shape
+            return paddle.concat([src, paddle.zeros([b, nh, capacity - t, hd], src.dtype)], axis=2)
+
+        return cls([(grown(k), grown(v)) for k, v in cache], t)
 
     def as_tuple(self):
         """The model's cache layout: one (k, v) [B, nh, t, hd] per layer (views of the filled columns)."""
@@ -97,14 +94,16 @@ class FusedDecoder:
         self.eps = float(self.config.layer_norm_eps)
         self.q_proj = pangu.query_layer.attention.q_proj  # its .threads: quantize.set_threads may change it
 
-    def _operands(self, block):
+    def _operands(self, block) -> tuple:
+        """The layer call's tensor arguments after x and query: (norms, qweights, scales, biases) for int8,
+        (norms, weights, biases) for bf16."""
         att, mlp = block.attention, block.mlp
         linears = [att.q_proj, att.k_proj, att.v_proj, att.out_proj, mlp.fc_in, mlp.fc_out]
         norms = [block.input_layernorm.weight, block.input_layernorm.bias, block.post_attention_layernorm.weight,
                  block.post_attention_layernorm.bias]
         if self.mode == "int8":
             return norms, [m.qweight for m in linears], [m.scale for m in linears], [m.bias for m in linears]
-        return norms, [m.weight for m in linears], None, [m.bias for m in linears]
+        return norms, [m.weight for m in linears], [m.bias for m in linears]
 
     @staticmethod
     def usable(model, ids: np.ndarray, cache) -> bool:
@@ -132,7 +131,7 @@ class FusedDecoder:
         x = F.embedding(ids_t, self.word) + F.embedding(pos_t, self.position)
         threads = self.q_proj.threads or kernels.threads()
         run = kernels.int8_decode_layer_ if self.mode == "int8" else kernels.bf16_decode_layer_
-        for i, (norms, weights, scales, biases) in enumerate(self.layers):
+        for i, args in enumerate(self.layers):
             k, v = cache.kv[i]
             query_layer = i == len(self.layers) - 1
             if query_layer:  # REF "final layernorm" before the query layer; its q from the top query embedding
@@ -140,7 +139,6 @@ class FusedDecoder:
                 query = F.embedding(pos_t, self.top_query)  # [B, 1, H]
             else:
                 query = x
-            args = (norms, weights, scales, biases) if self.mode == "int8" else (norms, weights, biases)
             run(x, query, *args, k, v, mask_t, t, self.eps, self.act, query_layer, threads)
         cache.t = t + 1
         logits = self.model.quantized_head(x)  # [B, 1, V] (REF "output head", the int8 / bf16 copy)

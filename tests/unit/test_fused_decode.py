@@ -199,8 +199,7 @@ def test_fused_layer_and_general_ops_within_the_derived_bound_of_float64(models,
         for level in _levels():
             monkeypatch.setenv("PANGU_INT8_ISA", level)
             xt, kt, vt = (paddle.to_tensor(a.copy()) for a in (x[:, None], kc, vc))
-            norms, weights, scales, biases = fused.layers[i]
-            args = (norms, weights, scales, biases) if mode == "int8" else (norms, weights, biases)
+            args = fused.layers[i]  # (norms, weights, scales, biases) int8, (norms, weights, biases) bf16
             run = kernels.int8_decode_layer_ if mode == "int8" else kernels.bf16_decode_layer_
             run(xt, paddle.to_tensor(query[:, None]), *args, kt, vt, paddle.to_tensor(mask), t, cfg.layer_norm_eps,
                 0, query_layer, 1)
