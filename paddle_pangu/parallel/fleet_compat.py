@@ -127,16 +127,19 @@ def squared_l2_norm(x):
     return paddle._C_ops.squared_l2_norm(x)
 
 
-def innermost_with_clip(optimizer, max_depth: int = 8):
-    """The optimizer inside fleet's wrappers that owns `_grad_clip` (wrappers keep the inner one in
-    `_inner_opt` or `_optim`; paddle 3.3.1), or None."""
+def wrapped_optimizers(optimizer, max_depth: int = 8):
+    """The optimizer and the ones fleet's wrappers hold inside it, outermost first, at most `max_depth`
+    (wrappers keep the inner one in `_inner_opt` or `_optim`; paddle 3.3.1)."""
     seen = 0
     while optimizer is not None and seen < max_depth:
-        if "_grad_clip" in vars(optimizer):
-            return optimizer
+        yield optimizer
         optimizer = vars(optimizer).get("_inner_opt") or vars(optimizer).get("_optim")
         seen += 1
-    return None
+
+
+def innermost_with_clip(optimizer, max_depth: int = 8):
+    """The optimizer inside fleet's wrappers that owns `_grad_clip`, or None."""
+    return next((o for o in wrapped_optimizers(optimizer, max_depth) if "_grad_clip" in vars(o)), None)
 
 
 def sharding_stage2_ranges(optimizer, max_depth: int = 8) -> dict | None:
@@ -147,14 +150,11 @@ def sharding_stage2_ranges(optimizer, max_depth: int = 8) -> dict | None:
     buffer, padded to `_padded_size` elements; this rank's slice (its moments and master weight) is the
     buffer range [`_param_begin`, `_param_end`), empty when begin >= end. Returned relative to the
     parameter's own start, so [begin, end) indexes the zero-padded flat parameter."""
-    seen = 0
-    while optimizer is not None and seen < max_depth:
-        buffers = vars(optimizer).get("_comm_buffer_list")
+    for opt in wrapped_optimizers(optimizer, max_depth):
+        buffers = vars(opt).get("_comm_buffer_list")
         if buffers is not None:
             return {name: (view._param_begin - view._index, view._param_end - view._index, view._padded_size)
                     for buffer in buffers for name, view in buffer._sharding_param_grad_view.items()}
-        optimizer = vars(optimizer).get("_inner_opt") or vars(optimizer).get("_optim")
-        seen += 1
     return None
 
 
@@ -174,23 +174,20 @@ def zero_stage2_grads_in_place(optimizer, max_depth: int = 8) -> bool:
         DygraphShardingOptimizerV2,
     )
 
-    seen = 0
-    while optimizer is not None and seen < max_depth:
-        if isinstance(optimizer, DygraphShardingOptimizerV2):
-            check_version()
-            original = optimizer.clear_grad
-            stage2 = optimizer
+    stage2 = next((o for o in wrapped_optimizers(optimizer, max_depth) if isinstance(o, DygraphShardingOptimizerV2)),
+                  None)
+    if stage2 is None:
+        return False
+    check_version()
+    original = stage2.clear_grad
 
-            def clear_grad(set_to_zero=True):
-                if not set_to_zero or stage2.sd_release_grads:
-                    return original(set_to_zero)
-                return zero_grads_in_place(stage2)
+    def clear_grad(set_to_zero=True):
+        if not set_to_zero or stage2.sd_release_grads:
+            return original(set_to_zero)
+        return zero_grads_in_place(stage2)
 
-            optimizer.clear_grad = clear_grad
-            return True
-        optimizer = vars(optimizer).get("_inner_opt") or vars(optimizer).get("_optim")
-        seen += 1
-    return False
+    stage2.clear_grad = clear_grad
+    return True
 
 
 def zero_grads_in_place(stage2) -> None:
