@@ -217,6 +217,17 @@ def _optimal_bands_rows(threshold: float, num_perm: int) -> tuple[int, int]:
     return cached_json(cache_root("kernels") / name, compute, decode)
 
 
+def jaccard_passes(sigs: np.ndarray, a: np.ndarray, b: np.ndarray, threshold: float, chunk: int = 1 << 14):
+    """[m] bool: the estimated Jaccard of signature rows a[i] and b[i] (the share of equal positions of sigs
+    [docs, num_perm]) >= threshold; the one verification rule of both engines, in chunks of `chunk` pairs so
+    the [chunk, num_perm] temporaries stay small."""
+    keep = np.zeros(len(a), bool)
+    for lo in range(0, len(a), chunk):
+        same = np.count_nonzero(sigs[a[lo:lo + chunk]] == sigs[b[lo:lo + chunk]], axis=1)
+        keep[lo:lo + chunk] = same / sigs.shape[1] >= threshold
+    return keep
+
+
 class MinHashDeduplicator:
     """Near-duplicate finder: `add(key, signature)` in input order, then `result()`.
 
@@ -268,8 +279,7 @@ class MinHashDeduplicator:
         candidates = unique_pairs(bucket_pairs(h1.ravel(), h2.ravel(), rows.ravel()))  # [m, 2], a < b
         verified = candidates
         if self.cfg.verify and len(candidates):
-            same = np.count_nonzero(sigs[candidates[:, 0]] == sigs[candidates[:, 1]], axis=1)  # [m]
-            verified = candidates[same / sigs.shape[1] >= self.cfg.threshold]
+            verified = candidates[jaccard_passes(sigs, candidates[:, 0], candidates[:, 1], self.cfg.threshold)]
         self.candidate_pairs, self.verified_pairs = len(candidates), len(verified)
         result = clusters_from_pairs(keys, [(keys[a], keys[b]) for a, b in verified.tolist()])
         result.candidate_pairs, result.verified_pairs = self.candidate_pairs, self.verified_pairs

@@ -62,8 +62,8 @@ import numpy as np
 from ..errors import DataError, UsageError
 from .builtin import BUILTIN_PREFIX, read_builtin
 from .cleaning import Cleaner, clean_chunk
-from .dedup import (DedupResult, MinHashDeduplicator, band_keys, bucket_pairs, clusters_from_pairs, minhash_values,
-                    unique_pairs)
+from .dedup import (DedupResult, MinHashDeduplicator, band_keys, bucket_pairs, clusters_from_pairs, jaccard_passes,
+                    minhash_values, unique_pairs)
 from .indexed_dataset import IndexedDataset, IndexedDatasetBuilder, dtype_for_vocab
 from .manifest import commit_dir, partial_dir, sha256_file, write_manifest
 from .readers import byte_ranges, count_newlines, list_input_files, parse_range_spec, read_file, splittable
@@ -381,11 +381,7 @@ def _verify(candidates: np.ndarray, index: dict, threshold: float, verify: bool,
         sel = which == i
         sigs[sel] = table[np.searchsorted(index["ids"][i], wanted[sel] - starts[i])]
     ia, ib = np.searchsorted(wanted, candidates[:, 0]), np.searchsorted(wanted, candidates[:, 1])  # [m] rows
-    keep = np.zeros(len(candidates), bool)
-    for lo in range(0, len(candidates), chunk):  # [chunk, num_perm] temporaries
-        same = np.count_nonzero(sigs[ia[lo:lo + chunk]] == sigs[ib[lo:lo + chunk]], axis=1)
-        keep[lo:lo + chunk] = same / sigs.shape[1] >= threshold  # the same float64 division as the local rule
-    return candidates[keep]
+    return candidates[jaccard_passes(sigs, ia, ib, threshold, chunk)]
 
 
 # ---- stage 3: tokenize ---------------------------------------------------------------------------
