@@ -26,6 +26,11 @@ from .engine import Engine, ServerBusy
 from .page import PAGE
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: ~330k CJK characters, far beyond any prompt that fits a context
+# A refused body is read and thrown away up to this many bytes before the 413 is sent and the connection
+# closed: closing a socket with unread bytes in its receive buffer sends a TCP reset, which can reach the
+# client before the 413 does (it then sees "connection reset by peer", not the reason). Nothing is kept;
+# past this bound the client may see the reset (the "lingering close" of nginx and Apache, bounded the same way).
+DISCARD_REFUSED_BYTES = 64 << 20
 
 
 def create_app(engine: Engine, model_name: str, truncate: str = "error", api_key: str | None = None,
@@ -161,6 +166,8 @@ class _Guard:
             return await self.app(scope, receive, send)
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_body:
+            if b"100-continue" not in headers.get(b"expect", b"").lower():  # else the body was never sent
+                await _discard(receive, int(declared))
             return await _too_large(send, self.max_body, int(declared))
         chunks, size = [], 0
         while True:
@@ -170,6 +177,8 @@ class _Guard:
             chunks.append(message.get("body", b""))
             size += len(chunks[-1])
             if size > self.max_body:
+                if message.get("more_body"):
+                    await _discard(receive, DISCARD_REFUSED_BYTES - size)
                 return await _too_large(send, self.max_body, size)
             if not message.get("more_body"):
                 break
@@ -190,6 +199,19 @@ class _Guard:
             return await receive()  # then the server's own messages (http.disconnect)
 
         return await self.app(scope, replay, send)
+
+
+async def _discard(receive, size: int) -> None:
+    """Read and drop the rest of a refused body: at most `size` bytes and never more than
+    DISCARD_REFUSED_BYTES, so the 413 that follows reaches the client before the connection closes."""
+    left = min(size, DISCARD_REFUSED_BYTES)
+    while left > 0:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+        left -= len(message.get("body", b""))
+        if not message.get("more_body"):
+            return
 
 
 async def _too_large(send, limit: int, size: int) -> None:
