@@ -508,11 +508,10 @@ def _save_pass1(cfg, tmp: Path, key: dict, stats: PipelineStats, dedup, doc_char
     with the files' sha256s, written last under a temporary name and renamed: it marks pass 1 done."""
     import numpy as np
 
-    num_perm = cfg.dedup.num_perm
-    values = dedup._values if dedup is not None else []
-    np.save(tmp / "pass1.sigs.npy", np.stack(values) if values else np.zeros((0, num_perm), np.uint64),
-            allow_pickle=False)
-    record = {"key": key, "ids": list(dedup._order) if dedup is not None else [],
+    ids, sigs = dedup.keys_and_signatures(cfg.dedup.num_perm) if dedup is not None else \
+        ([], np.zeros((0, cfg.dedup.num_perm), np.uint64))
+    np.save(tmp / "pass1.sigs.npy", sigs, allow_pickle=False)
+    record = {"key": key, "ids": ids,
               "doc_chars": [[int(k), int(v)] for k, v in doc_chars.items()],
               "stages": {k: v.to_dict() for k, v in stats.stages.items()}, "issues": stats.issues.to_dict(),
               "summary": stats.summary, **{f: sha256_file(path) for f, path in _pass1_files(tmp).items()}}
