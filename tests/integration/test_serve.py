@@ -383,18 +383,30 @@ def test_a_rejected_row_leaves_the_streams_in_flight_untouched(client, server):
     started = threading.Barrier(8)
 
     def stream(p):
-        chunks = client.completions.create(prompt=p, stream=True, **kw)
-        parts, first = [], True
-        for c in chunks:
-            if first:
-                started.wait(timeout=300)  # every stream has a chunk before the bad request is sent
-                first = False
-            parts.append(c.choices[0].text)
-        return "".join(parts)
+        try:
+            chunks = client.completions.create(prompt=p, stream=True, **kw)
+            parts, first = [], True
+            for c in chunks:
+                if first:
+                    started.wait(timeout=300)  # every stream has a chunk before the bad request is sent
+                    first = False
+                parts.append(c.choices[0].text)
+            assert not first, f"the stream of {p!r} ended without a chunk"
+            return "".join(parts)
+        except BaseException:
+            started.abort()  # the others stop waiting for this stream; its error is what the test reports
+            raise
 
     with ThreadPoolExecutor(7) as pool:
         futures = [pool.submit(stream, p) for p in PROMPTS[:7]]
-        started.wait(timeout=300)
+        try:
+            started.wait(timeout=300)
+        except threading.BrokenBarrierError:  # a stream failed: report its error, not the barrier's
+            root = next((e for e in (f.exception() for f in futures)
+                         if e is not None and not isinstance(e, threading.BrokenBarrierError)), None)
+            if root is not None:
+                raise root from None
+            raise
         bad = _post(server, "/v1/completions", {"prompt": [5, 99999, 7], "max_tokens": 4})
         texts = [f.result() for f in futures]
     assert bad.status_code == 400 and "99999" in bad.json()["error"]["message"]
