@@ -86,9 +86,13 @@ def main(argv: list[str] | None = None) -> int:
     trust_pickle(bool(getattr(args, "trust_pickle", False) or vars(args).pop("_pangu_trust_pickle", False)))
     try:
         module = _load(args.command)
-        if args.command in LOADS_MODELS:
+        # a command that can load no model imports neither paddle nor paddlenlp here: with paddle loaded the
+        # data pipeline's worker pools must spawn (and re-load the segmenter) instead of fork
+        # (data/pipeline.start_method); prepare-data guards its one model load itself (quality.load_causal_lm)
+        loads = args.command in LOADS_MODELS and getattr(module, "loads_models", lambda _: True)(args)
+        if loads:
             _quiet_paddlenlp()
-        guard = safe_paddle_load() if args.command in LOADS_MODELS | {"prepare-data"} else contextlib.nullcontext()
+        guard = safe_paddle_load() if loads else contextlib.nullcontext()
         with guard:  # no pickle is unpickled beyond arrays unless --trust-pickle
             result = module.run(args)
     except PanGuError as err:

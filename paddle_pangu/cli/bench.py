@@ -162,6 +162,12 @@ def _fill_defaults(args) -> dict:
     return given
 
 
+def loads_models(args) -> bool:
+    """False for `pangu bench data` alone: it builds no model, and measures the data pipeline as
+    `pangu prepare-data` runs it (without paddle imported, so its worker pools fork)."""
+    return any(t != "data" for t in (args.targets or ALL))
+
+
 def run(args) -> int:
     from ..bench.report import table
 

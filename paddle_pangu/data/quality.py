@@ -43,14 +43,16 @@ def load_causal_lm(directory: str | os.PathLike):
         raise FileNotFoundError(f"perplexity model {str(directory)!r}: no config.json (expected a saved model directory)")
     model_type = json.loads(config_path.read_text(encoding="utf-8")).get("model_type")
     from ..config import PanGuConfig
+    from ..io.safe_load import safe_paddle_load
 
-    if model_type == PanGuConfig.model_type:
-        from ..model import PanGuForCausalLM
+    with safe_paddle_load():  # no pickle beyond arrays unless trusted, whichever class loads the weights
+        if model_type == PanGuConfig.model_type:
+            from ..model import PanGuForCausalLM
 
-        return PanGuForCausalLM.from_pretrained(str(d))
-    from paddlenlp.transformers import AutoModelForCausalLM
+            return PanGuForCausalLM.from_pretrained(str(d))
+        from paddlenlp.transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(d))
+        return AutoModelForCausalLM.from_pretrained(str(d))
 
 
 class PerplexityScorer:

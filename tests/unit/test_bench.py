@@ -191,3 +191,16 @@ def test_bench_parallel_rejects_bad_flags_in_one_line(capsys):
     assert main(["bench", "parallel", "--config", "configs/pretrain/tiny_cpu_single.yaml"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "1-process layout" in err
+
+
+def test_only_bench_data_runs_without_paddle_imported_by_the_command():
+    """`pangu bench data` measures the pipeline as `pangu prepare-data` runs it: the command imports no paddle
+    (its worker pools then fork); every other target may load a model, so the pickle guard is on."""
+    from argparse import Namespace
+
+    from paddle_pangu.cli.bench import loads_models
+
+    assert not loads_models(Namespace(targets=["data"]))
+    assert loads_models(Namespace(targets=["data", "generate"]))
+    assert loads_models(Namespace(targets=None))  # the default targets: train, generate
+    assert loads_models(Namespace(targets=["all"]))

@@ -1,5 +1,7 @@
 """End-to-end `prepare-data`: real People's Daily text with planted problems, stats, manifest, atomicity."""
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -88,6 +90,34 @@ def test_multiprocess_run_matches_single_process(corpus, tmp_path, monkeypatch):
     assert one.stages["dedup"].dropped == {"near_duplicate": 1} and one.stages["tokenize"].docs_out == 8
     assert (tmp_path / "one" / "news.bin").read_bytes() == (tmp_path / "two" / "news.bin").read_bytes()
     assert (tmp_path / "one" / "news.idx").read_bytes() == (tmp_path / "two" / "news.idx").read_bytes()
+
+
+def test_prepare_data_command_imports_no_paddle_and_its_forked_workers_match_one_worker(corpus, tmp_path):
+    """`pangu prepare-data` builds no model unless a perplexity model is given, so it imports neither paddle
+    nor paddlenlp: its worker pools fork (inheriting the loaded segmenter) instead of spawning. 300 documents
+    (3 pass-1 chunks of CHUNK_DOCS) in a fresh process with two workers: the output is one worker's."""
+    _, arts = corpus
+    small = tmp_path / "in"
+    small.mkdir()
+    docs = [f"{a}第{i}份。" for i in range(10) for a in arts]  # near-duplicates of each article: dedup has work
+    (small / "news.jsonl").write_text("".join(json.dumps({"text": t}, ensure_ascii=False) + "\n" for t in docs),
+                                      encoding="utf-8")
+    assert len(docs) > 2 * pipeline.CHUNK_DOCS
+    one = run_pipeline(_cfg(small, tmp_path / "one", num_workers=1))
+    code = ("import json, sys\n"
+            "from paddle_pangu.cli import main\n"
+            "from paddle_pangu.data import pipeline\n"
+            f"rc = main(['prepare-data', '--input', {str(small)!r}, '--output', {str(tmp_path / 'two')!r}, "
+            "'--name', 'news', '--workers', '2', '--no-progress'])\n"
+            "print(json.dumps({'rc': rc, 'start': pipeline.start_method(), "
+            "'mods': sorted({m.split('.')[0] for m in sys.modules} & {'paddle', 'paddlenlp'})}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == {"rc": 0, "start": "fork", "mods": []}, got
+    assert one.stages["dedup"].dropped["near_duplicate"] > 0
+    for suffix in (".bin", ".idx"):
+        assert (tmp_path / "one" / f"news{suffix}").read_bytes() == (tmp_path / "two" / f"news{suffix}").read_bytes()
 
 
 def test_interrupted_run_leaves_nothing_and_existing_output_is_protected(corpus, tmp_path, monkeypatch):

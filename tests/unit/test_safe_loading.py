@@ -102,6 +102,7 @@ def test_init_from_refuses(planted, tmp_path):
     ["finetune", "--model", "{m}", "--train", "{t}", "--output", "{o}", "--max_steps", "1"],
     ["reshard", "{m}", "--output", "{o}", "--mp", "2"],
     ["convert", "--to", "hf", "{m}", "--output", "{o}"],
+    ["prepare-data", "--input", "builtin:reviews", "--output", "{o}", "--perplexity-model", "{m}"],
 ], ids=lambda a: a[0])
 def test_every_command_refuses(planted, tmp_path, capsys, argv):
     model_dir, _, marker = planted
