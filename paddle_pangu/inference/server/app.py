@@ -26,8 +26,8 @@ from .engine import Engine, ServerBusy
 from .page import PAGE
 
 DEFAULT_MAX_BODY_BYTES = 1 << 20  # 1 MiB: ~330k CJK characters, far beyond any prompt that fits a context
-# A refused body is read and thrown away up to this many bytes before the 413 is sent and the connection
-# closed: closing a socket with unread bytes in its receive buffer sends a TCP reset, which can reach the
+# A refused body (403 host, 401 key, 413 size: refused before it was read) is read and thrown away up to
+# this many bytes before the refusal is sent and the connection closed: closing a socket with unread bytes in its receive buffer sends a TCP reset, which can reach the
 # client before the 413 does (it then sees "connection reset by peer", not the reason). Nothing is kept;
 # past this bound the client may see the reset (the "lingering close" of nginx and Apache, bounded the same way).
 DISCARD_REFUSED_BYTES = 64 << 20
@@ -152,23 +152,21 @@ class _Guard:
         headers = dict(scope["headers"])
         if self.hosts is not None and b"host" in headers and host_name(headers[b"host"]) not in self.hosts:
             name = host_name(headers[b"host"])
-            return await _reply(send, 403, P.error_body(
+            return await _refuse_unread(receive, send, headers, 403, P.error_body(
                 f"Host {name!r} is not a name of this server (it answers {', '.join(sorted(self.hosts))}): a web "
                 f"page of another site reaching a local server through DNS rebinding looks like this; to serve "
                 f"under that name, start pangu serve with --allowed-host {name}", code="host_not_allowed"))
         if self.key is not None and scope["path"].startswith("/v1"):
             given = headers.get(b"authorization", b"")
             if not hmac.compare_digest(given, self.key):  # constant time in the key's content
-                return await _reply(send, 401, P.error_body(
+                return await _refuse_unread(receive, send, headers, 401, P.error_body(
                     "missing or wrong API key: send the header `Authorization: Bearer <key>` "
                     "(the openai client's api_key)", code="invalid_api_key"))
         if scope["method"] not in ("POST", "PUT", "PATCH"):
             return await self.app(scope, receive, send)
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > self.max_body:
-            if b"100-continue" not in headers.get(b"expect", b"").lower():  # else the body was never sent
-                await _discard(receive, int(declared))
-            return await _too_large(send, self.max_body, int(declared))
+            return await _refuse_unread(receive, send, headers, 413, _too_large(self.max_body, int(declared)))
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -179,7 +177,7 @@ class _Guard:
             if size > self.max_body:
                 if message.get("more_body"):
                     await _discard(receive, DISCARD_REFUSED_BYTES - size)
-                return await _too_large(send, self.max_body, size)
+                return await _reply(send, 413, _too_large(self.max_body, size))
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
@@ -201,10 +199,19 @@ class _Guard:
         return await self.app(scope, replay, send)
 
 
+async def _refuse_unread(receive, send, headers: dict, status: int, body: dict) -> None:
+    """Reply `status` to a request whose body has not been read: the body is read and dropped first (not when
+    the client waits for `100-continue`: it has sent none), so the reply reaches the client before the
+    connection closes (DISCARD_REFUSED_BYTES)."""
+    if b"100-continue" not in headers.get(b"expect", b"").lower():
+        await _discard(receive, DISCARD_REFUSED_BYTES)
+    await _reply(send, status, body)
+
+
 async def _discard(receive, size: int) -> None:
-    """Read and drop the rest of a refused body: at most `size` bytes and never more than
-    DISCARD_REFUSED_BYTES, so the 413 that follows reaches the client before the connection closes."""
-    left = min(size, DISCARD_REFUSED_BYTES)
+    """Read and drop the rest of a refused body, at most `size` bytes (the caller keeps the total within
+    DISCARD_REFUSED_BYTES); a request without a body ends at the first message."""
+    left = size
     while left > 0:
         message = await receive()
         if message["type"] == "http.disconnect":
@@ -214,9 +221,9 @@ async def _discard(receive, size: int) -> None:
             return
 
 
-async def _too_large(send, limit: int, size: int) -> None:
-    await _reply(send, 413, P.error_body(f"the request body has {size} bytes or more; this server accepts at "
-                                         f"most {limit} (--max-body-bytes)", code="request_too_large"))
+def _too_large(limit: int, size: int) -> dict:
+    return P.error_body(f"the request body has {size} bytes or more; this server accepts at most {limit} "
+                        f"(--max-body-bytes)", code="request_too_large")
 
 
 async def _reply(send, status: int, body: dict) -> None:
