@@ -269,10 +269,10 @@ class MinHashDeduplicator:
         self._order[key] = len(self._order)
         self._values.append(np.asarray(getattr(sig, "hashvalues", sig)))
 
-    def keys_and_signatures(self, num_perm: int) -> tuple[list, np.ndarray]:
+    def keys_and_signatures(self) -> tuple[list, np.ndarray]:
         """The indexed keys in the order they were added and their signatures [docs, num_perm] (what a
         resumable run saves after pass 1 and adds back in the same order)."""
-        sigs = np.stack(self._values) if self._values else np.zeros((0, num_perm), np.uint64)
+        sigs = np.stack(self._values) if self._values else np.zeros((0, self.cfg.num_perm), np.uint64)
         return list(self._order), sigs
 
     def result(self) -> DedupResult:

@@ -508,8 +508,7 @@ def _save_pass1(cfg, tmp: Path, key: dict, stats: PipelineStats, dedup, doc_char
     with the files' sha256s, written last under a temporary name and renamed: it marks pass 1 done."""
     import numpy as np
 
-    ids, sigs = dedup.keys_and_signatures(cfg.dedup.num_perm) if dedup is not None else \
-        ([], np.zeros((0, cfg.dedup.num_perm), np.uint64))
+    ids, sigs = dedup.keys_and_signatures() if dedup is not None else ([], np.zeros((0, cfg.dedup.num_perm), np.uint64))
     np.save(tmp / "pass1.sigs.npy", sigs, allow_pickle=False)
     record = {"key": key, "ids": ids,
               "doc_chars": [[int(k), int(v)] for k, v in doc_chars.items()],
