@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <algorithm>
 #include <cstring>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -53,52 +54,54 @@ struct Trie {
   std::vector<uint8_t> flags;   // 1: the key is in FREQ, 2: FREQ[w] > 0
 
   static uint64_t Hash(uint64_t k) { return (k * 0x9E3779B97F4A7C15ull) >> 17; }
+  // the smallest power-of-two table (>= 1024 slots) at most half full with `edges` edges
+  static size_t Capacity(size_t edges) {
+    size_t cap = 1024;
+    while (cap < edges * 2) cap <<= 1;
+    return cap;
+  }
+  // the slot holding key k, or the empty slot where the linear probe for it ends
+  inline uint64_t Slot(uint64_t k) const {
+    uint64_t h = Hash(k) & mask;
+    while (keys[h] != k && keys[h] != kEmpty) h = (h + 1) & mask;
+    return h;
+  }
 
   void Reset(size_t expected_edges) {
-    size_t cap = 1024;
-    while (cap < expected_edges * 2) cap <<= 1;
+    const size_t cap = Capacity(expected_edges);
     keys.assign(cap, kEmpty);
     child.assign(cap, 0);
     mask = cap - 1;
     weight.assign(1, 0.0);
     flags.assign(1, 0);
   }
-  // After the build: the same edges in the smallest power-of-two table at most half full. Reset() sized
-  // the table from the characters of every FREQ key (a bound: prefixes share edges), ~8x the edges of
-  // jieba's dictionary (4M slots, 48 MB, for 0.5M edges); lookups touch one table slot each, so the
-  // smaller table is what keeps the walk in cache, and two workers' copies in one L3 (docs/DATA.md).
+  // After the build: the same edges in the table Capacity() gives for their number. Reset() sized it from
+  // the characters of every FREQ key (a bound: prefixes share edges), ~8x the edges of jieba's dictionary
+  // (4M slots, 48 MB, for 0.5M edges); a smaller table keeps more of the walk in cache (docs/DATA.md).
   void Shrink() {
-    const size_t edges = weight.size() - 1;
-    size_t cap = 1024;
-    while (cap < edges * 2) cap <<= 1;
+    const size_t cap = Capacity(weight.size() - 1);
     if (cap >= keys.size()) return;
-    std::vector<uint64_t> old_keys(cap, kEmpty);
-    std::vector<uint32_t> old_child(cap, 0);
-    old_keys.swap(keys);
-    old_child.swap(child);
+    const std::vector<uint64_t> old_keys = std::move(keys);
+    const std::vector<uint32_t> old_child = std::move(child);
+    keys.assign(cap, kEmpty);
+    child.assign(cap, 0);
     mask = cap - 1;
     for (size_t i = 0; i < old_keys.size(); ++i) {
       if (old_keys[i] == kEmpty) continue;
-      uint64_t h = Hash(old_keys[i]) & mask;
-      while (keys[h] != kEmpty) h = (h + 1) & mask;
+      const uint64_t h = Slot(old_keys[i]);  // an empty slot: the keys are distinct
       keys[h] = old_keys[i];
       child[h] = old_child[i];
     }
   }
   inline int64_t Find(uint32_t node, uint32_t c) const {
     const uint64_t k = (uint64_t(node) << 21) | c;
-    for (uint64_t h = Hash(k) & mask;; h = (h + 1) & mask) {
-      if (keys[h] == k) return child[h];
-      if (keys[h] == kEmpty) return -1;
-    }
+    const uint64_t h = Slot(k);
+    return keys[h] == k ? int64_t(child[h]) : -1;
   }
   uint32_t FindOrAdd(uint32_t node, uint32_t c, double default_weight) {
     const uint64_t k = (uint64_t(node) << 21) | c;
-    uint64_t h = Hash(k) & mask;
-    for (;; h = (h + 1) & mask) {
-      if (keys[h] == k) return child[h];
-      if (keys[h] == kEmpty) break;
-    }
+    const uint64_t h = Slot(k);
+    if (keys[h] == k) return child[h];
     keys[h] = k;
     child[h] = static_cast<uint32_t>(weight.size());
     weight.push_back(default_weight);
